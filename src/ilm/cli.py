@@ -1,0 +1,66 @@
+"""`ilm <stage> <verb>`: a table of subcommands, nothing else.
+
+Each stage's CLI module is imported only when that stage is asked for, so `ilm --help` stays fast and a
+stage's heavy dependencies never load for another stage. A stage module exposes
+`register(parser: argparse.ArgumentParser) -> None`, which adds its verbs and sets `func` on each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# stage name -> (module with `register`, one-line help)
+STAGES: dict[str, tuple[str, str]] = {
+    "demo": ("ilm.demo", "run the whole recipe, as far as it exists, on the built-in corpus, on CPU"),
+    "model": ("ilm.model.cli", "model presets, parameter/FLOP counts, checkpoint conversion"),
+    "generate": ("ilm.model.cli_generate", "generate from a checkpoint (text or ids)"),
+    "tokenizer": ("ilm.tokenizer.cli", "build, train, encode and render with the InternLM2 tokenizer"),
+    "data": ("ilm.data.cli", "run the pretraining-data pipeline and report its funnel"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<11} {text}" for name, (_, text) in STAGES.items())
+    return argparse.ArgumentParser(
+        prog="ilm",
+        description="ilm: the InternLM2 training recipe.\n\nstages:\n" + lines,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="ilm <stage> [<verb>] [options]",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        _top_parser().print_help()
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from ilm import __version__
+
+        print(__version__)
+        return 0
+    stage = argv[0]
+    if stage not in STAGES:
+        _top_parser().error(f"unknown stage {stage!r}; choose from: {', '.join(STAGES)}")
+    module_name, text = STAGES[stage]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and module_name.startswith(err.name):
+            print(f"ilm {stage}: this stage is not built yet ({module_name} is missing)", file=sys.stderr)
+            return 2
+        raise
+    parser = argparse.ArgumentParser(prog=f"ilm {stage}", description=text)
+    module.register(parser)
+    args = parser.parse_args(argv[1:])
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    result = args.func(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
