@@ -1,0 +1,146 @@
+"""Attention kernels, chosen outside the model: plain causal, packed documents, and decoding with a cache.
+
+A packed row holds several documents; attention must never cross a document boundary. Backends:
+- "sdpa"   : torch SDPA, causal (one document per row, no padding) or with an explicit boolean mask
+             (packed rows, padded batches, decoding) -- runs everywhere.
+- "blocks" : per-document SDPA calls on slices of the row -- no T x T mask, wins for long documents on CPU.
+- "flex"   : FlexAttention with a document block mask (GPU without flash-attn).
+- "flash"  : flash-attn varlen over cu_seqlens (GPU with `pip install 'ilm[gpu]'`).
+Every backend gives the same output wherever it can run (tests/model/test_packing.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("sdpa", "blocks", "flex", "flash")
+
+
+@dataclass
+class AttnBatch:
+    """What every layer needs to know about the batch's attention pattern (built once per forward)."""
+
+    backend: str = "sdpa"
+    # bool (B, 1, T, S), True = may attend; None = plain causal over the row.
+    mask: torch.Tensor | None = None
+    # per-row document lengths, for "blocks"
+    doc_lens: list[list[int]] | None = None
+    # flattened boundaries (int32, len = docs + 1) and the longest document, for "flash"
+    cu_seqlens: torch.Tensor | None = None
+    max_seqlen: int = 0
+    # a FlexAttention BlockMask, for "flex"
+    block_mask: object | None = None
+
+
+def doc_ids_from_lens(doc_lens: list[list[int]], device: torch.device | None = None) -> torch.Tensor:
+    """Per-row document lengths -> (B, T) document ids (rows must sum to the same T)."""
+    rows = [torch.repeat_interleave(torch.arange(len(r)), torch.tensor(r)) for r in doc_lens]
+    lengths = {len(r) for r in rows}
+    if len(lengths) != 1:
+        raise ValueError(f"packed rows must all have the same length, got lengths {sorted(lengths)}")
+    return torch.stack(rows).to(device)
+
+
+def positions_from_doc_ids(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Positions restart at 0 at every document start."""
+    B, T = doc_ids.shape
+    idx = torch.arange(T, device=doc_ids.device).expand(B, T)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    start_idx = torch.where(starts, idx, torch.zeros_like(idx))
+    return idx - torch.cummax(start_idx, dim=1).values
+
+
+def lens_from_doc_ids(doc_ids: torch.Tensor) -> list[list[int]]:
+    out = []
+    for row in doc_ids.tolist():
+        lens, prev = [], None
+        for d in row:
+            if d == prev:
+                lens[-1] += 1
+            else:
+                lens.append(1)
+                prev = d
+        out.append(lens)
+    return out
+
+
+def packed_batch(doc_ids: torch.Tensor, backend: str = "sdpa") -> AttnBatch:
+    """Attention pattern for packed rows given (B, T) document ids."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose from {BACKENDS}")
+    if backend == "sdpa":
+        T = doc_ids.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+        same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
+        return AttnBatch("sdpa", mask=(same_doc & causal)[:, None])
+    doc_lens = lens_from_doc_ids(doc_ids)
+    if backend == "blocks":
+        return AttnBatch("blocks", doc_lens=doc_lens)
+    if backend == "flash":
+        flat = [n for row in doc_lens for n in row]
+        cu = torch.zeros(len(flat) + 1, dtype=torch.int32, device=doc_ids.device)
+        cu[1:] = torch.cumsum(torch.tensor(flat, device=doc_ids.device), 0)
+        return AttnBatch("flash", cu_seqlens=cu, max_seqlen=max(flat))
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def document_causal(b, h, q, kv):
+        return (doc_ids[b, q] == doc_ids[b, kv]) & (q >= kv)
+
+    B, T = doc_ids.shape
+    block = create_block_mask(document_causal, B, None, T, T, device=doc_ids.device)
+    return AttnBatch("flex", block_mask=block)
+
+
+def default_backend(device: torch.device) -> str:
+    """flash-attn on GPU when installed, FlexAttention on other GPUs, mask-SDPA on CPU.
+
+    On CPU the masked SDPA call beat per-document blocks at the row lengths we train on
+    (benchmarks/bench_model.py, docs/benchmarks.md), so it is the default there.
+    """
+    if device.type == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash"
+        except ImportError:
+            return "flex"
+    return "sdpa"
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: AttnBatch) -> torch.Tensor:
+    """q: (B, H, T, D); k, v: (B, KV, S, D) -> (B, H, T, D). GQA is handled by the kernels."""
+    gqa = q.shape[1] != k.shape[1]
+    if batch.backend == "sdpa":
+        if batch.mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=batch.mask, enable_gqa=gqa)
+    if batch.backend == "blocks":
+        out = torch.empty_like(q)
+        for b, lens in enumerate(batch.doc_lens):
+            start = 0
+            for n in lens:
+                sl = slice(start, start + n)
+                out[b : b + 1, :, sl] = F.scaled_dot_product_attention(
+                    q[b : b + 1, :, sl], k[b : b + 1, :, sl], v[b : b + 1, :, sl], is_causal=True, enable_gqa=gqa
+                )
+                start += n
+        return out
+    if batch.backend == "flex":
+        from torch.nn.attention.flex_attention import flex_attention
+
+        return flex_attention(q, k, v, block_mask=batch.block_mask, enable_gqa=gqa)
+    if batch.backend == "flash":
+        from flash_attn import flash_attn_varlen_func
+
+        B, H, T, D = q.shape
+        flat = lambda x: x.transpose(1, 2).reshape(B * T, x.shape[1], D)  # noqa: E731
+        out = flash_attn_varlen_func(
+            flat(q), flat(k), flat(v), batch.cu_seqlens, batch.cu_seqlens, batch.max_seqlen, batch.max_seqlen,
+            causal=True,
+        )
+        return out.view(B, T, H, D).transpose(1, 2)
+    raise ValueError(f"unknown attention backend {batch.backend!r}")

@@ -1,0 +1,147 @@
+"""Batched generation with a preallocated KV cache: greedy, temperature, top-k, top-p, stop ids, streaming.
+
+Prompts of different lengths are left-padded into one batch; padded keys are masked out and positions
+count real tokens only, so every row decodes exactly as it would alone. The recipe's rollout default is
+top_p = 0.9 (RECIPE.md section 7); generation stops at `</s>` or `<|im_end|>` (the config's stop ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ilm.model.attention import AttnBatch
+from ilm.model.cache import KVCache
+from ilm.model.internlm2 import InternLM2
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int = 128
+    greedy: bool = False
+    temperature: float = 1.0
+    top_p: float = 0.9
+    top_k: int = 0  # 0 = off
+    stop_ids: tuple[int, ...] | None = None  # None = the model config's stop ids
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.greedy and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (or use greedy=True), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+
+def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) logits -> (B,) token ids."""
+    if sampling.greedy:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / sampling.temperature
+    if sampling.top_k:
+        kth = torch.topk(logits, min(sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the tokens strictly before it already cover top_p (the first always stays)
+        drop = (probs.cumsum(dim=-1) - probs) >= sampling.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+def _check_prompts(model: InternLM2, prompts: Sequence[Sequence[int]]) -> None:
+    if not prompts:
+        raise ValueError("no prompts given")
+    limit = model.config.max_context
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty; start it with the BOS id {model.config.bos_token_id}")
+        if len(p) >= limit:
+            raise ValueError(
+                f"prompt {i} has {len(p)} tokens, but the model takes at most {limit} "
+                f"(max_position_embeddings={model.config.max_position_embeddings}, "
+                f"rope_scaling={model.config.rope_scaling}); shorten it to leave room to generate"
+            )
+        bad = [t for t in p if not 0 <= t < model.config.vocab_size]
+        if bad:
+            raise ValueError(f"prompt {i} has token ids outside [0, {model.config.vocab_size}): {bad[:5]}")
+
+
+@torch.inference_mode()
+def generate_stream(
+    model: InternLM2, prompts: Sequence[Sequence[int]], sampling: Sampling = Sampling()
+) -> Iterator[list[int | None]]:
+    """Yield, per decoding step, one new token id per prompt (None once that prompt has stopped).
+
+    A row stops after emitting a stop id (which is yielded) or at `max_new_tokens`; generation never runs
+    past the model's `max_context`.
+    """
+    _check_prompts(model, prompts)
+    cfg = model.config
+    device = model.output.weight.device
+    dtype = model.output.weight.dtype
+    stop_ids = torch.tensor(sampling.stop_ids if sampling.stop_ids is not None else cfg.stop_token_ids, device=device)
+    B, P = len(prompts), max(len(p) for p in prompts)
+    steps = min(sampling.max_new_tokens, cfg.max_context - P)
+    total = P + steps
+    ids = torch.full((B, P), cfg.pad_token_id, dtype=torch.long, device=device)
+    valid = torch.zeros(B, total, dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):] = torch.tensor(p, device=device)
+        valid[i, P - len(p):] = True
+    padded = bool((~valid[:, :P]).any())
+    positions = (valid[:, :P].long().cumsum(dim=1) - 1).clamp(min=0)
+    cache = KVCache(cfg, B, total, device, dtype)
+    generator = None
+    if sampling.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(sampling.seed)
+
+    batch = AttnBatch()
+    if padded:  # causal over real keys; a pad query may see itself so no softmax row is empty
+        causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
+        mask = (causal & valid[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=device)
+        batch = AttnBatch(mask=mask[:, None])
+    logits = model(ids, positions, batch, cache, last_only=True)[:, -1]
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    last_pos = positions[:, -1:]
+    for step in range(steps):
+        token = sample_next(logits, sampling, generator)
+        token = torch.where(done, torch.full_like(token, cfg.pad_token_id), token)
+        yield [None if d else t for t, d in zip(token.tolist(), done.tolist())]
+        done = done | torch.isin(token, stop_ids)
+        if bool(done.all()) or step == steps - 1:
+            return
+        valid[:, P + step] = True
+        last_pos = last_pos + 1
+        batch = AttnBatch(mask=valid[:, None, None, : P + step + 1]) if padded else AttnBatch()
+        logits = model(token[:, None], last_pos, batch, cache)[:, -1]
+
+
+def generate(
+    model: InternLM2, prompts: Sequence[Sequence[int]], sampling: Sampling = Sampling(), keep_stop: bool = False
+) -> list[list[int]]:
+    """New tokens per prompt; the stop id that ended a row is dropped unless `keep_stop`."""
+    out: list[list[int]] = [[] for _ in prompts]
+    stops = set(sampling.stop_ids if sampling.stop_ids is not None else model.config.stop_token_ids)
+    for step in generate_stream(model, prompts, sampling):
+        for row, token in zip(out, step):
+            if token is not None and (keep_stop or token not in stops):
+                row.append(token)
+    return out
+
+
+@torch.inference_mode()
+def greedy_recompute(model: InternLM2, prompt: Sequence[int], max_new_tokens: int) -> list[int]:
+    """Reference decoder with no cache: rerun the whole sequence every step (tests and debugging)."""
+    seq = list(prompt)
+    for _ in range(max_new_tokens):
+        logits = model(torch.tensor([seq], device=model.output.weight.device))[0, -1]
+        seq.append(int(logits.argmax()))
+    return seq[len(prompt):]

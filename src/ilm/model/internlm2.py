@@ -1,0 +1,155 @@
+"""The InternLM2 decoder, top to bottom.
+
+Llama-style: RMSNorm -> GQA attention with a packed `wqkv` -> residual -> RMSNorm -> SiLU-gated FFN ->
+residual; untied output head; no biases. Parameter names are exactly HF InternLM2's, so an HF state dict
+loads without renaming. Parallelism, compilation and checkpoint conversion are applied from outside
+(`ilm.train.distributed`, `ilm.model.hf`), never here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ilm.model.attention import AttnBatch, attend
+from ilm.model.cache import KVCache
+from ilm.model.config import ModelConfig
+from ilm.model.rope import Rope, apply_rope
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 whatever the activation dtype, as the HF reference does.
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        self.group = config.group_size
+        # Rows grouped per KV head: [q_1 .. q_g, k, v], each head_dim rows (RECIPE.md section 1).
+        self.wqkv = nn.Linear(config.hidden_size, (self.n_heads + 2 * self.n_kv) * self.head_dim, bias=False)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        batch: AttnBatch,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        qkv = self.wqkv(x).view(B, T, self.n_kv, self.group + 2, self.head_dim)
+        q = qkv[:, :, :, : self.group].reshape(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = qkv[:, :, :, self.group].transpose(1, 2)
+        v = qkv[:, :, :, self.group + 1].transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.append(layer, k, v)
+        out = attend(q, k, v, batch)
+        return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.w1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.w3 = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.w2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attention = Attention(config)
+        self.feed_forward = FeedForward(config)
+        self.attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, batch, cache=None, layer=0):
+        x = x + self.attention(self.attention_norm(x), cos, sin, batch, cache, layer)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Backbone(nn.Module):
+    """HF's `model.` prefix: embeddings, layers, final norm."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class InternLM2(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.rope = Rope(config)
+        self.model = Backbone(config)
+        self.output = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def init_weights(self, generator: torch.Generator | None = None) -> "InternLM2":
+        std = self.config.initializer_range
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                nn.init.ones_(p)
+            else:
+                nn.init.normal_(p, mean=0.0, std=std, generator=generator)
+        return self
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        batch: AttnBatch | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+        return_hidden: bool = False,
+    ) -> torch.Tensor:
+        """input_ids (B, T) -> logits (B, T, V), or (B, 1, V) with `last_only`.
+
+        `positions` restart per document for packed rows (see `ilm.model.attention`); `batch` carries the
+        attention pattern (default: causal over each row); `cache` makes this a prefill or decode step.
+        """
+        B, T = input_ids.shape
+        if positions is None:
+            start = cache.length if cache is not None else 0
+            positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
+        h = self.model.tok_embeddings(input_ids)
+        cos, sin = self.rope.cos_sin(positions, h.dtype)
+        if cache is not None:
+            cache.begin_step(self.rope, positions)
+        batch = batch or AttnBatch()
+        for i, layer in enumerate(self.model.layers):
+            h = layer(h, cos, sin, batch, cache, i)
+        if cache is not None:
+            cache.end_step(T)
+        if last_only:
+            h = h[:, -1:]
+        h = self.model.norm(h)
+        return h if return_hidden else self.output(h)
+
+
+def build_model(
+    config: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int | None = 0
+) -> InternLM2:
+    """A randomly initialised model; on the meta device, shapes only (for counting and sharding)."""
+    with torch.device(device):
+        model = InternLM2(config).to(dtype)
+    if torch.device(device).type != "meta":
+        gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        model.init_weights(gen)
+    return model
