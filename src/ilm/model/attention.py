@@ -111,6 +111,19 @@ def default_backend(device: torch.device) -> str:
     return "sdpa"
 
 
+_FLEX = None
+
+
+def _flex():
+    """FlexAttention is only fast compiled; compile once per process (eager runs it unfused on CPU)."""
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX = torch.compile(flex_attention, dynamic=False) if torch.cuda.is_available() else flex_attention
+    return _FLEX
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: AttnBatch) -> torch.Tensor:
     """q: (B, H, T, D); k, v: (B, KV, S, D) -> (B, H, T, D). GQA is handled by the kernels."""
     gqa = q.shape[1] != k.shape[1]
@@ -130,9 +143,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: AttnBatch) 
                 start += n
         return out
     if batch.backend == "flex":
-        from torch.nn.attention.flex_attention import flex_attention
-
-        return flex_attention(q, k, v, block_mask=batch.block_mask, enable_gqa=gqa)
+        return _flex()(q, k, v, block_mask=batch.block_mask, enable_gqa=gqa)
     if batch.backend == "flash":
         from flash_attn import flash_attn_varlen_func
 

@@ -74,6 +74,18 @@ def _check_prompts(model: InternLM2, prompts: Sequence[Sequence[int]]) -> None:
             raise ValueError(f"prompt {i} has token ids outside [0, {model.config.vocab_size}): {bad[:5]}")
 
 
+def _prefill_batch(valid: torch.Tensor) -> tuple[AttnBatch, torch.Tensor]:
+    """Attention pattern and positions for left-padded rows, given which slots hold real tokens."""
+    T = valid.shape[1]
+    positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
+    if bool(valid.all()):
+        return AttnBatch(), positions
+    causal = torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
+    # causal over real keys; a pad query may see itself so no softmax row is empty
+    mask = (causal & valid[:, None, :]) | torch.eye(T, dtype=torch.bool, device=valid.device)
+    return AttnBatch(mask=mask[:, None]), positions
+
+
 @torch.inference_mode()
 def generate_stream(
     model: InternLM2, prompts: Sequence[Sequence[int]], sampling: Sampling = Sampling()
@@ -81,36 +93,35 @@ def generate_stream(
     """Yield, per decoding step, one new token id per prompt (None once that prompt has stopped).
 
     A row stops after emitting a stop id (which is yielded) or at `max_new_tokens`; generation never runs
-    past the model's `max_context`.
+    past the model's `max_context`. Under dynamic NTK, once a row passes `max_position_embeddings` every
+    step is a fresh prefill (the base changes with the length; see `ilm.model.cache`), so the output equals
+    decoding by full recompute at every length.
     """
     _check_prompts(model, prompts)
     cfg = model.config
     device = model.output.weight.device
-    dtype = model.output.weight.dtype
     stop_ids = torch.tensor(sampling.stop_ids if sampling.stop_ids is not None else cfg.stop_token_ids, device=device)
     B, P = len(prompts), max(len(p) for p in prompts)
     steps = min(sampling.max_new_tokens, cfg.max_context - P)
     total = P + steps
-    ids = torch.full((B, P), cfg.pad_token_id, dtype=torch.long, device=device)
+    tokens = torch.full((B, total), cfg.pad_token_id, dtype=torch.long, device=device)
     valid = torch.zeros(B, total, dtype=torch.bool, device=device)
     for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = torch.tensor(p, device=device)
-        valid[i, P - len(p):] = True
-    padded = bool((~valid[:, :P]).any())
-    positions = (valid[:, :P].long().cumsum(dim=1) - 1).clamp(min=0)
-    cache = KVCache(cfg, B, total, device, dtype)
-    generator = None
-    if sampling.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(sampling.seed)
+        tokens[i, P - len(p) : P] = torch.tensor(p, device=device)
+        valid[i, P - len(p) : P] = True
+    lengths = valid.sum(dim=1)
+    cache = KVCache(cfg, B, total, device, model.output.weight.dtype)
+    generator = torch.Generator(device=device).manual_seed(sampling.seed) if sampling.seed is not None else None
+    dynamic = model.rope.kind == "dynamic"
 
-    batch = AttnBatch()
-    if padded:  # causal over real keys; a pad query may see itself so no softmax row is empty
-        causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
-        mask = (causal & valid[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=device)
-        batch = AttnBatch(mask=mask[:, None])
-    logits = model(ids, positions, batch, cache, last_only=True)[:, -1]
+    def prefill(end: int) -> torch.Tensor:
+        cache.reset()
+        batch, positions = _prefill_batch(valid[:, :end])
+        return model(tokens[:, :end], positions, batch, cache, last_only=True)[:, -1]
+
+    logits = prefill(P)
+    padded = bool((~valid[:, :P]).any())
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    last_pos = positions[:, -1:]
     for step in range(steps):
         token = sample_next(logits, sampling, generator)
         token = torch.where(done, torch.full_like(token, cfg.pad_token_id), token)
@@ -118,10 +129,15 @@ def generate_stream(
         done = done | torch.isin(token, stop_ids)
         if bool(done.all()) or step == steps - 1:
             return
-        valid[:, P + step] = True
-        last_pos = last_pos + 1
-        batch = AttnBatch(mask=valid[:, None, None, : P + step + 1]) if padded else AttnBatch()
-        logits = model(token[:, None], last_pos, batch, cache)[:, -1]
+        end = P + step + 1
+        tokens[:, end - 1] = token
+        valid[:, end - 1] = True
+        lengths = lengths + 1
+        if dynamic and bool((lengths > cfg.max_position_embeddings).any()):
+            logits = prefill(end)
+            continue
+        batch = AttnBatch(mask=valid[:, None, None, :end]) if padded else AttnBatch()
+        logits = model(token[:, None], (lengths - 1)[:, None], batch, cache)[:, -1]
 
 
 def generate(

@@ -130,13 +130,11 @@ class InternLM2(nn.Module):
             positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
         h = self.model.tok_embeddings(input_ids)
         cos, sin = self.rope.cos_sin(positions, h.dtype)
-        if cache is not None:
-            cache.begin_step(self.rope, positions)
         batch = batch or AttnBatch()
         for i, layer in enumerate(self.model.layers):
             h = layer(h, cos, sin, batch, cache, i)
         if cache is not None:
-            cache.end_step(T)
+            cache.advance(T)
         if last_only:
             h = h[:, -1:]
         h = self.model.norm(h)
