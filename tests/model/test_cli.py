@@ -1,0 +1,45 @@
+import torch
+
+from ilm.cli import main
+from ilm.model import build_model, get_preset
+from ilm.model.generate import Sampling, generate
+from ilm.model.hf import load_checkpoint, save_checkpoint
+
+
+def test_model_info_prints_exact_counts(capsys):
+    assert main(["model", "info", "--preset", "internlm2-20b", "--seq-len", "4096"]) == 0
+    out = capsys.readouterr().out
+    assert "19,861,149,696" in out
+    assert "48 / 6144 / 48 / 8 / 16384" in out
+
+
+def test_convert_both_directions_keeps_every_tensor(tmp_path):
+    model = build_model(get_preset("tiny"), seed=12)
+    src = save_checkpoint(model, tmp_path / "orig", extra_files={"tokenizer_config.json": "{}"})
+    assert main(["model", "convert", str(src), str(tmp_path / "llama"), "--to", "llama"]) == 0
+    assert main(["model", "convert", str(tmp_path / "llama"), str(tmp_path / "back"), "--to", "internlm2"]) == 0
+    assert (tmp_path / "llama" / "tokenizer_config.json").exists()  # side files travel with the weights
+    back = load_checkpoint(tmp_path / "back")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, back.state_dict()[k]), k
+
+
+def test_generate_with_ids(tmp_path, capsys):
+    model = build_model(get_preset("tiny"), seed=13).eval()
+    path = save_checkpoint(model, tmp_path / "ckpt")
+    assert main(["generate", "--checkpoint", str(path), "--ids", "1,5,9", "--max-new-tokens", "6", "--greedy"]) == 0
+    printed = [int(t) for t in capsys.readouterr().out.strip().split(",")]
+    expected = generate(model, [[1, 5, 9]], Sampling(max_new_tokens=6, greedy=True))
+    assert printed == expected[0]
+
+
+def test_generate_rejects_bad_ids_and_text_without_tokenizer(tmp_path, capsys):
+    path = save_checkpoint(build_model(get_preset("tiny")), tmp_path / "ckpt")
+    assert main(["generate", "--checkpoint", str(path), "--ids", "1,x"]) == 2
+    assert main(["generate", "--checkpoint", str(path), "--prompt", "hello"]) == 2
+    assert "no tokenizer.json" in capsys.readouterr().err
+
+
+def test_unknown_stage_and_help(capsys):
+    assert main(["--help"]) == 0
+    assert "tokenizer" in capsys.readouterr().out
