@@ -1,0 +1,303 @@
+"""Vectorised MinHash: shingles -> 128 hashes -> 14 bands x 9 rows, plus a numpy union-find.
+
+Why vectorised: hashing each shingle in Python (datasketch) costs microseconds per shingle; here a batch
+of documents is one UTF-8 buffer, words are found and hashed with array operations (prefix polynomial
+hashes), 5-gram hashes are rolled from word hashes, and the 128 permutations are one (128, n) uint32
+matrix reduced per document with `np.minimum.reduceat`.
+
+Shingles (the seed): 5-grams of words (lowercased; a word is a run of [0-9a-z_] or non-ASCII bytes), or
+5-grams of non-space characters for Chinese and other scripts written without spaces (`cjk_fraction`
+>= 0.3). A document with fewer tokens than n has one shingle, all its tokens. `shingles()` is the
+pure-Python reference of the same sets (used by tests and by the datasketch benchmark).
+Permutation j of a 32-bit shingle hash x is (x ^ b_j) * a_j mod 2^32 (a_j odd: a bijection).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import numpy as np
+
+from ilm.data.base import cjk_fraction
+
+NUM_PERM, NGRAM, THRESHOLD = 128, 5, 0.7
+EMPTY = np.uint32(0xFFFFFFFF)
+_P1 = np.uint64(0x100000001B3)  # odd: invertible mod 2^64
+_P2 = np.uint64(0x9E3779B97F4A7C15)
+_M1, _M2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
+_S33 = np.uint64(33)
+_WORD_BYTES = np.zeros(256, dtype=bool)
+for _c in b"0123456789abcdefghijklmnopqrstuvwxyz_ABCDEFGHIJKLMNOPQRSTUVWXYZ":
+    _WORD_BYTES[_c] = True
+_WORD_BYTES[0x80:] = True
+_WORD_RE = re.compile(rb"[0-9a-zA-Z_\x80-\xff]+")
+SPACE_CODEPOINTS = frozenset(
+    [9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 0x85, 0xA0, 0x1680, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
+    + list(range(0x2000, 0x200B))
+)
+_SPACE_ARR = np.array(sorted(SPACE_CODEPOINTS), dtype=np.uint32)
+CHUNK = 16384  # shingles per (128, CHUNK) hash block: 8 MB, cache-friendly
+
+
+def fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser, elementwise (wrapping uint64 arithmetic)."""
+    h = h ^ (h >> _S33)
+    h = h * _M1
+    h = h ^ (h >> _S33)
+    h = h * _M2
+    return h ^ (h >> _S33)
+
+
+@lru_cache(maxsize=8)
+def permutations(num_perm: int = NUM_PERM, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The (a, b) of each permutation as (num_perm, 1) uint32 columns; a is odd."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, 2**32, num_perm, dtype=np.uint64).astype(np.uint32) | np.uint32(1)
+    b = rng.integers(0, 2**32, num_perm, dtype=np.uint64).astype(np.uint32)
+    return a[:, None], b[:, None]
+
+
+def is_cjk(text: str) -> bool:
+    return cjk_fraction(text) >= 0.3
+
+
+def shingles(text: str, n: int = NGRAM) -> set[str]:
+    """Reference shingle set of one document (pure Python; identical sets to the vectorised path)."""
+    low = text.lower()
+    if is_cjk(text):
+        toks = [c for c in low if ord(c) not in SPACE_CODEPOINTS]
+        sep = ""
+    else:
+        toks = [w.decode("utf-8", "surrogateescape") for w in _WORD_RE.findall(low.encode("utf-8", "surrogatepass"))]
+        sep = " "
+    if not toks:
+        return set()
+    if len(toks) < n:
+        return {sep.join(toks)}
+    return {sep.join(toks[i : i + n]) for i in range(len(toks) - n + 1)}
+
+
+_pow_cache: dict[str, np.ndarray] = {}
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """P1^i and P1^-i mod 2^64 for i < n (grown and cached)."""
+    if "pow" not in _pow_cache or len(_pow_cache["pow"]) < n:
+        m = max(n, 1 << 16)
+        inv = pow(int(_P1), -1, 1 << 64)
+        p = np.full(m, _P1, dtype=np.uint64)
+        p[0] = 1
+        q = np.full(m, np.uint64(inv), dtype=np.uint64)
+        q[0] = 1
+        _pow_cache["pow"], _pow_cache["inv"] = np.cumprod(p), np.cumprod(q)
+    return _pow_cache["pow"][:n], _pow_cache["inv"][:n]
+
+
+def _word_hashes(buf: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes and start offsets of the words in a lowercased UTF-8 buffer."""
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    if arr.size == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    w = _WORD_BYTES[arr]
+    edge = np.diff(w.astype(np.int8), prepend=0, append=0)
+    starts = np.flatnonzero(edge == 1)
+    ends = np.flatnonzero(edge == -1)
+    pw, inv = _powers(arr.size)
+    prefix = np.cumsum((arr.astype(np.uint64) + np.uint64(1)) * pw, dtype=np.uint64)
+    prefix = np.concatenate([np.zeros(1, np.uint64), prefix])
+    h = (prefix[ends] - prefix[starts]) * inv[starts]
+    h = fmix64(h + ((ends - starts).astype(np.uint64) * _P2))
+    return h, starts
+
+
+def _roll(h: np.ndarray, n: int) -> np.ndarray:
+    """Hash of every n consecutive token hashes (order-sensitive)."""
+    m = h.size - n + 1
+    out = h[:m].copy()
+    for k in range(1, n):
+        out = out * _P2 + h[k : k + m]
+    return fmix64(out)
+
+
+def _fold32(h: np.ndarray) -> np.ndarray:
+    return (h ^ (h >> np.uint64(32))).astype(np.uint32)
+
+
+def _doc_shingles_cjk(text: str, n: int) -> np.ndarray:
+    cps = np.frombuffer(text.lower().encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    cps = cps[~np.isin(cps, _SPACE_ARR)]
+    if cps.size == 0:
+        return np.zeros(0, np.uint64)
+    h = fmix64(cps.astype(np.uint64) + _P1)
+    if h.size < n:
+        return _roll(h, h.size)
+    return _roll(h, n)
+
+
+def shingle_hashes(texts: list[str], n: int = NGRAM) -> tuple[np.ndarray, np.ndarray]:
+    """All shingle hashes of a batch, grouped by document: (hashes uint64, per-document counts)."""
+    counts = np.zeros(len(texts), dtype=np.int64)
+    parts: list[tuple[int, np.ndarray]] = []
+    spaced = [i for i, t in enumerate(texts) if not is_cjk(t)]
+    spaced_set = set(spaced)
+    for i, t in enumerate(texts):
+        if i not in spaced_set:
+            parts.append((i, _doc_shingles_cjk(t, n)))
+    # spaced documents: one buffer per ~4 MB, NUL-separated so no word spans two documents
+    lim = 4 << 20
+    j = 0
+    while j < len(spaced):
+        group, size = [], 0
+        while j < len(spaced) and (not group or size < lim):
+            enc = texts[spaced[j]].lower().encode("utf-8", "surrogatepass")
+            if len(enc) > lim:  # a huge document: hash its words chunk by chunk, cut at spaces
+                if group:
+                    break
+                parts.append((spaced[j], _huge_doc(enc, n)))
+                j += 1
+                continue
+            group.append((spaced[j], enc))
+            size += len(enc) + 1
+            j += 1
+        if group:
+            parts.extend(_spaced_group(group, n))
+    parts.sort(key=lambda p: p[0])
+    for i, h in parts:
+        counts[i] = h.size
+    hashes = np.concatenate([h for _, h in parts]) if parts else np.zeros(0, np.uint64)
+    return hashes, counts
+
+
+def _spaced_group(group: list[tuple[int, bytes]], n: int) -> list[tuple[int, np.ndarray]]:
+    buf = b"\x00".join(e for _, e in group)
+    lens = np.array([len(e) + 1 for _, e in group], dtype=np.int64)
+    doc_start = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    wh, ws = _word_hashes(buf)
+    wdoc = np.searchsorted(doc_start, ws, side="right") - 1
+    nw = np.bincount(wdoc, minlength=len(group))
+    out: list[tuple[int, np.ndarray]] = []
+    if wh.size >= n:
+        sh = _roll(wh, n)
+        sdoc = wdoc[: sh.size]
+        ok = sdoc == wdoc[n - 1 :]
+        sh, sdoc = sh[ok], sdoc[ok]
+        bounds = np.searchsorted(sdoc, np.arange(len(group) + 1))
+    else:
+        sh, bounds = np.zeros(0, np.uint64), np.zeros(len(group) + 1, dtype=np.int64)
+    wbounds = np.searchsorted(wdoc, np.arange(len(group) + 1))
+    for k, (i, _) in enumerate(group):
+        if 0 < nw[k] < n:
+            out.append((i, _roll(wh[wbounds[k] : wbounds[k + 1]], int(nw[k]))))
+        else:
+            out.append((i, sh[bounds[k] : bounds[k + 1]]))
+    return out
+
+
+def _huge_doc(enc: bytes, n: int) -> np.ndarray:
+    hs, pos, lim = [], 0, 1 << 22
+    while pos < len(enc):
+        end = min(pos + lim, len(enc))
+        if end < len(enc):
+            cut = enc.rfind(b" ", pos, end)
+            end = cut + 1 if cut > pos else end
+        hs.append(_word_hashes(enc[pos:end])[0])
+        pos = end
+    wh = np.concatenate(hs)
+    if wh.size == 0:
+        return wh
+    return _roll(wh, min(n, wh.size))
+
+
+def signatures(texts: list[str], n: int = NGRAM, num_perm: int = NUM_PERM, seed: int = 1) -> np.ndarray:
+    """(len(texts), num_perm) uint32 MinHash signatures; a document without shingles is all 0xFFFFFFFF."""
+    hashes, counts = shingle_hashes(texts, n)
+    return minhash_from_hashes(hashes, counts, num_perm, seed)
+
+
+def minhash_from_hashes(hashes: np.ndarray, counts: np.ndarray, num_perm: int = NUM_PERM, seed: int = 1) -> np.ndarray:
+    """Min over each document's shingles of every permutation, CHUNK shingles at a time."""
+    a, b = permutations(num_perm, seed)
+    out = np.full((num_perm, counts.size), EMPTY, dtype=np.uint32)
+    has = np.flatnonzero(counts > 0)
+    if has.size == 0:
+        return out.T.copy()
+    x = _fold32(hashes)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[has]
+    total = x.size
+    cuts = np.arange(0, total, CHUNK)
+    seg = np.union1d(starts, cuts)  # segments never span a document boundary or a chunk cut
+    seg_doc = np.searchsorted(starts, seg, side="right") - 1
+    partial = np.empty((num_perm, seg.size), dtype=np.uint32)
+    for c0 in range(0, total, CHUNK):
+        c1 = min(c0 + CHUNK, total)
+        s0, s1 = np.searchsorted(seg, [c0, c1])
+        block = x[None, c0:c1] ^ b
+        block *= a
+        partial[:, s0:s1] = np.minimum.reduceat(block, seg[s0:s1] - c0, axis=1)
+    first = np.searchsorted(seg_doc, np.arange(has.size))
+    out[:, has] = np.minimum.reduceat(partial, first, axis=1)
+    return out.T.copy()
+
+
+def jaccard_estimate(s1: np.ndarray, s2: np.ndarray) -> np.ndarray | float:
+    """Fraction of equal hashes: rows of s1 against rows of s2."""
+    return np.mean(s1 == s2, axis=-1)
+
+
+def band_hashes(sig: np.ndarray, bands: int = 14, rows: int = 9) -> np.ndarray:
+    """(n, bands) uint64: one hash per band of `rows` consecutive signature values."""
+    s = sig.astype(np.uint64)
+    out = np.empty((sig.shape[0], bands), dtype=np.uint64)
+    for k in range(bands):
+        h = np.full(sig.shape[0], np.uint64(((k + 1) * int(_P2)) & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
+        for r in range(rows):
+            h = (h ^ s[:, k * rows + r]) * _P1
+        out[:, k] = fmix64(h)
+    return out
+
+
+def candidate_probability(j: float | np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """P(two documents at Jaccard j share at least one band) = 1 - (1 - j^r)^b."""
+    return 1.0 - (1.0 - np.asarray(j, dtype=float) ** rows) ** bands
+
+
+def optimal_bands(threshold: float = THRESHOLD, num_perm: int = NUM_PERM, fp_weight: float = 0.5) -> tuple[int, int]:
+    """Bands x rows (b*r <= num_perm) minimising the false-positive area below the threshold plus the
+    false-negative area above it; (0.7, 128) gives the seed's 14 x 9."""
+    grid_lo = np.linspace(0.0, threshold, 2001)
+    grid_hi = np.linspace(threshold, 1.0, 2001)
+    best, best_err = (1, 1), float("inf")
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            fp = np.trapezoid(candidate_probability(grid_lo, b, r), grid_lo)
+            fn = np.trapezoid(1.0 - candidate_probability(grid_hi, b, r), grid_hi)
+            err = fp_weight * fp + (1 - fp_weight) * fn
+            if err < best_err:
+                best, best_err = (b, r), err
+    return best
+
+
+# --- union-find over array indices -----------------------------------------------------------------
+
+
+def _compress(parent: np.ndarray) -> np.ndarray:
+    while True:
+        gp = parent[parent]
+        if np.array_equal(gp, parent):
+            return parent
+        parent = gp
+
+
+def union(parent: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Merge the sets of each edge (u[i], v[i]); roots are always the smallest index (deterministic)."""
+    while u.size:
+        parent = _compress(parent)
+        ru, rv = parent[u], parent[v]
+        live = ru != rv
+        if not live.any():
+            break
+        ru, rv = ru[live], rv[live]
+        u, v = u[live], v[live]
+        np.minimum.at(parent, np.maximum(ru, rv), np.minimum(ru, rv))
+    return _compress(parent)

@@ -1,0 +1,254 @@
+"""Rule-based quality filters for English and Chinese: Gopher quality, Gopher repetition, C4 line rules.
+
+Chinese (and other unspaced scripts) count each CJK character as a word; rules that only make sense for
+spaced words (mean word length) are skipped there. Thresholds are Gopher's (Rae et al. 2021) and C4's
+(Raffel et al. 2020) published values. Repetition statistics use vectorised n-gram hashes so a 50 MB
+document costs seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from ilm.data.base import Filter, Map, cjk_fraction, tokens
+from ilm.data.document import Document
+
+EN_STOP = ("the", "be", "to", "of", "and", "that", "have", "with")
+ZH_STOP = ("的", "了", "是", "在", "和", "有", "我", "不", "这", "也")
+BULLETS = ("•", "●", "○", "■", "□", "▪", "◦", "-", "*", "·", "‣", "⁃")
+ELLIPSES = ("...", "…", "。。。")
+
+
+def _is_cjk(doc: Document) -> bool:
+    lang = doc.metadata.get("language")
+    if lang in ("zh", "ja", "ko", "th"):
+        return True
+    if lang is not None and lang not in ("zh", "ja", "ko", "th"):
+        return cjk_fraction(doc.text) >= 0.5
+    return cjk_fraction(doc.text) >= 0.3
+
+
+@dataclass
+class GopherQuality(Filter):
+    """Gopher's document rules: length, word length, symbols, bullets, ellipses, alphabetic words, stop words."""
+
+    type: ClassVar[str] = "gopher_quality"
+    min_words: int = 50
+    max_words: int = 100_000
+    min_mean_word_length: float = 3.0
+    max_mean_word_length: float = 10.0
+    max_symbol_word_ratio: float = 0.1
+    max_bullet_lines: float = 0.9
+    max_ellipsis_lines: float = 0.3
+    min_alpha_words: float = 0.8
+    min_stop_words: int = 2
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        text = doc.text
+        cjk = _is_cjk(doc)
+        words = tokens(text, cjk)
+        n = len(words)
+        if n < self.min_words:
+            return False, "gopher_too_few_words"
+        if n > self.max_words:
+            return False, "gopher_too_many_words"
+        if not cjk:
+            mean = sum(map(len, words)) / n
+            if not self.min_mean_word_length <= mean <= self.max_mean_word_length:
+                return False, "gopher_mean_word_length"
+        symbols = text.count("#") + sum(text.count(e) for e in ELLIPSES)
+        if symbols / n > self.max_symbol_word_ratio:
+            return False, "gopher_symbol_ratio"
+        lines = [ln for ln in text.split("\n") if ln.strip()]
+        if lines:
+            if sum(ln.lstrip().startswith(BULLETS) for ln in lines) / len(lines) > self.max_bullet_lines:
+                return False, "gopher_bullet_lines"
+            if sum(ln.rstrip().endswith(ELLIPSES) for ln in lines) / len(lines) > self.max_ellipsis_lines:
+                return False, "gopher_ellipsis_lines"
+        alpha = sum(1 for w in words if any(c.isalpha() for c in w))
+        if alpha / n < self.min_alpha_words:
+            return False, "gopher_alpha_words"
+        if cjk:
+            stops = sum(1 for w in words if w in ZH_STOP)
+        else:
+            stop = set(EN_STOP)
+            stops = sum(1 for w in words if w.lower() in stop)
+        if stops < self.min_stop_words:
+            return False, "gopher_stop_words"
+        return True
+
+
+def _token_hashes(words: list[str]) -> np.ndarray:
+    import xxhash
+
+    h = xxhash.xxh3_64_intdigest
+    return np.fromiter((h(w.encode("utf-8", "surrogatepass")) for w in words), dtype=np.uint64, count=len(words))
+
+
+def _ngram_hashes(th: np.ndarray, n: int) -> np.ndarray:
+    m = th.size - n + 1
+    out = th[:m].copy()
+    for k in range(1, n):
+        out = out * np.uint64(0x100000001B3) + th[k : k + m]
+    return out
+
+
+def top_ngram_fraction(th: np.ndarray, lens: np.ndarray, n: int, total: int) -> float:
+    """Characters in all occurrences of the most frequent n-gram / characters in all words."""
+    if th.size < n or total == 0:
+        return 0.0
+    g = _ngram_hashes(th, n)
+    uniq, inv, counts = np.unique(g, return_inverse=True, return_counts=True)
+    top = int(np.argmax(counts))
+    if counts[top] < 2:
+        return 0.0
+    first = int(np.flatnonzero(inv == top)[0])
+    return float(counts[top] * lens[first : first + n].sum()) / total
+
+
+def dup_ngram_fraction(th: np.ndarray, lens: np.ndarray, n: int, total: int) -> float:
+    """Characters of words covered by repeated occurrences (not the first) of any n-gram / all characters."""
+    if th.size < n or total == 0:
+        return 0.0
+    g = _ngram_hashes(th, n)
+    _, first_idx = np.unique(g, return_index=True)
+    repeat = np.ones(g.size, dtype=bool)
+    repeat[first_idx] = False
+    if not repeat.any():
+        return 0.0
+    starts = np.flatnonzero(repeat)
+    cover = np.zeros(th.size + 1, dtype=np.int32)
+    np.add.at(cover, starts, 1)
+    np.add.at(cover, starts + n, -1)
+    covered = np.cumsum(cover[:-1]) > 0
+    return float(lens[covered].sum()) / total
+
+
+@dataclass
+class GopherRepetition(Filter):
+    """Gopher's repetition rules: duplicate lines/paragraphs and top/duplicated n-gram character fractions."""
+
+    type: ClassVar[str] = "gopher_repetition"
+    max_dup_line_fraction: float = 0.30
+    max_dup_para_fraction: float = 0.30
+    max_dup_line_char_fraction: float = 0.20
+    max_dup_para_char_fraction: float = 0.20
+    top_ngrams: dict[str, float] = field(default_factory=lambda: {"2": 0.20, "3": 0.18, "4": 0.16})
+    dup_ngrams: dict[str, float] = field(
+        default_factory=lambda: {"5": 0.15, "6": 0.14, "7": 0.13, "8": 0.12, "9": 0.11, "10": 0.10}
+    )
+
+    @staticmethod
+    def _dups(parts: list[str]) -> tuple[float, float]:
+        seen: set[str] = set()
+        n_dup = chars_dup = 0
+        for p in parts:
+            if p in seen:
+                n_dup += 1
+                chars_dup += len(p)
+            else:
+                seen.add(p)
+        total = sum(map(len, parts))
+        return n_dup / max(len(parts), 1), chars_dup / max(total, 1)
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        text = doc.text
+        paras = [p.strip() for p in re.split(r"\n{2,}", text) if p.strip()]
+        frac, chars = self._dups(paras)
+        if frac > self.max_dup_para_fraction:
+            return False, "repetition_paragraphs"
+        if chars > self.max_dup_para_char_fraction:
+            return False, "repetition_paragraph_chars"
+        lines = [ln for ln in text.split("\n") if ln.strip()]
+        frac, chars = self._dups(lines)
+        if frac > self.max_dup_line_fraction:
+            return False, "repetition_lines"
+        if chars > self.max_dup_line_char_fraction:
+            return False, "repetition_line_chars"
+        words = tokens(text, _is_cjk(doc))
+        if not words:
+            return True
+        th = _token_hashes(words)
+        lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        total = int(lens.sum())
+        for n, limit in self.top_ngrams.items():
+            if top_ngram_fraction(th, lens, int(n), total) > limit:
+                return False, f"repetition_top_{n}gram"
+        for n, limit in self.dup_ngrams.items():
+            if dup_ngram_fraction(th, lens, int(n), total) > limit:
+                return False, f"repetition_dup_{n}gram"
+        return True
+
+
+_TERMINAL = (".", "!", "?", '"', "'", "”", "’", "。", "！", "？", "…", "」", "』", ":", "：")
+_POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+_SENTENCE = re.compile(r"[.!?]+(?:\s|$)|[。！？]+")
+
+
+@dataclass
+class C4Filter(Map):
+    """C4's line rules: keep lines that end in terminal punctuation and have >= 3 words (>= 5 CJK
+    characters); remove javascript/policy lines; drop documents with lorem ipsum, curly brackets
+    (off by default: it drops code), or fewer than `min_sentences` sentences left."""
+
+    type: ClassVar[str] = "c4"
+    min_words_per_line: int = 3
+    min_sentences: int = 5
+    drop_curly_bracket: bool = False
+    max_word_length: int = 1000
+
+    def apply(self, doc: Document) -> Document | tuple[None, str]:
+        low = doc.text.lower()
+        if "lorem ipsum" in low:
+            return None, "c4_lorem_ipsum"
+        if self.drop_curly_bracket and "{" in doc.text:
+            return None, "c4_curly_bracket"
+        cjk = _is_cjk(doc)
+        kept: list[str] = []
+        removed = 0
+        for line in doc.text.split("\n"):
+            s = line.strip()
+            if not s:
+                if kept and kept[-1] != "":
+                    kept.append("")
+                continue
+            ls = s.lower()
+            words = tokens(s, cjk)
+            if (
+                not s.endswith(_TERMINAL)
+                or len(words) < (5 if cjk else self.min_words_per_line)
+                or "javascript" in ls
+                or any(p in ls for p in _POLICY)
+                or max(map(len, words)) > self.max_word_length
+            ):
+                removed += 1
+                continue
+            kept.append(s)
+        text = "\n".join(kept).strip()
+        if len(_SENTENCE.findall(text)) < self.min_sentences:
+            return None, "c4_too_few_sentences"
+        if removed:
+            doc.metadata["c4_lines_removed"] = removed
+        doc.text = text
+        return doc
+
+
+@dataclass
+class LengthFilter(Filter):
+    """Bounds on UTF-8 size: long-text selection (>= 32 KB in the recipe) or a guard against giant records."""
+
+    type: ClassVar[str] = "length"
+    min_bytes: int = 0
+    max_bytes: int = 0  # 0 = no limit
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        n = len(doc.text.encode("utf-8", "surrogatepass"))
+        if n < self.min_bytes:
+            return False, "too_short"
+        if self.max_bytes and n > self.max_bytes:
+            return False, "too_long"
+        return True
