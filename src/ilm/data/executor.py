@@ -275,7 +275,7 @@ class Executor:
         self.timings["total"] = time.perf_counter() - t_all
         ledger = aggregate(ledgers, steps, reduced, files)
         tmp = out / "ledger.json.tmp"
-        tmp.write_text(json.dumps(ledger, indent=1, sort_keys=False))
+        tmp.write_text(json.dumps(ledger, indent=1, sort_keys=True))
         os.replace(tmp, out / "ledger.json")
         (out / "timings.json").write_text(json.dumps(self.timings, indent=1))
         if not self.keep_intermediate:
