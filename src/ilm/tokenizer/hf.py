@@ -1,0 +1,125 @@
+"""`HFTokenizer`: the ilm tokenizer object, backed by HF `tokenizers` (Rust BPE, batches on all cores).
+
+Saved as the three files `transformers.AutoTokenizer.from_pretrained(dir)` reads (`tokenizer.json`,
+`tokenizer_config.json` with InternLM2's chat template, `special_tokens_map.json`) plus
+`ilm_tokenizer.json`, a manifest of how it was built.
+
+Two encoders share one vocabulary: `encode(..., special=True)` reads control-token text such as
+`<|im_start|>` as the control token (what `AutoTokenizer` does); the default, `special=False`, reads it
+as ordinary text. The chat renderer only ever uses the latter for message content, so nobody can
+inject a control token by typing it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer as _HF
+
+from ilm.tokenizer import base as _base
+from ilm.tokenizer.chat import CHAT_TEMPLATE, ChatMixin
+from ilm.tokenizer.layout import BOS, CONTROL_HEAD, EOS, IM_END, NAMED_SPARE, PAD, UNK
+
+MANIFEST = "ilm_tokenizer.json"
+MODEL_MAX_LENGTH = 32_768
+
+
+class HFTokenizer(ChatMixin):
+    """Encode/decode text and render chats with the InternLM2 vocabulary (or any ilm-built one)."""
+
+    def __init__(self, hf: _HF, manifest: dict | None = None) -> None:
+        self.hf = hf
+        self.manifest = manifest or {}
+        # A second copy whose special-token matching is off: control-token text -> ordinary tokens.
+        self._plain = _HF.from_str(hf.to_str())
+        self._plain.encode_special_tokens = True
+        self.control_ids: dict[str, int] = {
+            t.content: i for i, t in hf.get_added_tokens_decoder().items() if t.special
+        }
+        missing = [n for n in (*CONTROL_HEAD, *NAMED_SPARE) if n not in self.control_ids]
+        if missing:
+            raise ValueError(f"tokenizer lacks control tokens {missing}")
+        self.vocab_size = hf.get_vocab_size(with_added_tokens=True)
+        self.unk_id = self.control_ids[UNK]
+        self.bos_id = self.control_ids[BOS]
+        self.eos_id = self.control_ids[EOS]
+        self.pad_id = self.control_ids[PAD]
+        self.stop_ids = (self.eos_id, self.control_ids[IM_END])  # RECIPE 2: stop at </s> or <|im_end|>
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer(vocab_size={self.vocab_size}, layout={self.manifest.get('layout')})"
+
+    # --- encoding ---------------------------------------------------------------------------------
+    def encode(self, text: str, *, bos: bool = False, special: bool = False) -> list[int]:
+        """Ids of `text`; `bos` prepends <s>; `special` reads control-token text as control tokens."""
+        tok = self.hf if special else self._plain
+        return tok.encode(text, add_special_tokens=bos).ids
+
+    def encode_batch(self, texts: list[str], *, bos: bool = False, special: bool = False) -> list[list[int]]:
+        """`encode` over many texts in parallel (Rust threads, all cores; no offsets computed)."""
+        tok = self.hf if special else self._plain
+        return [e.ids for e in tok.encode_batch_fast(list(texts), add_special_tokens=bos)]
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ordinary-text ids with (start, end) character offsets into `text` (used for loss masks)."""
+        enc = self._plain.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
+
+    def decode(self, ids: list[int], *, skip_special: bool = False) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self.hf.id_to_token(i)
+
+    def token_bytes(self, i: int) -> bytes:
+        """The raw bytes of ordinary token `i` (control tokens: their name, UTF-8)."""
+        s = self.hf.id_to_token(i)
+        if s is None:
+            raise KeyError(i)
+        return s.encode() if s in self.control_ids else _base.from_bytelevel(s)
+
+    # --- files ------------------------------------------------------------------------------------
+    def save(self, out_dir: str | Path) -> Path:
+        """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and the manifest."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.hf.save(str(out / "tokenizer.json"))
+        named = [n for n in reversed(NAMED_SPARE)]  # the released order: im_start, im_end, ...
+        added = {
+            str(i): {"content": n, "lstrip": False, "normalized": False, "rstrip": False,
+                     "single_word": False, "special": True}
+            for n, i in sorted(self.control_ids.items(), key=lambda kv: kv[1])
+        }
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "added_tokens_decoder": added,
+            "additional_special_tokens": named,
+            "bos_token": BOS,
+            "eos_token": EOS,
+            "unk_token": UNK,
+            "pad_token": PAD,
+            "add_bos_token": True,
+            "add_eos_token": False,
+            "chat_template": CHAT_TEMPLATE,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": MODEL_MAX_LENGTH,
+        }
+        special_map = {"bos_token": BOS, "eos_token": EOS, "unk_token": UNK, "pad_token": PAD,
+                       "additional_special_tokens": named}
+        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
+        (out / MANIFEST).write_text(json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n")
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> HFTokenizer:
+        """Load a directory written by `save` (or any dir/file holding such a tokenizer.json)."""
+        path = Path(path)
+        file = path / "tokenizer.json" if path.is_dir() else path
+        manifest_path = file.parent / MANIFEST
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        return cls(_HF.from_file(str(file)), manifest=manifest)
