@@ -23,6 +23,9 @@ BULLETS = ("•", "●", "○", "■", "□", "▪", "◦", "-", "*", "·", "‣
 ELLIPSES = ("...", "…", "。。。")
 
 
+_ALPHA = re.compile(r"[^\W\d_]")
+
+
 def _is_cjk(doc: Document) -> bool:
     lang = doc.metadata.get("language")
     if lang in ("zh", "ja", "ko", "th"):
@@ -69,7 +72,7 @@ class GopherQuality(Filter):
                 return False, "gopher_bullet_lines"
             if sum(ln.rstrip().endswith(ELLIPSES) for ln in lines) / len(lines) > self.max_ellipsis_lines:
                 return False, "gopher_ellipsis_lines"
-        alpha = sum(1 for w in words if any(c.isalpha() for c in w))
+        alpha = n - sum(1 for w in words if not _ALPHA.search(w))
         if alpha / n < self.min_alpha_words:
             return False, "gopher_alpha_words"
         if cjk:
@@ -141,6 +144,7 @@ class GopherRepetition(Filter):
     dup_ngrams: dict[str, float] = field(
         default_factory=lambda: {"5": 0.15, "6": 0.14, "7": 0.13, "8": 0.12, "9": 0.11, "10": 0.10}
     )
+    max_tokens: int = 1_000_000  # n-gram statistics over the first 1M tokens: a 50 MB record costs seconds
 
     @staticmethod
     def _dups(parts: list[str]) -> tuple[float, float]:
@@ -169,7 +173,7 @@ class GopherRepetition(Filter):
             return False, "repetition_lines"
         if chars > self.max_dup_line_char_fraction:
             return False, "repetition_line_chars"
-        words = tokens(text, _is_cjk(doc))
+        words = tokens(text, _is_cjk(doc))[: self.max_tokens]
         if not words:
             return True
         th = _token_hashes(words)
