@@ -23,11 +23,18 @@ class KVCache:
         self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.num_layers)]
         self.max_len = max_len
         self.length = 0
+        # Static mode (CUDA graphs): write at this tensor index and attend over the whole buffer under a
+        # mask, so every decode step has the same shapes and no host-side integers.
+        self.index: torch.Tensor | None = None
 
     def reset(self) -> None:
         self.length = 0
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.index is not None:
+            self.k[layer].index_copy_(2, self.index, k)
+            self.v[layer].index_copy_(2, self.index, v)
+            return self.k[layer], self.v[layer]
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; this step would need {end}")

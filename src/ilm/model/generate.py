@@ -26,6 +26,7 @@ class Sampling:
     top_k: int = 0  # 0 = off
     stop_ids: tuple[int, ...] | None = None  # None = the model config's stop ids
     seed: int | None = None
+    cuda_graph: bool = True  # on CUDA, replay the decode step as one CUDA graph (no effect on CPU)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -72,6 +73,60 @@ def _check_prompts(model: InternLM2, prompts: Sequence[Sequence[int]]) -> None:
         bad = [t for t in p if not 0 <= t < model.config.vocab_size]
         if bad:
             raise ValueError(f"prompt {i} has token ids outside [0, {model.config.vocab_size}): {bad[:5]}")
+
+
+_STATIC_ON_CPU = False  # tests flip this to run the static (graph-shaped) decode step eagerly on CPU
+
+
+class _GraphedDecode:
+    """The single-token decode step captured once as a CUDA graph and replayed every step.
+
+    Small-batch decoding on a GPU is bound by kernel launches, not arithmetic; one graph replay replaces
+    hundreds of launches. Shapes are made static by attending over the whole preallocated cache under a
+    key mask, and writing K/V at a device-side index.
+    """
+
+    def __init__(self, model: InternLM2, cache: KVCache, batch_size: int, capture: bool = True):
+        device = model.output.weight.device
+        self.model, self.cache = model, cache
+        self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.positions = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.mask = torch.ones(batch_size, 1, 1, cache.max_len, dtype=torch.bool, device=device)
+        # warm up and capture writing into the last slot, which decoding never needs (see generate_stream)
+        self.index = torch.full((1,), cache.max_len - 1, dtype=torch.long, device=device)
+        self.graph = None
+        if not capture:  # same static step, run eagerly (lets the CPU tests check it)
+            return
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._step()
+
+    def _step(self) -> torch.Tensor:
+        length = self.cache.length
+        self.cache.index = self.index
+        out = self.model(self.token, self.positions, AttnBatch(mask=self.mask), self.cache)[:, -1]
+        # the python-side counter is kept by __call__ (a replay runs no python), and the cache goes back
+        # to its ordinary mode for any later prefill
+        self.cache.length, self.cache.index = length, None
+        return out
+
+    def __call__(self, token: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        self.index.fill_(self.cache.length)
+        self.token.copy_(token)
+        self.positions.copy_(positions)
+        self.mask.copy_(valid[:, None, None, :])
+        if self.graph is None:
+            self.logits = self._step()
+        else:
+            self.graph.replay()
+        self.cache.length += 1
+        return self.logits
 
 
 def _prefill_batch(valid: torch.Tensor) -> tuple[AttnBatch, torch.Tensor]:
@@ -121,6 +176,9 @@ def generate_stream(
 
     logits = prefill(P)
     padded = bool((~valid[:, :P]).any())
+    graphed = None
+    if steps > 1 and not dynamic and (sampling.cuda_graph and device.type == "cuda" or _STATIC_ON_CPU):
+        graphed = _GraphedDecode(model, cache, B, capture=device.type == "cuda")
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(steps):
         token = sample_next(logits, sampling, generator)
@@ -135,6 +193,9 @@ def generate_stream(
         lengths = lengths + 1
         if dynamic and bool((lengths > cfg.max_position_embeddings).any()):
             logits = prefill(end)
+            continue
+        if graphed is not None:
+            logits = graphed(token[:, None], (lengths - 1)[:, None], valid)
             continue
         batch = AttnBatch(mask=valid[:, None, None, :end]) if padded else AttnBatch()
         logits = model(token[:, None], (lengths - 1)[:, None], batch, cache)[:, -1]
