@@ -16,11 +16,13 @@ import importlib.resources
 from functools import lru_cache
 from pathlib import Path
 
-# cl100k's split pattern, in the classic form (no possessive quantifiers) that both tiktoken's and
-# HF tokenizers' regex engines accept; tests pin it against tiktoken's own cl100k pattern.
+# cl100k's split pattern as HF tokenizers' regex engine (Oniguruma) reads it. tiktoken's current form
+# uses possessive quantifiers; Oniguruma reads `{1,3}+` as "repeat" and `$` as end of line, so this is
+# the classic form plus `\s++\z` (a whitespace run that ends the text stays one piece, as tiktoken's
+# `\s++$` does). Tests pin it against tiktoken's own pattern.
 CL100K_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
-    r"""\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""\s++\z|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 CL100K_SPECIAL = {
     "<|endoftext|>": 100257,

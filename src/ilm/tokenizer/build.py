@@ -31,6 +31,9 @@ from ilm.tokenizer import chinese as _zh
 from ilm.tokenizer.hf import MANIFEST, HFTokenizer
 from ilm.tokenizer.layout import BOS, CONTROL_HEAD, RELEASED_VOCAB_SIZE, Layout
 
+# Bump when the builder's output for the same inputs changes, so saved builds are not reused stale.
+BUILDER_VERSION = 1
+
 
 def pre_tokenizer() -> pre_tokenizers.PreTokenizer:
     """cl100k's split pattern, then bytes -> byte-level characters (no prefix space)."""
@@ -115,6 +118,7 @@ def build_hf(
     tok = assemble(token_bytes, merges, layout.control_tokens())
     manifest = {
         "kind": "build",
+        "builder": BUILDER_VERSION,
         "layout": {"vocab_size": layout.vocab_size, "n_base": layout.n_base, "n_chinese": layout.n_chinese,
                    "n_spare": layout.n_spare},
         "base": {"path": str(base_path), "sha256": _sha256(base_path), "ranks": len(ranks)},
@@ -124,10 +128,6 @@ def build_hf(
                     "total": round(time.perf_counter() - t0, 2)},
     }
     return tok, manifest
-
-
-def _build_key(manifest_or_args: dict) -> dict:
-    return {k: manifest_or_args[k] for k in ("layout", "base", "chinese")}
 
 
 def build_tokenizer(
@@ -153,7 +153,7 @@ def build_tokenizer(
     if not force and (out / MANIFEST).exists():
         try:
             old = json.loads((out / MANIFEST).read_text())
-            same = (old.get("layout") == wanted["layout"]
+            same = (old.get("builder") == BUILDER_VERSION and old.get("layout") == wanted["layout"]
                     and old.get("base", {}).get("sha256") == wanted["base"]["sha256"]
                     and old.get("chinese", {}).get("sha256") == wanted["chinese"]["sha256"]
                     and old.get("chinese", {}).get("format") == chinese_format)
