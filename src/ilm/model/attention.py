@@ -68,8 +68,9 @@ def lens_from_doc_ids(doc_ids: torch.Tensor) -> list[list[int]]:
     return out
 
 
-def packed_batch(doc_ids: torch.Tensor, backend: str = "sdpa") -> AttnBatch:
-    """Attention pattern for packed rows given (B, T) document ids."""
+def packed_batch(doc_ids: torch.Tensor, backend: str | None = None) -> AttnBatch:
+    """Attention pattern for packed rows given (B, T) document ids (backend: default for the device)."""
+    backend = backend or default_backend(doc_ids.device)
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose from {BACKENDS}")
     if backend == "sdpa":
@@ -96,10 +97,10 @@ def packed_batch(doc_ids: torch.Tensor, backend: str = "sdpa") -> AttnBatch:
 
 
 def default_backend(device: torch.device) -> str:
-    """flash-attn on GPU when installed, FlexAttention on other GPUs, mask-SDPA on CPU.
+    """flash-attn on GPU when installed, FlexAttention on other GPUs, per-document SDPA blocks on CPU.
 
-    On CPU the masked SDPA call beat per-document blocks at the row lengths we train on
-    (benchmarks/bench_model.py, docs/benchmarks.md), so it is the default there.
+    On CPU the per-document blocks beat one masked SDPA call at every packing measured (short, long and
+    mixed documents; benchmarks/bench_model.py, docs/benchmarks.md): they skip the masked-out area.
     """
     if device.type == "cuda":
         try:
@@ -108,7 +109,7 @@ def default_backend(device: torch.device) -> str:
             return "flash"
         except ImportError:
             return "flex"
-    return "sdpa"
+    return "blocks"
 
 
 _FLEX = None

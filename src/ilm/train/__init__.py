@@ -1,0 +1,1 @@
+"""Training stages (pretrain, sft, reward, ppo) and the small pieces they share (losses, optim, checkpoint)."""

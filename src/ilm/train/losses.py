@@ -1,0 +1,84 @@
+"""Every loss in one place, each a small pure function tested against its formula on fixed tensors.
+
+`lm_loss` is the next-token cross-entropy fused with the output projection: logits are produced one chunk
+of rows at a time, their gradient is computed right away, and the full (tokens x vocab) logits tensor is
+never materialised. Same value and gradients as `F.cross_entropy(output(h), labels)`, less memory traffic
+(a 92,544-entry vocabulary makes the logits the largest activation of the whole model).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def shift_labels(input_ids: torch.Tensor, ignore_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Labels for next-token prediction: position t predicts token t+1; the last position predicts nothing.
+
+    Shifting the labels (not the logits) avoids copying the logits. `ignore_mask` marks tokens that must
+    not be predicted (padding, prompt tokens, the first token of a packed document).
+    """
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    labels[:, :-1] = input_ids[:, 1:]
+    if ignore_mask is not None:
+        labels[:, :-1] = labels[:, :-1].masked_fill(ignore_mask[:, 1:], IGNORE_INDEX)
+    return labels
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, chunk_rows: int):
+        h = hidden.reshape(-1, hidden.shape[-1])
+        y = labels.reshape(-1)
+        count = (y != IGNORE_INDEX).sum().clamp(min=1)
+        grad_h = torch.empty_like(h) if hidden.requires_grad else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        all_kept = bool((y != IGNORE_INDEX).all())
+        for start in range(0, h.shape[0], chunk_rows):
+            hc, yc = h[start : start + chunk_rows], y[start : start + chunk_rows]
+            logits = (hc @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            rows = torch.arange(len(yc), device=h.device)
+            target = logits[rows, yc.clamp(min=0)]
+            # d loss_sum / d logits = softmax - onehot (zero on ignored rows), built in the logits' memory
+            g = logits.sub_(lse[:, None]).exp_()
+            g[rows, yc.clamp(min=0)] -= 1
+            if all_kept:
+                total += (lse - target).sum()
+            else:
+                keep = yc != IGNORE_INDEX
+                total += ((lse - target) * keep).sum()
+                g.mul_(keep[:, None])
+            g = g.to(hc.dtype)
+            if grad_h is not None:
+                torch.mm(g, weight, out=grad_h[start : start + chunk_rows])
+            if grad_w is not None:
+                grad_w.addmm_(g.t().float(), hc.float())
+        ctx.save_for_backward(grad_h, grad_w, count)
+        ctx.shape = hidden.shape
+        ctx.weight_dtype = weight.dtype
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w, count = ctx.saved_tensors
+        scale = grad_out / count
+        gh = (grad_h * scale.to(grad_h.dtype)).view(ctx.shape) if grad_h is not None else None
+        gw = (grad_w * scale).to(ctx.weight_dtype) if grad_w is not None else None
+        return gh, gw, None, None
+
+
+def lm_loss(
+    hidden: torch.Tensor, output_weight: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 1024
+) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ output_weight.T` against `labels` (IGNORE_INDEX = skip).
+
+    hidden: (..., D) final-norm activations; output_weight: (V, D); labels: (...).
+    """
+    if torch.is_grad_enabled() and (hidden.requires_grad or output_weight.requires_grad):
+        return _FusedLinearCrossEntropy.apply(hidden, output_weight, labels, chunk_rows)
+    logits = (hidden.reshape(-1, hidden.shape[-1]) @ output_weight.t()).float()
+    return F.cross_entropy(logits, labels.reshape(-1), ignore_index=IGNORE_INDEX)
