@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_default_recipe_on_demo_corpus_cli_and_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    paths, plan = write_demo_corpus(tmp_path / "in", n_shards=3, n_real=150)
+    _, plan = write_demo_corpus(tmp_path / "in", n_shards=3, n_real=150)
     assert main(["data", "run", str(ROOT / "recipes/data/internlm2.toml"), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-q"]) == 0
     kept, removed = assert_balanced(tmp_path / "out")
     assert len(kept) + len(removed) == plan["documents"]
@@ -55,7 +55,7 @@ def test_recipe_rejects_unknown_keys(tmp_path: Path) -> None:
     (tmp_path / "r.toml").write_text('[[steps]]\ntype = "minhash_dedup"\nthreshhold = 0.7\n')
     with pytest.raises(ValueError, match="threshhold"):
         load_recipe(tmp_path / "r.toml")
-    steps, run = load_recipe(ROOT / "recipes/data/internlm2.toml")
+    steps, _ = load_recipe(ROOT / "recipes/data/internlm2.toml")
     mh = next(s for s in steps if s.type == "minhash_dedup")
     assert (mh.ngram, mh.num_perm, mh.threshold, mh.bands, mh.rows) == (5, 128, 0.7, 14, 9)
 
@@ -67,8 +67,9 @@ def a_removed_by(out: Path, reason: str) -> int:
 
 def test_ray_executor_keeps_the_same_documents(real_texts: list[str], tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
-    from ilm.data.corpus import edit_words
     import random
+
+    from ilm.data.corpus import edit_words
 
     rng = random.Random(0)
     docs = [Document(f"d{i}", t, "s", i) for i, t in enumerate(real_texts[:150])]

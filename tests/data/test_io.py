@@ -3,7 +3,6 @@ empty and 50 MB documents are accounted for; a truncated .gz fails only its shar
 
 from __future__ import annotations
 
-import gzip
 import json
 import time
 from pathlib import Path
@@ -118,8 +117,7 @@ def test_fifty_megabyte_document(tmp_path: Path, real_texts: list[str]) -> None:
     src = tmp_path / "big.jsonl"
     with open(src, "w", encoding="utf-8") as f:
         f.write(json.dumps({"id": "big", "text": big}) + "\n")
-        for i, t in enumerate(real_texts[:20]):
-            f.write(json.dumps({"id": f"d{i}", "text": t}) + "\n")
+        f.writelines(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(real_texts[:20]))
     del big, words
     t0 = time.perf_counter()
     led = run_pipeline([Normalize(), GopherQuality(max_words=20_000_000), GopherRepetition(), MinHashDedup()], src, tmp_path / "out")

@@ -33,7 +33,7 @@ def test_vectorised_shingles_match_reference(real_texts: list[str]) -> None:
 
 def test_huge_document_chunking_matches_single_pass(real_texts: list[str]) -> None:
     big = " ".join(real_texts[:400])
-    # the huge-document path hashes 4 MB pieces cut at spaces: the same set as one pass over the text
+    # the huge-document path hashes 1 MB pieces cut at spaces: the same set as one pass over the text
     s1 = mh._huge_doc(big.lower().encode(), 5)
     s2 = mh._spaced_group([(0, big.lower().encode())], 5)[0][1]
     assert s1.size > 10_000 and np.array_equal(np.unique(s1), np.unique(s2))
@@ -45,7 +45,7 @@ def test_estimator_unbiased_with_binomial_spread() -> None:
         errs = []
         for _ in range(200):
             n = 150
-            inter = int(round(2 * n * j / (1 + j)))
+            inter = round(2 * n * j / (1 + j))
             common = rng.integers(0, 2**63, inter, dtype=np.uint64)
             a = np.concatenate([common, rng.integers(0, 2**63, n - inter, dtype=np.uint64)])
             b = np.concatenate([common, rng.integers(0, 2**63, n - inter, dtype=np.uint64)])

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from ilm.data import run_pipeline
-from ilm.data.classifier import HashedLinearModel, QualityClassifierFilter, ToxicityFilter, read_labelled_csv, train
+from ilm.data.classifier import (
+    HashedLinearModel,
+    QualityClassifierFilter,
+    ToxicityFilter,
+    read_labelled_csv,
+    train,
+)
 from ilm.data.corpus import OTHER_LANG, TOXIC, ZH_TEXTS
 from ilm.data.document import Document
 from ilm.data.normalize import LanguageFilter, Normalize, normalise_text
@@ -146,7 +152,7 @@ def test_train_classifier_kaggle_format_cli_and_filter(real_texts: list[str], tm
     docs += [Document(f"bad{i}", ". ".join(_toxic_sentence(random.Random(i)) for _ in range(4)), "s") for i in range(5)]
     write_shards(tmp_path / "in", docs, 2)
     run_pipeline([ToxicityFilter(model=str(tmp_path / "tox.npz"), threshold=0.5, languages=[], labels=["toxic", "insult"])], tmp_path / "in", tmp_path / "out")
-    kept, removed = assert_balanced(tmp_path / "out", [d.id for d in docs])
+    _, removed = assert_balanced(tmp_path / "out", [d.id for d in docs])
     assert sorted(d.id for d in removed) == [f"bad{i}" for i in range(5)]
 
 

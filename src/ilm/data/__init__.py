@@ -21,7 +21,7 @@ __all__ = ["Document", "run_pipeline", "write_demo_corpus"]
 
 
 def run_pipeline(
-    recipe_or_steps: "str | Path | list[Step] | None",
+    recipe_or_steps: str | Path | list[Step] | None,
     inputs: list[str | Path] | str | Path,
     out_dir: str | Path,
     workers: int | None = None,

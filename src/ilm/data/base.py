@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -127,6 +127,7 @@ CJK_RE = re.compile(
     "\uac00-\ud7af\uf900-\ufaff\u0e00-\u0e7f\u0e80-\u0eff\u1000-\u109f\u1780-\u17ff]"
 )
 WORD_RE = re.compile(r"\w+", re.UNICODE)
+_SPACE_RE = re.compile(r"\s")
 
 
 def cjk_fraction(text: str, sample: int = 4000) -> float:
@@ -134,8 +135,10 @@ def cjk_fraction(text: str, sample: int = 4000) -> float:
     if text.isascii():
         return 0.0
     s = text[:sample]
-    non_space = sum(1 for c in s if not c.isspace())
-    return len(CJK_RE.findall(s)) / max(non_space, 1)
+    n_cjk = len(CJK_RE.findall(s))
+    if n_cjk == 0:
+        return 0.0
+    return n_cjk / max(len(s) - len(_SPACE_RE.findall(s)), 1)
 
 
 def tokens(text: str, cjk: bool | None = None) -> list[str]:

@@ -62,7 +62,7 @@ class HashedLinearModel:
             np.savez_compressed(f, coef=self.coef.astype(np.float32), intercept=self.intercept, config=np.array(cfg))
 
     @classmethod
-    def load(cls, path: str | Path) -> "HashedLinearModel":
+    def load(cls, path: str | Path) -> HashedLinearModel:
         with np.load(path, allow_pickle=False) as z:
             cfg = json.loads(str(z["config"]))
             return cls(cfg["labels"], z["coef"], z["intercept"], int(cfg["n_features"]))
@@ -113,7 +113,7 @@ def read_labelled_csv(path: str | Path, text_column: str = "comment_text",
 class ProfanityCheckScorer:
     """alt-profanity-check's bundled English model (a linear SVM with calibrated probabilities)."""
 
-    labels = ["toxic"]
+    labels: ClassVar[list[str]] = ["toxic"]
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         import warnings

@@ -73,24 +73,24 @@ def real_texts(min_words: int = 60, max_docs: int = 2000) -> list[str]:
 
 
 ZH_TEXTS = [
-    "书生·浦语是一个开源的大语言模型系列。它的预训练数据包括网页、书籍和技术文献，经过格式清洗、规则过滤、去重、安全过滤和质量过滤。"
-    "在去重阶段，我们对文档的五元组计算最小哈希签名，并且在相似度超过阈值时保留最新的一份文档。这样做可以减少重复内容对模型的影响，也能让训练更加稳定。",
-    "长文本数据的处理有自己的特点。我们首先选出长度不少于三十二千字节的文档，然后用统计方法去掉没有意义的文本，最后用困惑度过滤。"
-    "如果上文不能帮助模型预测下文，说明这段文本可能是拼接出来的，我们就把它去掉。不同领域的阈值并不一样，所以要分别设定。",
-    "代码数据也需要清洗。所有的代码都被转换成统一的格式，同一个仓库里的文件会按照依赖关系重新排序，这样模型在训练时能够看到完整的上下文。"
-    "对于质量过滤，我们结合了规则打分和模型打分，并且经过了三轮人工标注和重新训练，只在模型和人工判断一致的语言上使用模型分数。",
+    ("书生·浦语是一个开源的大语言模型系列。它的预训练数据包括网页、书籍和技术文献，经过格式清洗、规则过滤、去重、安全过滤和质量过滤。"
+     "在去重阶段，我们对文档的五元组计算最小哈希签名，并且在相似度超过阈值时保留最新的一份文档。这样做可以减少重复内容对模型的影响，也能让训练更加稳定。"),
+    ("长文本数据的处理有自己的特点。我们首先选出长度不少于三十二千字节的文档，然后用统计方法去掉没有意义的文本，最后用困惑度过滤。"
+     "如果上文不能帮助模型预测下文，说明这段文本可能是拼接出来的，我们就把它去掉。不同领域的阈值并不一样，所以要分别设定。"),
+    ("代码数据也需要清洗。所有的代码都被转换成统一的格式，同一个仓库里的文件会按照依赖关系重新排序，这样模型在训练时能够看到完整的上下文。"
+     "对于质量过滤，我们结合了规则打分和模型打分，并且经过了三轮人工标注和重新训练，只在模型和人工判断一致的语言上使用模型分数。"),
 ]
 OTHER_LANG = [
-    "Le chat dort sur le canapé depuis ce matin, et personne ne veut le réveiller parce qu'il a l'air si paisible. "
-    "Nous avons donc décidé de préparer le déjeuner sans lui, en espérant qu'il se lèvera quand il sentira l'odeur du poisson.",
-    "Der Zug nach Berlin hatte heute wieder Verspätung, weil auf der Strecke Bauarbeiten stattfanden. Die Reisenden warteten geduldig "
-    "auf dem Bahnsteig und tranken Kaffee, während die Durchsagen immer neue Zeiten ankündigten.",
+    ("Le chat dort sur le canapé depuis ce matin, et personne ne veut le réveiller parce qu'il a l'air si paisible. "
+     "Nous avons donc décidé de préparer le déjeuner sans lui, en espérant qu'il se lèvera quand il sentira l'odeur du poisson."),
+    ("Der Zug nach Berlin hatte heute wieder Verspätung, weil auf der Strecke Bauarbeiten stattfanden. Die Reisenden warteten geduldig "
+     "auf dem Bahnsteig und tranken Kaffee, während die Durchsagen immer neue Zeiten ankündigten."),
 ]
 TOXIC = [
-    "You are a stupid worthless idiot and everyone hates you. Shut up, you moron, nobody asked for your garbage opinion. "
-    "Go away you pathetic loser, crawl back to whatever hole you came from. What a fucking idiot you are! "
-    "This is the dumbest shit I have ever read, you stupid ass clown. Honestly you should be ashamed of yourself, dumbass. "
-    "Every word you write is crap and you are too dumb to notice it. Get lost, idiot.",
+    ("You are a stupid worthless idiot and everyone hates you. Shut up, you moron, nobody asked for your garbage opinion. "
+     "Go away you pathetic loser, crawl back to whatever hole you came from. What a fucking idiot you are! "
+     "This is the dumbest shit I have ever read, you stupid ass clown. Honestly you should be ashamed of yourself, dumbass. "
+     "Every word you write is crap and you are too dumb to notice it. Get lost, idiot."),
 ]
 
 

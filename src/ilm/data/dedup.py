@@ -178,15 +178,15 @@ class ExactDedup(_Dedup):
 
 
 class _MinHashCollector:
-    def __init__(self, step: "MinHashDedup", work_dir: Path, shard: int):
+    def __init__(self, step: MinHashDedup, work_dir: Path, shard: int):
         self.step, self.work_dir, self.shard = step, work_dir, shard
         self.texts: list[str] = []
         self.size = 0
         self.ids: list[str] = []
         self.ts: list[float] = []
         self.n_sh: list[int] = []
-        self.f_sig = open(work_dir / f"sig-{shard:05d}.u32.tmp", "wb")
-        self.f_band = open(work_dir / f"bands-{shard:05d}.u64.tmp", "wb")
+        self.f_sig = open(work_dir / f"sig-{shard:05d}.u32.tmp", "wb")  # noqa: SIM115 - closed in close()
+        self.f_band = open(work_dir / f"bands-{shard:05d}.u64.tmp", "wb")  # noqa: SIM115
 
     def add(self, doc: Document) -> None:
         self.texts.append(doc.text)

@@ -33,7 +33,7 @@ class Document:
         }
 
     @classmethod
-    def from_record(cls, rec: dict[str, Any], default_id: str, source: str = "") -> "Document":
+    def from_record(cls, rec: dict[str, Any], default_id: str, source: str = "") -> Document:
         """Build from a loose record; raises KeyError('text') when no text field exists."""
         text = None
         for key in TEXT_KEYS:
@@ -72,7 +72,7 @@ def to_seconds(ts: Any) -> float:
         v = float(ts)
         return v / 1000.0 if v > 1e11 else v
     if isinstance(ts, _dt.datetime):
-        return ts.timestamp() if ts.tzinfo else ts.replace(tzinfo=_dt.timezone.utc).timestamp()
+        return ts.timestamp() if ts.tzinfo else ts.replace(tzinfo=_dt.UTC).timestamp()
     if isinstance(ts, str):
         s = ts.strip().replace("Z", "+00:00")
         try:

@@ -89,13 +89,13 @@ class _ShardContext:
         self.step = "read"
         self._writer: ShardWriter | None = None
 
-    def for_step(self, label: str, work_dir: Path) -> "_ShardContext":
+    def for_step(self, label: str, work_dir: Path) -> _ShardContext:
         c = _ShardContext.__new__(_ShardContext)
         c.__dict__.update(self.__dict__)
         c.step, c.work_dir, c._parent = label, work_dir, self
         return c
 
-    def _root(self) -> "_ShardContext":
+    def _root(self) -> _ShardContext:
         return self.__dict__.get("_parent", self)
 
     def drop(self, doc: Document, reason: str, **detail: Any) -> None:

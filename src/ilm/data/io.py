@@ -64,7 +64,7 @@ class _Counting(io.RawIOBase):
 
 
 def _open_binary(path: Path) -> tuple[BinaryIO, _Counting]:
-    raw = _Counting(open(path, "rb"))
+    raw = _Counting(open(path, "rb"))  # noqa: SIM115 - closed with the returned stream
     name = path.name
     if name.endswith(".gz"):
         return gzip.GzipFile(fileobj=io.BufferedReader(raw, 1 << 20), mode="rb"), raw  # type: ignore[return-value]
@@ -170,7 +170,7 @@ def _read_warc(path: Path, drop: DropFn, progress: ProgressFn | None) -> Iterato
     """WARC 'response' records become documents with the raw HTML as text and metadata.format = html."""
     from warcio.archiveiterator import ArchiveIterator
 
-    raw = _Counting(open(path, "rb"))
+    raw = _Counting(open(path, "rb"))  # noqa: SIM115
     reported = 0
     with raw:
         for rec in ArchiveIterator(io.BufferedReader(raw, 1 << 20)):
@@ -221,7 +221,7 @@ class ShardWriter:
         self._pq = None
         name = self.path.name
         self.parquet = name.endswith(".parquet")
-        self._raw = open(self.tmp, "wb")
+        self._raw = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
         if self.parquet:
             self._f: Any = None
         elif name.endswith(".gz"):

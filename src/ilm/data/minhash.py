@@ -84,7 +84,7 @@ _pow_cache: dict[str, np.ndarray] = {}
 def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
     """P1^i and P1^-i mod 2^64 for i < n (grown and cached)."""
     if "pow" not in _pow_cache or len(_pow_cache["pow"]) < n:
-        m = max(n, 1 << 16)
+        m = max(n + (n >> 1), 1 << 16)  # grow geometrically: tables are rebuilt rarely
         inv = pow(int(_P1), -1, 1 << 64)
         p = np.full(m, _P1, dtype=np.uint64)
         p[0] = 1
@@ -144,8 +144,8 @@ def shingle_hashes(texts: list[str], n: int = NGRAM) -> tuple[np.ndarray, np.nda
     for i, t in enumerate(texts):
         if i not in spaced_set:
             parts.append((i, _doc_shingles_cjk(t, n)))
-    # spaced documents: one buffer per ~4 MB, NUL-separated so no word spans two documents
-    lim = 4 << 20
+    # spaced documents: one buffer per ~1 MB (cache-sized), NUL-separated so no word spans two documents
+    lim = 1 << 20
     j = 0
     while j < len(spaced):
         group, size = [], 0
@@ -195,7 +195,7 @@ def _spaced_group(group: list[tuple[int, bytes]], n: int) -> list[tuple[int, np.
 
 
 def _huge_doc(enc: bytes, n: int) -> np.ndarray:
-    hs, pos, lim = [], 0, 1 << 22
+    hs, pos, lim = [], 0, 1 << 20
     while pos < len(enc):
         end = min(pos + lim, len(enc))
         if end < len(enc):

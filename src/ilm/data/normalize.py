@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ilm.data.base import Context, Filter, Map
+from ilm.data.base import Filter, Map
 from ilm.data.document import Document
 
 # C0/C1 controls except tab and newline, plus zero-width and bidi marks that only hide text
@@ -104,6 +103,3 @@ class LanguageFilter(Filter):
         if score < self.min_score:
             return False, "language_low_confidence"
         return True
-
-    def run(self, docs: Iterator[Document], ctx: Context) -> Iterator[Document]:
-        return super().run(docs, ctx)

@@ -105,7 +105,7 @@ def top_ngram_fraction(th: np.ndarray, lens: np.ndarray, n: int, total: int) -> 
     if th.size < n or total == 0:
         return 0.0
     g = _ngram_hashes(th, n)
-    uniq, inv, counts = np.unique(g, return_inverse=True, return_counts=True)
+    _, inv, counts = np.unique(g, return_inverse=True, return_counts=True)
     top = int(np.argmax(counts))
     if counts[top] < 2:
         return 0.0

@@ -66,16 +66,6 @@ def load_recipe(path: str | Path) -> tuple[list[Step], dict[str, Any]]:
     return steps, run
 
 
-def default_recipe_path() -> Path:
-    """recipes/data/internlm2.toml in a source checkout; the packaged copy otherwise."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        p = parent / "recipes" / "data" / "internlm2.toml"
-        if p.exists():
-            return p
-    return Path(str(__import__("importlib.resources").resources.files("ilm.data").joinpath("resources", "internlm2.toml")))
-
-
 def default_steps() -> list[Step]:
     """The InternLM2 general-text pipeline with its defaults (format -> rules -> dedup -> safety -> quality)."""
     return [
