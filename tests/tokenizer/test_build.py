@@ -10,7 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Regex, models, pre_tokenizers
 
-from ilm.tokenizer.base import CL100K_PATTERN, cl100k_reference, from_bytelevel, load_ranks, recover_merges, top_k
+from ilm.tokenizer.base import (
+    CL100K_PATTERN,
+    cl100k_reference,
+    from_bytelevel,
+    load_ranks,
+    recover_merges,
+    top_k,
+)
 from ilm.tokenizer.layout import NAMED_SPARE
 
 _SPLIT = pre_tokenizers.Split(Regex(CL100K_PATTERN), behavior="isolated")

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ilm.tokenizer.chat import CHAT_TEMPLATE, RELEASED_TEMPLATE, parse_reply, render_text
 
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
-
-TOOL_CONV = [
-    {"role": "system", "content": "You are InternLM2-Chat."},
-    {"role": "user", "content": "上海天气怎么样？"},
-    {"role": "assistant", "content": "I will check.",
-     "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "上海"}}}]},
-    {"role": "tool", "content": {"temperature": 22}},
-    {"role": "assistant", "content": "22 度。"},
-]
+CONVS = json.loads((Path(__file__).parent / "data" / "conversations.json").read_text())
+TOOLS, TOOL_CONV, CODE_CONV, PLAIN = CONVS["tools"], CONVS["tool_conv"], CONVS["code_conv"], CONVS["plain"]
 # RECIPE.md section 3, written out by hand
 TOOL_TEXT = (
     "<s><|im_start|>system\nYou are InternLM2-Chat.<|im_end|>\n"
@@ -32,13 +24,6 @@ TOOL_TEXT = (
     '<|im_start|>environment name=<|plugin|>\n{"temperature": 22}<|im_end|>\n'
     "<|im_start|>assistant\n22 度。<|im_end|>\n"
 )
-CODE_CONV = [
-    {"role": "system", "name": "interpreter", "content": "You can run Python."},
-    {"role": "user", "name": "file", "content": '[{"path": "data.csv"}]'},
-    {"role": "assistant", "content": "Let me compute.", "tool_calls": [{"type": "interpreter", "code": "print(1 + 1)"}]},
-    {"role": "environment", "name": "interpreter", "content": "2"},
-    {"role": "assistant", "content": "The answer is 2."},
-]
 CODE_TEXT = (
     "<s><|im_start|>system name=<|interpreter|>\nYou can run Python.<|im_end|>\n"
     '<|im_start|>user name=file\n[{"path": "data.csv"}]<|im_end|>\n'
@@ -47,17 +32,10 @@ CODE_TEXT = (
     "<|im_start|>environment name=<|interpreter|>\n2<|im_end|>\n"
     "<|im_start|>assistant\nThe answer is 2.<|im_end|>\n"
 )
-PLAIN = [
-    [{"role": "user", "content": "Hi"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
-     {"role": "assistant", "content": "4"}, {"role": "user", "content": "多谢！\n再见。"}],
-    [{"role": "user", "content": "  leading spaces\n\nand blank lines  "}, {"role": "assistant", "content": ""}],
-]
-
 
 def _jinja(template: str, **kw) -> str:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.filters["tojson"] = lambda x: __import__("json").dumps(x, ensure_ascii=False)
+    env.filters["tojson"] = lambda x: json.dumps(x, ensure_ascii=False)
     return env.from_string(template).render(bos_token="<s>", **kw)
 
 

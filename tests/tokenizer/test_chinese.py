@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import pytest
@@ -21,7 +22,7 @@ def _naive(words, weights, token_bytes, first, n):
     while len(merges) < n:
         counts = Counter()
         for w, f in zip(words, weights):
-            for p in zip(w, w[1:]):
+            for p in itertools.pairwise(w):
                 counts[p] += f
         pick = None
         for _, p in sorted((-c, p) for p, c in counts.items() if c > 0 and p not in banned):
@@ -84,7 +85,7 @@ def test_admissible_rule():
 def test_read_source_counts_bad_lines(tmp_path):
     f = tmp_path / "zh.txt"
     f.write_bytes("中国人民\n\n   \n".encode() + b"\xff\xfe\xfd broken\n" + "我们 的\n".encode()
-                  + b"\xe4\xb8\n" + "hello world\n".encode())
+                  + b"\xe4\xb8\n" + b"hello world\n")
     counts, stats = read_source([f], str.split, "text")
     assert (stats.lines, stats.empty, stats.invalid_utf8, stats.used) == (7, 2, 2, 3)
     assert counts == Counter({"中国人民": 1, "我们": 1, "的": 1})  # non-Chinese chunks are not learned from

@@ -34,7 +34,7 @@ from typing import Any
 
 from ilm.tokenizer.layout import RELEASED_VOCAB_SIZE, Layout
 
-__all__ = ["Layout", "RELEASED_VOCAB_SIZE", "build_tokenizer", "load_tokenizer", "train_tokenizer"]
+__all__ = ["RELEASED_VOCAB_SIZE", "Layout", "build_tokenizer", "load_tokenizer", "train_tokenizer"]
 
 
 def build_tokenizer(out_dir: str | Path, vocab_size: int = RELEASED_VOCAB_SIZE, **kwargs: Any):

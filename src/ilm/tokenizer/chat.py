@@ -161,7 +161,7 @@ def _call_pieces(call: dict, index: int) -> list[Piece]:
                 Piece("\n```python\n" + code + "\n```", False, True), Piece(ACTION_END, True, True)]
     f = call.get("function", call)
     if not isinstance(f, dict) or not isinstance(f.get("name"), str):
-        raise ValueError(f"message {index}: a tool call needs a function name")
+        raise ValueError(f"message {index}: a tool call needs a function name")  # noqa: TRY004 (bad data)
     args = f["arguments"] if "arguments" in f else f.get("parameters", {})
     body = '{"name": ' + _json(f["name"]) + ', "parameters": ' + (args if isinstance(args, str) else _json(args)) + "}"
     return [Piece(ACTION_START, True, True), Piece(PLUGIN, True, True), Piece("\n" + body, False, True),
@@ -192,7 +192,7 @@ def conversation_pieces(
         if role == "environment" and not name:
             name = PLUGIN
         if not isinstance(name, str):
-            raise ValueError(f"message {index}: name must be a string")
+            raise ValueError(f"message {index}: name must be a string")  # noqa: TRY004 (bad data)
         train = role == "assistant"
         pieces += [Piece(IM_START, True), Piece(role + (" name=" if name else ""))]
         if name in _NAMES:
@@ -256,7 +256,7 @@ def render(
 
 _CONTROL_RE = re.compile("|".join(re.escape(t) for t in (IM_START, IM_END, ACTION_START, ACTION_END, PLUGIN,
                                                          INTERPRETER, EOS)))
-_FENCE = re.compile(r"\A\s*```[\w+.-]*[ \t]*\n(.*?)\n?```\s*\Z", re.S)
+_FENCE = re.compile(r"\A\s*```[\w+.-]*[ \t]*\n(.*?)\n?```\s*\Z", re.DOTALL)
 
 
 def _segments(tok: Any, output: str | list[int]) -> list[tuple[bool, str]]:
@@ -320,7 +320,7 @@ def parse_reply(output: str | list[int], tok: Any = None) -> Reply:
         else:
             reply.errors.append("action not closed by <|action_end|>")
         raw = "".join(body)
-        raw = raw[1:] if raw.startswith("\n") else raw
+        raw = raw.removeprefix("\n")
         if kind == INTERPRETER:
             m = _FENCE.match(raw)
             code = m.group(1) if m else raw

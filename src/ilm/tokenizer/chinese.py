@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import importlib.resources
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -170,7 +171,7 @@ def continue_bpe(
     count: dict[tuple[int, int], int] = {}
     where: dict[tuple[int, int], set[int]] = {}
     for w, (seq, f) in enumerate(zip(words, weights)):
-        for p in zip(seq, seq[1:]):
+        for p in itertools.pairwise(seq):
             count[p] = count.get(p, 0) + f
             where.setdefault(p, set()).add(w)
     heap = [(-c, p) for p, c in count.items()]

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ilm.tokenizer.layout import RELEASED_VOCAB_SIZE
 
 
+def _clean_errors(verb: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Bad input (sizes, files, JSON) ends with one clear line on stderr and exit status 2, not a traceback."""
+
+    @functools.wraps(verb)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return verb(args)
+        except (ValueError, KeyError, OSError) as err:
+            print(f"ilm tokenizer {verb.__name__.strip('_')}: error: {err}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+@_clean_errors
 def _build(args: argparse.Namespace) -> int:
     from ilm.tokenizer.build import build_tokenizer
 
@@ -19,6 +36,7 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+@_clean_errors
 def _train(args: argparse.Namespace) -> int:
     from ilm.tokenizer.build import train_tokenizer
 
@@ -41,6 +59,7 @@ def _read_text(arg: str) -> str:
     return sys.stdin.read() if arg == "-" else arg
 
 
+@_clean_errors
 def _encode(args: argparse.Namespace) -> int:
     from ilm.tokenizer import load_tokenizer
 
@@ -54,6 +73,7 @@ def _encode(args: argparse.Namespace) -> int:
     return 0
 
 
+@_clean_errors
 def _decode(args: argparse.Namespace) -> int:
     from ilm.tokenizer import load_tokenizer
 
@@ -63,6 +83,7 @@ def _decode(args: argparse.Namespace) -> int:
     return 0
 
 
+@_clean_errors
 def _render(args: argparse.Namespace) -> int:
     from ilm.tokenizer import load_tokenizer
 

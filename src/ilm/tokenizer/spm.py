@@ -5,7 +5,7 @@ decode and render chats with it exactly like with an ilm-built tokenizer. Contro
 name (`<|im_start|>` ...); when a model only has the spare names (`[UNUSED_TOKEN_146]` ...), the
 released positions map them. Pieces that sentencepiece would match inside text (user-defined
 symbols) are switched off in a second, "plain" copy of the model, so message content never turns into
-control tokens. Needs `protobuf` (sentencepiece's model format) only for models that have such pieces.
+control tokens (editing the model uses `protobuf`, sentencepiece's file format).
 """
 
 from __future__ import annotations
@@ -16,19 +16,34 @@ from pathlib import Path
 import sentencepiece as spm
 
 from ilm.tokenizer.chat import ChatMixin
-from ilm.tokenizer.layout import BOS, EOS, IM_END, N_SPARE, NAMED_SPARE, PAD, RELEASED_VOCAB_SIZE, UNK, spare_name
+from ilm.tokenizer.layout import (
+    BOS,
+    EOS,
+    IM_END,
+    N_SPARE,
+    NAMED_SPARE,
+    PAD,
+    RELEASED_VOCAB_SIZE,
+    UNK,
+    spare_name,
+)
 
 
-def _plain_proto(proto: bytes, names: set[str]) -> bytes:
-    """A copy of the model where user-defined pieces named like control tokens are never produced."""
+def _plain_proto(proto: bytes, names: set[str]) -> bytes | None:
+    """A copy of the model where user-defined pieces named like control tokens are never produced.
+
+    None when the model has no such piece (sentencepiece matches user-defined pieces inside any text).
+    """
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     model = pb.ModelProto()
     model.ParseFromString(proto)
+    changed = 0
     for piece in model.pieces:
         if piece.type == pb.ModelProto.SentencePiece.USER_DEFINED and piece.piece in names:
             piece.type = pb.ModelProto.SentencePiece.UNUSED
-    return model.SerializeToString()
+            changed += 1
+    return model.SerializeToString() if changed else None
 
 
 class SentencePieceTokenizer(ChatMixin):
@@ -57,9 +72,8 @@ class SentencePieceTokenizer(ChatMixin):
         self.pad_id = ids[PAD]
         self.stop_ids = (self.eos_id, ids[IM_END])
         self._names = {i: n for n, i in ids.items()}
-        matched = {self.sp.id_to_piece(i) for i in ids.values()}
-        leaking = {p for p in matched if self.sp.encode(p) == [self.sp.piece_to_id(p)]}
-        self._plain = spm.SentencePieceProcessor(model_proto=_plain_proto(proto, leaking)) if leaking else self.sp
+        plain = _plain_proto(proto, {self.sp.id_to_piece(i) for i in ids.values()})
+        self._plain = spm.SentencePieceProcessor(model_proto=plain) if plain else self.sp
         self._control_re = re.compile("|".join(re.escape(n) for n in sorted(ids, key=len, reverse=True)))
 
     @classmethod
