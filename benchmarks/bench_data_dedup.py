@@ -54,7 +54,7 @@ def make_corpus(folder: Path, n_docs: int, n_shards: int = 16, seed: int = 0) ->
     lens = rng.integers(30, 80, n_orig)
     offs = np.concatenate([[0], np.cumsum(lens)])
     words = vocab[rng.integers(0, len(vocab), int(offs[-1]))]
-    src = rng.integers(0, n_orig, n_dup)
+    src = rng.choice(n_orig, n_dup, replace=False)  # one copy per original: pairs are unambiguous
     pos: list[int] = []
     writers = [ShardWriter(folder / f"part-{i:03d}.jsonl.zst") for i in range(n_shards)]
     for i in range(n_docs):

@@ -36,7 +36,7 @@ def main() -> dict:
 
     from ilm.data import run_pipeline
 
-    copies = int(os.environ.get("ILM_BENCH_PIPELINE_COPIES", "8"))
+    copies = int(os.environ.get("ILM_BENCH_PIPELINE_COPIES", "30"))
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)

@@ -70,8 +70,14 @@ def bench_train(preset: str, batch: int, seq: int, device, dtype, compile_layers
         loss.backward()
         return loss
 
+    def step_ours_unfused():
+        logits = ours(ids).float()
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, cfg.vocab_size), labels.view(-1))
+        loss.backward()
+
     loss_ours, loss_hf = step_ours().item(), step_hf().item()
-    fns = {"ilm (eager)": step_ours, "transformers LlamaForCausalLM": step_hf}
+    fns = {"ilm (eager)": step_ours, "transformers LlamaForCausalLM": step_hf,
+           "ilm (eager, unfused loss)": step_ours_unfused}
     if compile_layers:
         compiled = build_model(cfg, device=device, dtype=dtype, seed=0).train()
         apply_compile(compiled)
@@ -181,6 +187,10 @@ def main() -> dict:
     results = {}
     if torch.cuda.is_available():
         dev = torch.device("cuda")
+        if os.environ.get("ILM_BENCH_ONLY") == "train":
+            _guarded(results, "train_gpu", bench_train, "internlm2-1.8b", 4, 2048, dev, torch.bfloat16, True)
+            _guarded(results, "decode_gpu_small_fp32", bench_decode, "small", 8, 128, dev, torch.float32)
+            return results
         _guarded(results, "gpu_checks", gpu_checks, dev)
         _guarded(results, "decode_gpu_small", bench_decode, "small", 8, 128, dev, torch.bfloat16)
         _guarded(results, "decode_gpu_1.8b", bench_decode, "internlm2-1.8b", 8, 128, dev, torch.bfloat16)

@@ -55,8 +55,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             g = g.to(hc.dtype)
             if grad_h is not None:
                 torch.mm(g, weight, out=grad_h[start : start + chunk_rows])
-            if grad_w is not None:
-                grad_w.addmm_(g.t().float(), hc.float())
+            if grad_w is not None:  # the matmul runs in the activations' dtype; chunks add up in fp32
+                if hc.dtype == torch.float32:
+                    grad_w.addmm_(g.t(), hc)
+                else:
+                    grad_w += (g.t() @ hc).float()
         ctx.save_for_backward(grad_h, grad_w, count)
         ctx.shape = hidden.shape
         ctx.weight_dtype = weight.dtype
