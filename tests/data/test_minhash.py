@@ -87,3 +87,11 @@ def test_union_find_matches_plain(case: tuple[int, list[tuple[int, int]]]) -> No
     v = np.array([e[1] for e in edges], dtype=np.int64)
     got = mh.union(np.arange(n, dtype=np.int64), u, v)
     assert [find(i) for i in range(n)] == got.tolist()
+
+
+def test_seed_numbers_are_the_step_defaults() -> None:
+    from ilm.data.dedup import MinHashDedup
+
+    s = MinHashDedup()
+    assert (s.ngram, s.num_perm, s.threshold, s.bands, s.rows) == (5, 128, 0.7, 14, 9)
+    assert (s.bands, s.rows) == mh.optimal_bands(s.threshold, s.num_perm)
