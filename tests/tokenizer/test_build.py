@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 import regex
@@ -18,6 +19,7 @@ from ilm.tokenizer.base import (
     recover_merges,
     top_k,
 )
+from ilm.tokenizer.hf import split_for_parallel
 from ilm.tokenizer.layout import NAMED_SPARE
 
 _SPLIT = pre_tokenizers.Split(Regex(CL100K_PATTERN), behavior="isolated")
@@ -159,6 +161,27 @@ def test_recover_merges_rejects_non_merge_closed_vocab():
     broken = tokens[:256] + [b"xyz"]  # "xyz" has no parts among the lower ranks
     with pytest.raises(ValueError, match="not the merge"):
         recover_merges(broken)
+
+
+_PIECES = st.lists(st.sampled_from(["a", "Bc", " ", "  ", "\n", "\n\n", "\r\n", "\t", ".", "'s", "12345", "中文",
+                                    "<|im_end|>", "\u3000", "\x1c", "\x85", "\u2028", "!\n"]), max_size=60)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_PIECES.map("".join) | st.text(max_size=200))
+def test_parallel_cuts_give_the_same_ids(full_tok, text):
+    """Long texts are cut at newline+non-space and encoded in parallel: ids equal one whole-text call."""
+    with mock.patch("ilm.tokenizer.hf.PARALLEL_CHARS", 4):
+        assert "".join(split_for_parallel(text, 8)) == text
+        for special in (False, True):
+            whole = (full_tok.hf if special else full_tok._plain).encode(text, add_special_tokens=True).ids
+            assert full_tok.encode(text, bos=True, special=special) == whole
+
+
+def test_parallel_cuts_on_real_text(full_tok, code_text, en_text, zh_text):
+    text = code_text + en_text + zh_text * 20
+    assert len(split_for_parallel(text, 8)) > 4
+    assert full_tok.encode(text) == full_tok._plain.encode(text, add_special_tokens=False).ids
 
 
 def test_batch_equals_single(full_tok, en_text, zh_text):

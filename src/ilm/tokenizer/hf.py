@@ -13,6 +13,8 @@ inject a control token by typing it.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 from tokenizers import Tokenizer as _HF
@@ -23,6 +25,25 @@ from ilm.tokenizer.layout import BOS, CONTROL_HEAD, EOS, IM_END, NAMED_SPARE, PA
 
 MANIFEST = "ilm_tokenizer.json"
 MODEL_MAX_LENGTH = 32_768
+# A newline followed by a non-space character always ends a cl100k pre-token (no alternative of the
+# split pattern continues past newlines into other text), and no control token holds a newline, so a
+# long text cut there encodes to the same ids piece by piece -- in parallel.
+_SAFE_CUT = re.compile(r"\n(?=\S)")
+PARALLEL_CHARS = 1 << 16
+
+
+def split_for_parallel(text: str, pieces: int) -> list[str]:
+    """Cut `text` into about `pieces` parts at safe boundaries (see `_SAFE_CUT`); joins back to `text`."""
+    size = max(PARALLEL_CHARS // 2, len(text) // max(1, pieces))
+    out, start = [], 0
+    while len(text) - start > size:
+        m = _SAFE_CUT.search(text, start + size)
+        if m is None:
+            break
+        out.append(text[start : m.end()])
+        start = m.end()
+    out.append(text[start:])
+    return out
 
 
 class HFTokenizer(ChatMixin):
@@ -55,9 +76,17 @@ class HFTokenizer(ChatMixin):
 
     # --- encoding ---------------------------------------------------------------------------------
     def encode(self, text: str, *, bos: bool = False, special: bool = False) -> list[int]:
-        """Ids of `text`; `bos` prepends <s>; `special` reads control-token text as control tokens."""
+        """Ids of `text`; `bos` prepends <s>; `special` reads control-token text as control tokens.
+
+        Long texts are cut at safe boundaries and encoded on all cores; the ids are the same.
+        """
         tok = self.hf if special else self._plain
-        return tok.encode(text, add_special_tokens=bos).ids
+        if len(text) < PARALLEL_CHARS:
+            return tok.encode_batch_fast([text], add_special_tokens=bos)[0].ids
+        ids = [self.bos_id] if bos else []
+        for enc in tok.encode_batch_fast(split_for_parallel(text, 4 * (os.cpu_count() or 1)), add_special_tokens=False):
+            ids += enc.ids
+        return ids
 
     def encode_batch(self, texts: list[str], *, bos: bool = False, special: bool = False) -> list[list[int]]:
         """`encode` over many texts in parallel (Rust threads, all cores; no offsets computed)."""
