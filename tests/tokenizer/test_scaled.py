@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import regex
 import tiktoken
 from tokenizers import models
 
-from ilm.tokenizer import load_tokenizer
+from ilm.tokenizer import build_tokenizer, load_tokenizer
 from ilm.tokenizer.base import cl100k_reference
 from ilm.tokenizer.layout import NAMED_SPARE
 
@@ -60,3 +61,22 @@ def test_saved_directory_loads_back(small_tok, en_text, zh_text, tmp_path):
     assert again.encode(en_text + zh_text) == small_tok.encode(en_text + zh_text)
     assert again.control_ids == small_tok.control_ids
     assert again.manifest["layout"] == small_tok.manifest["layout"]
+
+
+def test_any_tiktoken_file_as_base(tmp_path, zh_text):
+    """--base accepts any `.tiktoken` rank file (here: plain text, the top 2,000 cl100k ranks)."""
+    import base64
+
+    ref = cl100k_reference()
+    ranks = sorted(((r, t) for t, r in ref._mergeable_ranks.items() if r < 2000))
+    path = tmp_path / "mini.tiktoken"
+    path.write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for r, t in ranks))
+    zh = tmp_path / "zh.txt"
+    zh.write_text(zh_text)
+    tok = build_tokenizer(tmp_path / "out", vocab_size=1024, base=path, chinese=[zh])
+    assert tok.manifest["base"]["ranks"] == 2000
+    assert all(tok.token_bytes(r + 3) == t for r, t in ranks[:568])
+    bad = tmp_path / "bad.tiktoken"
+    bad.write_text("not base64 at all\n")
+    with pytest.raises(ValueError, match="not a `base64 rank` line"):
+        build_tokenizer(tmp_path / "out2", vocab_size=1024, base=bad, chinese=[zh])
