@@ -133,3 +133,14 @@ def test_build_reuses_matching_directory(tmp_path, zh_text):
     f.write_text(zh_text + "\n新的句子。\n")  # a different source: rebuilt
     build_tokenizer(tmp_path / "out", vocab_size=512, chinese=[f])
     assert (tmp_path / "out" / "tokenizer.json").stat().st_mtime_ns != stamp
+
+
+def test_chinese_words_limits_the_source(tmp_path, zh_text):
+    f = tmp_path / "zh.txt"
+    f.write_text(zh_text)
+    full = build_tokenizer(tmp_path / "all", vocab_size=512, chinese=[f])
+    few = build_tokenizer(tmp_path / "few", vocab_size=512, chinese=[f], chinese_words=40)
+    assert few.manifest["chinese"]["words"] == 40 and full.manifest["chinese"]["words"] is None
+    assert few.vocab_size == 512 and few.decode(few.encode(zh_text)) == zh_text
+    learned = {few.token_bytes(i) for i in range(3 + 256, 512 - 147)}
+    assert learned != {full.token_bytes(i) for i in range(3 + 256, 512 - 147)}

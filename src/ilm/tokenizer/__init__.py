@@ -4,7 +4,8 @@ Public API (everything a later stage needs):
 
     from ilm.tokenizer import build_tokenizer, load_tokenizer
 
-    tok = build_tokenizer("runs/tok8k", vocab_size=8192)   # builds (seconds) or reuses a matching build
+    tok = build_tokenizer("runs/tok8k", vocab_size=8192)   # builds (~15 s) or reuses a matching build
+    tok = build_tokenizer("runs/tok8k", vocab_size=8192, chinese_words=50_000)  # ~3 s: top Chinese words only
     tok = build_tokenizer("runs/tok")                       # the released layout: 92,544 tokens
     tok = load_tokenizer("runs/tok")                        # a saved dir, or an InternLM2 tokenizer.model
 

@@ -31,7 +31,8 @@ def _build(args: argparse.Namespace) -> int:
     from ilm.tokenizer.build import build_tokenizer
 
     tok = build_tokenizer(args.out, args.vocab_size, base=args.base, chinese=args.chinese,
-                          chinese_format=args.chinese_format, n_base=args.base_tokens, force=args.force)
+                          chinese_format=args.chinese_format, n_base=args.base_tokens, force=args.force,
+                          chinese_words=args.chinese_words)
     _summary(tok, args.out)
     return 0
 
@@ -114,6 +115,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--chinese", nargs="+", help="Chinese text or `word freq` files (default: jieba's dictionary)")
     p.add_argument("--chinese-format", choices=["auto", "wordfreq", "text"], default="auto")
     p.add_argument("--base-tokens", type=int, help="how many base tokens to keep (default: released proportion)")
+    p.add_argument("--chinese-words", type=int, help="learn from only the N heaviest Chinese words (faster small builds)")
     p.add_argument("--force", action="store_true", help="rebuild even if --out holds the same build")
     p.set_defaults(func=_build)
 
