@@ -32,6 +32,11 @@ _SAFE_CUT = re.compile(r"\n(?=\S)")
 PARALLEL_CHARS = 1 << 16
 
 
+def _batch(tok: _HF):
+    """`encode_batch_fast` (no offsets; tokenizers >= 0.21) where available, else `encode_batch`."""
+    return getattr(tok, "encode_batch_fast", tok.encode_batch)
+
+
 def split_for_parallel(text: str, pieces: int) -> list[str]:
     """Cut `text` into about `pieces` parts at safe boundaries (see `_SAFE_CUT`); joins back to `text`."""
     size = max(PARALLEL_CHARS // 2, len(text) // max(1, pieces))
@@ -82,16 +87,16 @@ class HFTokenizer(ChatMixin):
         """
         tok = self.hf if special else self._plain
         if len(text) < PARALLEL_CHARS:
-            return tok.encode_batch_fast([text], add_special_tokens=bos)[0].ids
+            return _batch(tok)([text], add_special_tokens=bos)[0].ids
         ids = [self.bos_id] if bos else []
-        for enc in tok.encode_batch_fast(split_for_parallel(text, 4 * (os.cpu_count() or 1)), add_special_tokens=False):
+        for enc in _batch(tok)(split_for_parallel(text, 4 * (os.cpu_count() or 1)), add_special_tokens=False):
             ids += enc.ids
         return ids
 
     def encode_batch(self, texts: list[str], *, bos: bool = False, special: bool = False) -> list[list[int]]:
         """`encode` over many texts in parallel (Rust threads, all cores; no offsets computed)."""
         tok = self.hf if special else self._plain
-        return [e.ids for e in tok.encode_batch_fast(list(texts), add_special_tokens=bos)]
+        return [e.ids for e in _batch(tok)(list(texts), add_special_tokens=bos)]
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Ordinary-text ids with (start, end) character offsets into `text` (used for loss masks)."""
