@@ -18,6 +18,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "generate": ("ilm.model.cli_generate", "generate from a checkpoint (text or ids)"),
     "tokenizer": ("ilm.tokenizer.cli", "build, train, encode and render with the InternLM2 tokenizer"),
     "data": ("ilm.data.cli", "run the pretraining-data pipeline and report its funnel"),
+    "pretrain": ("ilm.train.cli_pretrain", "tokenize into shards; multi-stage pretraining from a TOML recipe"),
 }
 
 

@@ -16,6 +16,7 @@ from ilm.model.attention import AttnBatch, attend
 from ilm.model.cache import KVCache
 from ilm.model.config import ModelConfig
 from ilm.model.rope import Rope, apply_rope
+from ilm.train.losses import lm_loss
 
 
 class RMSNorm(nn.Module):
@@ -118,11 +119,14 @@ class InternLM2(nn.Module):
         cache: KVCache | None = None,
         last_only: bool = False,
         return_hidden: bool = False,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids (B, T) -> logits (B, T, V), or (B, 1, V) with `last_only`.
 
         `positions` restart per document for packed rows (see `ilm.model.attention`); `batch` carries the
         attention pattern (default: causal over each row); `cache` makes this a prefill or decode step.
+        With `labels`, returns the mean next-token loss instead, computed inside the forward so that a
+        sharded (FSDP) output head is gathered while it is used.
         """
         B, T = input_ids.shape
         if positions is None:
@@ -138,6 +142,8 @@ class InternLM2(nn.Module):
         if last_only:
             h = h[:, -1:]
         h = self.model.norm(h)
+        if labels is not None:
+            return lm_loss(h, self.output.weight, labels)
         return h if return_hidden else self.output(h)
 
 

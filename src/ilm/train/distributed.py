@@ -1,11 +1,72 @@
-"""What is applied to a model from outside: compilation now; FSDP2 sharding and activation checkpointing join
-here with the pretraining stage. The model file never knows about any of it."""
+"""What is applied to a model from outside: process groups, FSDP2 sharding, activation checkpointing and
+compilation. The model file never knows about any of it; the same training loop runs as one CPU process,
+as several gloo processes, or as `torchrun` over GPUs and nodes (NCCL)."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import torch
+import torch.distributed as dist
 
 from ilm.model.internlm2 import InternLM2
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_world(device: str = "auto") -> World:
+    """Join the process group when launched by torchrun (RANK/WORLD_SIZE set); else a world of one."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return World(rank=rank, size=size, local_rank=local_rank, device=dev)
+
+
+def shutdown_world() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def apply_fsdp(model: InternLM2, mixed_precision: torch.dtype | None = None) -> InternLM2:
+    """FSDP2: shard every decoder layer, then the root (embeddings, final norm, output head)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=mixed_precision, reduce_dtype=torch.float32) if mixed_precision else None
+    kwargs = {"mp_policy": policy} if policy else {}
+    for layer in model.model.layers:
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def apply_activation_checkpointing(model: InternLM2) -> InternLM2:
+    """Recompute each decoder layer in the backward pass instead of storing its activations."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    layers = model.model.layers
+    for i, layer in enumerate(layers):
+        layers[i] = checkpoint_wrapper(layer, preserve_rng_state=False)
+    return model
 
 
 def apply_compile(model: InternLM2, **compile_kwargs) -> InternLM2:
@@ -14,3 +75,12 @@ def apply_compile(model: InternLM2, **compile_kwargs) -> InternLM2:
     for layer in model.model.layers:
         layer.compile(**compile_kwargs)
     return model
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.AVG if value.device.type == "cuda" else dist.ReduceOp.SUM)
+        if value.device.type != "cuda":
+            value /= dist.get_world_size()
+    return value

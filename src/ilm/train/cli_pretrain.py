@@ -1,0 +1,66 @@
+"""`ilm pretrain RECIPE.toml [--resume auto|never|DIR] [--section.key=value ...]` and
+`ilm pretrain tokenize --tokenizer DIR --out DIR INPUT...` (documents -> token shards)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Multi-stage pretraining from a TOML recipe (recipes/tiny.toml, recipes/internlm2-7b.toml, ...).\n"
+        "  ilm pretrain RECIPE.toml [--resume auto|never|CHECKPOINT] [--train.max_steps=10 ...]\n"
+        "  ilm pretrain tokenize --tokenizer DIR --out DIR INPUT [INPUT ...]\n"
+        "Launch on several processes with torchrun: torchrun --nproc_per_node 8 -m ilm.cli pretrain RECIPE.toml"
+    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("target", help="a recipe TOML file, or `tokenize`")
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="options (see above)")
+    parser.set_defaults(func=_dispatch)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.target == "tokenize":
+        return _tokenize(args.rest)
+    return _run(args.target, args.rest)
+
+
+def _run(recipe: str, rest: list[str]) -> int:
+    from ilm.config import RecipeError, load
+    from ilm.train.pretrain import PretrainConfig, train
+
+    p = argparse.ArgumentParser(prog="ilm pretrain RECIPE.toml")
+    p.add_argument("--resume", default="auto", help="auto (latest checkpoint in run_dir), never, or a checkpoint dir")
+    opts, overrides = p.parse_known_args(rest)
+    bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
+    if bad:
+        p.error(f"unrecognised arguments {bad}; overrides look like --train.max_steps=10")
+    try:
+        cfg = load(PretrainConfig, recipe, overrides)
+        summary = train(cfg, resume=opts.resume)
+    except (RecipeError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _tokenize(rest: list[str]) -> int:
+    from ilm.data.shards import ShardError, tokenize_to_shards
+
+    p = argparse.ArgumentParser(prog="ilm pretrain tokenize")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory (ilm tokenizer build)")
+    p.add_argument("--out", required=True, help="token shard directory to write (resumable)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("inputs", nargs="+", help="jsonl / jsonl.gz / jsonl.zst / parquet files or directories")
+    a = p.parse_args(rest)
+    try:
+        report = tokenize_to_shards(a.inputs, a.tokenizer, a.out, workers=a.workers)
+    except ShardError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report.pop("reports", None)
+    print(json.dumps(report, indent=2))
+    return 0

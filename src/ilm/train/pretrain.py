@@ -1,0 +1,322 @@
+"""`ilm pretrain RECIPE.toml`: multi-stage pretraining, one explicit loop (RECIPE.md section 5).
+
+setup (world, model, optimiser, resume) -> for each stage: set RoPE, pack rows of the stage's window from
+its mixture, train its share of the token budget -> export an HF InternLM2 checkpoint.
+
+The learning-rate schedule spans all stages; each stage continues from the previous one's state. A
+checkpoint holds the global step, the stage, the packer's exact position and the RNG states, so a resumed
+run produces the same losses as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ilm.data.packing import Packer, packed_labels
+from ilm.data.shards import TokenShards
+from ilm.model import build_model, get_preset, packed_batch, positions_from_doc_ids
+from ilm.model.config import ModelConfig
+from ilm.model.rope import Rope
+from ilm.train import checkpoint
+from ilm.train.distributed import (
+    World, all_reduce_mean, apply_activation_checkpointing, apply_compile, apply_fsdp, init_world,
+)
+from ilm.train.metrics import Metrics, peak_flops
+from ilm.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
+
+
+@dataclass
+class ModelSection:
+    preset: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)  # any ModelConfig field
+
+
+@dataclass
+class SourceConfig:
+    name: str = ""
+    path: str = ""  # a token shard directory (`ilm pretrain tokenize`)
+
+
+@dataclass
+class StageConfig:
+    name: str = ""
+    window: int = 4096
+    fraction: float = 1.0  # share of train.total_tokens
+    rope_theta: float | None = None  # None: keep the previous stage's base
+    max_position_embeddings: int | None = None  # None: keep the previous stage's
+    mixture: dict[str, float] = field(default_factory=dict)  # source name -> weight
+
+
+@dataclass
+class TrainConfig:
+    total_tokens: int = 2_600_000_000_000
+    batch_tokens: int = 4 * 1024 * 1024  # per optimizer step, all processes together
+    micro_batch_rows: int = 1  # rows per forward, per process
+    seed: int = 0
+    precision: str = "bf16"  # "bf16" autocast with fp32 master weights, or "fp32"
+    device: str = "auto"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    fsdp: bool = True  # shard with FSDP2 when there is more than one process
+    checkpoint_every: int = 1000  # optimizer steps
+    keep_last: int = 3
+    eval_every: int = 1000
+    eval_rows: int = 16
+    eval_source: str | None = None  # token shard directory held out from training
+    log_every: int = 1
+    deterministic: bool = False
+    peak_flops: float | None = None  # for MFU where the device's peak is not known
+    progress: bool = True
+    max_steps: int | None = None  # stop early (smoke tests); the schedule still spans the full run
+
+
+@dataclass
+class PretrainConfig:
+    run_dir: str = "runs/pretrain"
+    tokenizer: str | None = None  # copied next to the exported checkpoint
+    model: ModelSection = field(default_factory=ModelSection)
+    sources: list[SourceConfig] = field(default_factory=list)
+    stages: list[StageConfig] = field(default_factory=list)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    index: int
+    config: StageConfig
+    model_config: ModelConfig
+    steps: int
+    rows_per_step: int
+    accum: int
+    first_step: int
+
+
+def plan_stages(cfg: PretrainConfig, world_size: int = 1) -> list[StagePlan]:
+    """Steps, rows and accumulation per stage; every inconsistency is an error naming the stage and the fix."""
+    if not cfg.stages:
+        raise ValueError("the recipe has no [[stages]]")
+    total = sum(s.fraction for s in cfg.stages)
+    if total > 1.0 + 1e-9:
+        raise ValueError(f"stage fractions sum to {total:g} > 1: " + ", ".join(f"{s.name}={s.fraction}" for s in cfg.stages))
+    names = {s.name for s in cfg.sources}
+    model_cfg = get_preset(cfg.model.preset, **cfg.model.overrides)
+    plans, first = [], 0
+    for i, st in enumerate(cfg.stages):
+        changes = {}
+        if st.rope_theta is not None:
+            changes["rope_theta"] = float(st.rope_theta)
+        if st.max_position_embeddings is not None:
+            changes["max_position_embeddings"] = st.max_position_embeddings
+        new_cfg = model_cfg.replace(**changes) if changes else model_cfg
+        if st.window > new_cfg.max_position_embeddings:
+            raise ValueError(
+                f"stage {st.name!r}: window {st.window} exceeds max_position_embeddings "
+                f"{new_cfg.max_position_embeddings}; raise max_position_embeddings for this stage together with "
+                "its RoPE base (rope_theta), as the 32k stage does"
+            )
+        unknown = sorted(set(st.mixture) - names)
+        if unknown:
+            raise ValueError(f"stage {st.name!r}: mixture names unknown sources {unknown}; known: {sorted(names)}")
+        per_step_rows = cfg.train.batch_tokens // st.window
+        per_micro = cfg.train.micro_batch_rows * world_size
+        if per_step_rows < 1 or per_step_rows % per_micro:
+            raise ValueError(
+                f"stage {st.name!r}: batch_tokens {cfg.train.batch_tokens} is {per_step_rows} rows of {st.window}, "
+                f"not a multiple of micro_batch_rows x processes = {per_micro}"
+            )
+        steps = max(1, round(cfg.train.total_tokens * st.fraction / cfg.train.batch_tokens))
+        plans.append(StagePlan(i, st, new_cfg, steps, per_step_rows, per_step_rows // per_micro, first))
+        first += steps
+        model_cfg = new_cfg
+    return plans
+
+
+def _shards(cfg: PretrainConfig) -> dict[str, TokenShards]:
+    return {s.name: TokenShards(s.path) for s in cfg.sources}
+
+
+def _set_rope(model: torch.nn.Module, config: ModelConfig) -> None:
+    model.config = config
+    model.rope = Rope(config)
+
+
+@torch.no_grad()
+def evaluate(model, shards: TokenShards, window: int, rows: int, world: World, autocast) -> float:
+    """Mean next-token loss on fixed held-out rows (the same rows every time)."""
+    model.eval()
+    packer = Packer({"eval": shards}, {"eval": 1.0}, window, seed=12345)
+    ids, doc_ids = packer.next_batch(rows)
+    ids, doc_ids = ids.to(world.device), doc_ids.to(world.device)
+    with autocast():
+        loss = model(ids, positions_from_doc_ids(doc_ids), packed_batch(doc_ids), labels=packed_labels(ids, doc_ids))
+    model.train()
+    return float(loss)
+
+
+def train(cfg: PretrainConfig, resume: str = "auto") -> dict[str, Any]:
+    world = init_world(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    plans = plan_stages(cfg, world.size)
+    total_steps = plans[-1].first_step + plans[-1].steps
+    run_dir = Path(cfg.run_dir)
+    shards = _shards(cfg)
+    eval_shards = TokenShards(cfg.train.eval_source) if cfg.train.eval_source else None
+    vocab = plans[0].model_config.vocab_size
+    for name, s in shards.items():
+        if s.max_token_id() >= vocab:
+            raise ValueError(f"source {name!r} ({s.path}) has token id {s.max_token_id()} >= vocab {vocab}")
+
+    model = build_model(plans[0].model_config, device=world.device, seed=cfg.train.seed)
+    model_shape = {k: v for k, v in dataclasses.asdict(plans[0].model_config).items()
+                   if k not in ("rope_theta", "max_position_embeddings", "rope_scaling", "stop_token_ids")}
+    if cfg.train.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if cfg.train.compile:
+        apply_compile(model)
+    if world.size > 1 and cfg.train.fsdp:
+        apply_fsdp(model, torch.bfloat16 if cfg.train.precision == "bf16" and world.device.type == "cuda" else None)
+    optimizer = build_optimizer(model, cfg.optim)
+    use_bf16 = cfg.train.precision == "bf16"
+
+    def autocast():
+        return torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    step, packer_state, stage_index = 0, None, 0
+    found = checkpoint.latest(run_dir) if resume == "auto" else (Path(resume) if resume not in ("never", "") else None)
+    metrics = Metrics(run_dir, enabled=world.is_main)
+    if found is not None:
+        rest = checkpoint.load(found, model, optimizer, model_shape)
+        step, packer_state, stage_index = rest["step"], rest["packer"], rest["stage"]
+        metrics.rows = [r for r in _read_metrics(run_dir) if r["step"] <= step]
+        if world.is_main:
+            _rewrite_metrics(run_dir, metrics.rows)
+            print(f"resumed from {found} at step {step} (stage {plans[stage_index].config.name})")
+    elif world.is_main and (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()
+
+    peak = peak_flops(world.device, cfg.train.peak_flops)
+    stop_at = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
+    bar = None
+    if world.is_main and cfg.train.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=stop_at, initial=step, unit="step", dynamic_ncols=True)
+    last_eval = None
+    for plan in plans[stage_index:]:
+        if step >= stop_at:
+            break
+        _set_rope(model, plan.model_config)
+        weights = plan.config.mixture or {s.name: 1.0 for s in cfg.sources}
+        packer = Packer(shards, weights, plan.config.window, seed=cfg.train.seed * 1000 + plan.index)
+        if packer_state is not None and plan.index == stage_index:
+            packer.load_state_dict(packer_state)
+        flops_per_token = plan.model_config.flops_per_token(plan.config.window)["total"]
+        micro_rows = cfg.train.micro_batch_rows
+        while step < plan.first_step + plan.steps and step < stop_at:
+            t0 = time.perf_counter()
+            lr = lr_at(step, total_steps, cfg.optim)
+            set_lr(optimizer, lr)
+            losses = []
+            for _ in range(plan.accum):
+                ids, doc_ids = packer.next_batch(micro_rows * world.size)
+                ids = ids[world.rank * micro_rows : (world.rank + 1) * micro_rows].to(world.device)
+                doc_ids = doc_ids[world.rank * micro_rows : (world.rank + 1) * micro_rows].to(world.device)
+                with autocast():
+                    loss = model(ids, positions_from_doc_ids(doc_ids), packed_batch(doc_ids),
+                                 labels=packed_labels(ids, doc_ids))
+                (loss / plan.accum).backward()
+                losses.append(loss.detach())
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_value = float(all_reduce_mean(torch.stack(losses).mean()))
+            dt = time.perf_counter() - t0
+            tps = plan.rows_per_step * plan.config.window / dt
+            row = {"stage": plan.config.name, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
+                   "tokens_per_s": tps, "tokens": step * cfg.train.batch_tokens}
+            if peak:
+                row["mfu"] = tps * flops_per_token / (peak * world.size)
+            if eval_shards is not None and (step % cfg.train.eval_every == 0 or step == stop_at):
+                row["eval_loss"] = last_eval = evaluate(
+                    model, eval_shards, plans[0].config.window, cfg.train.eval_rows, world, autocast)
+            if step % cfg.train.log_every == 0 or "eval_loss" in row:
+                metrics.log(step, **row)
+            if bar is not None:
+                bar.update(1)
+                post = {"stage": plan.config.name, "loss": f"{loss_value:.3f}", "tok/s": f"{tps:,.0f}"}
+                if peak:
+                    post["MFU"] = f"{row['mfu']:.1%}"
+                bar.set_postfix(post)
+            end_of_stage = step == plan.first_step + plan.steps
+            if step % cfg.train.checkpoint_every == 0 or end_of_stage or step == stop_at:
+                next_stage = plan.index + 1 if end_of_stage else plan.index
+                checkpoint.save(run_dir, step, model, optimizer, keep_last=cfg.train.keep_last, extra={
+                    "stage": min(next_stage, len(plans) - 1),
+                    "packer": None if end_of_stage else packer.state_dict(),
+                    "model_config": model_shape,
+                })
+        packer_state = None
+    if bar is not None:
+        bar.close()
+    summary = {"steps": step, "total_steps": total_steps, "final_loss": metrics.rows[-1]["loss"] if metrics.rows else None,
+               "eval_loss": last_eval, "run_dir": str(run_dir)}
+    if step == total_steps:
+        summary["export"] = str(export(model, run_dir / "final", cfg.tokenizer, world))
+    if world.is_main:
+        summary["plot"] = str(metrics.plot())
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    metrics.close()
+    return summary
+
+
+def export(model, path: Path, tokenizer_dir: str | None, world: World) -> Path:
+    """HF InternLM2 checkpoint of the (possibly sharded) model, with the tokenizer files beside it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from ilm.model.hf import save_checkpoint
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if world.is_main:
+        plain = build_model(model.config, device="meta")
+        plain = plain.to_empty(device="cpu")
+        plain.load_state_dict(state)
+        extras = {}
+        if tokenizer_dir:
+            extras = {p.name: p.read_bytes() for p in Path(tokenizer_dir).iterdir() if p.is_file()}
+        save_checkpoint(plain, path, extra_files=extras)
+    return path
+
+
+def _read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _rewrite_metrics(run_dir: Path, rows: list[dict]) -> None:
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def unigram_entropy(shards: TokenShards) -> float:
+    """Entropy (nats/token) of the corpus's unigram distribution: the loss of the best context-free model."""
+    import numpy as np
+
+    counts = np.zeros(shards.max_token_id() + 1, dtype=np.int64)
+    for p in shards.parts:
+        counts += np.bincount(np.asarray(p.tokens), minlength=len(counts))
+    probs = counts[counts > 0] / counts.sum()
+    return float(-(probs * np.log(probs)).sum())
+
+

@@ -1,0 +1,120 @@
+"""A small real corpus, tokenizer and token shards, built once per test session."""
+
+import json
+import random
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+
+def _stdlib_docs(n: int, seed: int = 0) -> list[str]:
+    """Docstrings and code from Python's own standard library: real text that ships with Python."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.glob("*.py"))
+    rng = random.Random(seed)
+    rng.shuffle(files)
+    docs = []
+    for p in files:
+        text = p.read_text(errors="replace")
+        for chunk in text.split("\n\n\n"):
+            chunk = chunk.strip()
+            if 200 <= len(chunk) <= 4000:
+                docs.append(chunk)
+            if len(docs) >= n:
+                return docs
+    return docs
+
+
+def write_jsonl(path: Path, texts: list[str], **meta) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for i, t in enumerate(texts):
+            f.write(json.dumps({"id": f"{path.stem}-{i}", "text": t, "metadata": meta}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    from ilm.data.shards import tokenize_to_shards
+    from ilm.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("pretrain")
+    docs = _stdlib_docs(700)
+    train_docs, held = docs[:600], docs[600:]
+    text_file = root / "train.txt"
+    text_file.write_text("\n".join(d.replace("\n", " ") for d in train_docs))
+    tok = train_tokenizer([text_file], root / "tokenizer", vocab_size=512)
+    write_jsonl(root / "raw/a/part0.jsonl", train_docs[:300])
+    write_jsonl(root / "raw/a/part1.jsonl", train_docs[300:450])
+    write_jsonl(root / "raw/b/part0.jsonl", train_docs[450:])
+    write_jsonl(root / "raw/held/part0.jsonl", held)
+    for name in ("a", "b", "held"):
+        tokenize_to_shards([root / "raw" / name], root / "tokenizer", root / "tokens" / name, workers=1)
+    return {"root": root, "tokenizer": root / "tokenizer", "tok": tok, "docs": docs,
+            "tokens": {n: root / "tokens" / n for n in ("a", "b", "held")}}
+
+
+def tiny_recipe(corpus, run_dir, **train) -> dict:
+    """A PretrainConfig dict for the test corpus: 3 stages, windows 32 / 64 / 64."""
+    base_train = {"total_tokens": 512 * 60, "batch_tokens": 512, "micro_batch_rows": 4, "precision": "fp32",
+                  "device": "cpu", "checkpoint_every": 10, "eval_every": 20, "eval_rows": 8,
+                  "eval_source": str(corpus["tokens"]["held"]), "progress": False, "deterministic": True}
+    base_train.update(train)
+    return {
+        "run_dir": str(run_dir),
+        "tokenizer": str(corpus["tokenizer"]),
+        "model": {"preset": "tiny", "overrides": {"vocab_size": 512, "rope_theta": 50000.0, "max_position_embeddings": 32}},
+        "sources": [{"name": "a", "path": str(corpus["tokens"]["a"])}, {"name": "b", "path": str(corpus["tokens"]["b"])}],
+        "stages": [
+            {"name": "s1", "window": 32, "fraction": 0.9, "mixture": {"a": 0.7, "b": 0.3}},
+            {"name": "s2", "window": 64, "fraction": 0.08, "rope_theta": 1000000.0, "max_position_embeddings": 64,
+             "mixture": {"a": 0.5, "b": 0.5}},
+            {"name": "s3", "window": 64, "fraction": 0.02, "mixture": {"b": 1.0}},
+        ],
+        "optim": {"lr": 3e-3, "warmup_steps": 5},
+        "train": base_train,
+    }
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    """Recipe dict -> TOML file (the subset of TOML the recipes use)."""
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(v)
+
+    lines = []
+    for k, v in recipe.items():
+        if not isinstance(v, (dict, list)):
+            lines.append(f"{k} = {value(v)}")
+    for k, v in recipe.items():
+        if isinstance(v, dict):
+            lines.append(f"[{k}]")
+            lines.extend(f"{a} = {value(b)}" for a, b in v.items())
+        elif isinstance(v, list):
+            for item in v:
+                lines.append(f"[[{k}]]")
+                lines.extend(f"{a} = {value(b)}" for a, b in item.items())
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class _Helpers:
+    write_jsonl = staticmethod(write_jsonl)
+    tiny_recipe = staticmethod(tiny_recipe)
+    write_recipe = staticmethod(write_recipe)
+
+
+@pytest.fixture
+def helpers():
+    """Test modules are imported by file path (importlib mode), so they reach these through a fixture."""
+    return _Helpers

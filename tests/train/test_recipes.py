@@ -1,0 +1,48 @@
+"""Every number of RECIPE.md section 5 is a default in recipes/internlm2-*.toml."""
+
+from pathlib import Path
+
+import pytest
+
+from ilm.config import RecipeError, load
+from ilm.train.pretrain import PretrainConfig, plan_stages
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+TOKENS = {"internlm2-1.8b": 2.2e12, "internlm2-7b": 2.6e12, "internlm2-20b": 2.6e12}
+
+
+@pytest.mark.parametrize("name", sorted(TOKENS))
+def test_section5_numbers(name):
+    cfg = load(PretrainConfig, RECIPES / f"{name}.toml")
+    assert cfg.model.preset == name
+    o = cfg.optim
+    assert (o.betas, o.eps, o.weight_decay, o.final_lr_fraction) == ((0.9, 0.95), 1e-8, 0.1, 0.1)
+    assert cfg.train.total_tokens == TOKENS[name]
+    assert cfg.train.batch_tokens == 4 * 1024 * 1024  # 4M tokens in both the 4k and the 32k stage
+    s1, s2, s3 = cfg.stages
+    assert (s1.window, s1.fraction) == (4096, 0.90)
+    assert (s2.window, s2.fraction) == (32768, 0.09)
+    assert cfg.model.overrides["rope_theta"] == 50_000 and s2.rope_theta == 1_000_000
+    assert 20e9 <= s3.fraction * cfg.train.total_tokens <= 30e9  # ~24B tokens of enhancement data
+    plans = plan_stages(cfg, world_size=8)
+    assert plans[1].model_config.rope_theta == 1_000_000 and plans[1].model_config.max_position_embeddings == 32768
+    assert [p.rows_per_step * p.config.window for p in plans] == [4 * 1024 * 1024] * 3
+
+
+def test_tiny_recipe_loads_and_plans():
+    cfg = load(PretrainConfig, RECIPES / "tiny.toml")
+    plans = plan_stages(cfg)
+    assert [p.config.window for p in plans] == [64, 256, 256]
+    assert plans[1].model_config.rope_theta == 1_000_000
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nbatch_tokenz = 5\n")
+    with pytest.raises(RecipeError, match=r"bad\.toml: train: unknown key\(s\) \['batch_tokenz'\]"):
+        load(PretrainConfig, bad)
+
+
+def test_overrides_apply():
+    cfg = load(PretrainConfig, RECIPES / "tiny.toml", ["--train.max_steps=7", "--optim.lr=0.5", "--stages.1.window=128"])
+    assert cfg.train.max_steps == 7 and cfg.optim.lr == 0.5 and cfg.stages[1].window == 128
