@@ -1,4 +1,4 @@
-"""`ilm data <verb>`: run, report, train-classifier, make-corpus, bands."""
+"""`ilm data <verb>`: run, report, train-classifier, make-corpus, bands, code*, longtext-report."""
 
 from __future__ import annotations
 
@@ -88,6 +88,15 @@ def _bands(args: argparse.Namespace) -> int:
     return 0
 
 
+def _longtext_report(args: argparse.Namespace) -> int:
+    from ilm.data.longtext import boundary_report, summary
+
+    path = boundary_report(args.output, args.out, n=args.n, fmt=args.format)
+    print(f"per domain: {summary(args.output)}")
+    print(f"boundary report: {path}")
+    return 0
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
     p = sub.add_parser("run", help="run (or resume) a pipeline recipe over input files/folders")
@@ -126,3 +135,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.7)
     p.add_argument("--num-perm", type=int, default=128)
     p.set_defaults(func=_bands)
+
+    p = sub.add_parser("longtext-report", help="documents nearest each perplexity-difference threshold (md/html)")
+    p.add_argument("output", help="a finished run with the ppl_diff step")
+    p.add_argument("--out", default=None, help="report path (default OUTPUT/ppl_boundary.md|html)")
+    p.add_argument("--format", choices=["md", "html"], default="md")
+    p.add_argument("-n", type=int, default=5, help="documents per side of each threshold")
+    p.set_defaults(func=_longtext_report)
+
+    from ilm.data.code.cli import register_code_verbs
+
+    register_code_verbs(sub)

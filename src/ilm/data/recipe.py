@@ -19,7 +19,9 @@ from typing import Any
 
 from ilm.data.base import Step, Throttle
 from ilm.data.classifier import ClassifierFilter, QualityClassifierFilter, ToxicityFilter
+from ilm.data.code import code_step_types
 from ilm.data.dedup import ExactDedup, MinHashDedup
+from ilm.data.longtext import LongTextLength, LongTextStats, PerplexityDifference
 from ilm.data.normalize import HtmlToText, LanguageFilter, Normalize
 from ilm.data.quality import C4Filter, GopherQuality, GopherRepetition, LengthFilter
 from ilm.data.safety import SensitiveWords, UrlBlocklist
@@ -29,7 +31,7 @@ STEP_TYPES: dict[str, type[Step]] = {
     for cls in (
         HtmlToText, Normalize, LanguageFilter, GopherQuality, GopherRepetition, C4Filter, LengthFilter,
         ExactDedup, MinHashDedup, UrlBlocklist, SensitiveWords, ToxicityFilter, QualityClassifierFilter,
-        ClassifierFilter, Throttle,
+        ClassifierFilter, Throttle, *code_step_types(), LongTextLength, LongTextStats, PerplexityDifference,
     )
 }
 RUN_KEYS = {"workers", "output_format", "on_invalid_utf8", "keep_intermediate", "progress", "executor"}
