@@ -73,13 +73,17 @@ class RepoIndex:
         self.by_name: dict[str, list[str]] = {}
         self.go_dirs: dict[str, list[str]] = {}
         self.go_module = ""
+        self.go_root = ""
+        # A root holding __init__.py is itself the package (an installed package): its modules are only
+        # importable as `repo.x`; a bare `x` would be another (standard-library) module.
+        root_is_package = "__init__.py" in files
         for p in sorted(files):
             self.by_name.setdefault(posixpath.basename(p), []).append(p)
             if p.endswith(PY_EXT):
                 parts = p.rsplit(".", 1)[0].split("/")
                 if parts[-1] == "__init__":
                     parts = parts[:-1]
-                variants = [parts, [repo, *parts]]
+                variants = [[repo, *parts]] if root_is_package else [parts, [repo, *parts]]
                 if parts and parts[0] in ("src", "lib", "python"):
                     variants.append(parts[1:])
                 for v in variants:
@@ -96,6 +100,7 @@ class RepoIndex:
             elif posixpath.basename(p) == "go.mod" and not self.go_module:
                 m = _GO_MODULE.search(files[p])
                 self.go_module = m.group(1) if m else ""
+                self.go_root = posixpath.dirname(p)
 
     def deps(self, path: str) -> set[str]:
         """Files of this repository that `path` imports (never itself)."""
@@ -127,7 +132,7 @@ class RepoIndex:
                 hit = [self._py_file(f"{stem}/{n}" if stem else n) for n in names if n != "*"]
                 found = [h for h in hit if h]
                 out.update(found)
-                if module or not found:
+                if not found:  # names are attributes of the module itself
                     f = self._py_file(stem) if stem else None
                     if f:
                         out.add(f)
@@ -204,7 +209,7 @@ class RepoIndex:
         for spec in specs:
             d = None
             if self.go_module and (spec == self.go_module or spec.startswith(self.go_module + "/")):
-                d = spec[len(self.go_module) + 1 :]
+                d = posixpath.join(self.go_root, spec[len(self.go_module) + 1 :]).rstrip("/")
             else:
                 for cand in self.go_dirs:
                     if cand and (spec == cand or spec.endswith("/" + cand)):
@@ -215,15 +220,56 @@ class RepoIndex:
         return out
 
 
-def dependency_order(paths: list[str], deps: dict[str, set[str]]) -> list[str]:
-    """Topological order (dependencies first, ties by path); blocked by cycles, take the file with the
-    smallest remaining in-degree (ties by path). Always returns every path exactly once."""
-    nodes = sorted(set(paths))
+def strongly_connected(nodes: list[str], deps: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's components (iterative); each component lists its members sorted by path."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    comps: list[list[str]] = []
+    for root in nodes:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(deps.get(root, ()))))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(sorted(deps.get(w, ())))))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                comps.append(sorted(comp))
+    return comps
+
+
+def _kahn(nodes: list[str], deps: dict[str, set[str]]) -> list[str]:
+    """Kahn's order of `nodes` over the edges among them; when blocked (a cycle), the node with the
+    smallest remaining in-degree goes next; every tie falls to the smaller path."""
+    members = set(nodes)
     dependents: dict[str, list[str]] = {p: [] for p in nodes}
-    indeg = {p: 0 for p in nodes}
+    indeg = dict.fromkeys(nodes, 0)
     for a in nodes:
         for b in deps.get(a, ()):
-            if b in indeg and b != a:
+            if b in members and b != a:
                 dependents[b].append(a)
                 indeg[a] += 1
     ready = [p for p in nodes if indeg[p] == 0]
@@ -245,6 +291,30 @@ def dependency_order(paths: list[str], deps: dict[str, set[str]]) -> list[str]:
                 if indeg[a] == 0:
                     heapq.heappush(ready, a)
     return order
+
+
+def dependency_order(paths: list[str], deps: dict[str, set[str]]) -> list[str]:
+    """Every path once, dependencies first. Import cycles are collapsed into components first, so an
+    edge outside a cycle is always respected; inside a component the file with the smallest in-degree
+    breaks the cycle. Components and files are taken in path order when free to choose."""
+    nodes = sorted(set(paths))
+    node_set = set(nodes)
+    deps = {a: {b for b in deps.get(a, ()) if b != a and b in node_set} for a in nodes}
+    comps = strongly_connected(nodes, deps)
+    comp_of = {p: i for i, c in enumerate(comps) for p in c}
+    cdeps: dict[int, set[int]] = {i: set() for i in range(len(comps))}
+    for a in nodes:
+        for b in deps[a]:
+            if comp_of[a] != comp_of[b]:
+                cdeps[comp_of[a]].add(comp_of[b])
+    names = [c[0] for c in comps]
+    order_c = _kahn([f"{names[i]}\x00{i}" for i in range(len(comps))],
+                    {f"{names[i]}\x00{i}": {f"{names[j]}\x00{j}" for j in cdeps[i]} for i in range(len(comps))})
+    out: list[str] = []
+    for key in order_c:
+        comp = comps[int(key.rsplit("\x00", 1)[1])]
+        out.extend(comp if len(comp) == 1 else _kahn(comp, deps))
+    return out
 
 
 def order_repository(repo: str, files: dict[str, str]) -> tuple[list[str], dict[str, set[str]]]:
