@@ -65,13 +65,16 @@ def repository_samples(repo: str, files: list[Document], budget: int = 32768, fm
         entries.append((path, lang, code, m.get("tier", "medium"), float(m.get("epochs", 1.0)), d.id))
     head = f"# Repository: {repo}\n\n" if fmt == "markdown" else ""
     configs = [e for e in entries if is_config(e[0])]
-    code_files = [e for e in entries if not is_config(e[0])] or configs
-    cfg_text, cfg_ids = "", []
-    for e in configs if code_files is not configs else []:
+    code_files = [e for e in entries if not is_config(e[0])]
+    cfg_text, cfg_paths, overflow = "", [], []
+    for e in configs if code_files else []:
         piece = _piece(e[0], e[1], e[2], fmt) + "\n"
         if count(cfg_text + piece) <= budget * config_share:
             cfg_text += piece
-            cfg_ids.append(e[5])
+            cfg_paths.append(e[0])
+        else:
+            overflow.append(e)  # a manifest too big to lead every sample travels once, as a file
+    code_files = overflow + code_files if code_files else configs
     prefix = head + cfg_text
     base = count(prefix)
     room = max(budget - base, budget // 2)
@@ -96,7 +99,7 @@ def repository_samples(repo: str, files: list[Document], budget: int = 32768, fm
         epochs = min(m[2] for m in members)
         yield Document(f"{repo}#sample-{i:04d}", text.rstrip("\n") + "\n", "code", None, {
             "repo": repo, "format": fmt, "tier": tier, "epochs": epochs, "tokens": count(text),
-            "files": list(dict.fromkeys(m[3] for m in members)), "configs": cfg_ids,
+            "files": list(dict.fromkeys(m[3] for m in members)), "configs": cfg_paths,
         })
 
 
