@@ -1,58 +1,137 @@
 """`ilm demo`: the whole recipe, as far as it exists, on the built-in corpus, on CPU, in minutes.
 
-Each stage is one function that takes the run directory and what earlier stages produced, prints what it
-did, and returns what later stages need. Stages are added here as they land.
+Each stage is one function that takes the run directory (and what earlier stages produced), prints what it
+did, and returns what later stages need:
+
+  data       built-in corpus (real text that ships with Python + planted junk) -> the data pipeline
+  code       installed Python sources -> code documents
+  tokenizer  the InternLM2 layout scaled down (cl100k top-K + Chinese + spare block)
+  shards     kept documents -> token shards (train / held-out / code)
+  pretrain   the tiny recipe's three stages (recipes/tiny.toml) -> an HF InternLM2 checkpoint
+  model      round trip through both HF formats; batched generation with the KV cache
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sysconfig
 import time
 from pathlib import Path
 
 import torch
 
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    parser.add_argument("--preset", default="tiny", help="model preset (default tiny)")
+    parser.add_argument("--quick", action="store_true", help="a few training steps only (tests, smoke runs)")
     parser.set_defaults(func=run)
 
 
-def stage_model(out: Path, preset: str) -> dict:
-    """Build the model, save it in both HF formats, load both back, check the logits agree, generate."""
-    from ilm.model import build_model, get_preset
+def stage_data(out: Path) -> dict:
+    from ilm.data import run_pipeline, write_demo_corpus
+    from ilm.data.io import read_all
+
+    _, plan = write_demo_corpus(out / "corpus", n_real=2000)
+    ledger = run_pipeline(None, [out / "corpus"], out / "data", workers=2)
+    print(f"[data] {ledger['input_docs']} documents in ({plan['real']} real, {plan['near_duplicates']} near-duplicates, "
+          f"{plan['exact_duplicates']} exact copies, {plan['junk']} junk, {plan['malformed_lines']} malformed line) "
+          f"-> {ledger['kept_docs']} kept, {ledger['removed_docs']} removed with reasons; balanced: {ledger['balanced']}")
+    docs = read_all(out / "data" / "kept")
+    return {"texts": [d.text for d in docs], "ledger": ledger}
+
+
+def stage_code(out: Path, max_files: int = 250) -> dict:
+    """Real code: the standard library's own modules (what the code pipeline will format and tier)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in stdlib.glob("*.py") if 2_000 <= p.stat().st_size <= 60_000)[:max_files]
+    texts = [f"# {p.name}\n{p.read_text(errors='replace')}" for p in files]
+    print(f"[code] {len(texts)} standard-library modules as code documents")
+    return {"texts": texts}
+
+
+def stage_tokenizer(out: Path, texts: list[str]) -> dict:
+    from ilm.tokenizer import build_tokenizer
+
+    t0 = time.perf_counter()
+    tok = build_tokenizer(out / "tokenizer", vocab_size=2048, chinese_words=50_000)
+    sample = texts[0][:80]
+    print(f"[tokenizer] InternLM2 layout at {tok.vocab_size} tokens in {time.perf_counter() - t0:.1f}s; "
+          f"{sample!r} -> {len(tok.encode(sample))} tokens")
+    return {"tokenizer": tok}
+
+
+def stage_shards(out: Path, text: list[str], code: list[str]) -> dict:
+    from ilm.data.shards import tokenize_to_shards
+
+    held = text[::10]
+    train = [t for i, t in enumerate(text) if i % 10]
+    paths = {}
+    for name, docs in (("text", train), ("heldout", held), ("code", code)):
+        raw = out / "tokens-input" / f"{name}.jsonl"
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.write_text("".join(json.dumps({"id": f"{name}-{i}", "text": t}) + "\n" for i, t in enumerate(docs)))
+        report = tokenize_to_shards([raw], out / "tokenizer", out / "tokens" / name, workers=1)
+        paths[name] = out / "tokens" / name
+        print(f"[shards] {name}: {report['documents']} documents, {report['tokens']:,} tokens")
+    return paths
+
+
+def stage_pretrain(out: Path, shards: dict, quick: bool) -> dict:
+    from ilm.config import load
+    from ilm.data.shards import TokenShards
+    from ilm.train.pretrain import PretrainConfig, train, unigram_entropy
+
+    overrides = [
+        f"--run_dir={json.dumps(str(out / 'pretrain'))}", f"--tokenizer={json.dumps(str(out / 'tokenizer'))}",
+        f"--sources.0.path={json.dumps(str(shards['text']))}", f"--sources.1.path={json.dumps(str(shards['code']))}",
+        f"--train.eval_source={json.dumps(str(shards['heldout']))}",
+    ]
+    if quick:
+        overrides += ["--train.total_tokens=40960", "--train.checkpoint_every=10", "--train.eval_every=10"]
+    cfg = load(PretrainConfig, RECIPES / "tiny.toml", overrides)
+    summary = train(cfg, resume="never")
+    entropy = unigram_entropy(TokenShards(shards["text"]))
+    print(f"[pretrain] {summary['steps']} steps over 3 stages; held-out loss {summary['eval_loss']:.3f} nats/token "
+          f"vs unigram entropy {entropy:.3f}; plot: {summary['plot']}; HF checkpoint: {summary.get('export')}")
+    return {**summary, "unigram_entropy": entropy}
+
+
+def stage_model(out: Path, checkpoint: Path, tokenizer) -> dict:
+    """The trained model through both HF formats, then batched generation with the KV cache."""
     from ilm.model.generate import Sampling, generate
     from ilm.model.hf import load_checkpoint, save_checkpoint
 
-    config = get_preset(preset)
-    model = build_model(config, seed=0).eval()
-    print(f"[model] {preset}: {config.num_params():,} parameters, {config.num_layers} layers, "
-          f"{config.num_heads} heads / {config.num_kv_heads} KV heads")
-    paths = {fmt: save_checkpoint(model, out / f"checkpoint-{fmt}", fmt=fmt) for fmt in ("internlm2", "llama")}
-    ids = torch.randint(3, config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    model = load_checkpoint(checkpoint).eval()
+    llama = save_checkpoint(model, out / "checkpoint-llama", fmt="llama")
+    ids = torch.tensor([tokenizer.encode("def main():\n    return", bos=True)])
     with torch.no_grad():
-        ref = model(ids)
-        for fmt, path in paths.items():
-            diff = (load_checkpoint(path).eval()(ids) - ref).abs().max().item()
-            print(f"[model] saved {fmt} checkpoint to {path}; reloaded logits max |diff| = {diff:.2e}")
-            if diff > 1e-5:
-                raise RuntimeError(f"{fmt} round trip changed the logits by {diff}")
-    prompts = [[1, 17, 42, 99], [1, 5], [1, 300, 301, 302, 303, 304]]
-    t0 = time.perf_counter()
-    greedy = generate(model, prompts, Sampling(max_new_tokens=16, greedy=True, stop_ids=()))
-    sampled = generate(model, prompts, Sampling(max_new_tokens=16, top_p=0.9, seed=0, stop_ids=()))
-    dt = time.perf_counter() - t0
-    for p, g, s in zip(prompts, greedy, sampled):
-        print(f"[model] prompt {p} -> greedy {g[:8]}... sampled(top_p=0.9) {s[:8]}...")
-    print(f"[model] generated {sum(map(len, greedy + sampled))} tokens in {dt:.2f}s (KV cache, batch of 3)")
-    return {"model": model, "checkpoints": paths}
+        diff = (load_checkpoint(llama).eval()(ids) - model(ids)).abs().max().item()
+    print(f"[model] exported Llama format to {llama}; reloaded logits max |diff| = {diff:.2e}")
+    if diff > 1e-5:
+        raise RuntimeError(f"the Llama round trip changed the logits by {diff}")
+    prompts = ["The", "def __init__(self", "A module is"]
+    outs = generate(model, [tokenizer.encode(p, bos=True) for p in prompts],
+                    Sampling(max_new_tokens=24, top_p=0.9, temperature=0.8, seed=0))
+    for p, o in zip(prompts, outs):
+        print(f"[model] sample: {p + tokenizer.decode(o)!r}")
+    return {"llama": llama}
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    stage_model(out, args.preset)
-    print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s; outputs in {out}/")
+    data = stage_data(out)
+    code = stage_code(out)
+    tok = stage_tokenizer(out, data["texts"])["tokenizer"]
+    shards = stage_shards(out, data["texts"], code["texts"])
+    pre = stage_pretrain(out, shards, args.quick)
+    stage_model(out, Path(pre["export"]), tok)
+    report = {"seconds": round(time.perf_counter() - t0, 1), "pretrain": pre, "ledger": data["ledger"]}
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"\ndemo finished in {report['seconds']}s; outputs in {out}/ (report.json, pretrain/training.png, "
+          f"data/ledger.json)")
     return 0

@@ -44,44 +44,70 @@ def _epochs_of(metadata: dict) -> float:
     return TIER_EPOCHS.get(tier, 1.0) if tier is not None else 1.0
 
 
+class PartWriter:
+    """Writes one part: tokens streamed to a temporary file, then renamed; the index is renamed last."""
+
+    def __init__(self, prefix: str | Path):
+        self.prefix = Path(prefix)
+        self._tmp = self.prefix.with_name(self.prefix.name + ".tokens.tmp")
+        self._f = open(self._tmp, "wb")
+        self.offsets, self.epochs = [0], []
+
+    def add(self, ids: np.ndarray | list[int], epochs: float = 1.0) -> None:
+        arr = np.asarray(ids, dtype=TOKEN_DTYPE)
+        self._f.write(arr.tobytes())
+        self.offsets.append(self.offsets[-1] + len(arr))
+        self.epochs.append(epochs)
+
+    def close(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self._tmp, self.prefix.with_name(self.prefix.name + ".tokens"))
+        np.save(self.prefix.with_name(self.prefix.name + ".epochs.npy"), np.asarray(self.epochs, dtype=np.float32))
+        tmp_index = self.prefix.with_name(self.prefix.name + ".index.tmp.npy")
+        np.save(tmp_index, np.asarray(self.offsets, dtype=np.int64))
+        os.replace(tmp_index, self.prefix.with_name(self.prefix.name + ".index.npy"))  # the completion marker
+
+
+def write_token_shards(out_dir: str | Path, docs: list, epochs: list[float] | None = None) -> "TokenShards":
+    """Already-tokenized documents into a one-part shard directory (benchmarks, tests, other tokenizers)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = PartWriter(out / "part-00000")
+    for i, doc in enumerate(docs):
+        writer.add(doc, epochs[i] if epochs else 1.0)
+    writer.close()
+    n = int(writer.offsets[-1])
+    (out / "meta.json").write_text(json.dumps({"tokenizer": None, "documents": len(docs), "tokens": n}) + "\n")
+    return TokenShards(out)
+
+
 def _tokenize_part(args: tuple[str, str, str, int]) -> dict:
     src, tokenizer_dir, out_prefix, batch_docs = args
     from ilm.data.io import read_documents
     from ilm.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
-    out = Path(out_prefix)
-    tmp_tokens = out.with_name(out.name + ".tokens.tmp")
-    offsets, epochs, n_tokens, skipped = [0], [], 0, 0
-    with open(tmp_tokens, "wb") as f:
-        batch: list = []
+    writer = PartWriter(out_prefix)
+    batch: list = []
+    skipped = 0
 
-        def flush() -> None:
-            nonlocal n_tokens
-            for doc, ids in zip(batch, tok.encode_batch([d.text for d in batch], bos=True)):
-                arr = np.asarray(ids + [tok.eos_id], dtype=TOKEN_DTYPE)
-                f.write(arr.tobytes())
-                n_tokens += len(arr)
-                offsets.append(n_tokens)
-                epochs.append(_epochs_of(doc.metadata))
-            batch.clear()
+    def flush() -> None:
+        for doc, ids in zip(batch, tok.encode_batch([d.text for d in batch], bos=True)):
+            writer.add(ids + [tok.eos_id], _epochs_of(doc.metadata))
+        batch.clear()
 
-        for doc in read_documents(src):
-            if not doc.text:
-                skipped += 1
-                continue
-            batch.append(doc)
-            if len(batch) >= batch_docs:
-                flush()
-        flush()
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp_tokens, out.with_name(out.name + ".tokens"))
-    np.save(out.with_name(out.name + ".epochs.npy"), np.asarray(epochs, dtype=np.float32))
-    tmp_index = out.with_name(out.name + ".index.tmp.npy")
-    np.save(tmp_index, np.asarray(offsets, dtype=np.int64))
-    os.replace(tmp_index, out.with_name(out.name + ".index.npy"))  # the completion marker
-    return {"source": src, "documents": len(offsets) - 1, "tokens": n_tokens, "skipped_empty": skipped}
+    for doc in read_documents(src):
+        if not doc.text:
+            skipped += 1
+            continue
+        batch.append(doc)
+        if len(batch) >= batch_docs:
+            flush()
+    flush()
+    writer.close()
+    return {"source": src, "documents": len(writer.offsets) - 1, "tokens": writer.offsets[-1], "skipped_empty": skipped}
 
 
 def tokenize_to_shards(

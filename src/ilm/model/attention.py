@@ -132,17 +132,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: AttnBatch) 
         if batch.mask is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=gqa)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=batch.mask, enable_gqa=gqa)
-    if batch.backend == "blocks":
-        out = torch.empty_like(q)
+    if batch.backend == "blocks":  # split / cat (not slice assignment): autograd stays cheap
+        rows = []
         for b, lens in enumerate(batch.doc_lens):
-            start = 0
-            for n in lens:
-                sl = slice(start, start + n)
-                out[b : b + 1, :, sl] = F.scaled_dot_product_attention(
-                    q[b : b + 1, :, sl], k[b : b + 1, :, sl], v[b : b + 1, :, sl], is_causal=True, enable_gqa=gqa
-                )
-                start += n
-        return out
+            parts = zip(*(x[b : b + 1].split(lens, dim=2) for x in (q, k, v)))
+            rows.append(torch.cat(
+                [F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, enable_gqa=gqa) for qd, kd, vd in parts],
+                dim=2,
+            ))
+        return torch.cat(rows, dim=0)
     if batch.backend == "flex":
         return _flex()(q, k, v, block_mask=batch.block_mask, enable_gqa=gqa)
     if batch.backend == "flash":

@@ -21,7 +21,7 @@ import torch
 
 from ilm.data.packing import Packer, packed_labels
 from ilm.data.shards import TokenShards
-from ilm.model import build_model, get_preset, packed_batch, positions_from_doc_ids
+from ilm.model import AttnBatch, build_model, get_preset, packed_batch, positions_from_doc_ids
 from ilm.model.config import ModelConfig
 from ilm.model.rope import Rope
 from ilm.train import checkpoint
@@ -72,6 +72,7 @@ class TrainConfig:
     eval_source: str | None = None  # token shard directory held out from training
     log_every: int = 1
     deterministic: bool = False
+    document_masks: bool = True  # False: attend across packed documents (plain causal rows; a baseline)
     peak_flops: float | None = None  # for MFU where the device's peak is not known
     progress: bool = True
     max_steps: int | None = None  # stop early (smoke tests); the schedule still spans the full run
@@ -139,6 +140,13 @@ def plan_stages(cfg: PretrainConfig, world_size: int = 1) -> list[StagePlan]:
     return plans
 
 
+def _attention(doc_ids: torch.Tensor, document_masks: bool = True) -> tuple[torch.Tensor | None, AttnBatch]:
+    """Positions and attention pattern for packed rows (plain causal rows when masks are off)."""
+    if not document_masks:
+        return None, AttnBatch()
+    return positions_from_doc_ids(doc_ids), packed_batch(doc_ids)
+
+
 def _shards(cfg: PretrainConfig) -> dict[str, TokenShards]:
     return {s.name: TokenShards(s.path) for s in cfg.sources}
 
@@ -156,7 +164,7 @@ def evaluate(model, shards: TokenShards, window: int, rows: int, world: World, a
     ids, doc_ids = packer.next_batch(rows)
     ids, doc_ids = ids.to(world.device), doc_ids.to(world.device)
     with autocast():
-        loss = model(ids, positions_from_doc_ids(doc_ids), packed_batch(doc_ids), labels=packed_labels(ids, doc_ids))
+        loss = model(ids, *_attention(doc_ids), labels=packed_labels(ids, doc_ids))
     model.train()
     return float(loss)
 
@@ -231,9 +239,10 @@ def train(cfg: PretrainConfig, resume: str = "auto") -> dict[str, Any]:
                 ids, doc_ids = packer.next_batch(micro_rows * world.size)
                 ids = ids[world.rank * micro_rows : (world.rank + 1) * micro_rows].to(world.device)
                 doc_ids = doc_ids[world.rank * micro_rows : (world.rank + 1) * micro_rows].to(world.device)
+                if not cfg.train.document_masks:
+                    doc_ids = torch.zeros_like(doc_ids)
                 with autocast():
-                    loss = model(ids, positions_from_doc_ids(doc_ids), packed_batch(doc_ids),
-                                 labels=packed_labels(ids, doc_ids))
+                    loss = model(ids, *_attention(doc_ids, cfg.train.document_masks), labels=packed_labels(ids, doc_ids))
                 (loss / plan.accum).backward()
                 losses.append(loss.detach())
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
