@@ -90,7 +90,7 @@ def main() -> dict:
             for masks in (True, False):
                 key = f"internlm2-1.8b_4k_{'packed' if masks else 'unmasked'}"
                 try:
-                    results[key] = run("internlm2-1.8b", 4096, 8, 30, "cuda", "bf16", True, masks, shards, peak)
+                    results[key] = run("internlm2-1.8b", 4096, 4, 24, "cuda", "bf16", True, masks, shards, peak)
                 except Exception as err:  # noqa: BLE001 - one failure must not cost the rest of a device run
                     results[key] = {"error": f"{type(err).__name__}: {err}"}
                 print(key, results[key], flush=True)
