@@ -13,7 +13,8 @@ from pathlib import Path
 from .conftest import installed, make_repo
 
 from ilm.data.code import run_code_pipeline
-from ilm.data.code.dedup import code_tokens
+from ilm.data.code.dedup import CodeMinHashDedup, code_shingle_text, code_tokens
+from ilm.data.document import Document
 from ilm.data.code.format import parse_markdown, to_markdown
 from ilm.data.code.languages import detect_language
 from ilm.data.io import read_all
@@ -33,6 +34,22 @@ def test_indentation_variants_one_copy_survives(tmp_path: Path) -> None:
     variants = {"four": src, "two": reindent(src, "  "), "tab": reindent(src, "\t")}
     assert len({v for v in variants.values()}) == 3  # really three different texts
     assert code_tokens(variants["two"]) == code_tokens(variants["four"]) == code_tokens(variants["tab"])
+
+    class Spy:  # the dedup step must hash code tokens, not the raw text
+        texts: list[str] = []
+
+        def add(self, d: Document) -> None:
+            self.texts.append(d.text)
+
+        def close(self) -> None:
+            pass
+
+    (tmp_path / "g").mkdir()
+    real = CodeMinHashDedup().collector(tmp_path / "g", 0)
+    real.close()
+    wrapped = type(real)(Spy())
+    wrapped.add(Document("x", variants["tab"]))
+    assert Spy.texts == [code_shingle_text(variants["four"])]
     repos = []
     for i, (name, text) in enumerate(variants.items()):
         r = make_repo(tmp_path / f"repo_{name}", {"hooks.py": text, f"other_{name}.py": f"VALUE_{name} = {i}\nprint(VALUE_{name})\n"})
