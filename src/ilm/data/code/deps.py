@@ -51,12 +51,19 @@ def python_imports(code: str) -> list[tuple[int, str, list[str]]]:
         for m in _PY_IMPORT.finditer(code):
             out.extend((0, n.split(" as ")[0].strip(), []) for n in m.group(1).split(",") if n.strip())
         return out
-    out = []
-    for node in ast.walk(tree):
+    out: list[tuple[int, str, list[str]]] = []
+    stack: list[ast.AST] = [tree]
+    while stack:  # imports are statements: walk statement lists only, never into expressions
+        node = stack.pop()
         if isinstance(node, ast.Import):
             out.extend((0, a.name, []) for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             out.append((node.level or 0, node.module or "", [a.name for a in node.names]))
+        else:
+            for name in ("body", "orelse", "finalbody", "handlers", "cases"):
+                sub = getattr(node, name, None)
+                if isinstance(sub, list):
+                    stack.extend(reversed(sub))
     return out
 
 

@@ -31,6 +31,7 @@ _NUMERIC_LINE = re.compile(r"^[\s\d.,+\-eExXa-fA-F\[\]{}()]+$")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HTML_TAG = re.compile(r"<script.*?</script>|<style.*?</style>|<[^>]+>", re.S | re.I)
 _C_COMMENT = ("//", "/*", "*", "*/")
+_NOT_ALNUM = re.compile(r"[\W_]+")
 
 
 def line_stats(text: str) -> dict[str, float]:
@@ -43,7 +44,7 @@ def line_stats(text: str) -> dict[str, float]:
         "lines": len(lines),
         "max_line": max(lens),
         "mean_line": sum(lens) / max(len(lens), 1),
-        "alnum": sum(c.isalnum() for c in text) / n,
+        "alnum": len(_NOT_ALNUM.sub("", text)) / n,
     }
 
 

@@ -34,7 +34,7 @@ class IngestConfig:
     """Limits of the input stage."""
 
     max_file_bytes: int = 1 << 20  # larger files are skipped as too_large (the seed's pipelines use ~1 MB)
-    shard_bytes: int = 16 << 20  # repositories are packed into shards of about this size
+    shard_bytes: int = 2 << 20  # repositories are packed into shards of about this size (never split)
 
 
 def _record(repo: str, path: str, text: str, ts: float | None, skip: str = "", language: str = "", nbytes: int = 0) -> Document:
