@@ -37,3 +37,20 @@ def test_shift_labels():
     assert shift_labels(ids).tolist() == [[6, 7, 8, IGNORE_INDEX]]
     mask = torch.tensor([[False, False, True, False]])
     assert shift_labels(ids, mask).tolist() == [[6, IGNORE_INDEX, 8, IGNORE_INDEX]]
+
+
+def test_fused_lm_loss_under_bf16_autocast_with_fp32_weights():
+    torch.manual_seed(0)
+    h = torch.randn(12, 16, requires_grad=True)
+    w = torch.randn(40, 16, requires_grad=True)
+    y = torch.randint(0, 40, (12,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = lm_loss(h, w, y, chunk_rows=5)
+    loss.backward()
+    assert h.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    ref = F.cross_entropy((h @ w.t()).float(), y)
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=3e-2)
+    assert torch.allclose(gh, h.grad, atol=3e-2, rtol=5e-2) and torch.allclose(gw, w.grad, atol=3e-2, rtol=5e-2)

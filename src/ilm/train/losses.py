@@ -56,24 +56,30 @@ def _ce_chunk_fn(device: torch.device):
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk_rows: int):
-        h = hidden.reshape(-1, hidden.shape[-1])
-        y = labels.reshape(-1)
-        count = (y != IGNORE_INDEX).sum().clamp(min=1)
-        grad_h = torch.empty_like(h) if hidden.requires_grad else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
-        chunk_fn = _ce_chunk_fn(h.device)
-        for start in range(0, h.shape[0], chunk_rows):
-            hc, yc = h[start : start + chunk_rows], y[start : start + chunk_rows]
-            loss, g = chunk_fn(hc @ weight.t(), yc)
-            total += loss
-            if grad_h is not None:
-                torch.mm(g, weight, out=grad_h[start : start + chunk_rows])
-            if grad_w is not None:  # the matmul runs in the activations' dtype; chunks add up in fp32
-                if hc.dtype == torch.float32:
-                    grad_w.addmm_(g.t(), hc)
-                else:
-                    grad_w += (g.t() @ hc).float()
+        # Under autocast, matmuls run in the autocast dtype (bf16) against fp32 master weights; everything
+        # is cast explicitly here, with autocast off, so the `out=` buffers keep their own dtypes.
+        dev = hidden.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype
+        with torch.autocast(dev, enabled=False):
+            w = weight.to(dtype)
+            h = hidden.reshape(-1, hidden.shape[-1])
+            y = labels.reshape(-1)
+            count = (y != IGNORE_INDEX).sum().clamp(min=1)
+            grad_h = torch.empty_like(h) if hidden.requires_grad else None
+            grad_w = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
+            total = torch.zeros((), dtype=torch.float32, device=h.device)
+            chunk_fn = _ce_chunk_fn(h.device)
+            for start in range(0, h.shape[0], chunk_rows):
+                hc, yc = h[start : start + chunk_rows].to(dtype), y[start : start + chunk_rows]
+                loss, g = chunk_fn(hc @ w.t(), yc)
+                total += loss
+                if grad_h is not None:
+                    grad_h[start : start + chunk_rows] = g @ w
+                if grad_w is not None:  # the matmul runs in the compute dtype; chunks add up in fp32
+                    if dtype == torch.float32:
+                        grad_w.addmm_(g.t(), hc)
+                    else:
+                        grad_w += (g.t() @ hc).float()
         ctx.save_for_backward(grad_h, grad_w, count)
         ctx.shape = hidden.shape
         ctx.weight_dtype = weight.dtype
