@@ -30,11 +30,15 @@ from typing import Any, ClassVar
 from ilm.data.base import Context, Filter, Step, cjk_fraction, tokens
 from ilm.data.document import Document
 
-CONNECTIVES_EN = frozenset(
-    "the a an and or but of to in on at for with as by from that which who this these those is are was were be "
-    "been it its not no so because however therefore thus although while when then than if also into".split()
-)
-CONNECTIVES_ZH = frozenset("的 了 是 在 和 与 也 就 而 但 因为 所以 如果 虽然 然后 这 那 之 其 并 或".split())
+CONNECTIVES_EN = frozenset([
+    "the", "a", "an", "and", "or", "but", "of", "to", "in", "on", "at", "for", "with", "as", "by", "from", "that",
+    "which", "who", "this", "these", "those", "is", "are", "was", "were", "be", "been", "it", "its", "not", "no",
+    "so", "because", "however", "therefore", "thus", "although", "while", "when", "then", "than", "if", "also", "into",
+])
+CONNECTIVES_ZH = frozenset([
+    "的", "了", "是", "在", "和", "与", "也", "就", "而", "但", "因为", "所以", "如果", "虽然", "然后", "这", "那", "之", "其",
+    "并", "或",
+])
 _SENT_PUNCT = re.compile(r"[.!?;:,。！？；：，、]")
 
 
@@ -56,7 +60,7 @@ def text_stats(text: str, sample_chars: int = 200_000) -> dict[str, float]:
         n_conn = sum(joined.count(w) for w in conn)
     else:
         n_conn = sum(1 for t in low if t in conn)
-    grams = Counter(hash(tuple(low[i : i + 10])) for i in range(0, max(len(low) - 9, 0)))
+    grams = Counter(hash(tuple(low[i : i + 10])) for i in range(max(len(low) - 9, 0)))
     rep10 = sum(c - 1 for c in grams.values() if c > 1) / max(sum(grams.values()), 1)
     return {
         "compression_ratio": round(len(zlib.compress(raw, 6)) / max(len(raw), 1), 4),

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .conftest import installed
-from .test_quality import labelled_python
-
 from ilm.cli import main
 from ilm.data.io import read_all
+
+from .conftest import installed
+from .test_quality import labelled_python
 
 ROOT = Path(__file__).resolve().parents[3]
 

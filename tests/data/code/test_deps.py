@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .conftest import installed, make_repo, python_files
-
 from ilm.data.code.deps import RepoIndex, dependency_order, order_repository
+
+from .conftest import installed, make_repo, python_files
 
 
 def sccs(nodes: list[str], deps: dict[str, set[str]]) -> dict[str, int]:

@@ -9,15 +9,16 @@ import tarfile
 import zipfile
 from collections import Counter
 from pathlib import Path
-
-from .conftest import installed, make_repo
+from typing import ClassVar
 
 from ilm.data.code import run_code_pipeline
 from ilm.data.code.dedup import CodeMinHashDedup, code_shingle_text, code_tokens
-from ilm.data.document import Document
 from ilm.data.code.format import parse_markdown, to_markdown
 from ilm.data.code.languages import detect_language
+from ilm.data.document import Document
 from ilm.data.io import read_all
+
+from .conftest import installed, make_repo
 
 
 def reindent(code: str, unit: str) -> str:
@@ -36,7 +37,7 @@ def test_indentation_variants_one_copy_survives(tmp_path: Path) -> None:
     assert code_tokens(variants["two"]) == code_tokens(variants["four"]) == code_tokens(variants["tab"])
 
     class Spy:  # the dedup step must hash code tokens, not the raw text
-        texts: list[str] = []
+        texts: ClassVar[list[str]] = []
 
         def add(self, d: Document) -> None:
             self.texts.append(d.text)
@@ -145,9 +146,9 @@ def test_bad_input_skipped_with_reason_and_every_file_accounted(tmp_path: Path) 
     samples = read_all(out / "samples")
     in_samples = Counter((s.metadata["repo"], f) for s in samples for f in s.metadata["files"] + s.metadata["configs"])
     assert set(in_samples) == {(d.metadata["repo"], d.metadata["path"]) for d in kept}
-    z = [s for s in samples if s.metadata["repo"] == "zipped"][0]
+    z = next(s for s in samples if s.metadata["repo"] == "zipped")
     assert z.text.index("requirements.txt") < z.text.index("pkg/core.py") < z.text.index("pkg/__init__.py")
-    arch_s = [s for s in samples if s.metadata["repo"] == "arch"][0]
+    arch_s = next(s for s in samples if s.metadata["repo"] == "arch")
     assert arch_s.text.index("## b.py") < arch_s.text.index("## a.py")  # a imports b
     mix = json.loads((out / "samples" / "mixture.json").read_text())
     assert all(t["epochs"] == {"high": 3.0, "medium": 1.0}[k] for k, t in mix["tiers"].items())

@@ -9,14 +9,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .conftest import installed, python_files
-
 from ilm.data.classifier import HashedLinearModel
 from ilm.data.code.quality import CodeRules, CodeTier
 from ilm.data.code.scorer import (
-    CodeQualityModel, CodeQualityScorer, Labelled, export_uncertain, measure_agreement, train_code_scorer, uncertainty,
+    CodeQualityModel,
+    CodeQualityScorer,
+    Labelled,
+    export_uncertain,
+    measure_agreement,
+    train_code_scorer,
+    uncertainty,
 )
 from ilm.data.document import Document
+
+from .conftest import installed, python_files
 
 
 def doc(path: str, text: str, language: str) -> Document:
@@ -61,7 +67,7 @@ _KEYWORDS = {"def", "class", "return", "import", "from", "self", "None", "True",
 
 def degrade(code: str, rng: random.Random, share: float = 1.0) -> str:
     """What a labeller calls bad: comments and docstrings gone, a share of the identifiers obfuscated."""
-    code = re.sub(r'""".*?"""', "", code, flags=re.S)
+    code = re.sub(r'""".*?"""', "", code, flags=re.DOTALL)
     lines = [x for x in code.split("\n") if not x.strip().startswith("#")]
     names: dict[str, str] = {}
 

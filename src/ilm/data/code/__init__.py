@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ilm.data.base import Step
 
-__all__ = ["default_code_steps", "run_code_pipeline", "code_step_types"]
+__all__ = ["code_step_types", "default_code_steps", "run_code_pipeline"]
 
 
 def code_step_types() -> list[type]:

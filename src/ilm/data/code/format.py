@@ -26,7 +26,7 @@ from ilm.data.code.languages import fence_tag
 from ilm.data.document import Document
 
 _BACKTICKS = re.compile(r"`{3,}")
-_TRAILING = re.compile(r"[ \t]+$", re.M)
+_TRAILING = re.compile(r"[ \t]+$", re.MULTILINE)
 
 
 def normalise_code(text: str) -> str:

@@ -47,7 +47,7 @@ PROSE = frozenset({"markdown", "rst", "text"})
 DATA = frozenset({"json", "yaml", "xml", "toml", "ini"})
 _SHEBANG = [(re.compile(r"python"), "python"), (re.compile(r"\bnode\b|deno|bun"), "javascript"),
             (re.compile(r"\b(ba|z|k|da)?sh\b"), "shell"), (re.compile(r"ruby"), "ruby"), (re.compile(r"perl"), "perl")]
-_CPP_HINTS = re.compile(r"^\s*(namespace\s|template\s*<|class\s+\w+\s*[:{]|#include\s*<(iostream|string|vector|memory)>)|std::", re.M)
+_CPP_HINTS = re.compile(r"^\s*(namespace\s|template\s*<|class\s+\w+\s*[:{]|#include\s*<(iostream|string|vector|memory)>)|std::", re.MULTILINE)
 
 
 def detect_language(path: str, head: str = "") -> str:

@@ -223,8 +223,8 @@ def ingest(sources: list[str | Path], out_dir: str | Path, cfg: IngestConfig | N
         by_repo.setdefault(doc.metadata["repo"], []).append(doc)
     shards: list[list[Document]] = [[]]
     size = 0
-    for repo in by_repo:
-        docs = sorted(by_repo[repo], key=lambda d: d.metadata["path"])
+    for group in by_repo.values():
+        docs = sorted(group, key=lambda d: d.metadata["path"])
         nbytes = sum(len(d.text) for d in docs)
         if shards[-1] and size + nbytes > cfg.shard_bytes:
             shards.append([])

@@ -100,7 +100,7 @@ def measure_agreement(model: CodeQualityModel, sample: list[Labelled]) -> dict[s
         pred = (p[sel] >= 0.5).astype(int)
         k = cohen_kappa(pred, y[sel])
         out[lang] = {"n": int(sel.sum()), "accuracy": round(float((pred == y[sel]).mean()), 4),
-                     "kappa": round(k, 4) if k == k else -1.0}
+                     "kappa": -1.0 if np.isnan(k) else round(k, 4)}
     return out
 
 
@@ -114,7 +114,7 @@ def split_holdout(items: list[Labelled], fraction: float, seed: int) -> tuple[li
     for key in sorted(groups):
         g = groups[key]
         order = rng.permutation(len(g))
-        k = int(round(len(g) * fraction)) if len(g) > 1 else 0
+        k = round(len(g) * fraction) if len(g) > 1 else 0
         ho.extend(g[i] for i in order[:k])
         tr.extend(g[i] for i in order[k:])
     return tr, ho
