@@ -162,6 +162,10 @@ def test_perplexity_difference_drops_shuffled_text(checkpoint: tuple[Path, calla
     for d in above + below:
         assert f"| {d.id} | {d.metadata['ppl']['ppl_ratio']:.4f} |" in web
     assert "<table>" in html.read_text() and "start of S2" in html.read_text()
+    from ilm.cli import main
+
+    assert main(["data", "longtext-report", str(tmp_path / "out"), "--out", str(tmp_path / "r.md"), "-n", "2"]) == 0
+    assert "## web: threshold 1.0" in (tmp_path / "r.md").read_text()
     json.dumps(ledger)
 
 
