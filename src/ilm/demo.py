@@ -4,7 +4,7 @@ Each stage is one function that takes the run directory (and what earlier stages
 did, and returns what later stages need:
 
   data       built-in corpus (real text that ships with Python + planted junk) -> the data pipeline
-  code       installed Python sources -> code documents
+  code       installed repositories (pytest, pluggy) -> the code pipeline -> tiered repository samples
   tokenizer  the InternLM2 layout scaled down (cl100k top-K + Chinese + spare block)
   shards     kept documents -> token shards (train / held-out / code)
   pretrain   the tiny recipe's three stages (recipes/tiny.toml) -> an HF InternLM2 checkpoint
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sysconfig
 import time
 from pathlib import Path
 
@@ -43,13 +42,21 @@ def stage_data(out: Path) -> dict:
     return {"texts": [d.text for d in docs], "ledger": ledger}
 
 
-def stage_code(out: Path, max_files: int = 250) -> dict:
-    """Real code: the standard library's own modules (what the code pipeline will format and tier)."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in stdlib.glob("*.py") if 2_000 <= p.stat().st_size <= 60_000)[:max_files]
-    texts = [f"# {p.name}\n{p.read_text(errors='replace')}" for p in files]
-    print(f"[code] {len(texts)} standard-library modules as code documents")
-    return {"texts": texts}
+def stage_code(out: Path) -> dict:
+    """Real repositories installed on this machine (pytest, pluggy) through the code pipeline: markdown
+    format, indentation-blind dedup, quality tiers, dependency-ordered repository samples."""
+    import _pytest
+    import pluggy
+
+    from ilm.data.code import run_code_pipeline
+
+    repos = [Path(_pytest.__file__).parent, Path(pluggy.__file__).parent]
+    ledger = run_code_pipeline(repos, out / "code", sample_tokens=4096)
+    code = ledger["code"]
+    print(f"[code] {code['ingest']['files']} files from {code['ingest']['repos']} repositories -> "
+          f"{ledger['kept_docs']} kept (tiers {code['kept_tiers']}), {ledger['removed_docs']} removed; "
+          f"{code['samples']['samples']} dependency-ordered samples; balanced: {ledger['balanced']}")
+    return {"samples": out / "code" / "samples", "ledger": ledger}
 
 
 def stage_tokenizer(out: Path, texts: list[str]) -> dict:
@@ -63,17 +70,19 @@ def stage_tokenizer(out: Path, texts: list[str]) -> dict:
     return {"tokenizer": tok}
 
 
-def stage_shards(out: Path, text: list[str], code: list[str]) -> dict:
+def stage_shards(out: Path, text: list[str], code_samples: Path) -> dict:
+    """Kept text (90% train / 10% held out) and the code samples (their tier epochs travel along)."""
     from ilm.data.shards import tokenize_to_shards
 
-    held = text[::10]
-    train = [t for i, t in enumerate(text) if i % 10]
-    paths = {}
-    for name, docs in (("text", train), ("heldout", held), ("code", code)):
+    inputs = {"code": code_samples}
+    for name, docs in (("text", [t for i, t in enumerate(text) if i % 10]), ("heldout", text[::10])):
         raw = out / "tokens-input" / f"{name}.jsonl"
         raw.parent.mkdir(parents=True, exist_ok=True)
         raw.write_text("".join(json.dumps({"id": f"{name}-{i}", "text": t}) + "\n" for i, t in enumerate(docs)))
-        report = tokenize_to_shards([raw], out / "tokenizer", out / "tokens" / name, workers=1)
+        inputs[name] = raw
+    paths = {}
+    for name, src in inputs.items():
+        report = tokenize_to_shards([src], out / "tokenizer", out / "tokens" / name, workers=1)
         paths[name] = out / "tokens" / name
         print(f"[shards] {name}: {report['documents']} documents, {report['tokens']:,} tokens")
     return paths
@@ -127,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     data = stage_data(out)
     code = stage_code(out)
     tok = stage_tokenizer(out, data["texts"])["tokenizer"]
-    shards = stage_shards(out, data["texts"], code["texts"])
+    shards = stage_shards(out, data["texts"], code["samples"])
     pre = stage_pretrain(out, shards, args.quick)
     stage_model(out, Path(pre["export"]), tok)
     report = {"seconds": round(time.perf_counter() - t0, 1), "pretrain": pre, "ledger": data["ledger"]}
