@@ -19,8 +19,10 @@ class KVCache:
         self, config: ModelConfig, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype
     ):
         shape = (batch_size, config.num_kv_heads, max_len, config.head_dim)
-        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.num_layers)]
-        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.num_layers)]
+        # zeros, not empty: the static decode step attends over unwritten slots (masked), and masked
+        # garbage that happens to be NaN would still poison the softmax-weighted sum
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_layers)]
         self.max_len = max_len
         self.length = 0
         # Static mode (CUDA graphs): write at this tensor index and attend over the whole buffer under a

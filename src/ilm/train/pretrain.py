@@ -170,10 +170,18 @@ def evaluate(model, shards: TokenShards, window: int, rows: int, world: World, a
 
 
 def train(cfg: PretrainConfig, resume: str = "auto") -> dict[str, Any]:
+    """Run (or resume) the recipe; returns a summary (steps, losses, export and plot paths)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(cfg.train.deterministic or before)
+    try:
+        return _train(cfg, resume)
+    finally:  # a process-wide switch: leave it as the caller had it
+        torch.use_deterministic_algorithms(before)
+
+
+def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
     world = init_world(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True)
     plans = plan_stages(cfg, world.size)
     total_steps = plans[-1].first_step + plans[-1].steps
     run_dir = Path(cfg.run_dir)
