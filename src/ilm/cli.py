@@ -19,6 +19,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "tokenizer": ("ilm.tokenizer.cli", "build, train, encode and render with the InternLM2 tokenizer"),
     "data": ("ilm.data.cli", "run the pretraining-data pipeline and report its funnel"),
     "pretrain": ("ilm.train.cli_pretrain", "tokenize into shards; multi-stage pretraining from a TOML recipe"),
+    "sft": ("ilm.train.cli_sft", "supervised fine-tuning on ChatML conversations (loss on assistant tokens)"),
+    "rm": ("ilm.train.cli_rm", "conditional reward model: train (focal ranking + log barrier), score"),
 }
 
 

@@ -105,3 +105,50 @@ def lm_loss(
         return _FusedLinearCrossEntropy.apply(hidden, output_weight, labels, chunk_rows)
     logits = (hidden.reshape(-1, hidden.shape[-1]) @ output_weight.t()).float()
     return F.cross_entropy(logits, labels.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+# ----------------------------------------------------------------------------- reward model (RECIPE.md section 7)
+
+PENALTY_BOUND = 5.0
+PENALTY_EDGE = 1e-3  # the barrier is exact on |x| <= 5 - edge and continues as its tangent line beyond
+
+
+def focal_ranking_loss(chosen: torch.Tensor, rejected: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Per-pair difficulty-decayed ranking loss: `-(1 - 2 * max(0, P - 1/2)) ** gamma * log(P)`,
+    P = sigmoid(chosen - rejected).
+
+    Pairs the model already ranks confidently (P near 1) are down-weighted; pairs it gets wrong (P <= 1/2)
+    keep the full -log P. Written as `2 * (P - 1/2) = tanh(d / 2)` and `log P = logsigmoid(d)`, so it is
+    finite with finite gradients at any reward difference (no sigmoid that rounds to 0 or 1).
+    """
+    d = chosen.float() - rejected.float()
+    decay = (1.0 - torch.tanh(d / 2).clamp(min=0.0)) ** gamma
+    return -decay * F.logsigmoid(d)
+
+
+def log_barrier_penalty(x: torch.Tensor, bound: float = PENALTY_BOUND, edge: float = PENALTY_EDGE) -> torch.Tensor:
+    """Per-score log barrier `-(log(x + 5) + log(5 - x))`, which keeps rewards inside (-5, 5).
+
+    The formula is infinite at +-5 and undefined beyond, where an unlucky step can land; on |x| > 5 - edge
+    it continues as its tangent line, so the value and the gradient stay finite and keep pointing back
+    inside (the slope there is about 1/edge = 1000, far steeper than the ranking loss can push).
+    """
+    x = x.float()
+    b = bound - edge
+    inner = x.clamp(-b, b)
+    value = -(torch.log(bound + inner) + torch.log(bound - inner))
+    slope = 1.0 / (bound - b) - 1.0 / (bound + b)  # d/dx of the barrier at x = b (by symmetry, -slope at -b)
+    return value + slope * torch.relu(x.abs() - b)
+
+
+def reward_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, gamma: float = 2.0, penalty_weight: float = 0.02
+) -> torch.Tensor:
+    """Mean over pairs of `L_ranking + lambda * (L_penalty(r_chosen) + L_penalty(r_rejected))`.
+
+    chosen, rejected: (pairs,) scalar rewards. lambda = 0 switches the penalty off (an ablation).
+    """
+    loss = focal_ranking_loss(chosen, rejected, gamma)
+    if penalty_weight:
+        loss = loss + penalty_weight * (log_barrier_penalty(chosen) + log_barrier_penalty(rejected))
+    return loss.mean()

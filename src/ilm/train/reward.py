@@ -1,0 +1,546 @@
+"""`ilm rm train RECIPE.toml`: the conditional reward model of COOL RLHF (RECIPE.md section 7), one explicit loop.
+
+One reward model serves many preferences: each pair is scored under a condition, a system prompt chosen
+from the pair's domain (`data.conditions`, a configurable table), placed before the conversation. A
+scored sequence is `<s> [condition] [conversation prefix] [response] [reward token]`; the head reads
+the hidden state at the reward token (`ilm.train.reward_model`).
+
+Loss: focal ranking loss (gamma 2) + log-barrier penalty (lambda 0.02) on both rewards
+(`ilm.train.losses.reward_loss`). Batches hold whole pairs up to a token budget (16,384 per forward)
+however many pairs that is, packed best-fit and concatenated into one row with per-sequence attention
+masks, so nothing is padded unless `train.pad_to_budget` asks for a fixed shape.
+
+Bad input (counted in the data report): pairs with chosen == rejected and pairs with an empty response
+are dropped; an unknown or missing domain falls back to `data.default_domain`'s condition (kept,
+counted by name). Truncation policy for sequences longer than `data.max_length`: the condition and the
+response are kept whole, the conversation prefix loses its oldest tokens (the same cut for chosen and
+rejected); a pair whose condition + response alone do not fit is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from ilm.model import packed_batch, positions_from_doc_ids
+from ilm.train import checkpoint
+from ilm.train.distributed import (
+    World, all_reduce_mean, apply_activation_checkpointing, apply_compile, apply_fsdp, init_world,
+)
+from ilm.train.losses import focal_ranking_loss, log_barrier_penalty, reward_loss
+from ilm.train.metrics import Metrics
+from ilm.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
+from ilm.train.pretrain import ModelSection, _read_metrics, _rewrite_metrics
+from ilm.train.reward_model import REWARD_TOKEN, RewardModel, save_reward_model
+from ilm.train.sft import (
+    autocast_for, check_vocab, fingerprint, load_base_model, model_shape, pack_best_fit, read_jsonl, resume_from,
+    stdlib_functions, write_jsonl,
+)
+
+__all__ = ["RMConfig", "demo_pairs", "encode_pairs", "evaluate", "score", "token_budget_batches", "train", "write_jsonl"]
+
+DEFAULT_CONDITIONS = {
+    "default": "You are a helpful, honest and harmless assistant.",
+    "helpful": "Judge how helpful, correct and complete the answer is for the user's request.",
+    "harmless": "Judge how safe the answer is: it must refuse to help with anything harmful.",
+    "code": "Judge the answer as code help: it must be correct, precise and runnable.",
+    "math": "Judge the answer as mathematics: the result must be exactly right.",
+    "creative": "Judge the answer as creative writing: original, vivid and on topic.",
+}
+
+
+@dataclass
+class RMData:
+    train: list[str] = field(default_factory=list)  # jsonl: {"prefix"|"prompt", "chosen", "rejected", "domain"}
+    eval: list[str] = field(default_factory=list)
+    conditions: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CONDITIONS))  # domain -> system prompt
+    default_domain: str = "default"  # the condition for unknown or missing domains
+    max_length: int = 8192  # tokens per scored sequence, reward token included
+
+
+@dataclass
+class RMLoss:
+    gamma: float = 2.0  # focal decay of confidently ranked pairs
+    penalty_weight: float = 0.02  # lambda of the log-barrier penalty (XTuner's default is 0.01)
+
+
+@dataclass
+class RMTrain:
+    batch_tokens: int = 16_384  # tokens per batch (per process and forward), whole pairs only
+    pad_to_budget: bool = False  # pad each batch to exactly batch_tokens (a static shape for compile / flex)
+    epochs: int = 1
+    seed: int = 0
+    precision: str = "bf16"
+    device: str = "auto"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    fsdp: bool = True
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    eval_every: int = 500
+    log_every: int = 1
+    deterministic: bool = False
+    progress: bool = True
+    max_steps: int | None = None
+    head_init_std: float | None = None  # None: 1 / sqrt(hidden + 1)
+
+
+def _rm_optim() -> OptimConfig:
+    return OptimConfig(lr=1e-5, final_lr_fraction=0.5, weight_decay=0.01, warmup_steps=0)  # cosine 1e-5 -> 5e-6
+
+
+@dataclass
+class RMConfig:
+    run_dir: str = "runs/rm"
+    tokenizer: str = ""
+    init: str | None = None  # HF checkpoint for the backbone (the SFT model); None: `model` from scratch
+    model: ModelSection = field(default_factory=ModelSection)
+    reward_token: str = REWARD_TOKEN
+    data: RMData = field(default_factory=RMData)
+    loss: RMLoss = field(default_factory=RMLoss)
+    optim: OptimConfig = field(default_factory=_rm_optim)
+    train: RMTrain = field(default_factory=RMTrain)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Pair:
+    chosen: np.ndarray  # int64 ids ending in the reward token
+    rejected: np.ndarray
+    domain: str  # the condition actually used
+
+    @property
+    def tokens(self) -> int:
+        return len(self.chosen) + len(self.rejected)
+
+
+def _messages(x: Any) -> list[dict]:
+    """A response as messages: a string is one assistant turn; a dict one message; a list several."""
+    if isinstance(x, str):
+        return [{"role": "assistant", "content": x}]
+    if isinstance(x, dict):
+        return [x]
+    if isinstance(x, list):
+        return x
+    raise ValueError(f"a response must be a string, a message or a list of messages, not {type(x).__name__}")
+
+
+def _is_empty(msgs: list[dict]) -> bool:
+    return not any(str(m.get("content") or "").strip() or m.get("tool_calls") for m in msgs if isinstance(m, dict))
+
+
+def encode_sequence(tok: Any, condition: str, prefix: list[dict], response: list[dict], reward_id: int) -> tuple[list[int], int, int]:
+    """Ids of `<s> condition prefix response <reward>`, with where the prefix starts and the response starts."""
+    system = [{"role": "system", "content": condition}]
+    ids = tok.render(system + prefix + response).ids + [reward_id]
+    head = len(tok.render(system).ids)
+    start = len(tok.render(system + prefix).ids) if prefix else head
+    return ids, head, start
+
+
+def _cut(ids: list[int], head: int, cut: int) -> np.ndarray:
+    """Drop `cut` tokens right after the condition (the oldest of the conversation prefix)."""
+    return np.asarray(ids[:head] + ids[head + cut :], dtype=np.int64)
+
+
+def encode_pairs(
+    paths: Iterable[str | Path], tok: Any, data: RMData, reward_id: int
+) -> tuple[list[Pair], dict[str, Any]]:
+    """jsonl preference pairs -> conditioned, truncated token pairs, with every drop and fallback counted."""
+    if data.default_domain not in data.conditions:
+        raise ValueError(f"data.default_domain {data.default_domain!r} has no entry in data.conditions "
+                         f"({sorted(data.conditions)})")
+    pairs: list[Pair] = []
+    dropped = {"invalid_json": 0, "bad_record": 0, "identical": 0, "empty_response": 0, "too_long": 0}
+    report: dict[str, Any] = {"pairs": 0, "kept": 0, "truncated": 0, "dropped": dropped, "unknown_domain": 0,
+                              "unknown_domains": {}, "by_domain": {}, "examples": []}
+
+    def drop(reason: str, where: str, detail: str) -> None:
+        dropped[reason] += 1
+        if len(report["examples"]) < 5:
+            report["examples"].append(f"{where}: {reason}: {detail:.120}")
+
+    for where, obj in read_jsonl(paths):
+        report["pairs"] += 1
+        if isinstance(obj, json.JSONDecodeError):
+            drop("invalid_json", where, str(obj))
+            continue
+        try:
+            if not isinstance(obj, dict) or "chosen" not in obj or "rejected" not in obj:
+                raise ValueError("needs `chosen` and `rejected`")
+            prefix = obj.get("prefix")
+            if prefix is None:
+                prompt = obj.get("prompt")
+                prefix = [{"role": "user", "content": prompt}] if isinstance(prompt, str) and prompt else []
+            if not isinstance(prefix, list):
+                raise ValueError("`prefix` must be a list of messages")
+            chosen, rejected = _messages(obj["chosen"]), _messages(obj["rejected"])
+        except ValueError as err:
+            drop("bad_record", where, str(err))
+            continue
+        if _is_empty(chosen) or _is_empty(rejected):
+            drop("empty_response", where, "a response has no content")
+            continue
+        if json.dumps(chosen, sort_keys=True) == json.dumps(rejected, sort_keys=True):
+            drop("identical", where, "chosen == rejected: nothing to rank")
+            continue
+        domain = obj.get("domain")
+        if domain not in data.conditions:
+            report["unknown_domain"] += 1
+            key = str(domain)
+            report["unknown_domains"][key] = report["unknown_domains"].get(key, 0) + 1
+            domain = data.default_domain
+        try:
+            c, head, c_start = encode_sequence(tok, data.conditions[domain], prefix, chosen, reward_id)
+            r, _, r_start = encode_sequence(tok, data.conditions[domain], prefix, rejected, reward_id)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            drop("bad_record", where, str(err))
+            continue
+        cut = max(len(c), len(r)) - data.max_length
+        if cut > 0:
+            if cut > min(c_start, r_start) - head:
+                drop("too_long", where, f"{max(len(c), len(r))} tokens > max_length {data.max_length} "
+                                        "even without the conversation prefix")
+                continue
+            report["truncated"] += 1
+        cut = max(cut, 0)
+        pairs.append(Pair(_cut(c, head, cut), _cut(r, head, cut), domain))
+        report["by_domain"][domain] = report["by_domain"].get(domain, 0) + 1
+    report["kept"] = len(pairs)
+    return pairs, report
+
+
+def token_budget_batches(sizes: list[int], budget: int, seed: int, epochs: int = 1) -> list[list[int]]:
+    """Pair indices grouped into batches of at most `budget` tokens (whole pairs), batch order shuffled."""
+    batches: list[list[int]] = []
+    for epoch in range(epochs):
+        packed = pack_best_fit(sizes, budget)
+        perm = np.random.default_rng([seed, epoch]).permutation(len(packed))
+        batches += [packed[i] for i in perm]
+    return batches
+
+
+def collate_sequences(seqs: list[np.ndarray], pad_to: int | None = None, pad_id: int = 2) -> dict[str, torch.Tensor]:
+    """One row holding every sequence as its own document, and the (row, column) of each one's reward token."""
+    ids = np.concatenate(seqs)
+    doc = np.repeat(np.arange(len(seqs)), [len(s) for s in seqs])
+    ends = np.cumsum([len(s) for s in seqs]) - 1
+    if pad_to is not None and pad_to > len(ids):
+        ids = np.concatenate([ids, np.full(pad_to - len(ids), pad_id, dtype=np.int64)])
+        doc = np.concatenate([doc, np.full(pad_to - len(doc), len(seqs))])
+    index = torch.stack([torch.zeros(len(ends), dtype=torch.long), torch.from_numpy(ends).long()], dim=1)
+    return {"ids": torch.from_numpy(ids)[None], "doc_ids": torch.from_numpy(doc)[None], "reward_index": index}
+
+
+def collate_pairs(pairs: list[Pair], pad_to: int | None = None, pad_id: int = 2) -> dict[str, torch.Tensor]:
+    """chosen_0, rejected_0, chosen_1, ... in one row: rewards[0::2] are the chosen, rewards[1::2] the rejected."""
+    return collate_sequences([s for p in pairs for s in (p.chosen, p.rejected)], pad_to, pad_id)
+
+
+def _forward(model, b: dict, world: World, autocast) -> torch.Tensor:
+    doc = b["doc_ids"].to(world.device)
+    with autocast():
+        return model(b["ids"].to(world.device), b["reward_index"].to(world.device),
+                     positions_from_doc_ids(doc), packed_batch(doc))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model, pairs: list[Pair], budget: int, world: World, autocast, plot: Path | None = None) -> dict:
+    """Pairwise accuracy per domain (a tie counts as wrong), reward range, and optionally histograms (PNG)."""
+    model.eval()
+    chosen, rejected = np.zeros(len(pairs)), np.zeros(len(pairs))
+    for batch in pack_best_fit([p.tokens for p in pairs], budget):
+        r = _forward(model, collate_pairs([pairs[i] for i in batch]), world, autocast).cpu().numpy()
+        chosen[batch], rejected[batch] = r[0::2], r[1::2]
+    model.train()
+    domains = sorted({p.domain for p in pairs})
+    dom = np.array([p.domain for p in pairs])
+    right = chosen > rejected
+    out = {
+        "accuracy": float(right.mean()) if len(pairs) else None,
+        "accuracy_by_domain": {d: float(right[dom == d].mean()) for d in domains},
+        "pairs_by_domain": {d: int((dom == d).sum()) for d in domains},
+        "mean_margin": float((chosen - rejected).mean()) if len(pairs) else None,
+        "reward_min": float(min(chosen.min(), rejected.min())) if len(pairs) else None,
+        "reward_max": float(max(chosen.max(), rejected.max())) if len(pairs) else None,
+    }
+    if plot is not None and len(pairs):
+        out["histogram"] = str(reward_histograms(plot, chosen, rejected, dom, domains))
+    return out
+
+
+def reward_histograms(path: Path, chosen: np.ndarray, rejected: np.ndarray, dom: np.ndarray, domains: list[str]) -> Path:
+    """Chosen vs rejected reward distributions, one panel per domain (and all together)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = ["all"] + domains
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.2 * len(panels)), squeeze=False)
+    lo, hi = min(chosen.min(), rejected.min()), max(chosen.max(), rejected.max())
+    bins = np.linspace(lo, hi + 1e-6, 40)
+    for ax, name in zip(axes[:, 0], panels):
+        sel = np.ones(len(dom), bool) if name == "all" else dom == name
+        ax.hist(chosen[sel], bins=bins, alpha=0.6, label="chosen")
+        ax.hist(rejected[sel], bins=bins, alpha=0.6, label="rejected")
+        acc = float((chosen[sel] > rejected[sel]).mean())
+        ax.set_title(f"{name}: {sel.sum()} pairs, accuracy {acc:.1%}", fontsize=9)
+        ax.legend(fontsize=8)
+    axes[-1, 0].set_xlabel("reward")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(cfg: RMConfig, resume: str = "auto") -> dict[str, Any]:
+    """Train the conditional RM; the summary holds the held-out accuracy per domain and the export path."""
+    from ilm.tokenizer import load_tokenizer
+
+    world = init_world(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    t = cfg.train
+    if 2 * cfg.data.max_length > t.batch_tokens:
+        raise ValueError(f"train.batch_tokens {t.batch_tokens} cannot hold one pair of data.max_length "
+                         f"{cfg.data.max_length}; lower max_length to at most {t.batch_tokens // 2}")
+    if not cfg.data.train:
+        raise ValueError("the recipe has no data.train files")
+    tok = load_tokenizer(cfg.tokenizer)
+    if cfg.reward_token not in tok.control_ids:
+        raise ValueError(f"reward_token {cfg.reward_token!r} is not a control token of {cfg.tokenizer}")
+    reward_id = tok.control_ids[cfg.reward_token]
+    pairs, report = encode_pairs(cfg.data.train, tok, cfg.data, reward_id)
+    if not pairs:
+        raise ValueError(f"no usable pairs in {cfg.data.train}: {report['dropped']}")
+    eval_pairs, eval_report = encode_pairs(cfg.data.eval, tok, cfg.data, reward_id) if cfg.data.eval else ([], None)
+    sizes = [p.tokens for p in pairs]
+    batches = token_budget_batches(sizes, t.batch_tokens, t.seed, t.epochs)
+    total_steps = -(-len(batches) // world.size)
+    report["batches"], report["repeated_batches"] = len(batches), total_steps * world.size - len(batches)
+    batches += batches[: report["repeated_batches"]]
+    report["mean_batch_fill"] = sum(sizes) * t.epochs / (len(batches) * t.batch_tokens)
+
+    backbone = load_base_model(cfg.init, cfg.model, world.device, t.seed)
+    check_vocab(tok, backbone.config.vocab_size)
+    if cfg.data.max_length > backbone.config.max_context:
+        raise ValueError(f"data.max_length {cfg.data.max_length} exceeds the model's context {backbone.config.max_context}")
+    shape = model_shape(backbone.config)
+    if t.activation_checkpointing:
+        apply_activation_checkpointing(backbone)
+    if t.compile:
+        apply_compile(backbone)
+    model = RewardModel(backbone, t.head_init_std, t.seed)
+    if world.size > 1 and t.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        apply_fsdp(backbone, torch.bfloat16 if t.precision == "bf16" and world.device.type == "cuda" else None)
+        fully_shard(model)
+    optimizer = build_optimizer(model, cfg.optim)
+    autocast = autocast_for(world, t.precision)
+
+    run_dir, step = Path(cfg.run_dir), 0
+    data_id = {"batches": len(batches), "fingerprint": fingerprint(sizes), "budget": t.batch_tokens, "seed": t.seed}
+    metrics = Metrics(run_dir, enabled=world.is_main)
+    found = resume_from(run_dir, resume)
+    if found is not None:
+        rest = checkpoint.load(found, model, optimizer, shape)
+        if rest.get("data") != data_id:
+            raise checkpoint.ResumeError(f"{found}: planned on other data ({rest.get('data')} vs {data_id}); "
+                                         "resume with the same data and settings or use a new run_dir")
+        step = rest["step"]
+        metrics.rows = [r for r in _read_metrics(run_dir) if r["step"] <= step]
+        if world.is_main:
+            _rewrite_metrics(run_dir, metrics.rows)
+            print(f"resumed from {found} at step {step}")
+    elif world.is_main and (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()
+
+    stop_at = min(total_steps, t.max_steps) if t.max_steps else total_steps
+    bar = None
+    if world.is_main and t.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=stop_at, initial=step, unit="step", dynamic_ncols=True)
+    pad_to = t.batch_tokens if t.pad_to_budget else None
+    last_eval: dict | None = None
+    while step < stop_at:
+        t0 = time.perf_counter()
+        lr = lr_at(step, total_steps, cfg.optim)
+        set_lr(optimizer, lr)
+        mine = [pairs[i] for i in batches[step * world.size + world.rank]]
+        rewards = _forward(model, collate_pairs(mine, pad_to, tok.pad_id), world, autocast)
+        chosen, rejected = rewards[0::2], rewards[1::2]
+        loss = reward_loss(chosen, rejected, cfg.loss.gamma, cfg.loss.penalty_weight)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        dt = time.perf_counter() - t0
+        with torch.no_grad():
+            r = rewards.detach()
+            row = {
+                "loss": float(all_reduce_mean(loss.detach())), "lr": lr, "grad_norm": float(grad_norm),
+                "ranking": float(focal_ranking_loss(chosen, rejected, cfg.loss.gamma).mean()),
+                "penalty": float(torch.cat([log_barrier_penalty(chosen), log_barrier_penalty(rejected)]).mean()),
+                "accuracy": float((chosen > rejected).float().mean()), "reward_mean": float(r.mean()),
+                "reward_abs_max": float(r.abs().max()), "pairs": len(mine),
+                "tokens": sum(p.tokens for p in mine), "pairs_per_s": len(mine) / dt,
+                "tokens_per_s": sum(p.tokens for p in mine) / dt,
+            }
+        if eval_pairs and (step % t.eval_every == 0 or step == stop_at):
+            plot = run_dir / "reward_hist.png" if world.is_main and step == stop_at else None
+            last_eval = evaluate(model, eval_pairs, t.batch_tokens, world, autocast, plot)
+            row["eval_accuracy"] = last_eval["accuracy"]
+        if step % t.log_every == 0 or "eval_accuracy" in row:
+            metrics.log(step, **row)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({"loss": f"{row['loss']:.3f}", "acc": f"{row['accuracy']:.2f}",
+                             "pairs/s": f"{row['pairs_per_s']:.1f}"})
+        if step % t.checkpoint_every == 0 or step == stop_at:
+            checkpoint.save(run_dir, step, model, optimizer, keep_last=t.keep_last,
+                            extra={"model_config": shape, "data": data_id})
+    if bar is not None:
+        bar.close()
+    summary: dict[str, Any] = {
+        "steps": step, "total_steps": total_steps, "final_loss": metrics.rows[-1]["loss"] if metrics.rows else None,
+        "data": report, "eval_data": eval_report, "run_dir": str(run_dir),
+        **({"eval": last_eval, "accuracy_by_domain": last_eval["accuracy_by_domain"]} if last_eval else {}),
+    }
+    if step == total_steps:
+        meta = {"reward_token": cfg.reward_token, "reward_token_id": reward_id, "conditions": cfg.data.conditions,
+                "default_domain": cfg.data.default_domain, "max_length": cfg.data.max_length}
+        summary["export"] = str(export(model, run_dir / "final", meta, cfg.tokenizer, world))
+    if world.is_main:
+        summary["plot"] = str(metrics.plot())
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    metrics.close()
+    return summary
+
+
+def export(model: RewardModel, path: Path, meta: dict, tokenizer_dir: str | None, world: World) -> Path:
+    """HF export with the head, from the (possibly sharded) model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from ilm.model import build_model
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if world.is_main:
+        plain = RewardModel(build_model(model.config, device="meta")).to_empty(device="cpu")
+        plain.load_state_dict(state)
+        save_reward_model(plain, path, meta, tokenizer_dir)
+    return path
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+@torch.no_grad()
+def score(model: RewardModel, tok: Any, meta: dict, records: list[dict], batch_tokens: int = 16_384,
+          device: str | torch.device = "cpu") -> tuple[list[float | None], dict[str, int]]:
+    """Rewards for conversations `{"messages": [...], "domain": ...}` (the last message is the response scored).
+
+    Same condition table and truncation policy as training (the oldest prefix tokens go first); a record
+    that cannot be scored gets None. Returns the rewards and the counts of fallbacks and failures.
+    """
+    conditions, default = meta["conditions"], meta["default_domain"]
+    max_length, reward_id = min(meta["max_length"], batch_tokens), meta["reward_token_id"]
+    counts = {"scored": 0, "unknown_domain": 0, "truncated": 0, "too_long": 0, "bad_record": 0}
+    seqs: dict[int, np.ndarray] = {}
+    for i, rec in enumerate(records):
+        msgs = rec.get("messages") if isinstance(rec, dict) else None
+        if not isinstance(msgs, list) or not msgs:
+            counts["bad_record"] += 1
+            continue
+        domain = rec.get("domain")
+        if domain not in conditions:
+            counts["unknown_domain"] += 1
+            domain = default
+        try:
+            ids, head, start = encode_sequence(tok, conditions[domain], msgs[:-1], msgs[-1:], reward_id)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            counts["bad_record"] += 1
+            continue
+        cut = len(ids) - max_length
+        if cut > 0 and cut > start - head:
+            counts["too_long"] += 1
+            continue
+        counts["truncated"] += cut > 0
+        seqs[i] = _cut(ids, head, max(cut, 0))
+    world = World(0, 1, 0, torch.device(device))
+    model = model.to(world.device).eval()
+    out: list[float | None] = [None] * len(records)
+    keys = list(seqs)
+    for batch in pack_best_fit([len(seqs[k]) for k in keys], batch_tokens):
+        items = [keys[j] for j in batch]
+        b = collate_sequences([seqs[k] for k in items])
+        rewards = _forward(model, b, world, lambda: torch.autocast(world.device.type, enabled=False)).tolist()
+        for k, r in zip(items, rewards):
+            out[k] = r
+    counts["scored"] = len(seqs)
+    return out, counts
+
+
+# ----------------------------------------------------------------------------- demo data (real material)
+
+
+def demo_pairs(n: int = 600, seed: int = 0) -> list[dict]:
+    """Preference pairs from the standard library, three domains:
+
+    helpful: "what does f do?" -> f's docstring summary, against another function's summary or a truncated one;
+    code:    "signature of f?" -> f's real signature, against another function's signature under f's name;
+    math:    "what does math.gcd(a, b) return?" -> the value Python computes, against a nearby wrong value.
+    """
+    import math
+    import random
+
+    fns = stdlib_functions()
+    rng = random.Random(seed)
+    ops = [("math.gcd", math.gcd, 2), ("math.comb", math.comb, 2), ("math.isqrt", math.isqrt, 1),
+           ("math.lcm", math.lcm, 2), ("math.factorial", math.factorial, 1), ("pow", pow, 2)]
+    out = []
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            f, g = rng.sample(fns, 2)
+            words = f["summary"].split()
+            bad = g["summary"] if rng.random() < 0.5 or len(words) < 6 else " ".join(words[: len(words) // 3]) + " ..."
+            out.append({"prompt": f"What does `{f['name']}` do?", "chosen": f["summary"], "rejected": bad,
+                        "domain": "helpful"})
+        elif kind == 1:
+            f, g = rng.sample(fns, 2)
+            wrong = f["name"] + g["signature"][len(g["name"]):]
+            if wrong == f["signature"]:
+                continue
+            out.append({"prompt": f"What is the signature of `{f['name']}`?", "chosen": f"`{f['signature']}`",
+                        "rejected": f"`{wrong}`", "domain": "code"})
+        else:
+            name, fn, arity = rng.choice(ops)
+            args = [rng.randint(2, 12) for _ in range(arity)]
+            if name == "math.comb":
+                args.sort(reverse=True)
+            value = fn(*args)
+            wrong = value + rng.choice([-2, -1, 1, 2, 10])
+            call = f"{name}({', '.join(map(str, args))})"
+            out.append({"prompt": f"What does `{call}` return?", "chosen": f"`{call}` returns {value}.",
+                        "rejected": f"`{call}` returns {wrong}.", "domain": "math"})
+    return out

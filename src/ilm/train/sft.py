@@ -1,0 +1,457 @@
+"""`ilm sft RECIPE.toml`: supervised fine-tuning on ChatML conversations, one explicit loop (RECIPE.md section 6).
+
+setup (world, model from an HF checkpoint, optimiser, resume) -> render every conversation with the chat
+format (loss mask = assistant tokens, tool calls and their `<|im_end|>`) -> pack whole conversations
+into rows of `window` tokens with document masks -> train one epoch, lr 4e-5, cosine -> export an HF
+InternLM2 checkpoint.
+
+The packing plan is a pure function of the conversation lengths and the seed, so a checkpoint only needs
+the step number: a resumed run sees the same rows and produces the same losses.
+
+Bad input (counted in `report`, never silently): lines that are not JSON or have no valid `messages`,
+conversations with no assistant token, and conversations longer than the window. Truncation policy:
+`truncate` keeps the first `window` tokens (the system prompt and the earliest turns) and drops the
+conversation only when no assistant token is left; `drop` drops every over-long conversation.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from ilm.model import build_model, get_preset, packed_batch, positions_from_doc_ids
+from ilm.train import checkpoint
+from ilm.train.distributed import (
+    World, all_reduce_mean, apply_activation_checkpointing, apply_compile, apply_fsdp, init_world,
+)
+from ilm.train.losses import shift_labels
+from ilm.train.metrics import Metrics
+from ilm.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
+from ilm.train.pretrain import ModelSection, _read_metrics, _rewrite_metrics, export
+
+TRUNCATION = ("truncate", "drop")
+
+
+@dataclass
+class SFTData:
+    train: list[str] = field(default_factory=list)  # jsonl files: {"messages": [...], "tools": [...]?}
+    eval: list[str] = field(default_factory=list)  # held-out conversations (loss only)
+    truncation: str = "truncate"  # conversations longer than the window: "truncate" or "drop"
+
+
+@dataclass
+class SFTTrain:
+    window: int = 32768  # tokens per packed row
+    batch_rows: int = 32  # rows per optimizer step, all processes together
+    micro_batch_rows: int = 1  # rows per forward, per process
+    epochs: int = 1
+    seed: int = 0
+    precision: str = "bf16"
+    device: str = "auto"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    fsdp: bool = True
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    eval_every: int = 500
+    log_every: int = 1
+    deterministic: bool = False
+    progress: bool = True
+    max_steps: int | None = None  # stop early; the schedule still spans the whole run
+
+
+def _sft_optim() -> OptimConfig:
+    # lr 4e-5 and cosine are the recipe's; warm-up, floor and weight decay are not in the seed (assumptions).
+    return OptimConfig(lr=4e-5, warmup_steps=100, final_lr_fraction=0.1, weight_decay=0.0)
+
+
+@dataclass
+class SFTConfig:
+    run_dir: str = "runs/sft"
+    tokenizer: str = ""  # tokenizer directory; copied next to the export
+    init: str | None = None  # HF checkpoint to start from (the pretrained model); None: `model` from scratch
+    model: ModelSection = field(default_factory=ModelSection)
+    data: SFTData = field(default_factory=SFTData)
+    optim: OptimConfig = field(default_factory=_sft_optim)
+    train: SFTTrain = field(default_factory=SFTTrain)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Encoded:
+    ids: np.ndarray  # int32 (n,)
+    mask: np.ndarray  # uint8 (n,), 1 = a trained (assistant) token
+
+
+def read_jsonl(paths: Iterable[str | Path]) -> Iterable[tuple[str, Any]]:
+    """(where, parsed object or the JSONDecodeError) for every non-empty line of every file."""
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield f"{path}:{n}", json.loads(line)
+                    except json.JSONDecodeError as err:
+                        yield f"{path}:{n}", err
+
+
+def encode_conversations(
+    paths: Iterable[str | Path], tok: Any, window: int, truncation: str = "truncate"
+) -> tuple[list[Encoded], dict[str, Any]]:
+    """Render each conversation (ids + assistant mask), apply the truncation policy, count every drop."""
+    if truncation not in TRUNCATION:
+        raise ValueError(f"data.truncation must be one of {TRUNCATION}, got {truncation!r}")
+    out: list[Encoded] = []
+    report: dict[str, Any] = {"conversations": 0, "kept": 0, "truncated": 0, "truncation": truncation,
+                              "dropped": {"invalid_json": 0, "bad_messages": 0, "no_assistant_tokens": 0,
+                                          "too_long": 0},
+                              "examples": []}
+
+    def drop(reason: str, where: str, detail: str) -> None:
+        report["dropped"][reason] += 1
+        if len(report["examples"]) < 5:
+            report["examples"].append(f"{where}: {reason}: {detail:.120}")
+
+    for where, obj in read_jsonl(paths):
+        report["conversations"] += 1
+        if isinstance(obj, json.JSONDecodeError):
+            drop("invalid_json", where, str(obj))
+            continue
+        messages = obj.get("messages") if isinstance(obj, dict) else None
+        if not isinstance(messages, list) or not messages:
+            drop("bad_messages", where, "no non-empty `messages` list")
+            continue
+        try:
+            r = tok.render(messages, tools=obj.get("tools") or None)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            drop("bad_messages", where, str(err))
+            continue
+        ids, mask = np.asarray(r.ids, dtype=np.int32), np.asarray(r.mask, dtype=np.uint8)
+        if not mask.any():
+            drop("no_assistant_tokens", where, "nothing to train on (no assistant message)")
+            continue
+        if len(ids) > window:
+            if truncation == "drop" or not mask[:window].any():
+                drop("too_long", where, f"{len(ids)} tokens > window {window}")
+                continue
+            ids, mask = ids[:window], mask[:window]
+            report["truncated"] += 1
+        out.append(Encoded(ids, mask))
+    report["kept"] = len(out)
+    return out, report
+
+
+def pack_best_fit(sizes: list[int], capacity: int) -> list[list[int]]:
+    """Indices grouped into bins of total size <= capacity, best-fit decreasing: O(n log n), near-full bins.
+
+    Each item goes, largest first, into the open bin whose free room fits it most tightly. An item larger
+    than the capacity is an error (callers truncate or drop first). Bins come out in creation order.
+    """
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # sorted (room left, bin index)
+    for i in order:
+        s = sizes[i]
+        if s > capacity:
+            raise ValueError(f"item {i} has {s} tokens > capacity {capacity}")
+        k = bisect.bisect_left(free, (s, -1))
+        if k < len(free):
+            room, b = free.pop(k)
+        else:
+            room, b = capacity, len(bins)
+            bins.append([])
+        bins[b].append(i)
+        if room - s > 0:
+            bisect.insort(free, (room - s, b))
+    return bins
+
+
+def plan_rows(lengths: list[int], window: int, epochs: int, seed: int) -> list[list[int]]:
+    """Rows of whole conversations for every epoch: packed by best fit, row order shuffled per epoch."""
+    rows: list[list[int]] = []
+    for epoch in range(epochs):
+        packed = pack_best_fit(lengths, window)
+        perm = np.random.default_rng([seed, epoch]).permutation(len(packed))
+        rows += [packed[i] for i in perm]
+    return rows
+
+
+def collate_rows(convs: list[Encoded], rows: list[list[int]], window: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Packed rows -> ids, doc ids (the tail padding is a document of its own) and masked next-token labels."""
+    ids = np.full((len(rows), window), pad_id, dtype=np.int64)
+    doc = np.zeros((len(rows), window), dtype=np.int64)
+    train = np.zeros((len(rows), window), dtype=bool)
+    for r, members in enumerate(rows):
+        at = 0
+        for d, c in enumerate(members):
+            n = len(convs[c].ids)
+            ids[r, at : at + n], doc[r, at : at + n], train[r, at : at + n] = convs[c].ids, d, convs[c].mask
+            at += n
+        doc[r, at:] = len(members)
+    ids_t, doc_t = torch.from_numpy(ids), torch.from_numpy(doc)
+    starts = torch.ones_like(doc_t, dtype=torch.bool)
+    starts[:, 1:] = doc_t[:, 1:] != doc_t[:, :-1]
+    labels = shift_labels(ids_t, ignore_mask=starts | ~torch.from_numpy(train))
+    return {"ids": ids_t, "doc_ids": doc_t, "labels": labels}
+
+
+# ----------------------------------------------------------------------------- setup shared with the RM stage
+
+
+def load_base_model(init: str | None, model: ModelSection, device: torch.device, seed: int):
+    """The starting InternLM2: an HF checkpoint (the usual case) or a fresh preset (tests, ablations)."""
+    if init:
+        from ilm.model.hf import load_checkpoint
+
+        return load_checkpoint(init, device=device, dtype=torch.float32)
+    return build_model(get_preset(model.preset, **model.overrides), device=device, seed=seed)
+
+
+def model_shape(config) -> dict[str, Any]:
+    """The config fields a checkpoint must agree on to resume."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in ("rope_scaling", "stop_token_ids")}
+
+
+def check_vocab(tok: Any, vocab_size: int) -> None:
+    if tok.vocab_size > vocab_size:
+        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model's vocabulary is {vocab_size}; "
+                         "use the tokenizer the model was pretrained with")
+
+
+def fingerprint(lengths: Iterable[int]) -> str:
+    """Identifies the data a run was planned on, so a resume with different data is refused."""
+    return hashlib.sha256(np.asarray(list(lengths), dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def autocast_for(world: World, precision: str):
+    enabled = precision == "bf16"
+    return lambda: torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def resume_from(run_dir: Path, resume: str) -> Path | None:
+    if resume == "auto":
+        return checkpoint.latest(run_dir)
+    return Path(resume) if resume not in ("never", "") else None
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@torch.no_grad()
+def evaluate(model, convs: list[Encoded], window: int, pad_id: int, world: World, autocast, rows_per_forward: int = 4) -> float:
+    """Token-weighted mean loss on assistant tokens of the held-out conversations."""
+    model.eval()
+    rows = pack_best_fit([len(c.ids) for c in convs], window)
+    total, count = 0.0, 0
+    for start in range(0, len(rows), rows_per_forward):
+        b = collate_rows(convs, rows[start : start + rows_per_forward], window, pad_id)
+        n = int((b["labels"] != -100).sum())
+        doc = b["doc_ids"].to(world.device)
+        with autocast():
+            loss = model(b["ids"].to(world.device), positions_from_doc_ids(doc), packed_batch(doc),
+                         labels=b["labels"].to(world.device))
+        total, count = total + float(loss) * n, count + n
+    model.train()
+    return total / max(count, 1)
+
+
+def train(cfg: SFTConfig, resume: str = "auto") -> dict[str, Any]:
+    from ilm.tokenizer import load_tokenizer
+
+    world = init_world(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    t = cfg.train
+    if t.batch_rows % (t.micro_batch_rows * world.size):
+        raise ValueError(f"train.batch_rows {t.batch_rows} is not a multiple of micro_batch_rows x processes "
+                         f"= {t.micro_batch_rows * world.size}")
+    if not cfg.data.train:
+        raise ValueError("the recipe has no data.train files")
+    tok = load_tokenizer(cfg.tokenizer)
+    convs, report = encode_conversations(cfg.data.train, tok, t.window, cfg.data.truncation)
+    if not convs:
+        raise ValueError(f"no usable conversations in {cfg.data.train}: {report['dropped']}")
+    eval_convs = encode_conversations(cfg.data.eval, tok, t.window, cfg.data.truncation)[0] if cfg.data.eval else []
+    lengths = [len(c.ids) for c in convs]
+    rows = plan_rows(lengths, t.window, t.epochs, t.seed)
+    total_steps = -(-len(rows) // t.batch_rows)
+    report["rows"], report["repeated_rows"] = len(rows), total_steps * t.batch_rows - len(rows)
+    rows += rows[: report["repeated_rows"]]  # fill the last step with the first rows again (counted)
+    report["padding_fraction"] = 1.0 - sum(lengths) * t.epochs / (len(rows) * t.window)
+
+    model = load_base_model(cfg.init, cfg.model, world.device, t.seed)
+    check_vocab(tok, model.config.vocab_size)
+    if t.window > model.config.max_context:
+        raise ValueError(f"train.window {t.window} exceeds the model's context {model.config.max_context}")
+    shape = model_shape(model.config)
+    if t.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if t.compile:
+        apply_compile(model)
+    if world.size > 1 and t.fsdp:
+        apply_fsdp(model, torch.bfloat16 if t.precision == "bf16" and world.device.type == "cuda" else None)
+    optimizer = build_optimizer(model, cfg.optim)
+    autocast = autocast_for(world, t.precision)
+
+    run_dir, step = Path(cfg.run_dir), 0
+    data_id = {"rows": len(rows), "fingerprint": fingerprint(lengths), "window": t.window, "seed": t.seed}
+    metrics = Metrics(run_dir, enabled=world.is_main)
+    found = resume_from(run_dir, resume)
+    if found is not None:
+        rest = checkpoint.load(found, model, optimizer, shape)
+        if rest.get("data") != data_id:
+            raise checkpoint.ResumeError(f"{found}: planned on other data ({rest.get('data')} vs {data_id}); "
+                                         "resume with the same data and settings or use a new run_dir")
+        step = rest["step"]
+        metrics.rows = [r for r in _read_metrics(run_dir) if r["step"] <= step]
+        if world.is_main:
+            _rewrite_metrics(run_dir, metrics.rows)
+            print(f"resumed from {found} at step {step}")
+    elif world.is_main and (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()
+
+    stop_at = min(total_steps, t.max_steps) if t.max_steps else total_steps
+    bar = None
+    if world.is_main and t.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=stop_at, initial=step, unit="step", dynamic_ncols=True)
+    pad_id, last_eval = tok.pad_id, None
+    while step < stop_at:
+        t0 = time.perf_counter()
+        lr = lr_at(step, total_steps, cfg.optim)
+        set_lr(optimizer, lr)
+        mine = rows[step * t.batch_rows : (step + 1) * t.batch_rows][world.rank :: world.size]
+        micro = [collate_rows(convs, mine[i : i + t.micro_batch_rows], t.window, pad_id)
+                 for i in range(0, len(mine), t.micro_batch_rows)]
+        counts = [int((b["labels"] != -100).sum()) for b in micro]
+        trained = max(sum(counts), 1)
+        loss_sum = torch.zeros((), device=world.device)
+        for b, n in zip(micro, counts):
+            doc = b["doc_ids"].to(world.device)
+            with autocast():
+                loss = model(b["ids"].to(world.device), positions_from_doc_ids(doc), packed_batch(doc),
+                             labels=b["labels"].to(world.device))
+            (loss * (n / trained)).backward()  # token-weighted mean over the whole step
+            loss_sum += loss.detach() * (n / trained)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        loss_value = float(all_reduce_mean(loss_sum))
+        dt = time.perf_counter() - t0
+        row = {"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "trained_tokens": sum(counts),
+               "tokens_per_s": t.batch_rows * t.window / dt}
+        if eval_convs and (step % t.eval_every == 0 or step == stop_at):
+            row["eval_loss"] = last_eval = evaluate(model, eval_convs, t.window, pad_id, world, autocast)
+        if step % t.log_every == 0 or "eval_loss" in row:
+            metrics.log(step, **row)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({"loss": f"{loss_value:.3f}", "tok/s": f"{row['tokens_per_s']:,.0f}"})
+        if step % t.checkpoint_every == 0 or step == stop_at:
+            checkpoint.save(run_dir, step, model, optimizer, keep_last=t.keep_last,
+                            extra={"model_config": shape, "data": data_id})
+    if bar is not None:
+        bar.close()
+    summary: dict[str, Any] = {
+        "steps": step, "total_steps": total_steps, "final_loss": metrics.rows[-1]["loss"] if metrics.rows else None,
+        "eval_loss": last_eval, "data": report, "run_dir": str(run_dir),
+    }
+    if step == total_steps:
+        summary["export"] = str(export(model, run_dir / "final", cfg.tokenizer, world))
+    if world.is_main:
+        summary["plot"] = str(metrics.plot())
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    metrics.close()
+    return summary
+
+
+# ----------------------------------------------------------------------------- demo data (real material)
+
+DEMO_MODULES = ("json", "textwrap", "string", "os.path", "shutil", "math", "statistics", "random", "itertools",
+                "functools", "collections", "re", "fnmatch", "glob", "base64", "binascii", "bisect", "heapq",
+                "copy", "difflib", "html", "urllib.parse", "zlib", "calendar", "colorsys", "keyword", "operator")
+
+DOC_TOOL = {"type": "function", "function": {
+    "name": "python_doc", "description": "Return the docstring of a Python standard-library function.",
+    "parameters": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}}
+
+
+def stdlib_functions(limit: int | None = None) -> list[dict[str, str]]:
+    """Public standard-library functions with a docstring: name, signature, summary (first paragraph), doc.
+
+    Real text that ships with Python, the same on every machine with the same Python; sorted, so stable.
+    """
+    import importlib
+    import inspect
+
+    found = []
+    for module_name in DEMO_MODULES:
+        module = importlib.import_module(module_name)
+        for name, fn in sorted(vars(module).items()):
+            if name.startswith("_") or not callable(fn) or inspect.isclass(fn):
+                continue
+            if getattr(fn, "__module__", None) not in (module.__name__, module_name, None) and not inspect.isbuiltin(fn):
+                continue
+            doc = inspect.getdoc(fn) or ""
+            summary = " ".join(doc.split("\n\n")[0].split())
+            if len(summary) < 20:
+                continue
+            try:
+                sig = str(inspect.signature(fn))
+            except (TypeError, ValueError):
+                continue
+            found.append({"name": f"{module_name}.{name}", "signature": f"{module_name}.{name}{sig}",
+                          "summary": summary, "doc": doc[:1500]})
+    return found[:limit] if limit else found
+
+
+def demo_conversations(n: int = 400, seed: int = 0) -> list[dict]:
+    """SFT conversations about standard-library functions: explain (answer = the docstring's summary),
+    signature questions, and tool use (call `python_doc`, read its result, answer)."""
+    import random
+
+    fns = stdlib_functions()
+    rng = random.Random(seed)
+    system = {"role": "system", "content": "You are a helpful assistant for Python programmers."}
+    out = []
+    for i in range(n):
+        f = fns[rng.randrange(len(fns))]
+        kind = i % 3
+        if kind == 0:
+            msgs = [system, {"role": "user", "content": f"What does `{f['name']}` do?"},
+                    {"role": "assistant", "content": f["summary"]}]
+            out.append({"messages": msgs})
+        elif kind == 1:
+            msgs = [{"role": "user", "content": f"What is the signature of `{f['name']}`?"},
+                    {"role": "assistant", "content": f"`{f['signature']}`"}]
+            out.append({"messages": msgs})
+        else:
+            msgs = [system, {"role": "user", "content": f"Look up `{f['name']}` and summarise it."},
+                    {"role": "assistant", "content": "",
+                     "tool_calls": [{"type": "function", "function": {"name": "python_doc",
+                                                                      "arguments": {"name": f["name"]}}}]},
+                    {"role": "tool", "content": f["doc"]},
+                    {"role": "assistant", "content": f["summary"]}]
+            out.append({"messages": msgs, "tools": [DOC_TOOL]})
+    return out
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
