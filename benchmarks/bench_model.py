@@ -145,7 +145,7 @@ def bench_packed_attention(device) -> dict:
         fns = {}
         for backend in ("sdpa", "blocks"):
             batch = packed_batch(doc_ids, backend)
-            fns[backend] = lambda batch=batch: model(ids, pos, batch)
+            fns[backend] = lambda batch=batch, ids=ids, pos=pos: model(ids, pos, batch)
         with torch.no_grad():
             rates = _best_rate(fns, ids.numel(), device, 2 if QUICK else 3, 1)
         out[name] = {k: round(v, 1) for k, v in rates.items()}

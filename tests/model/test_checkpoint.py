@@ -35,7 +35,7 @@ def test_llama_layout_unpacks_wqkv(tmp_path):
     state = load_file(save_checkpoint(model, tmp_path / "l", fmt="llama") / "model.safetensors")
     wqkv = model.state_dict()["model.layers.0.attention.wqkv.weight"]
     d = cfg.head_dim
-    rows = lambda slot: wqkv[slot * d:(slot + 1) * d]  # noqa: E731
+    rows = lambda slot: wqkv[slot * d:(slot + 1) * d]
     assert torch.equal(state["model.layers.0.self_attn.q_proj.weight"], torch.cat([rows(0), rows(1), rows(4), rows(5)]))
     assert torch.equal(state["model.layers.0.self_attn.k_proj.weight"], torch.cat([rows(2), rows(6)]))
     assert torch.equal(state["model.layers.0.self_attn.v_proj.weight"], torch.cat([rows(3), rows(7)]))

@@ -29,8 +29,7 @@ def _stdlib_docs(n: int, seed: int = 0) -> list[str]:
 def write_jsonl(path: Path, texts: list[str], **meta) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        for i, t in enumerate(texts):
-            f.write(json.dumps({"id": f"{path.stem}-{i}", "text": t, "metadata": meta}) + "\n")
+        f.writelines(json.dumps({"id": f"{path.stem}-{i}", "text": t, "metadata": meta}) + "\n" for i, t in enumerate(texts))
     return path
 
 

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 
@@ -14,8 +16,8 @@ def test_warmup_then_cosine_to_ten_percent():
     cfg = OptimConfig(lr=1e-3, warmup_steps=10)
     lrs = [lr_at(s, 100, cfg) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
-    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a < b for a, b in itertools.pairwise(lrs[:10]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
     assert lrs[-1] == pytest.approx(1e-4)  # 10% of max
     assert lrs[10 + 44] == pytest.approx(1e-4 + 0.9e-3 * 0.5, rel=0.05)  # half way down the cosine
 

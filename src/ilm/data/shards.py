@@ -50,7 +50,7 @@ class PartWriter:
     def __init__(self, prefix: str | Path):
         self.prefix = Path(prefix)
         self._tmp = self.prefix.with_name(self.prefix.name + ".tokens.tmp")
-        self._f = open(self._tmp, "wb")
+        self._f = open(self._tmp, "wb")  # noqa: SIM115 - closed in close(), after the last add()
         self.offsets, self.epochs = [0], []
 
     def add(self, ids: np.ndarray | list[int], epochs: float = 1.0) -> None:
@@ -70,7 +70,7 @@ class PartWriter:
         os.replace(tmp_index, self.prefix.with_name(self.prefix.name + ".index.npy"))  # the completion marker
 
 
-def write_token_shards(out_dir: str | Path, docs: list, epochs: list[float] | None = None) -> "TokenShards":
+def write_token_shards(out_dir: str | Path, docs: list, epochs: list[float] | None = None) -> TokenShards:
     """Already-tokenized documents into a one-part shard directory (benchmarks, tests, other tokenizers)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,7 +200,7 @@ class TokenShards:
 
     @property
     def num_docs(self) -> int:
-        return int(len(self.doc_lengths))
+        return len(self.doc_lengths)
 
     @property
     def num_tokens(self) -> int:

@@ -13,6 +13,15 @@ from ilm.model.config import PRESETS, ConfigError, ModelConfig, get_preset
 from ilm.model.internlm2 import InternLM2, build_model
 
 __all__ = [
-    "AttnBatch", "ConfigError", "InternLM2", "KVCache", "ModelConfig", "PRESETS", "build_model",
-    "doc_ids_from_lens", "get_preset", "packed_batch", "positions_from_doc_ids",
+    "PRESETS",
+    "AttnBatch",
+    "ConfigError",
+    "InternLM2",
+    "KVCache",
+    "ModelConfig",
+    "build_model",
+    "doc_ids_from_lens",
+    "get_preset",
+    "packed_batch",
+    "positions_from_doc_ids",
 ]

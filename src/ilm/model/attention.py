@@ -147,7 +147,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: AttnBatch) 
         from flash_attn import flash_attn_varlen_func
 
         B, H, T, D = q.shape
-        flat = lambda x: x.transpose(1, 2).reshape(B * T, x.shape[1], D)  # noqa: E731
+        flat = lambda x: x.transpose(1, 2).reshape(B * T, x.shape[1], D)
         out = flash_attn_varlen_func(
             flat(q), flat(k), flat(v), batch.cu_seqlens, batch.cu_seqlens, batch.max_seqlen, batch.max_seqlen,
             causal=True,

@@ -82,7 +82,7 @@ class ModelConfig:
         """Longest sequence the model is meant to take: scaled RoPE extrapolates by its factor."""
         return int(self.max_position_embeddings * self.rope_scaling_factor)
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def num_params(self) -> int:

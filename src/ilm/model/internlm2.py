@@ -102,7 +102,7 @@ class InternLM2(nn.Module):
         self.model = Backbone(config)
         self.output = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
-    def init_weights(self, generator: torch.Generator | None = None) -> "InternLM2":
+    def init_weights(self, generator: torch.Generator | None = None) -> InternLM2:
         std = self.config.initializer_range
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):

@@ -26,7 +26,12 @@ from ilm.model.config import ModelConfig
 from ilm.model.rope import Rope
 from ilm.train import checkpoint
 from ilm.train.distributed import (
-    World, all_reduce_mean, apply_activation_checkpointing, apply_compile, apply_fsdp, init_world,
+    World,
+    all_reduce_mean,
+    apply_activation_checkpointing,
+    apply_compile,
+    apply_fsdp,
+    init_world,
 )
 from ilm.train.metrics import Metrics, peak_flops
 from ilm.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
