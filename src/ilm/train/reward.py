@@ -311,12 +311,19 @@ def reward_histograms(path: Path, chosen: np.ndarray, rejected: np.ndarray, dom:
 
 def train(cfg: RMConfig, resume: str = "auto") -> dict[str, Any]:
     """Train the conditional RM; the summary holds the held-out accuracy per domain and the export path."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(cfg.train.deterministic or before)
+    try:
+        return _train(cfg, resume)
+    finally:  # a process-wide switch: leave it as the caller had it
+        torch.use_deterministic_algorithms(before)
+
+
+def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
     from ilm.tokenizer import load_tokenizer
 
     world = init_world(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True)
     t = cfg.train
     if 2 * cfg.data.max_length > t.batch_tokens:
         raise ValueError(f"train.batch_tokens {t.batch_tokens} cannot hold one pair of data.max_length "
@@ -544,3 +551,32 @@ def demo_pairs(n: int = 600, seed: int = 0) -> list[dict]:
             out.append({"prompt": f"What does `{call}` return?", "chosen": f"`{call}` returns {value}.",
                         "rejected": f"`{call}` returns {wrong}.", "domain": "math"})
     return out
+
+
+def demo(out: str | Path, init: str | Path, tokenizer: str | Path, quick: bool = False, n: int = 1500) -> dict[str, Any]:
+    """The demo's RM stage: stdlib preference pairs -> recipes/rm-tiny.toml on the `init` backbone.
+
+    Writes `out/rm-data/{train,eval}.jsonl`, trains into `out/rm`, prints the held-out accuracy per domain
+    and returns the summary ("accuracy_by_domain", "export", "eval" with the reward histogram path).
+    """
+    from ilm.config import load
+    from ilm.train.sft import RECIPES
+
+    out = Path(out)
+    rows = demo_pairs(n=150 if quick else n, seed=0)
+    cut = len(rows) * 4 // 5
+    train_file = write_jsonl(out / "rm-data" / "train.jsonl", rows[:cut])
+    eval_file = write_jsonl(out / "rm-data" / "eval.jsonl", rows[cut:])
+    overrides = [f"--run_dir={json.dumps(str(out / 'rm'))}", f"--tokenizer={json.dumps(str(tokenizer))}",
+                 f"--init={json.dumps(str(init))}", f"--data.train=[{json.dumps(str(train_file))}]",
+                 f"--data.eval=[{json.dumps(str(eval_file))}]", "--train.progress=false"]
+    if quick:
+        overrides.append("--train.epochs=1")
+    cfg = load(RMConfig, RECIPES / "rm-tiny.toml", overrides)
+    summary = train(cfg, resume="never")
+    ev = summary["eval"]
+    per = ", ".join(f"{d} {a:.0%} ({ev['pairs_by_domain'][d]} pairs)" for d, a in summary["accuracy_by_domain"].items())
+    print(f"[rm] {summary['data']['kept']} pairs in {summary['data']['batches']} token-budget batches "
+          f"(fill {summary['data']['mean_batch_fill']:.0%}); held-out accuracy {ev['accuracy']:.0%}: {per}; "
+          f"rewards in [{ev['reward_min']:.2f}, {ev['reward_max']:.2f}]; histogram: {ev.get('histogram')}")
+    return summary

@@ -267,12 +267,20 @@ def evaluate(model, convs: list[Encoded], window: int, pad_id: int, world: World
 
 
 def train(cfg: SFTConfig, resume: str = "auto") -> dict[str, Any]:
+    """Run (or resume) SFT; returns a summary (steps, losses, data report, export and plot paths)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(cfg.train.deterministic or before)
+    try:
+        return _train(cfg, resume)
+    finally:  # a process-wide switch: leave it as the caller had it
+        torch.use_deterministic_algorithms(before)
+
+
+def _train(cfg: SFTConfig, resume: str) -> dict[str, Any]:
     from ilm.tokenizer import load_tokenizer
 
     world = init_world(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True)
     t = cfg.train
     if t.batch_rows % (t.micro_batch_rows * world.size):
         raise ValueError(f"train.batch_rows {t.batch_rows} is not a multiple of micro_batch_rows x processes "
@@ -455,3 +463,31 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return path
+
+
+RECIPES = Path(__file__).resolve().parents[3] / "recipes"
+
+
+def demo(out: str | Path, init: str | Path, tokenizer: str | Path, quick: bool = False, n: int = 1200) -> dict[str, Any]:
+    """The demo's SFT stage: stdlib conversations -> recipes/sft-tiny.toml from `init` -> HF checkpoint.
+
+    Writes `out/sft-data/{train,eval}.jsonl`, trains into `out/sft`, prints one line and returns the summary
+    (its "export" is the fine-tuned checkpoint for the reward model).
+    """
+    from ilm.config import load
+
+    out = Path(out)
+    convs = demo_conversations(n=80 if quick else n, seed=0)
+    cut = len(convs) * 9 // 10
+    train_file = write_jsonl(out / "sft-data" / "train.jsonl", convs[:cut])
+    eval_file = write_jsonl(out / "sft-data" / "eval.jsonl", convs[cut:])
+    overrides = [f"--run_dir={json.dumps(str(out / 'sft'))}", f"--tokenizer={json.dumps(str(tokenizer))}",
+                 f"--init={json.dumps(str(init))}", f"--data.train=[{json.dumps(str(train_file))}]",
+                 f"--data.eval=[{json.dumps(str(eval_file))}]", "--train.progress=false"]
+    cfg = load(SFTConfig, RECIPES / "sft-tiny.toml", overrides)
+    summary = train(cfg, resume="never")
+    d = summary["data"]
+    print(f"[sft] {d['kept']} conversations ({d['truncated']} truncated to {cfg.train.window} tokens, "
+          f"dropped {sum(d['dropped'].values())}) in {d['rows']} packed rows; {summary['steps']} steps; "
+          f"held-out assistant-token loss {summary['eval_loss']:.3f}; HF checkpoint: {summary.get('export')}")
+    return summary
