@@ -78,6 +78,15 @@ def bench_train(preset: str, batch: int, seq: int, device, dtype, compile_layers
     loss_ours, loss_hf = step_ours().item(), step_hf().item()
     fns = {"ilm (eager)": step_ours, "transformers LlamaForCausalLM": step_hf,
            "ilm (eager, unfused loss)": step_ours_unfused}
+    if device.type == "cpu":  # bf16 autocast, both sides: what the CPU's bf16 matmul units give each
+        def autocast(fn):
+            def run():
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return fn()
+            return run
+
+        fns["ilm (eager, bf16 autocast)"] = autocast(step_ours)
+        fns["transformers (bf16 autocast)"] = autocast(step_hf)
     if compile_layers:
         compiled = build_model(cfg, device=device, dtype=dtype, seed=0).train()
         apply_compile(compiled)

@@ -136,3 +136,16 @@ def test_disk_full_while_checkpointing_keeps_the_previous_one(corpus, tmp_path, 
     assert not [p for p in (tmp_path / "run").iterdir() if ".tmp-" in p.name]
     state = torch.load(kept[0] / "state.pt", weights_only=False)
     assert state["step"] == 2 and "optimizer" in state and "packer" in state and "rng" in state
+
+
+def test_activation_checkpointing_changes_memory_not_losses(corpus, tmp_path, helpers):
+    runs = {}
+    for ac in (False, True):
+        recipe = helpers.tiny_recipe(corpus, tmp_path / f"ac{ac}", max_steps=4, checkpoint_every=100,
+                                     activation_checkpointing=ac)
+        train(from_dict(PretrainConfig, recipe))
+        runs[ac] = _losses(tmp_path / f"ac{ac}")
+    assert runs[True] == pytest.approx(runs[False], rel=1e-5)
+    export_free = checkpoint.latest(tmp_path / "acTrue")
+    state = torch.load(export_free / "state.pt", weights_only=False)
+    assert "model.layers.0.attention.wqkv.weight" in state["model"]  # plain names, no wrapper prefixes

@@ -30,15 +30,16 @@ def shift_labels(input_ids: torch.Tensor, ignore_mask: torch.Tensor | None = Non
 def _ce_chunk(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy of one chunk and its gradient wrt the logits (softmax - onehot, zero where ignored).
 
-    Pure, so that on CUDA it compiles into a couple of fused kernels.
+    `logits` is a temporary owned by the caller and is overwritten: the gradient is built in its memory
+    (in place, few passes: this is memory-bound on CPU). On CUDA it is compiled into fused kernels.
     """
     x = logits.float()
     lse = torch.logsumexp(x, dim=-1)
     keep = labels != IGNORE_INDEX
     target = labels.clamp(min=0)[:, None]
     loss = ((lse - x.gather(1, target).squeeze(1)) * keep).sum()
-    grad = torch.exp(x - lse[:, None]).scatter_add(1, target, -torch.ones_like(lse)[:, None])
-    return loss, (grad * keep[:, None]).to(logits.dtype)
+    grad = x.sub_(lse[:, None]).exp_().scatter_add_(1, target, -torch.ones_like(lse)[:, None])
+    return loss, grad.mul_(keep[:, None]).to(logits.dtype)
 
 
 _CE_CHUNK_COMPILED = None
