@@ -33,6 +33,7 @@ class RewardModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.v_head = nn.Linear(backbone.config.hidden_size, 1, bias=False)
+        backbone.output.requires_grad_(False)  # the LM head is not used: no gradient, no optimiser state
         device = backbone.model.norm.weight.device
         if device.type != "meta":
             gen = torch.Generator(device=device).manual_seed(seed)
