@@ -4,8 +4,9 @@ from ilm.cli import main
 from ilm.model.hf import load_checkpoint
 
 
-def test_quick_demo_runs_every_stage(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--quick"]) == 0
+def test_demo_runs_every_stage_and_the_tiny_recipe_learns(tmp_path, capsys):
+    """The whole `make demo` path: recipes/tiny.toml on the default corpus, all three stages."""
+    assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for tag in ("[data]", "[code]", "[tokenizer]", "[shards]", "[pretrain]", "[model] sample"):
         assert tag in out
@@ -13,5 +14,9 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
     assert report["ledger"]["balanced"] is True
     assert report["ledger"]["kept_docs"] + report["ledger"]["removed_docs"] == report["ledger"]["input_docs"]
     assert (tmp_path / "pretrain" / "training.png").exists()
+    pre = report["pretrain"]
+    assert pre["steps"] == pre["total_steps"] == 500
+    # the tiny recipe's held-out loss ends well below the default corpus's unigram entropy
+    assert pre["eval_loss"] < pre["unigram_entropy"] - 1.0, (pre["eval_loss"], pre["unigram_entropy"])
     model = load_checkpoint(tmp_path / "checkpoint-llama")
     assert model.config.vocab_size == 2048 and model.config.rope_theta == 1_000_000
