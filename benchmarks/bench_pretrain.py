@@ -102,11 +102,14 @@ def main() -> dict:
         peak = measured_matmul_peak(torch.device("cpu"))
         results["cpu_fp32_matmul_peak_flops"] = round(peak)
         shards = synthetic_shards(Path(tmp) / "cpu", 8192, 2000, 300)
-        steps = 8 if QUICK else 20
-        for masks in (True, False):
-            key = f"small_w1024_{'packed' if masks else 'unmasked'}"
-            results[key] = run("small", 1024, 8, steps, "cpu", "fp32", False, masks, shards, peak, vocab=8192)
-            print(key, results[key], flush=True)
+        steps = 6 if QUICK else 12
+        for attempt in range(2):  # interleaved, best of two each: background load hits both alike
+            for masks in (True, False):
+                key = f"small_w1024_{'packed' if masks else 'unmasked'}"
+                r = run("small", 1024, 4, steps, "cpu", "fp32", False, masks, shards, peak, vocab=8192)
+                if key not in results or r["tokens_per_s"] > results[key]["tokens_per_s"]:
+                    results[key] = r
+                print(key, r, flush=True)
         results["packed_over_unmasked"] = round(
             results["small_w1024_packed"]["tokens_per_s"] / results["small_w1024_unmasked"]["tokens_per_s"], 3)
         print("packed / unmasked:", results["packed_over_unmasked"])
