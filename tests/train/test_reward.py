@@ -18,14 +18,20 @@ from ilm.model import build_model, get_preset, packed_batch, positions_from_doc_
 from ilm.train.distributed import World
 from ilm.train.optim import lr_at
 from ilm.train.reward import (
-    RMConfig, RMData, collate_pairs, demo_pairs, encode_pairs, evaluate, token_budget_batches, train,
+    RMConfig,
+    RMData,
+    collate_pairs,
+    demo_pairs,
+    encode_pairs,
+    evaluate,
+    token_budget_batches,
+    train,
 )
 from ilm.train.reward_model import REWARD_TOKEN, RewardModel, load_reward_model
 from ilm.train.sft import write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
-WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
-         "quebec romeo sierra tango").split()
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango"]
 CONDITIONS = {"default": "Be helpful.", "concise": "Answer as briefly as possible.",
               "detailed": "Answer in as much detail as possible."}
 
@@ -87,7 +93,7 @@ def _all_rewards(cfg: RMConfig, export: str) -> np.ndarray:
 
 
 def test_one_model_learns_two_opposite_conditions(trained):
-    cfg, summary = trained
+    _, summary = trained
     acc = summary["accuracy_by_domain"]
     print(f"held-out accuracy by condition: {acc}")
     assert summary["eval"]["pairs_by_domain"] == {"concise": 50, "detailed": 50}
@@ -190,7 +196,7 @@ def test_reward_read_at_reward_token_and_packing_is_exact(setup):
 
 
 def test_export_reloads_and_scores_from_the_cli(trained, tmp_path):
-    cfg, summary = trained
+    _, summary = trained
     export = Path(summary["export"])
     meta = json.loads((export / "reward_config.json").read_text())
     assert meta["conditions"] == CONDITIONS and meta["reward_token"] == REWARD_TOKEN
@@ -222,7 +228,7 @@ def test_resume_equals_uninterrupted(setup, tmp_path, helpers):
     assert main(["rm", "train", str(recipe), "--train.max_steps=6"]) == 0
     (tmp_path / "b" / "step-00000006").rename(tmp_path / "b" / "gone")  # killed after step 6: resume from step 4
     assert main(["rm", "train", str(recipe)]) == 0
-    read = lambda d: [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    read = lambda d: [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()]
     assert straight["steps"] == 10 and read(tmp_path / "b") == read(tmp_path / "a")
     assert main(["rm", "train", str(recipe), "--data.max_length=2000"]) == 2  # 2 x 2000 > batch_tokens: refused
 

@@ -14,7 +14,14 @@ from ilm.model.hf import load_checkpoint
 from ilm.train.losses import IGNORE_INDEX
 from ilm.train.optim import lr_at
 from ilm.train.sft import (
-    DOC_TOOL, SFTConfig, collate_rows, demo_conversations, encode_conversations, pack_best_fit, plan_rows, train,
+    DOC_TOOL,
+    SFTConfig,
+    collate_rows,
+    demo_conversations,
+    encode_conversations,
+    pack_best_fit,
+    plan_rows,
+    train,
     write_jsonl,
 )
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,12 @@ import torch
 from ilm.model import packed_batch, positions_from_doc_ids
 from ilm.train import checkpoint
 from ilm.train.distributed import (
-    World, all_reduce_mean, apply_activation_checkpointing, apply_compile, apply_fsdp, init_world,
+    World,
+    all_reduce_mean,
+    apply_activation_checkpointing,
+    apply_compile,
+    apply_fsdp,
+    init_world,
 )
 from ilm.train.losses import focal_ranking_loss, log_barrier_penalty, reward_loss
 from ilm.train.metrics import Metrics
@@ -39,8 +45,16 @@ from ilm.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
 from ilm.train.pretrain import ModelSection, _read_metrics, _rewrite_metrics
 from ilm.train.reward_model import REWARD_TOKEN, RewardModel, save_reward_model
 from ilm.train.sft import (
-    autocast_for, check_vocab, fingerprint, load_base_model, model_shape, pack_best_fit, read_jsonl, resume_from,
-    stdlib_functions, write_jsonl,
+    autocast_for,
+    check_vocab,
+    fingerprint,
+    load_base_model,
+    model_shape,
+    pack_best_fit,
+    read_jsonl,
+    resume_from,
+    stdlib_functions,
+    write_jsonl,
 )
 
 __all__ = ["RMConfig", "demo_pairs", "encode_pairs", "evaluate", "score", "token_budget_batches", "train", "write_jsonl"]
@@ -181,7 +195,7 @@ def encode_pairs(
                 prompt = obj.get("prompt")
                 prefix = [{"role": "user", "content": prompt}] if isinstance(prompt, str) and prompt else []
             if not isinstance(prefix, list):
-                raise ValueError("`prefix` must be a list of messages")
+                raise ValueError("`prefix` must be a list of messages")  # noqa: TRY004 (bad data, counted)
             chosen, rejected = _messages(obj["chosen"]), _messages(obj["rejected"])
         except ValueError as err:
             drop("bad_record", where, str(err))

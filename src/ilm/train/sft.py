@@ -21,9 +21,10 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,12 @@ import torch
 from ilm.model import build_model, get_preset, packed_batch, positions_from_doc_ids
 from ilm.train import checkpoint
 from ilm.train.distributed import (
-    World, all_reduce_mean, apply_activation_checkpointing, apply_compile, apply_fsdp, init_world,
+    World,
+    all_reduce_mean,
+    apply_activation_checkpointing,
+    apply_compile,
+    apply_fsdp,
+    init_world,
 )
 from ilm.train.losses import shift_labels
 from ilm.train.metrics import Metrics
