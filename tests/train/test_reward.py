@@ -206,11 +206,15 @@ def test_export_reloads_and_scores_from_the_cli(trained, tmp_path):
              for domain in ("concise", "detailed") for answer in ("lima echo", " ".join(["papa romeo india"] * 5))]
     convs.append({"messages": convs[0]["messages"], "domain": "unknown-thing"})
     inp = write_jsonl(tmp_path / "convs.jsonl", convs)
+    with open(inp, "a") as f:
+        f.write("{not json\n")
     proc = subprocess.run([sys.executable, "-m", "ilm.cli", "rm", "score", "--model", str(export), str(inp),
                            "--out", str(tmp_path / "scored.jsonl")], capture_output=True, text=True, check=True)
     counts = json.loads(proc.stderr.strip().splitlines()[-1])
     assert counts["scored"] == 5 and counts["unknown_domain"] == 1
+    assert counts["invalid_json"] == 1 and counts["bad_record"] == 0
     r = [json.loads(x)["reward"] for x in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    assert len(r) == 6 and r.pop() is None  # the unparsable line keeps its place, unscored
     assert r[0] > r[1] and r[3] > r[2]  # concise prefers the short answer, detailed the long one
     # the reloaded model gives the same rewards as the one in memory (through the score path)
     from ilm.tokenizer import load_tokenizer

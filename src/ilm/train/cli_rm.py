@@ -62,5 +62,6 @@ def _score(args: argparse.Namespace) -> int:
             f.write("".join(line + "\n" for line in lines))
     else:
         print("\n".join(lines))
+    counts["bad_record"] -= invalid  # an unparsable line is counted once, as invalid_json
     print(json.dumps({**counts, "invalid_json": invalid}), file=sys.stderr)
     return 0

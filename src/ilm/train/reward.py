@@ -270,12 +270,14 @@ def _forward(model, b: dict, world: World, autocast) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, pairs: list[Pair], budget: int, world: World, autocast, plot: Path | None = None) -> dict:
+def evaluate(
+    model, pairs: list[Pair], budget: int, world: World, autocast, plot: Path | None = None, pad_to: int | None = None
+) -> dict:
     """Pairwise accuracy per domain (a tie counts as wrong), reward range, and optionally histograms (PNG)."""
     model.eval()
     chosen, rejected = np.zeros(len(pairs)), np.zeros(len(pairs))
     for batch in pack_best_fit([p.tokens for p in pairs], budget):
-        r = _forward(model, collate_pairs([pairs[i] for i in batch]), world, autocast).cpu().numpy()
+        r = _forward(model, collate_pairs([pairs[i] for i in batch], pad_to), world, autocast).float().cpu().numpy()
         chosen[batch], rejected[batch] = r[0::2], r[1::2]
     model.train()
     domains = sorted({p.domain for p in pairs})
@@ -429,7 +431,7 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
             }
         if eval_pairs and (step % t.eval_every == 0 or step == stop_at):
             plot = run_dir / "reward_hist.png" if world.is_main and step == stop_at else None
-            last_eval = evaluate(model, eval_pairs, t.batch_tokens, world, autocast, plot)
+            last_eval = evaluate(model, eval_pairs, t.batch_tokens, world, autocast, plot, pad_to)
             row["eval_accuracy"] = last_eval["accuracy"]
         if step % t.log_every == 0 or "eval_accuracy" in row:
             metrics.log(step, **row)
