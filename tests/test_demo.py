@@ -8,7 +8,7 @@ def test_demo_runs_every_stage_and_the_tiny_recipe_learns(tmp_path, capsys):
     """The whole `make demo` path: recipes/tiny.toml on the default corpus, all three stages."""
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for tag in ("[data]", "[code]", "[tokenizer]", "[shards]", "[pretrain]", "[model] sample"):
+    for tag in ("[data]", "[code]", "[tokenizer]", "[shards]", "[pretrain]", "[sft]", "[rm]", "[model] chat sample"):
         assert tag in out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["ledger"]["balanced"] is True
@@ -18,5 +18,6 @@ def test_demo_runs_every_stage_and_the_tiny_recipe_learns(tmp_path, capsys):
     assert pre["steps"] == pre["total_steps"] == 500
     # the tiny recipe's held-out loss ends well below the default corpus's unigram entropy
     assert pre["eval_loss"] < pre["unigram_entropy"] - 1.0, (pre["eval_loss"], pre["unigram_entropy"])
+    assert set(report["rm"]["accuracy_by_domain"]) >= {"helpful", "code", "math"}
     model = load_checkpoint(tmp_path / "checkpoint-llama")
     assert model.config.vocab_size == 2048 and model.config.rope_theta == 1_000_000

@@ -8,6 +8,8 @@ did, and returns what later stages need:
   tokenizer  the InternLM2 layout scaled down (cl100k top-K + Chinese + spare block)
   shards     kept documents -> token shards (train / held-out / code)
   pretrain   the tiny recipe's three stages (recipes/tiny.toml) -> an HF InternLM2 checkpoint
+  sft        ChatML conversations built from real docstrings (tool use included) -> a chat checkpoint
+  rm         the conditional reward model on preference pairs in three domains -> accuracy per domain
   model      round trip through both HF formats; batched generation with the KV cache
 """
 
@@ -109,7 +111,7 @@ def stage_pretrain(out: Path, shards: dict, quick: bool) -> dict:
 
 
 def stage_model(out: Path, checkpoint: Path, tokenizer) -> dict:
-    """The trained model through both HF formats, then batched generation with the KV cache."""
+    """The chat model through both HF formats, then batched chat generation with the KV cache."""
     from ilm.model.generate import Sampling, generate
     from ilm.model.hf import load_checkpoint, save_checkpoint
 
@@ -121,11 +123,12 @@ def stage_model(out: Path, checkpoint: Path, tokenizer) -> dict:
     print(f"[model] exported Llama format to {llama}; reloaded logits max |diff| = {diff:.2e}")
     if diff > 1e-5:
         raise RuntimeError(f"the Llama round trip changed the logits by {diff}")
-    prompts = ["The", "def __init__(self", "A module is"]
-    outs = generate(model, [tokenizer.encode(p, bos=True) for p in prompts],
-                    Sampling(max_new_tokens=24, top_p=0.9, temperature=0.8, seed=0))
-    for p, o in zip(prompts, outs):
-        print(f"[model] sample: {p + tokenizer.decode(o)!r}")
+    questions = ["What does the function `os.path.join` do?", "What are the parameters of `json.dumps`?"]
+    prompts = [tokenizer.render([{"role": "user", "content": q}], add_generation_prompt=True).ids for q in questions]
+    outs = generate(model, prompts, Sampling(max_new_tokens=40, top_p=0.9, temperature=0.7, seed=0,
+                                             stop_ids=tuple(tokenizer.stop_ids)))
+    for q, o in zip(questions, outs):
+        print(f"[model] chat sample: {q!r} -> {tokenizer.decode(o, skip_special=True)!r}")
     return {"llama": llama}
 
 
@@ -138,9 +141,14 @@ def run(args: argparse.Namespace) -> int:
     tok = stage_tokenizer(out, data["texts"])["tokenizer"]
     shards = stage_shards(out, data["texts"], code["samples"])
     pre = stage_pretrain(out, shards, args.quick)
-    stage_model(out, Path(pre["export"]), tok)
-    report = {"seconds": round(time.perf_counter() - t0, 1), "pretrain": pre, "ledger": data["ledger"]}
+    from ilm.train import reward, sft
+
+    chat = sft.demo(out, pre["export"], out / "tokenizer", args.quick)
+    rm = reward.demo(out, chat["export"], out / "tokenizer", args.quick)
+    stage_model(out, Path(chat["export"]), tok)
+    report = {"seconds": round(time.perf_counter() - t0, 1), "pretrain": pre, "sft": chat, "rm": rm,
+              "ledger": data["ledger"]}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"\ndemo finished in {report['seconds']}s; outputs in {out}/ (report.json, pretrain/training.png, "
-          f"data/ledger.json)")
+          f"data/ledger.json, rm/ reward histograms)")
     return 0
