@@ -28,7 +28,8 @@ def _cli(recipe: Path, *extra: str, nproc: int = 1) -> list[str]:
     if nproc == 1:
         return [sys.executable, "-m", "ilm.cli", "pretrain", str(recipe), *extra]
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    return [torchrun, "--nproc_per_node", str(nproc), "-m", "ilm.cli", "pretrain", str(recipe), *extra]
+    # --standalone: a free rendezvous port, so parallel test workers never collide on 29500
+    return [torchrun, "--standalone", "--nproc_per_node", str(nproc), "-m", "ilm.cli", "pretrain", str(recipe), *extra]
 
 
 def test_kill9_then_resume_equals_uninterrupted(corpus, tmp_path, helpers):
@@ -60,7 +61,8 @@ def test_two_process_fsdp_matches_single_process(corpus, tmp_path, helpers):
     for nproc in (1, 2):
         recipe = helpers.write_recipe(tmp_path / f"r{nproc}.toml", helpers.tiny_recipe(
             corpus, tmp_path / f"run{nproc}", max_steps=15, checkpoint_every=15, eval_every=1000))
-        subprocess.run(_cli(recipe, nproc=nproc), check=True, env=env, capture_output=True, timeout=300)
+        done = subprocess.run(_cli(recipe, nproc=nproc), env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
         runs[nproc] = _losses(tmp_path / f"run{nproc}")
     assert sorted(runs[1]) == sorted(runs[2]) == list(range(1, 16))
     worst = max(abs(runs[1][s] - runs[2][s]) / runs[1][s] for s in runs[1])
