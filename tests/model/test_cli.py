@@ -43,3 +43,24 @@ def test_generate_rejects_bad_ids_and_text_without_tokenizer(tmp_path, capsys):
 def test_unknown_stage_and_help(capsys):
     assert main(["--help"]) == 0
     assert "tokenizer" in capsys.readouterr().out
+
+
+def test_generate_with_text_and_chat(tmp_path, capsys):
+    from ilm.tokenizer import train_tokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7}" for i in range(400)))
+    tok = train_tokenizer([corpus], tmp_path / "tok", vocab_size=512)
+    model = build_model(get_preset("tiny", vocab_size=tok.vocab_size), seed=14).eval()
+    files = {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir()}
+    path = save_checkpoint(model, tmp_path / "ckpt", extra_files=files)
+    sampling = Sampling(max_new_tokens=8, greedy=True, stop_ids=tuple(tok.stop_ids))
+    assert main(["generate", "--checkpoint", str(path), "--prompt", "the quick", "--max-new-tokens", "8",
+                 "--greedy"]) == 0
+    expected = generate(model, [tok.encode("the quick", bos=True)], sampling)[0]
+    assert capsys.readouterr().out.strip() == tok.decode(expected, skip_special=True).strip()
+    assert main(["generate", "--checkpoint", str(path), "--prompt", "hi", "--chat", "--max-new-tokens", "8",
+                 "--greedy"]) == 0
+    chat_ids = tok.render([{"role": "user", "content": "hi"}], add_generation_prompt=True).ids
+    expected = generate(model, [chat_ids], sampling)[0]
+    assert capsys.readouterr().out.strip() == tok.decode(expected, skip_special=True).strip()

@@ -13,6 +13,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (needs a tokenizer in the checkpoint directory)")
     src.add_argument("--ids", help="comma-separated prompt token ids, e.g. 1,2,3")
+    parser.add_argument("--chat", action="store_true", help="wrap --prompt as a user turn in the ChatML format")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--greedy", action="store_true", help="argmax decoding (default: sampling)")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -28,14 +29,19 @@ def _generate(args: argparse.Namespace) -> int:
 
     model = load_checkpoint(args.checkpoint).eval()
     tokenizer = None
+    stop_ids = None
     if args.prompt is not None:
         if not (Path(args.checkpoint) / "tokenizer.json").exists():
             print(f"error: {args.checkpoint} has no tokenizer.json; pass --ids instead of --prompt", file=sys.stderr)
             return 2
-        from tokenizers import Tokenizer
+        from ilm.tokenizer import load_tokenizer
 
-        tokenizer = Tokenizer.from_file(str(Path(args.checkpoint) / "tokenizer.json"))
-        ids = tokenizer.encode(args.prompt).ids
+        tokenizer = load_tokenizer(args.checkpoint)
+        stop_ids = tuple(tokenizer.stop_ids)
+        if args.chat:
+            ids = tokenizer.render([{"role": "user", "content": args.prompt}], add_generation_prompt=True).ids
+        else:
+            ids = tokenizer.encode(args.prompt, bos=True)
     else:
         try:
             ids = [int(t) for t in args.ids.split(",") if t.strip()]
@@ -44,7 +50,7 @@ def _generate(args: argparse.Namespace) -> int:
             return 2
     sampling = Sampling(
         max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
-        top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+        top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop_ids=stop_ids,
     )
     try:
         stream = generate_stream(model, [ids], sampling)
@@ -56,7 +62,7 @@ def _generate(args: argparse.Namespace) -> int:
                 break
             out.append(token)
             if tokenizer is not None:  # decode the whole tail so multi-byte characters print whole
-                text = tokenizer.decode(out, skip_special_tokens=False)
+                text = tokenizer.decode(out, skip_special=True)
                 if not text.endswith("\ufffd"):
                     sys.stdout.write(text[len(shown):])
                     sys.stdout.flush()
@@ -64,5 +70,8 @@ def _generate(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print() if tokenizer is not None else print(",".join(map(str, out)))
+    if tokenizer is not None:  # whatever was held back waiting for the rest of a character
+        print(tokenizer.decode(out, skip_special=True)[len(shown):])
+    else:
+        print(",".join(map(str, out)))
     return 0
