@@ -181,3 +181,21 @@ def test_recipes():
     assert lr_at(999, 1000, cfg.optim) == pytest.approx(4e-6)
     tiny = load(SFTConfig, REPO / "recipes" / "sft-tiny.toml")
     assert tiny.train.window == 256 and tiny.init.endswith("pretrain/final")
+
+
+def test_demo_data_is_the_same_in_every_process():
+    """No memory addresses or hash-order leaks into the demo data: two interpreters with different hash
+    seeds build byte-identical conversations and preference pairs."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib, json; from ilm.train.sft import demo_conversations; "
+            "from ilm.train.reward import demo_pairs; "
+            "print(hashlib.sha256(json.dumps([demo_conversations(300), demo_pairs(300)]).encode()).hexdigest())")
+    digests = {
+        subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
+                       capture_output=True, text=True, check=True).stdout
+        for seed in ("1", "2")
+    }
+    assert len(digests) == 1
