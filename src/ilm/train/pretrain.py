@@ -10,7 +10,6 @@ run produces the same losses as one that never stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -28,13 +27,11 @@ from ilm.train import checkpoint
 from ilm.train.distributed import (
     World,
     all_reduce_mean,
-    apply_activation_checkpointing,
-    apply_compile,
-    apply_fsdp,
     init_world,
 )
-from ilm.train.metrics import Metrics, peak_flops
+from ilm.train.metrics import peak_flops
 from ilm.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
+from ilm.train.run import autocast_for, determinism, model_shape, prepare, progress, start
 
 
 @dataclass
@@ -176,12 +173,8 @@ def evaluate(model, shards: TokenShards, window: int, rows: int, world: World, a
 
 def train(cfg: PretrainConfig, resume: str = "auto") -> dict[str, Any]:
     """Run (or resume) the recipe; returns a summary (steps, losses, export and plot paths)."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(cfg.train.deterministic or before)
-    try:
+    with determinism(cfg.train.deterministic):
         return _train(cfg, resume)
-    finally:  # a process-wide switch: leave it as the caller had it
-        torch.use_deterministic_algorithms(before)
 
 
 def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
@@ -198,40 +191,16 @@ def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
             raise ValueError(f"source {name!r} ({s.path}) has token id {s.max_token_id()} >= vocab {vocab}")
 
     model = build_model(plans[0].model_config, device=world.device, seed=cfg.train.seed)
-    model_shape = {k: v for k, v in dataclasses.asdict(plans[0].model_config).items()
-                   if k not in ("rope_theta", "max_position_embeddings", "rope_scaling", "stop_token_ids")}
-    if cfg.train.activation_checkpointing:
-        apply_activation_checkpointing(model)
-    if cfg.train.compile:
-        apply_compile(model)
-    if world.size > 1 and cfg.train.fsdp:
-        apply_fsdp(model, torch.bfloat16 if cfg.train.precision == "bf16" and world.device.type == "cuda" else None)
+    shape = model_shape(plans[0].model_config)
+    prepare(model, cfg.train, world)
     optimizer = build_optimizer(model, cfg.optim)
-    use_bf16 = cfg.train.precision == "bf16"
-
-    def autocast():
-        return torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=use_bf16)
-
-    step, packer_state, stage_index = 0, None, 0
-    found = checkpoint.latest(run_dir) if resume == "auto" else (Path(resume) if resume not in ("never", "") else None)
-    metrics = Metrics(run_dir, enabled=world.is_main)
-    if found is not None:
-        rest = checkpoint.load(found, model, optimizer, model_shape)
-        step, packer_state, stage_index = rest["step"], rest["packer"], rest["stage"]
-        metrics.rows = [r for r in _read_metrics(run_dir) if r["step"] <= step]
-        if world.is_main:
-            _rewrite_metrics(run_dir, metrics.rows)
-            print(f"resumed from {found} at step {step} (stage {plans[stage_index].config.name})")
-    elif world.is_main and (run_dir / "metrics.jsonl").exists():
-        (run_dir / "metrics.jsonl").unlink()
+    autocast = autocast_for(world, cfg.train.precision)
+    step, rest, metrics = start(run_dir, resume, model, optimizer, shape, world)
+    packer_state, stage_index = rest.get("packer"), rest.get("stage", 0)
 
     peak = peak_flops(world.device, cfg.train.peak_flops)
     stop_at = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
-    bar = None
-    if world.is_main and cfg.train.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=stop_at, initial=step, unit="step", dynamic_ncols=True)
+    bar = progress(world, cfg.train.progress, stop_at, step)
     last_eval = None
     for plan in plans[stage_index:]:
         if step >= stop_at:
@@ -286,7 +255,7 @@ def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
                 checkpoint.save(run_dir, step, model, optimizer, keep_last=cfg.train.keep_last, extra={
                     "stage": min(next_stage, len(plans) - 1),
                     "packer": None if end_of_stage else packer.state_dict(),
-                    "model_config": model_shape,
+                    "model_config": shape,
                 })
         packer_state = None
     if bar is not None:
@@ -318,17 +287,6 @@ def export(model, path: Path, tokenizer_dir: str | None, world: World) -> Path:
             extras = {p.name: p.read_bytes() for p in Path(tokenizer_dir).iterdir() if p.is_file()}
         save_checkpoint(plain, path, extra_files=extras)
     return path
-
-
-def _read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _rewrite_metrics(run_dir: Path, rows: list[dict]) -> None:
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def unigram_entropy(shards: TokenShards) -> float:

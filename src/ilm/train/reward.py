@@ -34,28 +34,23 @@ from ilm.train import checkpoint
 from ilm.train.distributed import (
     World,
     all_reduce_mean,
-    apply_activation_checkpointing,
-    apply_compile,
-    apply_fsdp,
     init_world,
 )
 from ilm.train.losses import focal_ranking_loss, log_barrier_penalty, reward_loss
-from ilm.train.metrics import Metrics
 from ilm.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
-from ilm.train.pretrain import ModelSection, _read_metrics, _rewrite_metrics
+from ilm.train.pretrain import ModelSection
 from ilm.train.reward_model import REWARD_TOKEN, RewardModel, save_reward_model
-from ilm.train.sft import (
+from ilm.train.run import (
     autocast_for,
     check_vocab,
+    determinism,
     fingerprint,
-    load_base_model,
     model_shape,
-    pack_best_fit,
-    read_jsonl,
-    resume_from,
-    stdlib_functions,
-    write_jsonl,
+    prepare,
+    progress,
+    start,
 )
+from ilm.train.sft import load_base_model, pack_best_fit, read_jsonl, stdlib_functions, write_jsonl
 
 __all__ = ["RMConfig", "demo_pairs", "encode_pairs", "evaluate", "score", "token_budget_batches", "train", "write_jsonl"]
 
@@ -327,12 +322,8 @@ def reward_histograms(path: Path, chosen: np.ndarray, rejected: np.ndarray, dom:
 
 def train(cfg: RMConfig, resume: str = "auto") -> dict[str, Any]:
     """Train the conditional RM; the summary holds the held-out accuracy per domain and the export path."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(cfg.train.deterministic or before)
-    try:
+    with determinism(cfg.train.deterministic):
         return _train(cfg, resume)
-    finally:  # a process-wide switch: leave it as the caller had it
-        torch.use_deterministic_algorithms(before)
 
 
 def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
@@ -366,42 +357,17 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
     if cfg.data.max_length > backbone.config.max_context:
         raise ValueError(f"data.max_length {cfg.data.max_length} exceeds the model's context {backbone.config.max_context}")
     shape = model_shape(backbone.config)
-    if t.activation_checkpointing:
-        apply_activation_checkpointing(backbone)
-    if t.compile:
-        apply_compile(backbone)
     model = RewardModel(backbone, t.head_init_std, t.seed)
-    if world.size > 1 and t.fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        apply_fsdp(backbone, torch.bfloat16 if t.precision == "bf16" and world.device.type == "cuda" else None)
-        fully_shard(model)
+    prepare(model, t, world, backbone=backbone)
     optimizer = build_optimizer(model, cfg.optim)
     autocast = autocast_for(world, t.precision)
 
-    run_dir, step = Path(cfg.run_dir), 0
+    run_dir = Path(cfg.run_dir)
     data_id = {"batches": len(batches), "fingerprint": fingerprint(sizes), "budget": t.batch_tokens, "seed": t.seed}
-    metrics = Metrics(run_dir, enabled=world.is_main)
-    found = resume_from(run_dir, resume)
-    if found is not None:
-        rest = checkpoint.load(found, model, optimizer, shape)
-        if rest.get("data") != data_id:
-            raise checkpoint.ResumeError(f"{found}: planned on other data ({rest.get('data')} vs {data_id}); "
-                                         "resume with the same data and settings or use a new run_dir")
-        step = rest["step"]
-        metrics.rows = [r for r in _read_metrics(run_dir) if r["step"] <= step]
-        if world.is_main:
-            _rewrite_metrics(run_dir, metrics.rows)
-            print(f"resumed from {found} at step {step}")
-    elif world.is_main and (run_dir / "metrics.jsonl").exists():
-        (run_dir / "metrics.jsonl").unlink()
+    step, _, metrics = start(run_dir, resume, model, optimizer, shape, world, data_id)
 
     stop_at = min(total_steps, t.max_steps) if t.max_steps else total_steps
-    bar = None
-    if world.is_main and t.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=stop_at, initial=step, unit="step", dynamic_ncols=True)
+    bar = progress(world, t.progress, stop_at, step)
     pad_to = t.batch_tokens if t.pad_to_budget else None
     last_eval: dict | None = None
     while step < stop_at:

@@ -17,8 +17,6 @@ conversation only when no assistant token is left; `drop` drops every over-long 
 from __future__ import annotations
 
 import bisect
-import dataclasses
-import hashlib
 import json
 import time
 from collections.abc import Iterable
@@ -34,15 +32,21 @@ from ilm.train import checkpoint
 from ilm.train.distributed import (
     World,
     all_reduce_mean,
-    apply_activation_checkpointing,
-    apply_compile,
-    apply_fsdp,
     init_world,
 )
 from ilm.train.losses import shift_labels
-from ilm.train.metrics import Metrics
 from ilm.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
-from ilm.train.pretrain import ModelSection, _read_metrics, _rewrite_metrics, export
+from ilm.train.pretrain import ModelSection, export
+from ilm.train.run import (
+    autocast_for,
+    check_vocab,
+    determinism,
+    fingerprint,
+    model_shape,
+    prepare,
+    progress,
+    start,
+)
 
 TRUNCATION = ("truncate", "drop")
 
@@ -224,33 +228,6 @@ def load_base_model(init: str | None, model: ModelSection, device: torch.device,
     return build_model(get_preset(model.preset, **model.overrides), device=device, seed=seed)
 
 
-def model_shape(config) -> dict[str, Any]:
-    """The config fields a checkpoint must agree on to resume."""
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in ("rope_scaling", "stop_token_ids")}
-
-
-def check_vocab(tok: Any, vocab_size: int) -> None:
-    if tok.vocab_size > vocab_size:
-        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model's vocabulary is {vocab_size}; "
-                         "use the tokenizer the model was pretrained with")
-
-
-def fingerprint(lengths: Iterable[int]) -> str:
-    """Identifies the data a run was planned on, so a resume with different data is refused."""
-    return hashlib.sha256(np.asarray(list(lengths), dtype=np.int64).tobytes()).hexdigest()[:16]
-
-
-def autocast_for(world: World, precision: str):
-    enabled = precision == "bf16"
-    return lambda: torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def resume_from(run_dir: Path, resume: str) -> Path | None:
-    if resume == "auto":
-        return checkpoint.latest(run_dir)
-    return Path(resume) if resume not in ("never", "") else None
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -260,8 +237,8 @@ def evaluate(model, convs: list[Encoded], window: int, pad_id: int, world: World
     model.eval()
     rows = pack_best_fit([len(c.ids) for c in convs], window)
     total, count = 0.0, 0
-    for start in range(0, len(rows), rows_per_forward):
-        b = collate_rows(convs, rows[start : start + rows_per_forward], window, pad_id)
+    for first in range(0, len(rows), rows_per_forward):
+        b = collate_rows(convs, rows[first : first + rows_per_forward], window, pad_id)
         n = int((b["labels"] != -100).sum())
         doc = b["doc_ids"].to(world.device)
         with autocast():
@@ -274,12 +251,8 @@ def evaluate(model, convs: list[Encoded], window: int, pad_id: int, world: World
 
 def train(cfg: SFTConfig, resume: str = "auto") -> dict[str, Any]:
     """Run (or resume) SFT; returns a summary (steps, losses, data report, export and plot paths)."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(cfg.train.deterministic or before)
-    try:
+    with determinism(cfg.train.deterministic):
         return _train(cfg, resume)
-    finally:  # a process-wide switch: leave it as the caller had it
-        torch.use_deterministic_algorithms(before)
 
 
 def _train(cfg: SFTConfig, resume: str) -> dict[str, Any]:
@@ -310,38 +283,16 @@ def _train(cfg: SFTConfig, resume: str) -> dict[str, Any]:
     if t.window > model.config.max_context:
         raise ValueError(f"train.window {t.window} exceeds the model's context {model.config.max_context}")
     shape = model_shape(model.config)
-    if t.activation_checkpointing:
-        apply_activation_checkpointing(model)
-    if t.compile:
-        apply_compile(model)
-    if world.size > 1 and t.fsdp:
-        apply_fsdp(model, torch.bfloat16 if t.precision == "bf16" and world.device.type == "cuda" else None)
+    prepare(model, t, world)
     optimizer = build_optimizer(model, cfg.optim)
     autocast = autocast_for(world, t.precision)
 
-    run_dir, step = Path(cfg.run_dir), 0
+    run_dir = Path(cfg.run_dir)
     data_id = {"rows": len(rows), "fingerprint": fingerprint(lengths), "window": t.window, "seed": t.seed}
-    metrics = Metrics(run_dir, enabled=world.is_main)
-    found = resume_from(run_dir, resume)
-    if found is not None:
-        rest = checkpoint.load(found, model, optimizer, shape)
-        if rest.get("data") != data_id:
-            raise checkpoint.ResumeError(f"{found}: planned on other data ({rest.get('data')} vs {data_id}); "
-                                         "resume with the same data and settings or use a new run_dir")
-        step = rest["step"]
-        metrics.rows = [r for r in _read_metrics(run_dir) if r["step"] <= step]
-        if world.is_main:
-            _rewrite_metrics(run_dir, metrics.rows)
-            print(f"resumed from {found} at step {step}")
-    elif world.is_main and (run_dir / "metrics.jsonl").exists():
-        (run_dir / "metrics.jsonl").unlink()
+    step, _, metrics = start(run_dir, resume, model, optimizer, shape, world, data_id)
 
     stop_at = min(total_steps, t.max_steps) if t.max_steps else total_steps
-    bar = None
-    if world.is_main and t.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=stop_at, initial=step, unit="step", dynamic_ncols=True)
+    bar = progress(world, t.progress, stop_at, step)
     pad_id, last_eval = tok.pad_id, None
     while step < stop_at:
         t0 = time.perf_counter()

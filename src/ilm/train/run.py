@@ -1,0 +1,120 @@
+"""The small pieces every training stage (pretrain, sft, reward) shares around its own explicit loop:
+the determinism switch, model preparation from outside, resume, the progress bar, resume bookkeeping of
+the metrics file, and the checks a run makes before it starts. Functions, not a Trainer class: each stage
+keeps its loop readable top to bottom."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ilm.train import checkpoint
+from ilm.train.distributed import World, apply_activation_checkpointing, apply_compile, apply_fsdp
+from ilm.train.metrics import Metrics
+
+
+@contextmanager
+def determinism(enabled: bool) -> Iterator[None]:
+    """`torch.use_deterministic_algorithms` for the run only: it is process-wide, so restore the caller's."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled or before)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def model_shape(config) -> dict[str, Any]:
+    """The config fields a checkpoint must agree on to resume (RoPE settings may change between stages)."""
+    skip = ("rope_theta", "max_position_embeddings", "rope_scaling", "stop_token_ids")
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
+
+
+def prepare(model: torch.nn.Module, train: Any, world: World, backbone: torch.nn.Module | None = None) -> torch.nn.Module:
+    """Activation checkpointing, compilation and FSDP2, per the stage's `train` settings.
+
+    `backbone` is the InternLM2 inside a wrapper (the reward model): the layers are prepared there and the
+    wrapper becomes the FSDP root.
+    """
+    core = backbone if backbone is not None else model
+    if train.activation_checkpointing:
+        apply_activation_checkpointing(core)
+    if train.compile:
+        apply_compile(core)
+    if world.size > 1 and train.fsdp:
+        bf16 = train.precision == "bf16" and world.device.type == "cuda"
+        apply_fsdp(core, torch.bfloat16 if bf16 else None)
+        if backbone is not None:
+            from torch.distributed.fsdp import fully_shard
+
+            fully_shard(model)
+    return model
+
+
+def autocast_for(world: World, precision: str) -> Callable[[], Any]:
+    enabled = precision == "bf16"
+    return lambda: torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def resume_from(run_dir: Path, resume: str) -> Path | None:
+    """`auto`: the latest checkpoint in run_dir (if any); `never`: none; anything else: that checkpoint."""
+    if resume == "auto":
+        return checkpoint.latest(run_dir)
+    return Path(resume) if resume not in ("never", "") else None
+
+
+def start(
+    run_dir: Path, resume: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, shape: dict[str, Any],
+    world: World, data_id: dict | None = None,
+) -> tuple[int, dict[str, Any], Metrics]:
+    """Resume if asked and possible: (step, the checkpoint's other state, metrics continuing from there)."""
+    metrics = Metrics(run_dir, enabled=world.is_main)
+    found = resume_from(run_dir, resume)
+    if found is None:
+        if world.is_main and (run_dir / "metrics.jsonl").exists():
+            (run_dir / "metrics.jsonl").unlink()
+        return 0, {}, metrics
+    rest = checkpoint.load(found, model, optimizer, shape)
+    if data_id is not None and rest.get("data") != data_id:
+        raise checkpoint.ResumeError(f"{found}: planned on other data ({rest.get('data')} vs {data_id}); "
+                                     "resume with the same data and settings or use a new run_dir")
+    step = rest["step"]
+    metrics.rows = [r for r in read_metrics(run_dir) if r["step"] <= step]
+    if world.is_main:  # steps logged after the checkpoint are redone: drop them from the file
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics.rows))
+        print(f"resumed from {found} at step {step}")
+    return step, rest, metrics
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def progress(world: World, enabled: bool, total: int, initial: int):
+    if not (world.is_main and enabled):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+
+def check_vocab(tok: Any, vocab_size: int) -> None:
+    if tok.vocab_size > vocab_size:
+        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model's vocabulary is {vocab_size}; "
+                         "use the tokenizer the model was pretrained with")
+
+
+def fingerprint(lengths: Iterable[int]) -> str:
+    """Identifies the data a run was planned on, so a resume with different data is refused."""
+    return hashlib.sha256(np.asarray(list(lengths), dtype=np.int64).tobytes()).hexdigest()[:16]
