@@ -37,12 +37,18 @@ def _run(recipe: str, rest: list[str]) -> int:
     bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
     if bad:
         p.error(f"unrecognised arguments {bad}; overrides look like --train.max_steps=10")
+    ok = False
     try:
         cfg = load(PretrainConfig, recipe, overrides)
         summary = train(cfg, resume=opts.resume)
+        ok = True
     except (RecipeError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:  # under torchrun: leave the process group before the interpreter exits
+        from ilm.train.distributed import shutdown_world
+
+        shutdown_world(barrier=ok)
     print(json.dumps(summary, indent=2))
     return 0
 

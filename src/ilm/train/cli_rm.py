@@ -30,11 +30,17 @@ def _train(args: argparse.Namespace) -> int:
     from ilm.train.reward import RMConfig, train
 
     opts, overrides = split_options("ilm rm train RECIPE.toml", args.rest)
+    ok = False
     try:
         summary = train(load(RMConfig, args.recipe, overrides), resume=opts.resume)
+        ok = True
     except (RecipeError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:  # under torchrun: leave the process group before the interpreter exits
+        from ilm.train.distributed import shutdown_world
+
+        shutdown_world(barrier=ok)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -36,10 +36,16 @@ def _run(args: argparse.Namespace) -> int:
     from ilm.train.sft import SFTConfig, train
 
     opts, overrides = split_options("ilm sft RECIPE.toml", args.rest)
+    ok = False
     try:
         summary = train(load(SFTConfig, args.recipe, overrides), resume=opts.resume)
+        ok = True
     except (RecipeError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:  # under torchrun: leave the process group before the interpreter exits
+        from ilm.train.distributed import shutdown_world
+
+        shutdown_world(barrier=ok)
     print(json.dumps(summary, indent=2, default=str))
     return 0

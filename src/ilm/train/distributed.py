@@ -42,8 +42,13 @@ def init_world(device: str = "auto") -> World:
     return World(rank=rank, size=size, local_rank=local_rank, device=dev)
 
 
-def shutdown_world() -> None:
+def shutdown_world(barrier: bool = True) -> None:
+    """Leave the process group cleanly. A process that exits with gloo still up can abort in its
+    destructor ("terminate called without an active exception"), so every launcher calls this at the end.
+    After a failure pass barrier=False: the other ranks may never arrive."""
     if dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
