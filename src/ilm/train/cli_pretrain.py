@@ -28,29 +28,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run(recipe: str, rest: list[str]) -> int:
-    from ilm.config import RecipeError, load
     from ilm.train.pretrain import PretrainConfig, train
+    from ilm.train.run import run_recipe_cli
 
-    p = argparse.ArgumentParser(prog="ilm pretrain RECIPE.toml")
-    p.add_argument("--resume", default="auto", help="auto (latest checkpoint in run_dir), never, or a checkpoint dir")
-    opts, overrides = p.parse_known_args(rest)
-    bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
-    if bad:
-        p.error(f"unrecognised arguments {bad}; overrides look like --train.max_steps=10")
-    ok = False
-    try:
-        cfg = load(PretrainConfig, recipe, overrides)
-        summary = train(cfg, resume=opts.resume)
-        ok = True
-    except (RecipeError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    finally:  # under torchrun: leave the process group before the interpreter exits
-        from ilm.train.distributed import shutdown_world
-
-        shutdown_world(barrier=ok)
-    print(json.dumps(summary, indent=2))
-    return 0
+    return run_recipe_cli("ilm pretrain RECIPE.toml", PretrainConfig, train, recipe, rest)
 
 
 def _tokenize(rest: list[str]) -> int:

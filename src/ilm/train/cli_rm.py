@@ -25,24 +25,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ilm.config import RecipeError, load
-    from ilm.train.cli_sft import split_options
     from ilm.train.reward import RMConfig, train
+    from ilm.train.run import run_recipe_cli
 
-    opts, overrides = split_options("ilm rm train RECIPE.toml", args.rest)
-    ok = False
-    try:
-        summary = train(load(RMConfig, args.recipe, overrides), resume=opts.resume)
-        ok = True
-    except (RecipeError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    finally:  # under torchrun: leave the process group before the interpreter exits
-        from ilm.train.distributed import shutdown_world
-
-        shutdown_world(barrier=ok)
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
+    return run_recipe_cli("ilm rm train RECIPE.toml", RMConfig, train, args.recipe, args.rest)
 
 
 def _score(args: argparse.Namespace) -> int:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -20,32 +18,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_run)
 
 
-def split_options(prog: str, rest: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """--resume, then `--a.b=c` overrides; anything else is an error that shows the expected form."""
-    p = argparse.ArgumentParser(prog=prog)
-    p.add_argument("--resume", default="auto", help="auto (latest checkpoint in run_dir), never, or a checkpoint dir")
-    opts, overrides = p.parse_known_args(rest)
-    bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
-    if bad:
-        p.error(f"unrecognised arguments {bad}; overrides look like --train.max_steps=10")
-    return opts, overrides
-
-
 def _run(args: argparse.Namespace) -> int:
-    from ilm.config import RecipeError, load
+    from ilm.train.run import run_recipe_cli
     from ilm.train.sft import SFTConfig, train
 
-    opts, overrides = split_options("ilm sft RECIPE.toml", args.rest)
-    ok = False
-    try:
-        summary = train(load(SFTConfig, args.recipe, overrides), resume=opts.resume)
-        ok = True
-    except (RecipeError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    finally:  # under torchrun: leave the process group before the interpreter exits
-        from ilm.train.distributed import shutdown_world
-
-        shutdown_world(barrier=ok)
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
+    return run_recipe_cli("ilm sft RECIPE.toml", SFTConfig, train, args.recipe, args.rest)

@@ -118,3 +118,31 @@ def check_vocab(tok: Any, vocab_size: int) -> None:
 def fingerprint(lengths: Iterable[int]) -> str:
     """Identifies the data a run was planned on, so a resume with different data is refused."""
     return hashlib.sha256(np.asarray(list(lengths), dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def run_recipe_cli(prog: str, config_cls: type, train: Callable[..., dict], recipe: str, rest: list[str]) -> int:
+    """`ilm <stage> RECIPE.toml [--resume ...] [--a.b=c ...]` for every training stage: parse, train, print
+    the summary, and leave the process group before the interpreter exits (under torchrun)."""
+    import argparse
+    import sys
+
+    from ilm.config import RecipeError, load
+    from ilm.train.distributed import shutdown_world
+
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--resume", default="auto", help="auto (latest checkpoint in run_dir), never, or a checkpoint dir")
+    opts, overrides = p.parse_known_args(rest)
+    bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
+    if bad:
+        p.error(f"unrecognised arguments {bad}; overrides look like --train.max_steps=10")
+    ok = False
+    try:
+        summary = train(load(config_cls, recipe, overrides), resume=opts.resume)
+        ok = True
+    except (RecipeError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown_world(barrier=ok)  # no barrier after a failure: the other ranks may never arrive
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
