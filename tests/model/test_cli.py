@@ -24,6 +24,19 @@ def test_convert_both_directions_keeps_every_tensor(tmp_path):
         assert torch.equal(v, back.state_dict()[k]), k
 
 
+def test_convert_refuses_an_existing_destination(tmp_path, capsys):
+    src = save_checkpoint(build_model(get_preset("tiny"), seed=3), tmp_path / "orig")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("a user's earlier export")
+    assert main(["model", "convert", str(src), str(dst), "--to", "llama"]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--overwrite" in err and err.count("\n") == 1
+    assert (dst / "keep.txt").read_text() == "a user's earlier export"
+    assert main(["model", "convert", str(src), str(dst), "--to", "llama", "--overwrite"]) == 0
+    assert (dst / "config.json").exists()
+
+
 def test_generate_with_ids(tmp_path, capsys):
     model = build_model(get_preset("tiny"), seed=13).eval()
     path = save_checkpoint(model, tmp_path / "ckpt")

@@ -20,6 +20,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     conv.add_argument("dst", help="output directory (written atomically)")
     conv.add_argument("--to", required=True, choices=["internlm2", "llama"])
     conv.add_argument("--max-shard-gb", type=float, default=5.0, help="shard above this size (default 5 GB)")
+    conv.add_argument("--overwrite", action="store_true", help="replace DST if it already exists (default: refuse)")
     conv.set_defaults(func=_convert)
 
 
@@ -43,8 +44,15 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
     from ilm.model.hf import convert
 
+    dst = Path(args.dst)
+    if dst.exists() and not args.overwrite:  # a user's pretraining export was lost to a silent overwrite
+        print(f"error: {dst} already exists; choose another directory or pass --overwrite", file=sys.stderr)
+        return 2
     out = convert(args.src, args.dst, to=args.to, max_shard_bytes=int(args.max_shard_gb * 1024**3))
     print(f"wrote {args.to} checkpoint to {out}")
     return 0
