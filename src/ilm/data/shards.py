@@ -4,9 +4,16 @@ One source directory holds, per input file `i`:
     part-0000i.tokens      uint32 token ids of every document, back to back (each: <s> text </s>)
     part-0000i.index.npy   int64 offsets, one more than the documents (document j = tokens[o[j]:o[j+1]])
     part-0000i.epochs.npy  float32 epoch multiplier per document (code tiers: high > 1, medium 1, low 0)
+    part-0000i.meta.json   documents, tokens, largest token id (computed while writing)
+    part-0000i.counts.npy  int64 histogram of token ids (the unigram distribution)
 and `meta.json` (tokenizer fingerprint, counts). A part is written to temporary names and renamed, its
 index last, so an existing index means a finished part: a rerun skips finished parts and redoes the rest.
 Files are tokenized in parallel processes; each process uses the tokenizer's own batch encoder.
+
+Training start-up reads only indexes and the per-part metadata, never the token arrays: at the recipe's
+scale those are terabytes, read by every rank at every start. A part written before the metadata existed
+is scanned once, with a warning, and its metadata written beside it (a rerun of `ilm pretrain tokenize`
+does the same), so the scan never repeats.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +30,8 @@ import numpy as np
 
 TOKEN_DTYPE = np.uint32
 TIER_EPOCHS = {"high": 3.0, "medium": 1.0, "low": 0.0}
+_COUNT_CHUNK = 1 << 22  # tokens per histogram update (bounded memory while writing or scanning)
+_MAX_TOKEN_ID = 1 << 24  # far above any tokenizer's vocabulary: an id beyond it means corrupt tokens
 
 
 class ShardError(ValueError):
@@ -44,18 +54,66 @@ def _epochs_of(metadata: dict) -> float:
     return TIER_EPOCHS.get(tier, 1.0) if tier is not None else 1.0
 
 
+def _suffixed(prefix: Path, suffix: str) -> Path:
+    return prefix.with_name(prefix.name + suffix)
+
+
+class _Histogram:
+    """Token-id counts accumulated in chunks (one bincount per few million tokens, not per document)."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(0, dtype=np.int64)
+        self._pending: list[np.ndarray] = []
+        self._n = 0
+
+    def add(self, ids: np.ndarray) -> None:
+        if len(ids):
+            self._pending.append(ids)
+            self._n += len(ids)
+        if self._n >= _COUNT_CHUNK:
+            self.flush()
+
+    def flush(self) -> np.ndarray:
+        if self._pending:
+            ids = np.concatenate(self._pending)
+            if int(ids.max()) >= _MAX_TOKEN_ID:
+                raise ShardError(f"token id {int(ids.max())} is beyond any vocabulary: corrupt tokens")
+            bins = np.bincount(ids)
+            if len(bins) > len(self.counts):
+                self.counts = np.concatenate([self.counts, np.zeros(len(bins) - len(self.counts), np.int64)])
+            self.counts[: len(bins)] += bins
+            self._pending, self._n = [], 0
+        return self.counts
+
+
+def _write_part_meta(prefix: Path, documents: int, counts: np.ndarray) -> dict:
+    """`<part>.counts.npy` then `<part>.meta.json`, each via a temporary name (safe for concurrent writers)."""
+    nonzero = np.flatnonzero(counts)
+    meta = {"documents": int(documents), "tokens": int(counts.sum()),
+            "max_token_id": int(nonzero[-1]) if len(nonzero) else -1, "counts": prefix.name + ".counts.npy"}
+    tmp = _suffixed(prefix, f".counts.tmp-{os.getpid()}.npy")
+    np.save(tmp, counts[: meta["max_token_id"] + 1])
+    os.replace(tmp, _suffixed(prefix, ".counts.npy"))
+    tmp = _suffixed(prefix, f".meta.tmp-{os.getpid()}.json")
+    tmp.write_text(json.dumps(meta) + "\n")
+    os.replace(tmp, _suffixed(prefix, ".meta.json"))
+    return meta
+
+
 class PartWriter:
-    """Writes one part: tokens streamed to a temporary file, then renamed; the index is renamed last."""
+    """Writes one part: tokens streamed to a temporary file, then renamed; metadata next; the index last."""
 
     def __init__(self, prefix: str | Path):
         self.prefix = Path(prefix)
-        self._tmp = self.prefix.with_name(self.prefix.name + ".tokens.tmp")
+        self._tmp = _suffixed(self.prefix, ".tokens.tmp")
         self._f = open(self._tmp, "wb")  # noqa: SIM115 - closed in close(), after the last add()
         self.offsets, self.epochs = [0], []
+        self._hist = _Histogram()
 
     def add(self, ids: np.ndarray | list[int], epochs: float = 1.0) -> None:
         arr = np.asarray(ids, dtype=TOKEN_DTYPE)
         self._f.write(arr.tobytes())
+        self._hist.add(arr)
         self.offsets.append(self.offsets[-1] + len(arr))
         self.epochs.append(epochs)
 
@@ -63,11 +121,31 @@ class PartWriter:
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()
-        os.replace(self._tmp, self.prefix.with_name(self.prefix.name + ".tokens"))
-        np.save(self.prefix.with_name(self.prefix.name + ".epochs.npy"), np.asarray(self.epochs, dtype=np.float32))
-        tmp_index = self.prefix.with_name(self.prefix.name + ".index.tmp.npy")
+        os.replace(self._tmp, _suffixed(self.prefix, ".tokens"))
+        np.save(_suffixed(self.prefix, ".epochs.npy"), np.asarray(self.epochs, dtype=np.float32))
+        _write_part_meta(self.prefix, len(self.offsets) - 1, self._hist.flush())
+        tmp_index = _suffixed(self.prefix, ".index.tmp.npy")
         np.save(tmp_index, np.asarray(self.offsets, dtype=np.int64))
-        os.replace(tmp_index, self.prefix.with_name(self.prefix.name + ".index.npy"))  # the completion marker
+        os.replace(tmp_index, _suffixed(self.prefix, ".index.npy"))  # the completion marker
+
+
+def scan_part_meta(prefix: str | Path) -> dict:
+    """Metadata of a finished part written without it: one pass over its tokens, then written beside it."""
+    prefix = Path(prefix)
+    offsets = np.load(_suffixed(prefix, ".index.npy"), mmap_mode="r")
+    size = _suffixed(prefix, ".tokens").stat().st_size
+    tokens = np.memmap(_suffixed(prefix, ".tokens"), dtype=TOKEN_DTYPE, mode="r") if size else np.zeros(0, TOKEN_DTYPE)
+    hist = _Histogram()
+    for start in range(0, len(tokens), _COUNT_CHUNK):
+        hist.add(np.asarray(tokens[start : start + _COUNT_CHUNK]))
+    counts = hist.flush()
+    try:
+        return _write_part_meta(prefix, len(offsets) - 1, counts)
+    except OSError as err:  # a read-only corpus: use the numbers, the scan repeats next time
+        print(f"warning: could not write metadata beside {prefix} ({err}); it will be scanned again", file=sys.stderr)
+        nonzero = np.flatnonzero(counts)
+        return {"documents": len(offsets) - 1, "tokens": int(counts.sum()),
+                "max_token_id": int(nonzero[-1]) if len(nonzero) else -1, "counts": None, "_counts": counts}
 
 
 def write_token_shards(out_dir: str | Path, docs: list, epochs: list[float] | None = None) -> TokenShards:
@@ -133,8 +211,10 @@ def tokenize_to_shards(
     jobs = []
     for i, src in enumerate(files):
         prefix = out / f"part-{i:05d}"
-        if not prefix.with_name(prefix.name + ".index.npy").exists():
+        if not _suffixed(prefix, ".index.npy").exists():
             jobs.append((str(src), str(tokenizer_dir), str(prefix), batch_docs))
+        elif not _suffixed(prefix, ".meta.json").exists():  # finished by an ilm without part metadata
+            scan_part_meta(prefix)
     reports = []
     if jobs:
         if workers > 1 and len(jobs) > 1:
@@ -146,6 +226,7 @@ def tokenize_to_shards(
     meta = {
         "tokenizer": fingerprint, "tokenizer_dir": str(tokenizer_dir), "inputs": [str(f) for f in files],
         "parts": len(files), "documents": shards.num_docs, "tokens": int(shards.num_tokens),
+        "max_token_id": shards.max_token_id(),
     }
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     return {**meta, "tokenized_now": len(jobs), "reports": reports}
@@ -153,9 +234,11 @@ def tokenize_to_shards(
 
 @dataclass
 class _Part:
-    tokens: np.ndarray
+    prefix: Path
+    tokens: np.ndarray  # memory-mapped: nothing is read until a document is taken
     offsets: np.ndarray
     epochs: np.ndarray
+    meta: dict | None  # <part>.meta.json, None for a part written before part metadata existed
 
 
 class TokenShards:
@@ -196,7 +279,28 @@ class TokenShards:
         if np.any(np.diff(offsets) < 0) or len(epochs) != len(offsets) - 1:
             raise ShardError(f"{index_path}: corrupt shard index")
         tokens = np.memmap(tok_path, dtype=TOKEN_DTYPE, mode="r") if size else np.zeros(0, TOKEN_DTYPE)
-        return _Part(tokens, offsets, epochs)
+        prefix = index_path.with_name(stem)
+        meta_path = _suffixed(prefix, ".meta.json")
+        meta = None
+        if meta_path.exists():
+            try:
+                meta = json.loads(meta_path.read_text())
+                stale = meta["documents"] != len(offsets) - 1 or meta["tokens"] != int(offsets[-1])
+            except (ValueError, KeyError, TypeError) as err:
+                raise ShardError(f"{meta_path}: unreadable part metadata ({err}); delete it to rebuild it") from None
+            if stale:
+                raise ShardError(
+                    f"{meta_path}: says {meta['documents']} documents / {meta['tokens']} tokens, the index "
+                    f"{len(offsets) - 1} / {int(offsets[-1])}; delete it to rebuild it (one scan of the part)"
+                )
+        return _Part(prefix, tokens, offsets, epochs, meta)
+
+    def _meta(self, part: _Part) -> dict:
+        if part.meta is None:
+            print(f"warning: {part.prefix}: no part metadata (tokenized by an older ilm); scanning its tokens "
+                  "once and writing it beside the part", file=sys.stderr)
+            part.meta = scan_part_meta(part.prefix)
+        return part.meta
 
     @property
     def num_docs(self) -> int:
@@ -213,4 +317,20 @@ class TokenShards:
         return p.tokens[p.offsets[j] : p.offsets[j + 1]]
 
     def max_token_id(self) -> int:
-        return int(max(int(p.tokens.max()) if len(p.tokens) else 0 for p in self.parts))
+        """Largest token id in the corpus, from the part metadata (no token is read)."""
+        return max(int(self._meta(p)["max_token_id"]) for p in self.parts)
+
+    def token_counts(self) -> np.ndarray:
+        """int64 histogram of token ids over all parts (index = id), from the parts' `.counts.npy`."""
+        total = np.zeros(self.max_token_id() + 1, dtype=np.int64)
+        for p in self.parts:
+            meta = self._meta(p)
+            if "_counts" in meta:
+                counts = meta["_counts"]
+            else:
+                path = p.prefix.with_name(meta["counts"])
+                if not path.exists():
+                    raise ShardError(f"{path}: missing; delete {_suffixed(p.prefix, '.meta.json')} to rebuild both")
+                counts = np.load(path)
+            total[: len(counts)] += counts
+        return total

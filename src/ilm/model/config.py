@@ -31,6 +31,10 @@ class ModelConfig:
     # HF InternLM2 form: {"type": "dynamic" | "linear", "factor": float} or None.
     rope_scaling: dict | None = None
     initializer_range: float = 0.02
+    # InternLM's NormHead (the 1.8B release trains with it): logits = h @ normalize(W, dim=1)^T, every output
+    # row L2-normalised in the forward. No extra parameters; the HF export writes the normalised rows, so the
+    # exported checkpoint is a plain linear head (config.json has no such key, as in the released configs).
+    norm_head: bool = False
     bos_token_id: int = 1
     eos_token_id: int = 2
     pad_token_id: int = 2
@@ -106,8 +110,8 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    "internlm2-1.8b": ModelConfig(
-        hidden_size=2048, num_layers=24, num_heads=16, num_kv_heads=8, intermediate_size=8192
+    "internlm2-1.8b": ModelConfig(  # norm_head: the 1.8B release's training config sets it (RECIPE.md section 1)
+        hidden_size=2048, num_layers=24, num_heads=16, num_kv_heads=8, intermediate_size=8192, norm_head=True
     ),
     "internlm2-7b": ModelConfig(
         hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=8, intermediate_size=14_336

@@ -5,6 +5,9 @@ either `model.safetensors` or shards `model-0000i-of-0000n.safetensors` with `mo
 once the weights pass `max_shard_bytes`. Writes are atomic: everything goes into a temporary sibling
 directory that is renamed into place only when complete, so a crash never leaves a half checkpoint.
 
+A model trained with `norm_head` is written with its output rows L2-normalised and no norm_head key in
+config.json (as the released checkpoints are), so it loads back as a plain head with the same logits.
+
 Llama layout: the packed `wqkv` (rows grouped per KV head as [q_1..q_g, k, v]) is un-interleaved into
 `q_proj/k_proj/v_proj`; both families use rotate-half RoPE, so no row permutation is needed.
 """
@@ -207,6 +210,8 @@ def save_checkpoint(
     path = Path(path)
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     dtype = dtype or next(iter(state.values())).dtype
+    if model.config.norm_head:  # bake NormHead in: a plain linear head with the rows the forward used
+        state["output.weight"] = torch.nn.functional.normalize(state["output.weight"].float(), dim=1)
     state = {k: v.to(dtype).contiguous() for k, v in state.items()}
     if fmt == "llama":
         state = to_llama(state, model.config)

@@ -111,6 +111,15 @@ class InternLM2(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=std, generator=generator)
         return self
 
+    def head_weight(self) -> torch.Tensor:
+        """The output head's (V, D) weight as the forward uses it: rows L2-normalised under `norm_head`.
+
+        The normalisation is part of the graph (gradients flow through it), in training and inference alike,
+        as InternLM's NormHead does; the export writes these rows (`ilm.model.hf.save_checkpoint`).
+        """
+        w = self.output.weight
+        return F.normalize(w, dim=1) if self.config.norm_head else w
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -143,8 +152,10 @@ class InternLM2(nn.Module):
             h = h[:, -1:]
         h = self.model.norm(h)
         if labels is not None:
-            return lm_loss(h, self.output.weight, labels)
-        return h if return_hidden else self.output(h)
+            return lm_loss(h, self.head_weight(), labels)
+        if return_hidden:
+            return h
+        return F.linear(h, self.head_weight()) if self.config.norm_head else self.output(h)
 
 
 def build_model(

@@ -6,7 +6,9 @@
   base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))
 
 Under dynamic NTK each row uses its own length (its largest position + 1), so a prompt decodes the same
-in a padded batch as alone. Cos/sin are computed in float32 and cast to the activations' dtype at the end.
+in a padded batch as alone. Cos/sin are computed in float32; `apply_rope` casts them to the dtype of the
+q/k it rotates, so under autocast the rotated q and k stay in the autocast dtype (bf16), as v is: the
+flash-attention kernel takes only one dtype for all three (and HF InternLM2 rotates in that dtype too).
 """
 
 from __future__ import annotations
@@ -66,5 +68,6 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, heads, T, dim)."""
+    """x: (B, heads, T, dim); the result has x's dtype (cos/sin are cast to it, never x promoted to theirs)."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return x * cos + rotate_half(x) * sin

@@ -186,9 +186,10 @@ def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
     shards = _shards(cfg)
     eval_shards = TokenShards(cfg.train.eval_source) if cfg.train.eval_source else None
     vocab = plans[0].model_config.vocab_size
-    for name, s in shards.items():
-        if s.max_token_id() >= vocab:
-            raise ValueError(f"source {name!r} ({s.path}) has token id {s.max_token_id()} >= vocab {vocab}")
+    for name, s in [*shards.items(), *([("eval_source", eval_shards)] if eval_shards else [])]:
+        top = s.max_token_id()  # from the parts' metadata: start-up reads no token
+        if top >= vocab:
+            raise ValueError(f"source {name!r} ({s.path}) has token id {top} >= vocab {vocab}")
 
     model = build_model(plans[0].model_config, device=world.device, seed=cfg.train.seed)
     shape = model_shape(plans[0].model_config)
@@ -293,9 +294,7 @@ def unigram_entropy(shards: TokenShards) -> float:
     """Entropy (nats/token) of the corpus's unigram distribution: the loss of the best context-free model."""
     import numpy as np
 
-    counts = np.zeros(shards.max_token_id() + 1, dtype=np.int64)
-    for p in shards.parts:
-        counts += np.bincount(np.asarray(p.tokens), minlength=len(counts))
+    counts = shards.token_counts()  # the parts' histograms, written at tokenization
     probs = counts[counts > 0] / counts.sum()
     return float(-(probs * np.log(probs)).sum())
 
