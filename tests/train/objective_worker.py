@@ -3,7 +3,7 @@ real trainers (one process group for all of them), counting the reduce-scatters 
 then check `run.sync_gradients` on a DDP-wrapped module. Rank 0 writes the results as JSON.
 
 usage: objective_worker.py JOBS.json OUT.json
-job: {"name", "stage": "pretrain" | "sft" | "rm", "config": {...}, "sync_every_micro_batch": bool}
+job: {"name", "stage": "pretrain" | "sft" | "rm", "config": {...}}
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ for _name in ("reduce_scatter_tensor", "reduce_scatter_single"):  # what FSDP2 c
 def train_job(job: dict) -> dict:
     """Train one job; per step, the reduce-scatters issued inside `run.accumulate`, and the FSDP units."""
     module, config_cls = STAGES[job["stage"]]
-    real_accumulate, real_sync = getattr(module, "accumulate", None), getattr(run, "sync_gradients", None)
+    real_accumulate = getattr(module, "accumulate", None)
     steps: list[int] = []
     units: list[int] = []
 
@@ -51,19 +51,14 @@ def train_job(job: dict) -> dict:
         steps.append(COUNT["reduce_scatter"] - before)
         return out
 
-    def always_sync(model, enabled):  # the per-micro-batch reduction accumulation used to do
-        return real_sync(model, True)
-
     if real_accumulate is not None:  # (absent from the trainers before the fix: train them as they are)
         module.accumulate = accumulate
-    if job.get("sync_every_micro_batch"):
-        run.sync_gradients = always_sync
     before = COUNT["reduce_scatter"]
     try:
         summary = module.train(from_dict(config_cls, job["config"]), resume="never")
     finally:
         if real_accumulate is not None:
-            module.accumulate, run.sync_gradients = real_accumulate, real_sync
+            module.accumulate = real_accumulate
     return {"reduce_scatters": steps, "fsdp_units": units, "run_reduce_scatters": COUNT["reduce_scatter"] - before,
             "export": summary.get("export")}
 

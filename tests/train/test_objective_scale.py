@@ -79,13 +79,14 @@ def data(tmp_path_factory):
     return {"root": root}
 
 
-def pretrain_config(data, run_dir: Path, micro_batch_rows: int) -> dict:
+def pretrain_config(data, run_dir: Path, micro_batch_rows: int, **train) -> dict:
     return {"run_dir": str(run_dir), "model": {"preset": "tiny", "overrides": {"vocab_size": 512,
                                                                               "max_position_embeddings": 32}},
             "sources": [{"name": "mixed", "path": str(data["root"] / "tokens")}],
             "stages": [{"name": "only", "window": 32, "fraction": 1.0, "mixture": {"mixed": 1.0}}],
             "optim": OPTIM,
-            "train": {**TRAIN, "total_tokens": 256, "batch_tokens": 256, "micro_batch_rows": micro_batch_rows}}
+            "train": {**TRAIN, "total_tokens": 256, "batch_tokens": 256, "micro_batch_rows": micro_batch_rows,
+                      **train}}
 
 
 def sft_config(data, run_dir: Path, micro_batch_rows: int) -> dict:
@@ -110,8 +111,8 @@ def two_process(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("two")
     jobs = [
         {"name": "pretrain", "stage": "pretrain", "config": pretrain_config(data, out / "pretrain", 2)},
-        {"name": "pretrain_sync_every", "stage": "pretrain", "sync_every_micro_batch": True,
-         "config": pretrain_config(data, out / "pretrain_sync_every", 2)},
+        {"name": "pretrain_sync_every", "stage": "pretrain",
+         "config": pretrain_config(data, out / "pretrain_sync_every", 2, reduce_every_micro_batch=True)},
         {"name": "sft", "stage": "sft", "config": sft_config(data, out / "sft", 1)},
         {"name": "rm", "stage": "rm", "config": rm_config(data, out / "rm", 256)},
     ]
@@ -182,7 +183,7 @@ def test_fsdp_accumulation_reduce_scatters_once_per_step(two_process):
     assert units >= 2  # the decoder layers and the root
     assert once["reduce_scatters"] == [units]  # one step of 2 micro-batches: one reduce-scatter per unit
     assert once["run_reduce_scatters"] == units  # and none elsewhere in the run
-    assert every["reduce_scatters"] == [2 * units]  # what syncing in every micro-batch costs
+    assert every["reduce_scatters"] == [2 * units]  # train.reduce_every_micro_batch: the memory-saving choice
     assert_same_step(once, every)
 
 

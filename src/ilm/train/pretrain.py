@@ -61,6 +61,8 @@ class TrainConfig:
     total_tokens: int = 2_600_000_000_000
     batch_tokens: int = 4 * 1024 * 1024  # per optimizer step, all processes together
     micro_batch_rows: int = 1  # rows per forward, per process
+    reduce_every_micro_batch: bool = False  # FSDP: reduce-scatter gradients in every micro-batch, not once per step
+    # (once per step holds full-size fp32 gradients between micro-batches: 4 bytes/parameter on every GPU)
     seed: int = 0
     precision: str = "bf16"  # "bf16" autocast with fp32 master weights, or "fp32"
     device: str = "auto"
@@ -234,7 +236,8 @@ def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
             set_lr(optimizer, lr)
             micro = [_micro_batch(packer, micro_rows, world, cfg.train.document_masks) for _ in range(plan.accum)]
             counts = [int((labels != IGNORE_INDEX).sum()) for _, _, labels in micro]
-            loss_value, _ = accumulate(model, micro, counts, token_mean, world)  # token-weighted over the step
+            loss_value, _ = accumulate(model, micro, counts, token_mean, world,  # token-weighted over the step
+                                       cfg.train.reduce_every_micro_batch)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -197,7 +197,7 @@ def sync_gradients(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
 
 def accumulate(
     model: torch.nn.Module, micro_batches: list[Any], counts: list[int],
-    mean_loss: Callable[[Any], torch.Tensor], world: World,
+    mean_loss: Callable[[Any], torch.Tensor], world: World, reduce_every_micro_batch: bool = False,
 ) -> tuple[float, int]:
     """Forwards and backwards of this process's micro-batches for one optimizer step: (loss, global count).
 
@@ -210,14 +210,16 @@ def accumulate(
     100 trained tokens weighs 25 times one with 4). `mean_loss(batch)` runs the forward and returns the
     mean over that micro-batch's `count` items; its backward is scaled by count * world.size / N, the
     world size undoing the mean over processes that FSDP and DDP apply to gradients. Gradients are
-    reduced in the last micro-batch's backward only (`sync_gradients`). The returned loss is the same
-    global mean, for logging (one more all-reduce, after the backwards).
+    reduced in the last micro-batch's backward only (`sync_gradients`), or in every one with
+    `reduce_every_micro_batch`: under FSDP the earlier micro-batches otherwise keep full-size fp32
+    gradients on every process (4 bytes per parameter: 31 GB at 7B, 79 GB at 20B). The returned loss is
+    the same global mean, for logging (one more all-reduce, after the backwards).
     """
     total = global_count(sum(counts), world)
     scale = world.size / max(total, 1)
     local = torch.zeros((), dtype=torch.float32, device=world.device)
     for i, (batch, n) in enumerate(zip(micro_batches, counts, strict=True)):
-        with sync_gradients(model, enabled=i == len(micro_batches) - 1):
+        with sync_gradients(model, enabled=reduce_every_micro_batch or i == len(micro_batches) - 1):
             loss_sum = mean_loss(batch).float() * n
             (loss_sum * scale).backward()
         local += loss_sum.detach()

@@ -63,6 +63,8 @@ class SFTTrain:
     window: int = 32768  # tokens per packed row
     batch_rows: int = 32  # rows per optimizer step, all processes together
     micro_batch_rows: int = 1  # rows per forward, per process
+    reduce_every_micro_batch: bool = False  # FSDP: reduce-scatter gradients in every micro-batch, not once per step
+    # (once per step holds full-size fp32 gradients between micro-batches: 4 bytes/parameter on every GPU)
     epochs: int = 1
     seed: int = 0
     precision: str = "bf16"
@@ -309,7 +311,8 @@ def _train(cfg: SFTConfig, resume: str) -> dict[str, Any]:
         micro = [collate_rows(convs, mine[i : i + t.micro_batch_rows], t.window, pad_id)
                  for i in range(0, len(mine), t.micro_batch_rows)]
         counts = [int((b["labels"] != IGNORE_INDEX).sum()) for b in micro]
-        loss_value, trained = accumulate(model, micro, counts, token_mean, world)  # token-weighted, all processes
+        loss_value, trained = accumulate(model, micro, counts, token_mean, world,  # token-weighted, all processes
+                                         t.reduce_every_micro_batch)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
