@@ -26,12 +26,12 @@ from ilm.model.rope import Rope
 from ilm.train import checkpoint
 from ilm.train.distributed import (
     World,
-    all_reduce_mean,
     init_world,
 )
+from ilm.train.losses import IGNORE_INDEX
 from ilm.train.metrics import peak_flops
 from ilm.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
-from ilm.train.run import autocast_for, determinism, model_shape, prepare, progress, start
+from ilm.train.run import accumulate, autocast_for, determinism, model_shape, prepare, progress, start
 
 
 @dataclass
@@ -61,6 +61,8 @@ class TrainConfig:
     total_tokens: int = 2_600_000_000_000
     batch_tokens: int = 4 * 1024 * 1024  # per optimizer step, all processes together
     micro_batch_rows: int = 1  # rows per forward, per process
+    reduce_every_micro_batch: bool = False  # FSDP: reduce-scatter gradients in every micro-batch, not once per step
+    # (once per step holds full-size fp32 gradients between micro-batches: 4 bytes/parameter on every GPU)
     seed: int = 0
     precision: str = "bf16"  # "bf16" autocast with fp32 master weights, or "fp32"
     device: str = "auto"
@@ -149,6 +151,16 @@ def _attention(doc_ids: torch.Tensor, document_masks: bool = True) -> tuple[torc
     return positions_from_doc_ids(doc_ids), packed_batch(doc_ids)
 
 
+def _micro_batch(packer: Packer, rows: int, world: World, document_masks: bool) -> tuple[torch.Tensor, ...]:
+    """This process's share of the next micro-batch (every process packs the same global rows): ids, doc ids,
+    labels, on the CPU (the step counts its trained tokens before any forward)."""
+    ids, doc_ids = packer.next_batch(rows * world.size)
+    ids, doc_ids = ids[world.rank * rows : (world.rank + 1) * rows], doc_ids[world.rank * rows : (world.rank + 1) * rows]
+    if not document_masks:
+        doc_ids = torch.zeros_like(doc_ids)
+    return ids, doc_ids, packed_labels(ids, doc_ids)
+
+
 def _shards(cfg: PretrainConfig) -> dict[str, TokenShards]:
     return {s.name: TokenShards(s.path) for s in cfg.sources}
 
@@ -203,6 +215,12 @@ def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
     stop_at = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
     bar = progress(world, cfg.train.progress, stop_at, step)
     last_eval = None
+
+    def token_mean(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        ids, doc_ids, labels = (x.to(world.device) for x in batch)
+        with autocast():
+            return model(ids, *_attention(doc_ids, cfg.train.document_masks), labels=labels)
+
     for plan in plans[stage_index:]:
         if step >= stop_at:
             break
@@ -217,22 +235,14 @@ def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
             t0 = time.perf_counter()
             lr = lr_at(step, total_steps, cfg.optim)
             set_lr(optimizer, lr)
-            losses = []
-            for _ in range(plan.accum):
-                ids, doc_ids = packer.next_batch(micro_rows * world.size)
-                ids = ids[world.rank * micro_rows : (world.rank + 1) * micro_rows].to(world.device)
-                doc_ids = doc_ids[world.rank * micro_rows : (world.rank + 1) * micro_rows].to(world.device)
-                if not cfg.train.document_masks:
-                    doc_ids = torch.zeros_like(doc_ids)
-                with autocast():
-                    loss = model(ids, *_attention(doc_ids, cfg.train.document_masks), labels=packed_labels(ids, doc_ids))
-                (loss / plan.accum).backward()
-                losses.append(loss.detach())
+            micro = [_micro_batch(packer, micro_rows, world, cfg.train.document_masks) for _ in range(plan.accum)]
+            counts = [int((labels != IGNORE_INDEX).sum()) for _, _, labels in micro]
+            loss_value, _ = accumulate(model, micro, counts, token_mean, world,  # token-weighted over the step
+                                       cfg.train.reduce_every_micro_batch)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            loss_value = float(all_reduce_mean(torch.stack(losses).mean()))
             dt = time.perf_counter() - t0
             tps = plan.rows_per_step * plan.config.window / dt
             row = {"stage": plan.config.name, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),

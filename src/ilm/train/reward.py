@@ -33,7 +33,6 @@ from ilm.model import packed_batch, positions_from_doc_ids
 from ilm.train import checkpoint
 from ilm.train.distributed import (
     World,
-    all_reduce_mean,
     init_world,
 )
 from ilm.train.losses import focal_ranking_loss, log_barrier_penalty, reward_loss
@@ -41,6 +40,7 @@ from ilm.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
 from ilm.train.pretrain import ModelSection
 from ilm.train.reward_model import REWARD_TOKEN, RewardModel, save_reward_model
 from ilm.train.run import (
+    accumulate,
     autocast_for,
     check_vocab,
     determinism,
@@ -370,15 +370,21 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
     bar = progress(world, t.progress, stop_at, step)
     pad_to = t.batch_tokens if t.pad_to_budget else None
     last_eval: dict | None = None
+    scored: list[torch.Tensor] = []  # the rewards of the step, for its metrics
+
+    def pair_mean(batch: list[Pair]) -> torch.Tensor:
+        rewards = _forward(model, collate_pairs(batch, pad_to, tok.pad_id), world, autocast)
+        scored.append(rewards.detach())
+        return reward_loss(rewards[0::2], rewards[1::2], cfg.loss.gamma, cfg.loss.penalty_weight)
+
     while step < stop_at:
         t0 = time.perf_counter()
         lr = lr_at(step, total_steps, cfg.optim)
         set_lr(optimizer, lr)
         mine = [pairs[i] for i in batches[step * world.size + world.rank]]
-        rewards = _forward(model, collate_pairs(mine, pad_to, tok.pad_id), world, autocast)
+        loss_value, _ = accumulate(model, [mine], [len(mine)], pair_mean, world)  # pair-weighted, all processes
+        rewards = scored.pop()
         chosen, rejected = rewards[0::2], rewards[1::2]
-        loss = reward_loss(chosen, rejected, cfg.loss.gamma, cfg.loss.penalty_weight)
-        loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -387,7 +393,7 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
         with torch.no_grad():
             r = rewards.detach()
             row = {
-                "loss": float(all_reduce_mean(loss.detach())), "lr": lr, "grad_norm": float(grad_norm),
+                "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
                 "ranking": float(focal_ranking_loss(chosen, rejected, cfg.loss.gamma).mean()),
                 "penalty": float(torch.cat([log_barrier_penalty(chosen), log_barrier_penalty(rejected)]).mean()),
                 "accuracy": float((chosen > rejected).float().mean()), "reward_mean": float(r.mean()),

@@ -146,3 +146,85 @@ def run_recipe_cli(prog: str, config_cls: type, train: Callable[..., dict], reci
         shutdown_world(barrier=ok)  # no barrier after a failure: the other ranks may never arrive
     print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+# ----------------------------------------------------------------------------- one optimizer step over micro-batches
+
+
+def global_count(n: int, world: World) -> int:
+    """`n` summed over every process: the denominator of a step's token- or pair-weighted mean loss.
+
+    One all-reduce of one integer, made before the step's forwards (every process must call it)."""
+    if world.size == 1:
+        return int(n)
+    import torch.distributed as dist
+
+    total = torch.tensor([int(n)], dtype=torch.int64, device=world.device)
+    dist.all_reduce(total)
+    return int(total.item())
+
+
+@contextmanager
+def sync_gradients(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Whether the backward passes in this block reduce gradients across processes.
+
+    Gradient accumulation reduces once per optimizer step, in the last micro-batch's backward, instead of
+    once per micro-batch: FSDP2 (`set_requires_gradient_sync`, one reduce-scatter per FSDP unit per step;
+    the unsharded gradients of the earlier micro-batches wait in memory, fp32 under the bf16 policy), DDP
+    (`no_sync`, which decides in the forward: run the forward inside the block too), a plain module:
+    nothing to do. Parameters stay resharded after each forward and backward (FSDP2's default
+    `reshard_after_forward=True`): each micro-batch all-gathers them again, which keeps the memory of one
+    unsharded layer at a time, the point of sharding a 7B/20B model.
+    """
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
+
+    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if sharded:
+        for m in sharded:
+            m.set_requires_gradient_sync(enabled, recurse=False)
+        try:
+            yield
+        finally:
+            for m in sharded:
+                m.set_requires_gradient_sync(True, recurse=False)
+    elif isinstance(model, DistributedDataParallel) and not enabled:
+        with model.no_sync():
+            yield
+    else:
+        yield
+
+
+def accumulate(
+    model: torch.nn.Module, micro_batches: list[Any], counts: list[int],
+    mean_loss: Callable[[Any], torch.Tensor], world: World, reduce_every_micro_batch: bool = False,
+) -> tuple[float, int]:
+    """Forwards and backwards of this process's micro-batches for one optimizer step: (loss, global count).
+
+    The rule every stage follows (pretraining, SFT, the reward model, PPO): a step's objective is the mean
+    over every counted item (trained token, preference pair, ...) of every micro-batch of every process,
+
+        loss = (sum of all item losses) / N,    N = global_count(sum(counts), world),
+
+    so it does not depend on how the step is split over processes and micro-batches (a micro-batch with
+    100 trained tokens weighs 25 times one with 4). `mean_loss(batch)` runs the forward and returns the
+    mean over that micro-batch's `count` items; its backward is scaled by count * world.size / N, the
+    world size undoing the mean over processes that FSDP and DDP apply to gradients. Gradients are
+    reduced in the last micro-batch's backward only (`sync_gradients`), or in every one with
+    `reduce_every_micro_batch`: under FSDP the earlier micro-batches otherwise keep full-size fp32
+    gradients on every process (4 bytes per parameter: 31 GB at 7B, 79 GB at 20B). The returned loss is
+    the same global mean, for logging (one more all-reduce, after the backwards).
+    """
+    total = global_count(sum(counts), world)
+    scale = world.size / max(total, 1)
+    local = torch.zeros((), dtype=torch.float32, device=world.device)
+    for i, (batch, n) in enumerate(zip(micro_batches, counts, strict=True)):
+        with sync_gradients(model, enabled=reduce_every_micro_batch or i == len(micro_batches) - 1):
+            loss_sum = mean_loss(batch).float() * n
+            (loss_sum * scale).backward()
+        local += loss_sum.detach()
+    if world.size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(local)
+    return float(local) / max(total, 1), total

@@ -31,13 +31,13 @@ from ilm.model import build_model, get_preset, packed_batch, positions_from_doc_
 from ilm.train import checkpoint
 from ilm.train.distributed import (
     World,
-    all_reduce_mean,
     init_world,
 )
-from ilm.train.losses import shift_labels
+from ilm.train.losses import IGNORE_INDEX, shift_labels
 from ilm.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
 from ilm.train.pretrain import ModelSection, export
 from ilm.train.run import (
+    accumulate,
     autocast_for,
     check_vocab,
     determinism,
@@ -63,6 +63,8 @@ class SFTTrain:
     window: int = 32768  # tokens per packed row
     batch_rows: int = 32  # rows per optimizer step, all processes together
     micro_batch_rows: int = 1  # rows per forward, per process
+    reduce_every_micro_batch: bool = False  # FSDP: reduce-scatter gradients in every micro-batch, not once per step
+    # (once per step holds full-size fp32 gradients between micro-batches: 4 bytes/parameter on every GPU)
     epochs: int = 1
     seed: int = 0
     precision: str = "bf16"
@@ -294,6 +296,13 @@ def _train(cfg: SFTConfig, resume: str) -> dict[str, Any]:
     stop_at = min(total_steps, t.max_steps) if t.max_steps else total_steps
     bar = progress(world, t.progress, stop_at, step)
     pad_id, last_eval = tok.pad_id, None
+
+    def token_mean(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        doc = b["doc_ids"].to(world.device)
+        with autocast():
+            return model(b["ids"].to(world.device), positions_from_doc_ids(doc), packed_batch(doc),
+                         labels=b["labels"].to(world.device))
+
     while step < stop_at:
         t0 = time.perf_counter()
         lr = lr_at(step, total_steps, cfg.optim)
@@ -301,23 +310,15 @@ def _train(cfg: SFTConfig, resume: str) -> dict[str, Any]:
         mine = rows[step * t.batch_rows : (step + 1) * t.batch_rows][world.rank :: world.size]
         micro = [collate_rows(convs, mine[i : i + t.micro_batch_rows], t.window, pad_id)
                  for i in range(0, len(mine), t.micro_batch_rows)]
-        counts = [int((b["labels"] != -100).sum()) for b in micro]
-        trained = max(sum(counts), 1)
-        loss_sum = torch.zeros((), device=world.device)
-        for b, n in zip(micro, counts):
-            doc = b["doc_ids"].to(world.device)
-            with autocast():
-                loss = model(b["ids"].to(world.device), positions_from_doc_ids(doc), packed_batch(doc),
-                             labels=b["labels"].to(world.device))
-            (loss * (n / trained)).backward()  # token-weighted mean over the whole step
-            loss_sum += loss.detach() * (n / trained)
+        counts = [int((b["labels"] != IGNORE_INDEX).sum()) for b in micro]
+        loss_value, trained = accumulate(model, micro, counts, token_mean, world,  # token-weighted, all processes
+                                         t.reduce_every_micro_batch)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        loss_value = float(all_reduce_mean(loss_sum))
         dt = time.perf_counter() - t0
-        row = {"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "trained_tokens": sum(counts),
+        row = {"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "trained_tokens": trained,
                "tokens_per_s": t.batch_rows * t.window / dt}
         if eval_convs and (step % t.eval_every == 0 or step == stop_at):
             row["eval_loss"] = last_eval = evaluate(model, eval_convs, t.window, pad_id, world, autocast)
