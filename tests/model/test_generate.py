@@ -73,16 +73,18 @@ def test_a_plain_cache_would_drift_past_max_positions():
 
 def test_stop_ids_end_each_row_and_stream_matches(tiny):
     free = generate(tiny, PROMPTS, GREEDY)
-    stop = free[0][3]  # make the 4th token of row 0 a stop id
+    # make a token that first appears mid-row (row r, position k >= 2) a stop id
+    r, k = next((r, k) for r, f in enumerate(free) for k in range(2, len(f)) if f[k] not in f[:k])
+    stop = free[r][k]
     sampling = Sampling(max_new_tokens=12, greedy=True, stop_ids=(stop,))
     steps = list(generate_stream(tiny, PROMPTS, sampling))
-    row0 = [s[0] for s in steps]
-    assert row0[:4] == free[0][:4] and all(t is None for t in row0[4:])
+    row = [s[r] for s in steps]
+    assert row[: k + 1] == free[r][: k + 1] and all(t is None for t in row[k + 1 :])
     out = generate(tiny, PROMPTS, sampling)
     for o, f in zip(out, free):
         cut = f.index(stop) if stop in f else len(f)
         assert o == f[:cut]
-    assert generate(tiny, PROMPTS, sampling, keep_stop=True)[0] == free[0][:4]
+    assert generate(tiny, PROMPTS, sampling, keep_stop=True)[r] == free[r][: k + 1]
 
 
 def test_default_stop_ids_are_eos_and_im_end():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -309,22 +310,108 @@ def read_config(path: str | os.PathLike) -> tuple[ModelConfig, str]:
     return config, raw["model_type"]
 
 
+_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
+class _Files:
+    """The safetensors files of a checkpoint directory, opened lazily; tensors are read by row range, so a
+    process reads only the rows it holds (the files are memory-mapped: nothing else is read)."""
+
+    def __init__(self, path: str | os.PathLike):
+        from safetensors import safe_open
+
+        path = Path(path)
+        index = path / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            for shard in sorted(set(weight_map.values())):
+                if not (path / shard).exists():
+                    raise CheckpointError(f"{index}: lists shard {shard}, which is not in {path}")
+        elif (path / "model.safetensors").exists():
+            with safe_open(path / "model.safetensors", framework="pt") as f:
+                weight_map = dict.fromkeys(f.keys(), "model.safetensors")
+        else:
+            raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+        self.path, self.weight_map, self._open = path, weight_map, {}
+
+    def _slice(self, name: str):
+        from safetensors import safe_open
+
+        file = self.weight_map[name]
+        if file not in self._open:
+            self._open[file] = safe_open(self.path / file, framework="pt")
+        return self._open[file].get_slice(name)
+
+    def shapes(self) -> dict[str, torch.Tensor]:
+        """name -> a meta tensor of the stored shape (headers only)."""
+        return {k: torch.empty(self._slice(k).get_shape(), device="meta") for k in self.weight_map}
+
+    def dtype(self) -> torch.dtype:
+        first = self._slice(next(iter(self.weight_map))).get_dtype()
+        if first not in _DTYPES:
+            raise CheckpointError(f"{self.path}: unsupported tensor dtype {first}")
+        return _DTYPES[first]
+
+    def rows(self, name: str, start: int, end: int) -> torch.Tensor:
+        return self._slice(name)[start:end]
+
+
+def _llama_rows(files: _Files, ours: str, start: int, end: int, config: ModelConfig) -> torch.Tensor:
+    """Rows start..end of our tensor `ours`, read from a Llama-layout checkpoint."""
+    if ours in _LLAMA_TOP:
+        return files.rows(_LLAMA_TOP[ours], start, end)
+    layer, suffix = re.fullmatch(r"(model\.layers\.\d+\.)(.+)", ours).groups()
+    if suffix != "attention.wqkv.weight":
+        return files.rows(layer + _LLAMA_NAMES[suffix], start, end)
+    # wqkv rows are grouped per KV head as [q_1..q_g, k, v], head_dim rows each: read group by group
+    g, d = config.group_size, config.head_dim
+    group_rows = (g + 2) * d
+    parts = []
+    for head in range(start // group_rows, -(-end // group_rows)):
+        group = torch.cat([
+            files.rows(f"{layer}self_attn.q_proj.weight", head * g * d, (head + 1) * g * d),
+            files.rows(f"{layer}self_attn.k_proj.weight", head * d, (head + 1) * d),
+            files.rows(f"{layer}self_attn.v_proj.weight", head * d, (head + 1) * d),
+        ])
+        lo = head * group_rows
+        parts.append(group[max(start, lo) - lo : min(end, lo + group_rows) - lo])
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def load_weights(model: InternLM2, path: str | os.PathLike) -> InternLM2:
+    """Fill an allocated model (whole, or sharded by FSDP2) from an HF checkpoint directory in place, each
+    process reading only the rows of each tensor it holds; names and shapes are checked first, from the
+    file headers."""
+    from ilm.model.init import canonical_name, local_part
+
+    fmt = read_config(path)[1]
+    files = _Files(path)
+    expected = _expected_shapes(model.config, fmt)
+    _check_names_and_shapes(files.shapes(), expected, f"checkpoint {path}")
+    for name, param in model.named_parameters():
+        name = canonical_name(name)
+        local, start = local_part(param)
+        end = start + local.shape[0]
+        if local.shape[0] == 0:
+            continue
+        if fmt == "llama":
+            local.copy_(_llama_rows(files, name, start, end, model.config))
+        else:
+            local.copy_(files.rows(name, start, end))
+    return model
+
+
 def load_checkpoint(
     path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> InternLM2:
-    """Load an HF InternLM2 or Llama checkpoint directory into our model."""
-    config, fmt = read_config(path)
-    state = read_state_dict(path)
-    what = f"checkpoint {path}"
-    if fmt == "llama":
-        state = from_llama(state, config)
+    """Load an HF InternLM2 or Llama checkpoint directory into our model (the checkpoint's dtype by default)."""
+    config, _ = read_config(path)
     with torch.device("meta"):
         model = InternLM2(config)
-    _check_names_and_shapes(state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, what)
-    dtype = dtype or next(iter(state.values())).dtype
-    model = model.to_empty(device=device).to(dtype)
-    model.load_state_dict(state, strict=True)
-    return model
+    dtype = dtype or _Files(path).dtype()
+    model = model.to(dtype).to_empty(device=device)
+    return load_weights(model, path)
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:

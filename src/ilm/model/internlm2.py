@@ -15,6 +15,7 @@ from torch import nn
 from ilm.model.attention import AttnBatch, attend
 from ilm.model.cache import KVCache
 from ilm.model.config import ModelConfig
+from ilm.model.init import init_normal_, local_part
 from ilm.model.rope import Rope, apply_rope
 from ilm.train.losses import lm_loss
 
@@ -102,13 +103,16 @@ class InternLM2(nn.Module):
         self.model = Backbone(config)
         self.output = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
-    def init_weights(self, generator: torch.Generator | None = None) -> InternLM2:
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0) -> InternLM2:
+        """Norms to one, every other matrix N(0, initializer_range), in place and shard by shard: works on the
+        whole model and on an FSDP2-sharded one alike, with the same values (see `ilm.model.init`)."""
         std = self.config.initializer_range
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
-                nn.init.ones_(p)
+                local_part(p)[0].fill_(1.0)
             else:
-                nn.init.normal_(p, mean=0.0, std=std, generator=generator)
+                init_normal_(p, name, std, seed)
         return self
 
     def head_weight(self) -> torch.Tensor:
@@ -161,10 +165,11 @@ class InternLM2(nn.Module):
 def build_model(
     config: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int | None = 0
 ) -> InternLM2:
-    """A randomly initialised model; on the meta device, shapes only (for counting and sharding)."""
-    with torch.device(device):
+    """A randomly initialised model; on the meta device, shapes only (for counting, and for sharding before
+    the weights exist: `ilm.train.run.materialise`). `seed=None` draws the seed from torch's global RNG."""
+    with torch.device("meta"):
         model = InternLM2(config).to(dtype)
-    if torch.device(device).type != "meta":
-        gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        model.init_weights(gen)
-    return model
+    if torch.device(device).type == "meta":
+        return model
+    model.to_empty(device=device)
+    return model.init_weights(int(torch.randint(0, 2**62, ())) if seed is None else seed)

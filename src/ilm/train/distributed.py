@@ -53,15 +53,40 @@ def shutdown_world(barrier: bool = True) -> None:
 
 
 def apply_fsdp(model: InternLM2, mixed_precision: torch.dtype | None = None) -> InternLM2:
-    """FSDP2: shard every decoder layer, then the root (embeddings, final norm, output head)."""
+    """FSDP2: shard every decoder layer, then the root (embeddings, final norm, output head).
+
+    `reshard_after_forward` is the memory / communication trade of FSDP: True frees a layer's gathered
+    (unsharded) weights right after its forward and all-gathers them again in the backward (ZeRO-3: one
+    extra all-gather of the weights per micro-batch, about 1.5x the weight traffic of False); False keeps
+    them from forward to backward (ZeRO-2-like: no second all-gather, but every GPU then holds the whole
+    model's gathered weights at the peak: 14 GB in bf16 at 7B, 40 GB at 20B, which is what we cannot spare
+    on 80 GB next to the activations). So the layers reshard (True); the root does not (False): its weights
+    (output head, final norm) are the last used in the forward and the first in the backward, so freeing
+    them would only gather them again at once. An int (reshard to a smaller group, e.g. within a node) is
+    the option for multi-node runs where the inter-node all-gather dominates; not used yet. See docs/scale.md.
+    """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=mixed_precision, reduce_dtype=torch.float32) if mixed_precision else None
     kwargs = {"mp_policy": policy} if policy else {}
     for layer in model.model.layers:
-        fully_shard(layer, **kwargs)
-    fully_shard(model, **kwargs)
+        fully_shard(layer, reshard_after_forward=True, **kwargs)
+    fully_shard(model, reshard_after_forward=False, **kwargs)
     return model
+
+
+def apply_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Data parallel without sharding (`train.fsdp = false` on several processes): every process holds the
+    whole model, and gradients are averaged across processes in the backward, so the replicas stay equal.
+
+    PyTorch's `replicate` is DistributedDataParallel applied in place, like `fully_shard`: the module keeps
+    its class, attributes (config, rope) and parameter names, so the training loops, checkpoints and the
+    RoPE switch between stages work unchanged, and `set_requires_gradient_sync` is the same call as under
+    FSDP2. DDP starts by broadcasting rank 0's weights (at the first forward), so the model may still be on
+    the meta device here."""
+    from torch.distributed._composable.replicate import replicate
+
+    return replicate(model, device_id=device) if device.type == "cuda" else replicate(model)
 
 
 def apply_activation_checkpointing(model: InternLM2) -> InternLM2:

@@ -31,7 +31,7 @@ from ilm.train.distributed import (
 from ilm.train.losses import IGNORE_INDEX
 from ilm.train.metrics import peak_flops
 from ilm.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
-from ilm.train.run import accumulate, autocast_for, determinism, model_shape, prepare, progress, start
+from ilm.train.run import accumulate, autocast_for, determinism, materialise, model_shape, prepare, progress, start
 
 
 @dataclass
@@ -185,7 +185,7 @@ def evaluate(model, shards: TokenShards, window: int, rows: int, world: World, a
 
 def train(cfg: PretrainConfig, resume: str = "auto") -> dict[str, Any]:
     """Run (or resume) the recipe; returns a summary (steps, losses, export and plot paths)."""
-    with determinism(cfg.train.deterministic):
+    with determinism(cfg.train.deterministic, cfg.train.device):
         return _train(cfg, resume)
 
 
@@ -203,9 +203,10 @@ def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
         if top >= vocab:
             raise ValueError(f"source {name!r} ({s.path}) has token id {top} >= vocab {vocab}")
 
-    model = build_model(plans[0].model_config, device=world.device, seed=cfg.train.seed)
+    model = build_model(plans[0].model_config, device="meta")  # shapes only: weights come per shard
     shape = model_shape(plans[0].model_config)
     prepare(model, cfg.train, world)
+    materialise(model, world, cfg.train.seed)
     optimizer = build_optimizer(model, cfg.optim)
     autocast = autocast_for(world, cfg.train.precision)
     step, rest, metrics = start(run_dir, resume, model, optimizer, shape, world)

@@ -45,12 +45,13 @@ from ilm.train.run import (
     check_vocab,
     determinism,
     fingerprint,
+    materialise,
     model_shape,
     prepare,
     progress,
     start,
 )
-from ilm.train.sft import load_base_model, pack_best_fit, read_jsonl, stdlib_functions, write_jsonl
+from ilm.train.sft import base_model, pack_best_fit, read_jsonl, stdlib_functions, write_jsonl
 
 __all__ = ["RMConfig", "demo_pairs", "encode_pairs", "evaluate", "score", "token_budget_batches", "train", "write_jsonl"]
 
@@ -322,7 +323,7 @@ def reward_histograms(path: Path, chosen: np.ndarray, rejected: np.ndarray, dom:
 
 def train(cfg: RMConfig, resume: str = "auto") -> dict[str, Any]:
     """Train the conditional RM; the summary holds the held-out accuracy per domain and the export path."""
-    with determinism(cfg.train.deterministic):
+    with determinism(cfg.train.deterministic, cfg.train.device):
         return _train(cfg, resume)
 
 
@@ -352,13 +353,14 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
     batches += batches[: report["repeated_batches"]]
     report["mean_batch_fill"] = sum(sizes) * t.epochs / (len(batches) * t.batch_tokens)
 
-    backbone = load_base_model(cfg.init, cfg.model, world.device, t.seed)
+    backbone = base_model(cfg.init, cfg.model)  # on the meta device: weights come per shard
     check_vocab(tok, backbone.config.vocab_size)
     if cfg.data.max_length > backbone.config.max_context:
         raise ValueError(f"data.max_length {cfg.data.max_length} exceeds the model's context {backbone.config.max_context}")
     shape = model_shape(backbone.config)
     model = RewardModel(backbone, t.head_init_std, t.seed)
     prepare(model, t, world, backbone=backbone)
+    materialise(model, world, t.seed, cfg.init, backbone=backbone)
     optimizer = build_optimizer(model, cfg.optim)
     autocast = autocast_for(world, t.precision)
 

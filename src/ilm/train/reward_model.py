@@ -32,14 +32,26 @@ class RewardModel(nn.Module):
     def __init__(self, backbone: InternLM2, init_std: float | None = None, seed: int = 0):
         super().__init__()
         self.backbone = backbone
-        self.v_head = nn.Linear(backbone.config.hidden_size, 1, bias=False)
+        self.init_std = init_std if init_std is not None else 1.0 / (backbone.config.hidden_size + 1) ** 0.5
+        self.seed = seed
+        norm = backbone.model.norm.weight
+        with torch.device(norm.device):
+            self.v_head = nn.Linear(backbone.config.hidden_size, 1, bias=False, dtype=norm.dtype)
         backbone.output.requires_grad_(False)  # the LM head is not used: no gradient, no optimiser state
-        device = backbone.model.norm.weight.device
-        if device.type != "meta":
-            gen = torch.Generator(device=device).manual_seed(seed)
-            std = init_std if init_std is not None else 1.0 / (backbone.config.hidden_size + 1) ** 0.5
-            nn.init.normal_(self.v_head.weight, std=std, generator=gen)
-            self.v_head.to(device=device, dtype=backbone.model.norm.weight.dtype)
+        if norm.device.type != "meta":
+            self.init_head()
+
+    @torch.no_grad()
+    def init_head(self) -> None:
+        """N(0, init_std) from `seed`, written into this process's part of the head (whole or sharded): the
+        head is one row, so drawing it whole is free."""
+        from ilm.model.init import local_part
+
+        local, start = local_part(self.v_head.weight)
+        gen = torch.Generator(device=local.device).manual_seed(self.seed)
+        full = torch.empty(self.v_head.weight.shape, device=local.device, dtype=local.dtype)
+        full.normal_(0.0, self.init_std, generator=gen)
+        local.copy_(full[start : start + local.shape[0]])
 
     @property
     def config(self):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,34 @@ import numpy as np
 import torch
 
 from ilm.train import checkpoint
-from ilm.train.distributed import World, apply_activation_checkpointing, apply_compile, apply_fsdp
+from ilm.train.distributed import World, apply_activation_checkpointing, apply_compile, apply_ddp, apply_fsdp
 from ilm.train.metrics import Metrics
+
+CUBLAS_WORKSPACE = ":4096:8"  # what cuBLAS needs for deterministic results (PyTorch's reproducibility notes)
+
+
+def cuda_determinism_env(device_type: str, environ: MutableMapping[str, str] = os.environ) -> None:
+    """cuBLAS is deterministic only with a fixed workspace, read from `CUBLAS_WORKSPACE_CONFIG` when its first
+    handle is made (the first matmul): set it before then, unless the user chose one."""
+    if device_type == "cuda":
+        environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
 
 
 @contextmanager
-def determinism(enabled: bool) -> Iterator[None]:
-    """`torch.use_deterministic_algorithms` for the run only: it is process-wide, so restore the caller's."""
+def determinism(enabled: bool, device: str = "auto") -> Iterator[None]:
+    """`torch.use_deterministic_algorithms` for the run only: it is process-wide, so restore the caller's.
+
+    Off means untouched: the switch imports torch's inductor (seconds at every start), so it is only
+    called when the run asks for determinism. On CUDA the cuBLAS workspace is fixed too (it stays set:
+    cuBLAS has read it by the time the run ends)."""
+    if not enabled:
+        yield
+        return
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda_determinism_env(torch.device(device).type)
     before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(enabled or before)
+    torch.use_deterministic_algorithms(True)
     try:
         yield
     finally:
@@ -39,10 +59,12 @@ def model_shape(config) -> dict[str, Any]:
 
 
 def prepare(model: torch.nn.Module, train: Any, world: World, backbone: torch.nn.Module | None = None) -> torch.nn.Module:
-    """Activation checkpointing, compilation and FSDP2, per the stage's `train` settings.
+    """Activation checkpointing, compilation, and FSDP2 (or DDP when `train.fsdp` is off), per the stage's
+    `train` settings. Works on a model still on the meta device (the usual case: weights come after, one
+    shard at a time, with `materialise`).
 
     `backbone` is the InternLM2 inside a wrapper (the reward model): the layers are prepared there and the
-    wrapper becomes the FSDP root.
+    wrapper becomes the FSDP / DDP root.
     """
     core = backbone if backbone is not None else model
     if train.activation_checkpointing:
@@ -56,6 +78,29 @@ def prepare(model: torch.nn.Module, train: Any, world: World, backbone: torch.nn
             from torch.distributed.fsdp import fully_shard
 
             fully_shard(model)
+    elif world.size > 1:
+        apply_ddp(model, world.device)
+    return model
+
+
+def materialise(
+    model: torch.nn.Module, world: World, seed: int, init: str | None = None, backbone: torch.nn.Module | None = None
+) -> torch.nn.Module:
+    """Give a (prepared) meta-device model its weights: allocate this process's shards on the device, then
+    initialise them from `seed` or read them from the HF checkpoint `init`, one tensor at a time. No process
+    holds a whole parameter on the way (under FSDP), and the values do not depend on the number of
+    processes. `backbone`: as in `prepare`; the wrapper's own head is initialised from `seed`."""
+    core = backbone if backbone is not None else model
+    model.to_empty(device=world.device)
+    with torch.no_grad():
+        if init:
+            from ilm.model.hf import load_weights
+
+            load_weights(core, init)
+        else:
+            core.init_weights(seed)
+        if backbone is not None:
+            model.init_head()
     return model
 
 

@@ -42,6 +42,7 @@ from ilm.train.run import (
     check_vocab,
     determinism,
     fingerprint,
+    materialise,
     model_shape,
     prepare,
     progress,
@@ -221,13 +222,24 @@ def collate_rows(convs: list[Encoded], rows: list[list[int]], window: int, pad_i
 # ----------------------------------------------------------------------------- setup shared with the RM stage
 
 
-def load_base_model(init: str | None, model: ModelSection, device: torch.device, seed: int):
-    """The starting InternLM2: an HF checkpoint (the usual case) or a fresh preset (tests, ablations)."""
+def base_model(init: str | None, model: ModelSection):
+    """The starting InternLM2 on the meta device (shapes only), from an HF checkpoint's config (the usual
+    case) or a preset (tests, ablations); `ilm.train.run.materialise` gives it its weights after sharding."""
     if init:
-        from ilm.model.hf import load_checkpoint
+        from ilm.model.hf import read_config
 
-        return load_checkpoint(init, device=device, dtype=torch.float32)
-    return build_model(get_preset(model.preset, **model.overrides), device=device, seed=seed)
+        config = read_config(init)[0]
+    else:
+        config = get_preset(model.preset, **model.overrides)
+    return build_model(config, device="meta")
+
+
+def load_base_model(init: str | None, model: ModelSection, device: torch.device, seed: int):
+    """`base_model` with its weights, whole, on one process (outside the trainers)."""
+    from ilm.train.distributed import World
+    from ilm.train.run import materialise
+
+    return materialise(base_model(init, model), World(0, 1, 0, torch.device(device)), seed, init)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -253,7 +265,7 @@ def evaluate(model, convs: list[Encoded], window: int, pad_id: int, world: World
 
 def train(cfg: SFTConfig, resume: str = "auto") -> dict[str, Any]:
     """Run (or resume) SFT; returns a summary (steps, losses, data report, export and plot paths)."""
-    with determinism(cfg.train.deterministic):
+    with determinism(cfg.train.deterministic, cfg.train.device):
         return _train(cfg, resume)
 
 
@@ -280,12 +292,13 @@ def _train(cfg: SFTConfig, resume: str) -> dict[str, Any]:
     rows += rows[: report["repeated_rows"]]  # fill the last step with the first rows again (counted)
     report["padding_fraction"] = 1.0 - sum(lengths) * t.epochs / (len(rows) * t.window)
 
-    model = load_base_model(cfg.init, cfg.model, world.device, t.seed)
+    model = base_model(cfg.init, cfg.model)  # on the meta device: weights come per shard
     check_vocab(tok, model.config.vocab_size)
     if t.window > model.config.max_context:
         raise ValueError(f"train.window {t.window} exceeds the model's context {model.config.max_context}")
     shape = model_shape(model.config)
     prepare(model, t, world)
+    materialise(model, world, t.seed, cfg.init)
     optimizer = build_optimizer(model, cfg.optim)
     autocast = autocast_for(world, t.precision)
 
