@@ -31,7 +31,16 @@ from ilm.train.distributed import (
 from ilm.train.losses import IGNORE_INDEX
 from ilm.train.metrics import peak_flops
 from ilm.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
-from ilm.train.run import accumulate, autocast_for, determinism, materialise, model_shape, prepare, progress, start
+from ilm.train.run import (
+    accumulate,
+    autocast_for,
+    determinism,
+    materialise,
+    model_shape,
+    prepare,
+    progress,
+    start,
+)
 
 
 @dataclass
