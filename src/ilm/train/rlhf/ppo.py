@@ -194,7 +194,16 @@ def build_optimizer(models: PPOModels, cfg: PPOOptim) -> torch.optim.AdamW:
         params = [p for p in module.parameters() if p.requires_grad]
         groups.append({"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr, "role": role})
         groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr, "role": role})
-    return torch.optim.AdamW(groups, lr=cfg.actor_lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.actor_lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    # AdamW creates a parameter's state at its first step; the actor's first step comes only after the
+    # critic warm-up, and a checkpoint taken before it would lack that state (a strict load then fails).
+    # Create it now exactly as AdamW would (step 0, zero moments), so every checkpoint holds all of it.
+    for group in optimizer.param_groups:
+        for q in group["params"]:
+            optimizer.state[q] = {"step": torch.zeros((), dtype=torch.get_default_dtype()),
+                                  "exp_avg": torch.zeros_like(q, memory_format=torch.preserve_format),
+                                  "exp_avg_sq": torch.zeros_like(q, memory_format=torch.preserve_format)}
+    return optimizer
 
 
 # ----------------------------------------------------------------------------- queries
@@ -600,14 +609,14 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
                         v_new = critic_values(critic, b, dev)
                     vf = value_loss(v_new.float(), old_values[ix, :w].to(dev), returns[ix, :w].to(dev), m, p.value_clip)
                     loss = p.vf_coef * vf * n_local
-                    sums["vf"] += float(vf) * n_local
+                    sums["vf"] += float(vf.detach()) * n_local
                     if actor_trains:
                         with autocast():
                             logp, _ = sequence_logprobs(actor, b, p.temperature)
                         pg, frac = policy_loss(logp.float(), old_logp[ix, :w].to(dev), adv[ix, :w].to(dev), m,
                                                p.clip)
                         loss = loss + pg * n_local
-                        sums["pg"] += float(pg) * n_local
+                        sums["pg"] += float(pg.detach()) * n_local
                         sums["clip"] += float(frac) * n_local
                     (loss * (world.size / total)).backward()
                     tokens_trained += int(n_local)
@@ -624,7 +633,7 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
                             lm = actor(ids[ix].to(dev), positions_from_doc_ids(d), packed_batch(d),
                                        labels=labels[ix].to(dev))
                         (p.ptx_coef * lm * n * (world.size / count)).backward()
-                        sums["ptx"] += float(lm) * n
+                        sums["ptx"] += float(lm.detach()) * n
                         sums["ptx_n"] += n
                 if actor_trains:
                     grad_norms["actor"].append(float(torch.nn.utils.clip_grad_norm_(
