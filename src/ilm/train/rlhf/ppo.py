@@ -29,6 +29,18 @@ divided by the mini-batch's total token count times the world size (FSDP average
 update equals the one-process update. Frozen models are sharded too; every rank runs the same number of
 forwards of each model (row counts are equal by construction), which FSDP's collectives require.
 
+Run directory (what `ilm rlhf run` and people read):
+- `metrics.jsonl`, one row per update ("step" = update index): reward_mean / reward_std (RM score), kl (sum
+  over the response, mean over rows), kl_per_token, entropy, response_length, truncated_fraction,
+  policy_loss, clip_fraction (None during the warm-up), value_loss, explained_variance, ptx_loss,
+  ptx_eval_loss (with data.ptx_eval), true_reward (with a true-reward function), unknown_category,
+  grad norms, rollout_tokens, rollout_tokens_per_s, update_s; `ppo.png` plots them;
+- `rollouts/update-%06d.jsonl`, one line per rollout: update, row, query_index (line order among the kept
+  queries), messages, category, domain (the condition used), response (text, stop token dropped),
+  response_tokens (stop token included), rm_score, kl, truncated, true_reward (when given);
+- `step-%08d/` checkpoints, `summary.json`, and at the end `final/actor` (HF checkpoint + tokenizer) and
+  `final/critic` (reward-model format: a later run's `critic`).
+
 Memory plan, InternLM2-7B on 8 x 80 GB (the recipe's scale), per GPU:
 - actor, FSDP2: fp32 master 28 GB / 8 + AdamW moments 56 GB / 8 + bf16 gradients = about 12 GB;
 - critic, FSDP2: the same, about 12 GB (its unused LM head is frozen: no gradient, no moments);
@@ -78,8 +90,8 @@ from ilm.train.run import (
 )
 from ilm.train.sft import read_jsonl
 
-__all__ = ["PPOConfig", "PPOData", "PPOModels", "PPOOptim", "PPOSection", "PPOTrain", "Query", "load_queries",
-           "query_indices", "train"]
+__all__ = ["PPOConfig", "PPOData", "PPOModels", "PPOOptim", "PPOSection", "PPOTrain", "Query", "demo_queries",
+           "load_queries", "query_indices", "train"]
 
 TrueRewardFn = Callable[[dict, str], float]  # (the query's jsonl record, response text) -> known true reward
 
@@ -277,6 +289,14 @@ def query_indices(pool: int, update: int, batch: int, seed: int) -> list[int]:
 
 def generation_seed(seed: int, update: int, chunk: int) -> int:
     return (seed * 1_000_003 + update * 10_007 + chunk) % (1 << 62)
+
+
+def demo_queries(n: int = 256, seed: int = 0) -> list[dict]:
+    """Queries for the tiny recipe: the prompts of the reward model's demo pairs, with their domain as category."""
+    from ilm.train.reward import demo_pairs
+
+    return [{"messages": [{"role": "user", "content": p["prompt"]}], "category": p["domain"]}
+            for p in demo_pairs(n=n, seed=seed + 1)]
 
 
 # ----------------------------------------------------------------------------- checks before any work
