@@ -48,11 +48,13 @@ Memory plan, InternLM2-7B on 8 x 80 GB (the recipe's scale), per GPU:
 - the rollout copy of the actor: generation runs many small decode steps per rank, and sharded weights
   would need an all-gather per layer per token (and the same number of steps on every rank), so each rank
   decodes with an unsharded bf16 copy refreshed from the actor once per update: 14 GB, plus the KV cache
-  (32 layers x 8 KV heads x 128 x 2 x 2 bytes = 128 KB per token: 64 rows x 2k tokens = 16 GB);
-- activations: with activation checkpointing (`train.activation_checkpointing`) and 1-2 rows of 2k tokens
-  per micro-batch, a few GB; the (rows x tokens x 92,544) fp32 logits of the training forward are the
-  largest single tensor (0.75 GB per 2k-token row), hence small micro-batches.
-Total about 50-60 GB: it fits 80 GB with room; on smaller cards drop the rollout copy's batch first.
+  (32 layers x 8 KV heads x 128 x 2 x 2 bytes = 128 KB per token; a generate call of 32 rows x 4k tokens
+  = 17 GB, freed before the training phase);
+- activations: with activation checkpointing (`train.activation_checkpointing`) and 2 rows of up to 4k
+  tokens per micro-batch, a few GB; the (rows x tokens x 92,544) fp32 logits of the training forward are
+  the largest single tensor (1.5 GB per 4k-token row), hence small micro-batches.
+Peak about 60 GB (the generation phase: 12 + 12 + 3.5 + 14 + 17), so it fits 80 GB; with less memory
+lower `ppo.generation_batch` first (the KV cache), then `ppo.micro_batch_rows`.
 """
 
 from __future__ import annotations
