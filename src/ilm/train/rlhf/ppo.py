@@ -42,8 +42,8 @@ Run directory (what `ilm rlhf run` and people read):
   `final/critic` (reward-model format: a later run's `critic`).
 
 Memory plan, InternLM2-7B on 8 x 80 GB (the recipe's scale), per GPU:
-- actor, FSDP2: fp32 master 28 GB / 8 + AdamW moments 56 GB / 8 + bf16 gradients = about 12 GB;
-- critic, FSDP2: the same, about 12 GB (its unused LM head is frozen: no gradient, no moments);
+- actor, FSDP2: fp32 weights 28 GB / 8 + AdamW moments 56 GB / 8 + fp32 gradients 28 GB / 8 = 14 GB;
+- critic, FSDP2: the same, about 13 GB (its unused LM head is frozen: no gradient, no moments);
 - reference and reward model, FSDP2, bf16, frozen: 14 GB / 8 each, about 3.5 GB together;
 - the rollout copy of the actor: generation runs many small decode steps per rank, and sharded weights
   would need an all-gather per layer per token (and the same number of steps on every rank), so each rank
@@ -53,7 +53,7 @@ Memory plan, InternLM2-7B on 8 x 80 GB (the recipe's scale), per GPU:
 - activations: with activation checkpointing (`train.activation_checkpointing`) and 2 rows of up to 4k
   tokens per micro-batch, a few GB; the (rows x tokens x 92,544) fp32 logits of the training forward are
   the largest single tensor (1.5 GB per 4k-token row), hence small micro-batches.
-Peak about 60 GB (the generation phase: 12 + 12 + 3.5 + 14 + 17), so it fits 80 GB; with less memory
+Peak about 62 GB (the generation phase: 14 + 13 + 3.5 + 14 + 17), so it fits 80 GB; with less memory
 lower `ppo.generation_batch` first (the KV cache), then `ppo.micro_batch_rows`.
 """
 
