@@ -21,6 +21,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "pretrain": ("ilm.train.cli_pretrain", "tokenize into shards; multi-stage pretraining from a TOML recipe"),
     "sft": ("ilm.train.cli_sft", "supervised fine-tuning on ChatML conversations (loss on assistant tokens)"),
     "rm": ("ilm.train.cli_rm", "conditional reward model: train (focal ranking + log barrier), score"),
+    "rlhf": ("ilm.train.rlhf.cli", "online RLHF: PPO steered by the conditional reward model"),
 }
 
 

@@ -109,6 +109,8 @@ def write_recipe(path: Path, recipe: dict) -> Path:
 
 class _Helpers:
     write_jsonl = staticmethod(write_jsonl)
+    rlhf_setup = staticmethod(lambda *a, **k: rlhf_setup(*a, **k))
+    rlhf_recipe = staticmethod(lambda *a, **k: rlhf_recipe(*a, **k))
     tiny_recipe = staticmethod(tiny_recipe)
     write_recipe = staticmethod(write_recipe)
 
@@ -117,3 +119,65 @@ class _Helpers:
 def helpers():
     """Test modules are imported by file path (importlib mode), so they reach these through a fixture."""
     return _Helpers
+
+
+def rlhf_setup(corpus, root: Path, n_queries: int = 24, seed: int = 0, pretrain_steps: int = 60) -> dict:
+    """A tiny actor (HF checkpoint + tokenizer), a reward-model export on the same tokenizer, and a query
+    file, for the online-RLHF tests. The actor is pretrained for a few dozen steps on the corpus (so that
+    its held-out loss has something to lose); the reward model is random (its scores still give PPO a
+    signal to climb). Seconds on CPU."""
+    import torch
+
+    from ilm.data.packing import Packer, packed_labels
+    from ilm.data.shards import TokenShards
+    from ilm.model import build_model, get_preset, packed_batch, positions_from_doc_ids
+    from ilm.model.hf import save_checkpoint
+    from ilm.train.reward_model import REWARD_TOKEN, RewardModel, save_reward_model
+
+    tok_dir = Path(corpus["tokenizer"])
+    tok = corpus["tok"]
+    extras = {p.name: p.read_bytes() for p in tok_dir.iterdir() if p.is_file()}
+    cfg = get_preset("tiny", vocab_size=512, max_position_embeddings=256)
+    actor = build_model(cfg, seed=seed)
+    packer = Packer({"a": TokenShards(corpus["tokens"]["a"])}, {"a": 1.0}, window=32, seed=seed)
+    opt = torch.optim.AdamW(actor.parameters(), lr=3e-3)
+    for _ in range(pretrain_steps):
+        ids, doc = packer.next_batch(8)
+        loss = actor(ids, positions_from_doc_ids(doc), packed_batch(doc), labels=packed_labels(ids, doc))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    save_checkpoint(actor, root / "actor", extra_files=extras)
+    rm = RewardModel(build_model(cfg, seed=seed + 1), seed=seed + 2)
+    with torch.no_grad():
+        rm.v_head.weight.mul_(4.0)  # rewards spread enough to learn from in a few updates
+    conditions = {"default": "Be helpful.", "math": "Judge the arithmetic.", "chat": "Judge the conversation."}
+    meta = {"reward_token": REWARD_TOKEN, "reward_token_id": tok.control_ids[REWARD_TOKEN], "conditions": conditions,
+            "default_domain": "default", "max_length": 256}
+    save_reward_model(rm, root / "rm", meta, tok_dir)
+    rng = random.Random(seed)
+    words = ["apple", "river", "stone", "cloud", "seven", "green", "light", "table", "music", "north"]
+    queries = [{"messages": [{"role": "user", "content": " ".join(rng.sample(words, 3))}],
+                "category": ["math", "chat"][i % 2]} for i in range(n_queries)]
+    path = root / "queries.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in queries))
+    return {"actor": root / "actor", "rm": root / "rm", "queries": path, "tokenizer": tok_dir, "tok": tok}
+
+
+def rlhf_recipe(setup: dict, corpus, run_dir: Path, **ppo) -> dict:
+    """A PPOConfig dict for the tiny setup: 4 queries per update, 12 new tokens, 2 mini-batches."""
+    p = {"rollout_batch": 4, "generation_batch": 2, "max_new_tokens": 12, "mini_batches": 2, "micro_batch_rows": 2,
+         "ppo_epochs": 1, "critic_warmup_updates": 1, "ptx_rows": 2, "ptx_window": 32, **ppo}
+    return {"run_dir": str(run_dir), "tokenizer": str(setup["tokenizer"]), "actor": str(setup["actor"]),
+            "reward_model": str(setup["rm"]),
+            "data": {"queries": [str(setup["queries"])], "ptx": [str(corpus["tokens"]["a"])],
+                     "ptx_eval": str(corpus["tokens"]["held"]), "max_query_tokens": 64},
+            "ppo": p, "optim": {"actor_lr": 1e-3, "critic_lr": 1e-3},
+            "train": {"updates": 3, "precision": "fp32", "device": "cpu", "deterministic": True,
+                      "checkpoint_every": 1, "progress": False}}
+
+
+@pytest.fixture(scope="session")
+def rlhf(corpus, tmp_path_factory):
+    """`rlhf_setup` built once per session (actor, reward model, queries)."""
+    return rlhf_setup(corpus, tmp_path_factory.mktemp("rlhf"))

@@ -7,7 +7,7 @@ top_p = 0.9 (RECIPE.md section 7); generation stops at `</s>` or `<|im_end|>` (t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -143,7 +143,8 @@ def _prefill_batch(valid: torch.Tensor) -> tuple[AttnBatch, torch.Tensor]:
 
 @torch.inference_mode()
 def generate_stream(
-    model: InternLM2, prompts: Sequence[Sequence[int]], sampling: Sampling = Sampling()
+    model: InternLM2, prompts: Sequence[Sequence[int]], sampling: Sampling = Sampling(),
+    on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> Iterator[list[int | None]]:
     """Yield, per decoding step, one new token id per prompt (None once that prompt has stopped).
 
@@ -151,6 +152,10 @@ def generate_stream(
     past the model's `max_context`. Under dynamic NTK, once a row passes `max_position_embeddings` every
     step is a fresh prefill (the base changes with the length; see `ilm.model.cache`), so the output equals
     decoding by full recompute at every length.
+
+    `on_step(logits, tokens)`, if given, sees each step's (B, V) logits and the (B,) ids drawn from them
+    (rows already stopped hold the pad id) before the step is yielded: RLHF rollouts read the sampled
+    tokens' log-probabilities there. It observes only; the tokens do not change.
     """
     _check_prompts(model, prompts)
     cfg = model.config
@@ -183,6 +188,8 @@ def generate_stream(
     for step in range(steps):
         token = sample_next(logits, sampling, generator)
         token = torch.where(done, torch.full_like(token, cfg.pad_token_id), token)
+        if on_step is not None:
+            on_step(logits, token)
         yield [None if d else t for t, d in zip(token.tolist(), done.tolist())]
         done = done | torch.isin(token, stop_ids)
         if bool(done.all()) or step == steps - 1:

@@ -153,3 +153,91 @@ def reward_loss(
     if penalty_weight:
         loss = loss + penalty_weight * (log_barrier_penalty(chosen) + log_barrier_penalty(rejected))
     return loss.mean()
+
+
+# ----------------------------------------------------------------------------- PPO (RECIPE.md section 7, online RLHF)
+#
+# Shapes: (B, T) over response tokens, `mask` 1 on real tokens and 0 on padding. Padded positions never
+# contribute: they are zeroed before any sum and excluded from every mean and every statistic.
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `x` over positions where `mask` is 1 (0 when there are none)."""
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the real positions (population variance); padded positions come out as 0."""
+    m = mask.to(x.dtype)
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * m
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.99
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over each row's real tokens -> (advantages, returns).
+
+    delta_t = r_t + gamma * V_{t+1} - V_t, A_t = delta_t + gamma * lam * A_{t+1}; the value after a row's
+    last real token is 0 (the episode ends there), and a padded position is skipped as if absent, so a
+    row with padding in the middle or at the end gives the same numbers as the row without it.
+    returns = advantages + values. Padded positions come out as 0.
+    """
+    m = mask.to(rewards.dtype)
+    B, T = rewards.shape
+    adv = torch.zeros_like(rewards)
+    next_value = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    next_adv = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(T)):
+        real = m[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        a = delta + gamma * lam * next_adv
+        adv[:, t] = a * real
+        # a padded position passes the later value and advantage through unchanged
+        next_value = torch.where(real > 0, values[:, t], next_value)
+        next_adv = torch.where(real > 0, a, next_adv)
+    return adv, (adv + values) * m
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(actor || reference) from the sampled token's log-probs (Schulman's k1/k2/k3).
+
+    k1 = log r, k2 = (log r)^2 / 2, k3 = (r^-1 - 1) + log r, with log r = logp - ref_logp; all are unbiased
+    (k1) or low-variance (k2, k3) estimates when the token was sampled from the actor.
+    """
+    d = logp.float() - ref_logp.float()
+    if estimator == "k1":
+        return d
+    if estimator == "k2":
+        return 0.5 * d**2
+    if estimator == "k3":
+        return torch.expm1(-d) + d
+    raise ValueError(f"unknown KL estimator {estimator!r}; choose k1, k2 or k3")
+
+
+def policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate: mean over real tokens of max(-A r, -A clip(r, 1-eps, 1+eps)), r = exp(logp - old).
+
+    Returns (loss, clip fraction = share of real tokens where the clipped term was the one taken).
+    """
+    ratio = torch.exp(logp - old_logp)
+    plain = -adv * ratio
+    clipped = -adv * ratio.clamp(1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.maximum(plain, clipped), mask)
+    frac = masked_mean((clipped > plain).to(logp.dtype), mask)
+    return loss, frac.detach()
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+) -> torch.Tensor:
+    """Clipped value loss: mean over real tokens of 0.5 * max((V - R)^2, (V_old + clip(V - V_old, +-eps) - R)^2)."""
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)

@@ -1,0 +1,791 @@
+"""`ilm rlhf ppo RECIPE.toml`: online RLHF with PPO steered by the conditional reward model (RECIPE.md section 7).
+
+Four models: the actor (from the SFT checkpoint, trained), the reference (the same SFT weights, frozen),
+the critic (the reward model's backbone + its head as the value head, trained) and the conditional reward
+model (frozen). One update, top to bottom in `_train`:
+
+1. take `ppo.rollout_batch` queries (a seeded walk over the query pool, a pure function of the update
+   index) and roll them out with the KV-cache generator (top_p 0.9, temperature 1, stop at `<|im_end|>`),
+   `ppo.generation_batch` queries per generate call, each call with its own seed: the same tokens come out
+   however many processes share the work;
+2. score: the reference's log-probs, the critic's values, and the reward model's score under the
+   condition (system prompt) chosen from the query's category (unknown categories fall back to the
+   default condition, counted), read at the reward token after the response;
+3. per-token reward = -kl_coef * KL_t(actor || ref) (estimator k1 by default) + the score on the last
+   response token; GAE (gamma 1, lambda 0.99); advantages whitened over the whole rollout;
+4. `ppo.ppo_epochs` passes over `ppo.mini_batches` shuffled mini-batches: clipped policy loss + clipped
+   value loss, and the pretraining loss (ptx, coefficient 0.5) on `ppo.ptx_rows` packed rows from token
+   shards per optimizer step; during the critic warm-up (`ppo.critic_warmup_updates`, 50) only the critic
+   trains and the actor is not touched at all.
+
+Checkpoint: actor and critic live in one `PPOModels` module with one AdamW whose parameter groups carry
+the two learning rates (actor 1e-6, critic 5e-6 at 7B); `ilm.train.checkpoint` saves it with the update
+index, the ptx packer's position and the RNG states, so a rerun after kill -9 continues exactly.
+
+Processes (torchrun): each rank rolls out and scores its share of the generate calls; the per-row results
+are all-gathered, so every rank holds the whole rollout and computes the same advantages, whitening and
+mini-batch plan. Each mini-batch's rows are split evenly between ranks; a rank's loss is its token sum
+divided by the mini-batch's total token count times the world size (FSDP averages gradients), so the
+update equals the one-process update. Frozen models are sharded too; every rank runs the same number of
+forwards of each model (row counts are equal by construction), which FSDP's collectives require.
+
+Run directory (what `ilm rlhf run` and people read):
+- `metrics.jsonl`, one row per update ("step" = update index): reward_mean / reward_std (RM score), kl (sum
+  over the response, mean over rows), kl_per_token, entropy, response_length, truncated_fraction,
+  policy_loss, clip_fraction (None during the warm-up), value_loss, explained_variance, ptx_loss,
+  ptx_eval_loss (with data.ptx_eval), true_reward (with a true-reward function), unknown_category,
+  grad norms, rollout_tokens, rollout_tokens_per_s, update_s; `ppo.png` plots them;
+- `rollouts/update-%06d.jsonl`, one line per rollout: update, row, query_index (line order among the kept
+  queries), messages, category, domain (the condition used), response (text, stop token dropped),
+  response_tokens (stop token included), rm_score, kl, truncated, true_reward (when given);
+- `step-%08d/` checkpoints, `summary.json`, and at the end `final/actor` (HF checkpoint + tokenizer) and
+  `final/critic` (reward-model format: a later run's `critic`).
+
+Memory plan, InternLM2-7B on 8 x 80 GB (the recipe's scale), per GPU:
+- actor, FSDP2: fp32 weights 28 GB / 8 + AdamW moments 56 GB / 8 + fp32 gradients 28 GB / 8 = 14 GB;
+- critic, FSDP2: the same, about 13 GB (its unused LM head is frozen: no gradient, no moments);
+- reference and reward model, FSDP2, bf16, frozen: 14 GB / 8 each, about 3.5 GB together;
+- the rollout copy of the actor: generation runs many small decode steps per rank, and sharded weights
+  would need an all-gather per layer per token (and the same number of steps on every rank), so each rank
+  decodes with an unsharded bf16 copy refreshed from the actor once per update: 14 GB, plus the KV cache
+  (32 layers x 8 KV heads x 128 x 2 x 2 bytes = 128 KB per token; a generate call of 32 rows x 4k tokens
+  = 17 GB, freed before the training phase);
+- activations: with activation checkpointing (`train.activation_checkpointing`) and 2 rows of up to 4k
+  tokens per micro-batch, a few GB; the (rows x tokens x 92,544) fp32 logits of the training forward are
+  the largest single tensor (1.5 GB per 4k-token row), hence small micro-batches.
+Peak about 62 GB (the generation phase: 14 + 13 + 3.5 + 14 + 17), so it fits 80 GB; with less memory
+lower `ppo.generation_batch` first (the KV cache), then `ppo.micro_batch_rows`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ilm.model import InternLM2, packed_batch, positions_from_doc_ids
+from ilm.train import checkpoint
+from ilm.train.distributed import World, apply_fsdp, init_world
+from ilm.train.losses import gae, kl_penalty, masked_mean, policy_loss, value_loss, whiten
+from ilm.train.reward import DEFAULT_CONDITIONS, collate_sequences, encode_sequence
+from ilm.train.reward_model import RewardModel, load_reward_model, save_reward_model
+from ilm.train.rlhf.rollout import collate, gather_positions, sample, sequence_logprobs
+from ilm.train.run import (
+    autocast_for,
+    check_vocab,
+    determinism,
+    fingerprint,
+    model_shape,
+    prepare,
+    progress,
+    start,
+)
+from ilm.train.sft import read_jsonl
+
+__all__ = ["PPOConfig", "PPOData", "PPOModels", "PPOOptim", "PPOSection", "PPOTrain", "Query", "demo_queries",
+           "load_queries", "query_indices", "train"]
+
+TrueRewardFn = Callable[[dict, str], float]  # (the query's jsonl record, response text) -> known true reward
+
+
+@dataclass
+class PPOData:
+    queries: list[str] = field(default_factory=list)  # jsonl: {"messages": [...], "category": "..."}
+    ptx: list[str] = field(default_factory=list)  # token shard dirs (`ilm pretrain tokenize`) for the ptx loss
+    ptx_eval: str | None = None  # a held-out shard dir: its loss (ptx_eval_loss) is logged every update
+    ptx_eval_rows: int = 8
+    conditions: dict[str, str] | None = None  # category -> RM system prompt; None: the reward model's own table
+    default_domain: str | None = None  # the condition for unknown categories; None: the reward model's
+    max_query_tokens: int = 1024  # longer rendered queries are skipped (counted)
+
+
+@dataclass
+class PPOSection:
+    rollout_batch: int = 512  # queries per update, all processes together
+    generation_batch: int = 64  # queries per generate call (each call seeded on its own)
+    max_new_tokens: int = 1024
+    top_p: float = 0.9
+    temperature: float = 1.0
+    kl_coef: float = 0.01  # beta of the per-token KL penalty
+    kl_estimator: str = "k1"  # k1 | k2 | k3
+    gamma: float = 1.0
+    lam: float = 0.99
+    clip: float = 0.2  # policy ratio clip
+    value_clip: float = 0.2
+    vf_coef: float = 1.0
+    whiten_advantages: bool = True
+    ppo_epochs: int = 1
+    mini_batches: int = 4  # optimizer steps per epoch
+    micro_batch_rows: int = 4  # rows per training forward, per process
+    critic_warmup_updates: int = 50  # the first updates train the critic alone
+    ptx_coef: float = 0.5  # 0 switches the pretraining loss off
+    ptx_rows: int = 4  # packed pretraining rows per optimizer step, all processes (tokens ~ the mini-batch's)
+    ptx_window: int = 2048
+    recompute_logprobs: bool = False  # old log-probs from a training forward instead of sampling time (bf16)
+
+
+@dataclass
+class PPOOptim:
+    actor_lr: float = 1e-6
+    critic_lr: float = 5e-6
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # per model (actor and critic clipped separately)
+
+
+@dataclass
+class PPOTrain:
+    updates: int = 400
+    seed: int = 0
+    precision: str = "bf16"
+    device: str = "auto"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    fsdp: bool = True
+    deterministic: bool = False
+    checkpoint_every: int = 10  # updates
+    keep_last: int = 3
+    progress: bool = True
+
+
+@dataclass
+class PPOConfig:
+    run_dir: str = "runs/rlhf"
+    tokenizer: str = ""  # "": the actor checkpoint's tokenizer files
+    actor: str = ""  # HF checkpoint of the SFT model (`ilm sft` export): actor and reference
+    reward_model: str = ""  # `ilm rm train` export (run_dir/final)
+    critic: str | None = None  # a reward-model-format export to start the critic from; None: reward_model
+    true_reward: str | None = None  # "module:function" (query record, response text) -> float, logged only
+    data: PPOData = field(default_factory=PPOData)
+    ppo: PPOSection = field(default_factory=PPOSection)
+    optim: PPOOptim = field(default_factory=PPOOptim)
+    train: PPOTrain = field(default_factory=PPOTrain)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class Critic(nn.Module):
+    """The reward model's backbone with its head read at every position: values (B, T), fp32."""
+
+    def __init__(self, rm: RewardModel):
+        super().__init__()
+        self.backbone = rm.backbone
+        self.v_head = rm.v_head
+        self.backbone.output.requires_grad_(False)  # the LM head is not used
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.v_head(self.backbone(input_ids, return_hidden=True)).squeeze(-1).float()
+
+
+class PPOModels(nn.Module):
+    """What a checkpoint holds: the two trained models (one optimizer, one parameter group per lr)."""
+
+    def __init__(self, actor: InternLM2, critic: Critic):
+        super().__init__()
+        self.actor = actor
+        self.critic = critic
+
+
+def build_optimizer(models: PPOModels, cfg: PPOOptim) -> torch.optim.AdamW:
+    groups = []
+    for role, module, lr in (("actor", models.actor, cfg.actor_lr), ("critic", models.critic, cfg.critic_lr)):
+        params = [p for p in module.parameters() if p.requires_grad]
+        groups.append({"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr, "role": role})
+        groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr, "role": role})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.actor_lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    # AdamW creates a parameter's state at its first step; the actor's first step comes only after the
+    # critic warm-up, and a checkpoint taken before it would lack that state (a strict load then fails).
+    # Create it now exactly as AdamW would (step 0, zero moments), so every checkpoint holds all of it.
+    for group in optimizer.param_groups:
+        for q in group["params"]:
+            optimizer.state[q] = {"step": torch.zeros((), dtype=torch.get_default_dtype()),
+                                  "exp_avg": torch.zeros_like(q, memory_format=torch.preserve_format),
+                                  "exp_avg_sq": torch.zeros_like(q, memory_format=torch.preserve_format)}
+    return optimizer
+
+
+# ----------------------------------------------------------------------------- queries
+
+
+@dataclass
+class Query:
+    index: int  # line order among the kept queries
+    record: dict  # the jsonl object as read
+    prompt: list[int]  # rendered messages + the assistant header
+    domain: str  # the reward model's condition used
+    unknown_category: bool
+
+
+def load_queries(paths: list[str], tok: Any, conditions: dict[str, str], default_domain: str, max_tokens: int,
+                 ) -> tuple[list[Query], dict[str, Any]]:
+    """Read and render the query pool; every skip and fallback counted."""
+    skipped = {"invalid_json": 0, "bad_record": 0, "empty": 0, "too_long": 0}
+    report: dict[str, Any] = {"queries": 0, "kept": 0, "skipped": skipped, "unknown_category": 0,
+                              "unknown_categories": {}, "examples": []}
+    out: list[Query] = []
+
+    def skip(reason: str, where: str, detail: str) -> None:
+        skipped[reason] += 1
+        if len(report["examples"]) < 5:
+            report["examples"].append(f"{where}: {reason}: {detail:.120}")
+
+    for where, obj in read_jsonl(paths):
+        report["queries"] += 1
+        if isinstance(obj, json.JSONDecodeError):
+            skip("invalid_json", where, str(obj))
+            continue
+        msgs = obj.get("messages") if isinstance(obj, dict) else None
+        if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
+            skip("bad_record", where, "needs a `messages` list of message objects")
+            continue
+        if not any(str(m.get("content") or "").strip() for m in msgs):
+            skip("empty", where, "no message has any content")
+            continue
+        try:
+            prompt = tok.render(msgs, add_generation_prompt=True).ids
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            skip("bad_record", where, str(err))
+            continue
+        if len(prompt) > max_tokens:
+            skip("too_long", where, f"{len(prompt)} tokens > data.max_query_tokens {max_tokens}")
+            continue
+        category = obj.get("category")
+        unknown = category not in conditions
+        if unknown:
+            report["unknown_category"] += 1
+            report["unknown_categories"][str(category)] = report["unknown_categories"].get(str(category), 0) + 1
+        out.append(Query(len(out), obj, prompt, default_domain if unknown else category, unknown))
+    report["kept"] = len(out)
+    return out, report
+
+
+def query_indices(pool: int, update: int, batch: int, seed: int) -> list[int]:
+    """The queries of update `update`: positions [u*batch, (u+1)*batch) of a walk through seeded permutations
+    of the pool, one per epoch. A pure function, so a resumed run takes the same queries."""
+    out: list[int] = []
+    pos = update * batch
+    while len(out) < batch:
+        epoch, offset = divmod(pos, pool)
+        perm = np.random.default_rng([seed, epoch]).permutation(pool)
+        take = min(batch - len(out), pool - offset)
+        out += perm[offset : offset + take].tolist()
+        pos += take
+    return out
+
+
+def generation_seed(seed: int, update: int, chunk: int) -> int:
+    return (seed * 1_000_003 + update * 10_007 + chunk) % (1 << 62)
+
+
+def demo_queries(n: int = 256, seed: int = 0) -> list[dict]:
+    """Queries for the tiny recipe: the prompts of the reward model's demo pairs, with their domain as category."""
+    from ilm.train.reward import demo_pairs
+
+    return [{"messages": [{"role": "user", "content": p["prompt"]}], "category": p["domain"]}
+            for p in demo_pairs(n=n, seed=seed + 1)]
+
+
+# ----------------------------------------------------------------------------- checks before any work
+
+
+def _tokenizer_files(path: Path) -> dict[str, bytes]:
+    return {n: (path / n).read_bytes() for n in ("tokenizer.json", "tokenizer.model") if (path / n).exists()}
+
+
+def check_inputs(cfg: PPOConfig, world_size: int) -> str:
+    """Every mistake a recipe can hold, found before a model is loaded; returns the tokenizer dir."""
+    p = cfg.ppo
+    if not cfg.actor:
+        raise ValueError("the recipe sets no `actor` (the SFT model's HF checkpoint)")
+    if not cfg.reward_model:
+        raise ValueError("the recipe sets no `reward_model` (an `ilm rm train` export)")
+    if not cfg.data.queries:
+        raise ValueError("the recipe has no data.queries files")
+    for what, path in (("actor", cfg.actor), ("reward_model", cfg.reward_model), ("critic", cfg.critic)):
+        if path and not (Path(path) / "config.json").exists():
+            raise FileNotFoundError(f"{what} {path}: not an HF checkpoint directory (no config.json)")
+    if p.ptx_coef > 0 and not cfg.data.ptx:
+        raise ValueError("ppo.ptx_coef > 0 needs data.ptx token shard dirs (or set ppo.ptx_coef = 0)")
+    if p.kl_estimator not in ("k1", "k2", "k3"):
+        raise ValueError(f"ppo.kl_estimator must be k1, k2 or k3, got {p.kl_estimator!r}")
+    if p.rollout_batch % (p.generation_batch * world_size):
+        raise ValueError(f"ppo.rollout_batch {p.rollout_batch} is not a multiple of generation_batch x processes "
+                         f"= {p.generation_batch * world_size}")
+    if p.rollout_batch % (p.mini_batches * world_size):
+        raise ValueError(f"ppo.rollout_batch {p.rollout_batch} is not a multiple of mini_batches x processes "
+                         f"= {p.mini_batches * world_size}")
+    if p.ptx_coef > 0 and p.ptx_rows % world_size:
+        raise ValueError(f"ppo.ptx_rows {p.ptx_rows} is not a multiple of the {world_size} processes")
+    if world_size > 1 and not cfg.train.fsdp:
+        raise ValueError("several processes need train.fsdp = true (gradients are reduced by FSDP)")
+    tok_dir = Path(cfg.tokenizer or cfg.actor)
+    mine = _tokenizer_files(tok_dir)
+    if not mine:
+        raise FileNotFoundError(f"no tokenizer.json or tokenizer.model in {tok_dir}; set `tokenizer`")
+    for what, path in (("actor", cfg.actor), ("reward model", cfg.reward_model), ("critic", cfg.critic)):
+        theirs = _tokenizer_files(Path(path)) if path else {}
+        if theirs and theirs != mine:
+            raise ValueError(f"the {what} at {path} was trained with a different tokenizer than the actor's "
+                             f"({tok_dir}); its rewards/values would read other tokens. Use the reward model "
+                             "trained on this SFT model's tokenizer")
+    rm_cfg = json.loads((Path(cfg.reward_model) / "config.json").read_text())
+    actor_cfg = json.loads((Path(cfg.actor) / "config.json").read_text())
+    if rm_cfg.get("vocab_size") != actor_cfg.get("vocab_size"):
+        raise ValueError(f"the reward model's vocabulary ({rm_cfg.get('vocab_size')}) differs from the actor's "
+                         f"({actor_cfg.get('vocab_size')}): they do not share a tokenizer")
+    if not (Path(cfg.reward_model) / "reward_config.json").exists():
+        raise FileNotFoundError(f"{cfg.reward_model}: no reward_config.json; is this an `ilm rm train` export?")
+    return str(tok_dir)
+
+
+# ----------------------------------------------------------------------------- scoring one rank's rows
+
+
+def _chunks(n: int, size: int) -> list[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def rm_sequences(tok: Any, queries: list[Query], responses: list[list[int]], meta: dict, conditions: dict[str, str],
+                 stop_ids: set[int]) -> tuple[list[np.ndarray], int]:
+    """The reward model's input per row (`ilm rm`'s conditional encoding); returns how many were cut to fit."""
+    reward_id, max_length = meta["reward_token_id"], meta["max_length"]
+    seqs, cut_count = [], 0
+    for q, r in zip(queries, responses):
+        text = tok.decode([t for t in r if t not in stop_ids])
+        ids, head, _ = encode_sequence(tok, conditions[q.domain], q.record["messages"],
+                                           [{"role": "assistant", "content": text}], reward_id)
+        cut = len(ids) - max_length
+        if cut > 0:  # the oldest conversation tokens go first (as `ilm rm`), then the response's start
+            cut_count += 1
+            ids = ids[:head] + ids[head + cut :]
+        seqs.append(np.asarray(ids, dtype=np.int64))
+    return seqs, cut_count
+
+
+@torch.no_grad()
+def score_rows(rm, seqs: list[np.ndarray], rows: int, device: torch.device, autocast, pad_id: int) -> list[float]:
+    out: list[float] = []
+    for chunk in _chunks(len(seqs), rows):
+        b = collate_sequences([seqs[i] for i in chunk], pad_id=pad_id)
+        doc = b["doc_ids"].to(device)
+        with autocast():
+            r = rm(b["ids"].to(device), b["reward_index"].to(device), positions_from_doc_ids(doc), packed_batch(doc))
+        out += r.float().cpu().tolist()
+    return out
+
+
+@torch.no_grad()
+def forward_rows(fn, prompts: list[list[int]], responses: list[list[int]], rows: int, pad_id: int, autocast
+                 ) -> list[list[float]]:
+    """Per-row response-token numbers from `fn(batch) -> (B, R)`, micro-batched."""
+    out: list[list[float]] = []
+    for chunk in _chunks(len(prompts), rows):
+        b = collate([prompts[i] for i in chunk], [responses[i] for i in chunk], pad_id)
+        with autocast():
+            x = fn(b).float().cpu()
+        out += [x[j, : len(responses[i])].tolist() for j, i in enumerate(chunk)]
+    return out
+
+
+def critic_values(critic: nn.Module, b: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """V of the state before each response token: the critic read where the actor predicts that token."""
+    return gather_positions(critic(b["ids"].to(device)), b["index"].to(device))
+
+
+def _all_gather(obj: Any, world: World) -> list[Any]:
+    if world.size == 1:
+        return [obj]
+    box: list[Any] = [None] * world.size
+    dist.all_gather_object(box, obj)
+    return box
+
+
+def _all_sum(values: list[float], world: World) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if world.size > 1:
+        t = t.to(world.device)
+        dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
+def _pad(rows: list[list[float]], width: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), width, dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
+    return out
+
+
+def _sync_rollout_copy(copy: InternLM2, actor: nn.Module) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(actor, options=StateDictOptions(full_state_dict=True))
+    copy.load_state_dict({k: v.to(copy.output.weight.dtype) for k, v in state.items()})
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_true_reward(spec: str) -> TrueRewardFn:
+    module, _, name = spec.partition(":")
+    if not name:
+        raise ValueError(f"true_reward {spec!r} must look like package.module:function")
+    return getattr(importlib.import_module(module), name)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(cfg: PPOConfig, resume: str = "auto", reward_fn: TrueRewardFn | None = None) -> dict[str, Any]:
+    """Run (or resume) PPO for `train.updates` updates; returns the summary (last metrics, data report, exports).
+
+    `reward_fn(query_record, response_text) -> float`, if given (or `cfg.true_reward`), is a known true
+    reward: logged per update as `true_reward` and per rollout, never trained on.
+    """
+    with determinism(cfg.train.deterministic):
+        return _train(cfg, resume, reward_fn)
+
+
+def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[str, Any]:
+    from ilm.data.packing import Packer, packed_labels
+    from ilm.data.shards import TokenShards
+    from ilm.model.hf import load_checkpoint
+    from ilm.tokenizer import load_tokenizer
+
+    world = init_world(cfg.train.device)
+    t, p = cfg.train, cfg.ppo
+    tok_dir = check_inputs(cfg, world.size)
+    if reward_fn is None and cfg.true_reward:
+        reward_fn = load_true_reward(cfg.true_reward)
+    torch.manual_seed(t.seed)
+    tok = load_tokenizer(tok_dir)
+    meta = json.loads((Path(cfg.reward_model) / "reward_config.json").read_text())
+    conditions = cfg.data.conditions or meta.get("conditions") or dict(DEFAULT_CONDITIONS)
+    default_domain = cfg.data.default_domain or meta.get("default_domain") or "default"
+    if default_domain not in conditions:
+        raise ValueError(f"default domain {default_domain!r} has no entry in the conditions ({sorted(conditions)})")
+    queries, report = load_queries(cfg.data.queries, tok, conditions, default_domain, cfg.data.max_query_tokens)
+    if not queries:
+        raise ValueError(f"no usable queries in {cfg.data.queries}: {report['skipped']}")
+    ptx_sources = {str(i): TokenShards(d) for i, d in enumerate(cfg.data.ptx)} if p.ptx_coef > 0 else {}
+    ptx_eval = TokenShards(cfg.data.ptx_eval) if cfg.data.ptx_eval else None
+
+    # the four models
+    dev = world.device
+    actor = load_checkpoint(cfg.actor, device=dev, dtype=torch.float32)
+    check_vocab(tok, actor.config.vocab_size)
+    longest = max(len(q.prompt) for q in queries)
+    if longest + p.max_new_tokens > actor.config.max_context:
+        raise ValueError(f"queries of up to {longest} tokens + ppo.max_new_tokens {p.max_new_tokens} exceed the "
+                         f"actor's context {actor.config.max_context}; lower data.max_query_tokens or max_new_tokens")
+    # each model is sharded right after it is loaded, so at most one is ever whole in memory; the frozen
+    # ones are kept in bf16 when training in bf16 on GPU (see the memory plan above)
+    frozen = torch.bfloat16 if t.precision == "bf16" and dev.type == "cuda" else torch.float32
+    sharded = world.size > 1 and t.fsdp
+    prepare(actor, t, world)
+    ref = load_checkpoint(cfg.actor, device=dev, dtype=frozen).requires_grad_(False).eval()
+    if sharded:
+        apply_fsdp(ref)
+    rm, _ = load_reward_model(cfg.reward_model, device=dev)
+    rm = rm.to(frozen).requires_grad_(False).eval()
+    if sharded:
+        from torch.distributed.fsdp import fully_shard
+
+        apply_fsdp(rm.backbone)
+        fully_shard(rm)
+    critic_rm, _ = load_reward_model(cfg.critic or cfg.reward_model, device=dev)
+    critic = Critic(critic_rm)
+    prepare(critic, t, world, backbone=critic.backbone)
+    shape = {"actor": model_shape(actor.config), "critic": model_shape(critic.config)}
+    rollout_copy = None
+    if world.size > 1:  # decoding runs on an unsharded copy, refreshed from the actor every update
+        from ilm.model import build_model
+
+        rollout_copy = build_model(actor.config, device=dev, dtype=frozen, seed=None).requires_grad_(False)
+    models = PPOModels(actor, critic)
+    optimizer = build_optimizer(models, cfg.optim)
+    autocast = autocast_for(world, t.precision)
+    stop_ids = tuple(tok.stop_ids)
+    pad_id = tok.pad_id
+
+    run_dir = Path(cfg.run_dir)
+    data_id = {"queries": len(queries), "fingerprint": fingerprint(len(q.prompt) for q in queries),
+               "rollout_batch": p.rollout_batch, "seed": t.seed}
+    update, rest, metrics = start(run_dir, resume, models, optimizer, shape, world, data_id)
+    packer = Packer(ptx_sources, {k: 1.0 for k in ptx_sources}, p.ptx_window, seed=t.seed) if ptx_sources else None
+    if packer is not None and rest.get("ptx"):
+        packer.load_state_dict(rest["ptx"])
+    eval_rows = None
+    if ptx_eval is not None:
+        ids, doc = Packer({"eval": ptx_eval}, {"eval": 1.0}, p.ptx_window, seed=0).next_batch(cfg.data.ptx_eval_rows)
+        eval_rows = (ids, doc, packed_labels(ids, doc))
+    rollouts_dir = run_dir / "rollouts"
+    if world.is_main:
+        for old in rollouts_dir.glob("update-*.jsonl") if rollouts_dir.is_dir() else []:
+            if int(old.stem.split("-")[1]) > update:  # written after the checkpoint: redone
+                old.unlink()
+
+    def ptx_eval_loss() -> float | None:
+        if eval_rows is None:
+            return None
+        ids, doc, labels = eval_rows
+        with torch.no_grad(), autocast():
+            d = doc.to(dev)
+            return float(actor(ids.to(dev), positions_from_doc_ids(d), packed_batch(d), labels=labels.to(dev)))
+
+    start_eval = rest.get("ptx_eval_start") if update else ptx_eval_loss()
+    bar = progress(world, t.progress, t.updates, update)
+    while update < t.updates:
+        t0 = time.perf_counter()
+        actor_trains = update >= p.critic_warmup_updates
+
+        # 1. rollouts: this rank's generate calls
+        picked = query_indices(len(queries), update, p.rollout_batch, t.seed)
+        n_chunks = p.rollout_batch // p.generation_batch
+        gen_model = actor
+        if rollout_copy is not None:
+            _sync_rollout_copy(rollout_copy, actor)
+            gen_model = rollout_copy
+        rows: list[int] = []
+        rollouts = []
+        for c in range(world.rank, n_chunks, world.size):
+            idx = list(range(c * p.generation_batch, (c + 1) * p.generation_batch))
+            rows += idx
+            rollouts += sample(gen_model, [queries[picked[i]].prompt for i in idx], p.max_new_tokens, stop_ids,
+                               p.top_p, p.temperature, seed=generation_seed(t.seed, update, c))
+        t_gen = time.perf_counter() - t0
+        mine_q = [queries[picked[i]] for i in rows]
+        prompts = [r.prompt for r in rollouts]
+        responses = [r.response for r in rollouts]
+
+        # 2. reference log-probs, values, rewards for these rows
+        ref_lp = forward_rows(lambda b: sequence_logprobs(ref, b, p.temperature)[0], prompts, responses,
+                              p.micro_batch_rows, pad_id, autocast)
+        old_lp = [r.logprobs for r in rollouts]
+        if p.recompute_logprobs:
+            old_lp = forward_rows(lambda b: sequence_logprobs(actor, b, p.temperature)[0], prompts, responses,
+                                  p.micro_batch_rows, pad_id, autocast)
+        vals = forward_rows(lambda b: critic_values(critic, b, dev), prompts, responses, p.micro_batch_rows,
+                            pad_id, autocast)
+        seqs, rm_cut = rm_sequences(tok, mine_q, responses, meta, conditions, set(stop_ids))
+        scores = score_rows(rm, seqs, p.micro_batch_rows, dev, autocast, pad_id)
+        mine = [{"row": i, "prompt": r.prompt, "response": r.response, "old": o, "ref": f, "values": v,
+                 "score": s, "truncated": r.truncated, "entropy": r.entropy} for i, r, o, f, v, s in
+                zip(rows, rollouts, old_lp, ref_lp, vals, scores)]
+        everything = sorted((x for part in _all_gather(mine, world) for x in part), key=lambda x: x["row"])
+        rm_cut = int(_all_sum([rm_cut], world)[0])
+
+        # 3. rewards, advantages (the same on every rank)
+        N = len(everything)
+        lengths = torch.tensor([len(x["response"]) for x in everything])
+        R = max(int(lengths.max()), 1)
+        mask = (torch.arange(R)[None, :] < lengths[:, None]).long()
+        old_logp, ref_logp = _pad([x["old"] for x in everything], R), _pad([x["ref"] for x in everything], R)
+        old_values = _pad([x["values"] for x in everything], R)
+        score = torch.tensor([x["score"] for x in everything])
+        kl = kl_penalty(old_logp, ref_logp, p.kl_estimator) * mask
+        rewards = -p.kl_coef * kl
+        last = (lengths - 1).clamp(min=0)
+        rewards[torch.arange(N), last] += score * (lengths > 0)
+        adv, returns = gae(rewards, old_values, mask, p.gamma, p.lam)
+        if p.whiten_advantages:
+            adv = whiten(adv, mask)
+        all_prompts = [x["prompt"] for x in everything]
+        all_responses = [x["response"] for x in everything]
+
+        # 4. PPO epochs over mini-batches
+        sums = {"pg": 0.0, "clip": 0.0, "vf": 0.0, "ptx": 0.0, "ptx_n": 0.0}
+        steps, tokens_trained = 0, 0
+        grad_norms = {"actor": [], "critic": []}
+        per_mini = N // p.mini_batches
+        for epoch in range(p.ppo_epochs):
+            perm = np.random.default_rng([t.seed, update, epoch]).permutation(N)
+            for k in range(p.mini_batches):
+                batch_rows = perm[k * per_mini : (k + 1) * per_mini]
+                total = max(int(mask[batch_rows].sum()), 1)
+                my_rows = batch_rows[world.rank :: world.size].tolist()
+                for chunk in _chunks(len(my_rows), p.micro_batch_rows):
+                    ix = [my_rows[j] for j in chunk]
+                    b = collate([all_prompts[i] for i in ix], [all_responses[i] for i in ix], pad_id)
+                    w = b["mask"].shape[1]
+                    m = b["mask"].to(dev)
+                    n_local = float(m.sum())
+                    with autocast():
+                        v_new = critic_values(critic, b, dev)
+                    vf = value_loss(v_new.float(), old_values[ix, :w].to(dev), returns[ix, :w].to(dev), m, p.value_clip)
+                    loss = p.vf_coef * vf * n_local
+                    sums["vf"] += float(vf.detach()) * n_local
+                    if actor_trains:
+                        with autocast():
+                            logp, _ = sequence_logprobs(actor, b, p.temperature)
+                        pg, frac = policy_loss(logp.float(), old_logp[ix, :w].to(dev), adv[ix, :w].to(dev), m,
+                                               p.clip)
+                        loss = loss + pg * n_local
+                        sums["pg"] += float(pg.detach()) * n_local
+                        sums["clip"] += float(frac) * n_local
+                    (loss * (world.size / total)).backward()
+                    tokens_trained += int(n_local)
+                if actor_trains and packer is not None:
+                    ids, doc = packer.next_batch(p.ptx_rows)
+                    labels = packed_labels(ids, doc)
+                    count = max(int((labels != -100).sum()), 1)
+                    my = list(range(world.rank, p.ptx_rows, world.size))
+                    for chunk in _chunks(len(my), p.micro_batch_rows):
+                        ix = [my[j] for j in chunk]
+                        n = float((labels[ix] != -100).sum())
+                        d = doc[ix].to(dev)
+                        with autocast():
+                            lm = actor(ids[ix].to(dev), positions_from_doc_ids(d), packed_batch(d),
+                                       labels=labels[ix].to(dev))
+                        (p.ptx_coef * lm * n * (world.size / count)).backward()
+                        sums["ptx"] += float(lm.detach()) * n
+                        sums["ptx_n"] += n
+                if actor_trains:
+                    grad_norms["actor"].append(float(torch.nn.utils.clip_grad_norm_(
+                        [q for q in actor.parameters() if q.grad is not None], cfg.optim.grad_clip)))
+                grad_norms["critic"].append(float(torch.nn.utils.clip_grad_norm_(
+                    [q for q in critic.parameters() if q.grad is not None], cfg.optim.grad_clip)))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                steps += 1
+        update += 1
+
+        # 5. metrics, rollouts file, checkpoint
+        tot = _all_sum([sums["pg"], sums["clip"], sums["vf"], sums["ptx"], sums["ptx_n"]], world)
+        trained_tokens = max(int(mask.sum()) * p.ppo_epochs, 1)
+        resp_len = lengths.float()
+        ev_var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+        resid = returns - old_values
+        resid_var = masked_mean((resid - masked_mean(resid, mask)) ** 2, mask)
+        true = None
+        if reward_fn is not None and world.is_main:
+            texts = [tok.decode([q for q in x["response"] if q not in stop_ids]) for x in everything]
+            true = [float(reward_fn(queries[picked[x["row"]]].record, s)) for x, s in zip(everything, texts)]
+        entropy_tokens = torch.tensor([e for x in everything for e in x["entropy"]])
+        row = {
+            "update": update, "actor_trained": actor_trains,
+            "reward_mean": float(score.mean()), "reward_std": float(score.std()) if N > 1 else 0.0,
+            "kl": float(kl.sum(1).mean()), "kl_per_token": float(masked_mean(kl, mask)),
+            "entropy": float(entropy_tokens.mean()) if len(entropy_tokens) else 0.0,
+            "response_length": float(resp_len.mean()), "truncated_fraction": float(np.mean([x["truncated"] for x in everything])),
+            "policy_loss": tot[0] / trained_tokens if actor_trains else None,
+            "clip_fraction": tot[1] / trained_tokens if actor_trains else None,
+            "value_loss": tot[2] / trained_tokens,
+            "explained_variance": float(1.0 - resid_var / ev_var.clamp(min=1e-12)),
+            "ptx_loss": tot[3] / tot[4] if tot[4] else None,
+            "return_mean": float(masked_mean(returns, mask)),
+            "unknown_category": sum(queries[picked[x["row"]]].unknown_category for x in everything),
+            "rm_inputs_cut": rm_cut,
+            "grad_norm_actor": float(np.mean(grad_norms["actor"])) if grad_norms["actor"] else None,
+            "grad_norm_critic": float(np.mean(grad_norms["critic"])),
+            "optimizer_steps": steps, "rollout_tokens": int(lengths.sum()),
+            "rollout_tokens_per_s": float(lengths.sum()) / max(t_gen, 1e-9),
+            "update_s": time.perf_counter() - t0,
+        }
+        if eval_rows is not None:
+            row["ptx_eval_loss"] = ptx_eval_loss()
+        if true is not None:
+            row["true_reward"] = float(np.mean(true))
+        metrics.log(update, **row)
+        if world.is_main:
+            lines = []
+            for j, x in enumerate(everything):
+                q = queries[picked[x["row"]]]
+                line = {"update": update, "row": x["row"], "query_index": q.index, "messages": q.record["messages"],
+                        "category": q.record.get("category"), "domain": q.domain,
+                        "response": tok.decode([i for i in x["response"] if i not in stop_ids]),
+                        "response_tokens": len(x["response"]), "rm_score": x["score"],
+                        "kl": float(kl[j].sum()), "truncated": x["truncated"]}
+                if true is not None:
+                    line["true_reward"] = true[j]
+                lines.append(json.dumps(line, ensure_ascii=False) + "\n")
+            _write_atomic(rollouts_dir / f"update-{update:06d}.jsonl", "".join(lines))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({"reward": f"{row['reward_mean']:.3f}", "kl": f"{row['kl']:.3f}",
+                             "vloss": f"{row['value_loss']:.3f}", "len": f"{row['response_length']:.0f}"})
+        if update % t.checkpoint_every == 0 or update == t.updates:
+            extra = {"model_config": shape, "data": data_id, "stage": "ppo", "ptx_eval_start": start_eval,
+                     "ptx": packer.state_dict() if packer is not None else None}
+            checkpoint.save(run_dir, update, models, optimizer, extra=extra, keep_last=t.keep_last)
+    if bar is not None:
+        bar.close()
+
+    summary: dict[str, Any] = {"updates": update, "run_dir": str(run_dir), "data": report,
+                               "last": metrics.rows[-1] if metrics.rows else None,
+                               "ptx_eval_loss_start": start_eval, "rollouts": str(rollouts_dir),
+                               "config": asdict(cfg)}
+    if update == t.updates:
+        summary["export"] = export(models, run_dir / "final", meta, tok_dir, world)
+    if world.is_main:
+        summary["plot"] = str(plot(metrics.rows, run_dir / "ppo.png"))
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    metrics.close()
+    return summary
+
+
+def export(models: PPOModels, path: Path, meta: dict, tokenizer_dir: str, world: World) -> dict[str, str]:
+    """path/actor: HF checkpoint (+ tokenizer); path/critic: reward-model format (a later run's `critic`)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from ilm.model import build_model
+    from ilm.train.pretrain import export as export_lm
+
+    actor_path = export_lm(models.actor, path / "actor", tokenizer_dir, world)
+    state = get_model_state_dict(models.critic, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if world.is_main:
+        plain = RewardModel(build_model(models.critic.config, device="meta")).to_empty(device="cpu")
+        plain.load_state_dict(state)
+        save_reward_model(plain, path / "critic", meta, tokenizer_dir)
+    return {"actor": str(actor_path), "critic": str(path / "critic")}
+
+
+PLOTTED = (("reward_mean", "RM score"), ("true_reward", "true reward"), ("kl", "KL (per response)"),
+           ("entropy", "entropy"), ("response_length", "response length"), ("clip_fraction", "clip fraction"),
+           ("value_loss", "value loss"), ("explained_variance", "explained variance"), ("ptx_loss", "ptx loss"),
+           ("ptx_eval_loss", "held-out ptx loss"))
+
+
+def plot(rows: list[dict], path: Path) -> Path | None:
+    """One panel per PPO metric against the update index (panels with no data are left out)."""
+    keys = [(k, label) for k, label in PLOTTED if any(r.get(k) is not None for r in rows)]
+    if not rows or not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 1.8 * len(keys)), sharex=True, squeeze=False)
+    for ax, (k, label) in zip(axes[:, 0], keys):
+        pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
+        ax.plot([a for a, _ in pts], [b for _, b in pts], lw=1)
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("update")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
