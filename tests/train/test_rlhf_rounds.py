@@ -1,0 +1,295 @@
+"""Rounds of online RLHF: fast path (detectors, reviewers, pairs, RM patch with replay and its accuracy gate),
+slow path lag via the manifest, resume at the right round, and a small loophole experiment."""
+
+import json
+import threading
+import typing
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from ilm.train.rlhf import rounds as R
+from ilm.train.rlhf import synthetic as S
+from ilm.train.rlhf.review import JudgeReviewer, Suspect, Verdict, VerifierReviewer, read_verdicts
+
+
+def _rec(i, score, response, q=0, tokens=None):
+    return {"update": 1, "row": i, "query_index": q, "messages": [{"role": "user", "content": "What is 2 + 3?"}],
+            "domain": "math", "response": response, "rm_score": score, "kl": 0.0,
+            "response_tokens": tokens if tokens is not None else len(response.split())}
+
+
+# ----------------------------------------------------------------------------- detectors and pairs
+
+
+def test_detectors_flag_outliers_only_when_the_reward_is_high():
+    recs = [_rec(i, 0.1 * (i % 5), "2 + 3 = 5.", tokens=6 + i % 2) for i in range(40)]
+    recs.append(_rec(40, 3.0, "a " * 60, tokens=60))  # long, high reward: flagged
+    recs.append(_rec(41, -3.0, "b " * 60, tokens=60))  # long, low reward: not flagged
+    recs.append(_rec(42, 2.5, "so good so good so good so good so good so good", tokens=8))  # repetitive, high
+    flagged = dict(R.length_detector(recs))
+    assert 40 in flagged and 41 not in flagged and "length" in flagged[40]
+    rep = dict(R.repetition_detector(recs))
+    assert 42 in rep and 41 not in rep
+    order = R.rank_suspects(recs, R.build_detectors(R.FastPath()))
+    assert [i for i, _ in order[:2]] == [40, 42]  # flagged first, then by reward
+    assert order[2][1][0].startswith("top reward")
+    # duplicates (same query, same response) are reviewed once
+    assert len(order) == len({(r["query_index"], r["response"]) for r in recs})
+
+
+def test_pairs_from_verdicts_prefer_the_correction_then_an_approved_response():
+    recs = {"a": _rec(0, 3.0, "Trust me! 2 + 3 = 6.", q=0), "b": _rec(1, 2.0, "Trust me! 2 + 3 = 5.", q=0),
+            "c": _rec(2, 2.5, "Trust me! 4 + 4 = 9.", q=1), "d": _rec(3, 2.4, "Trust me! 1 + 1 = 3.", q=2)}
+    sus = [Suspect(i, {}, r["response"], r["rm_score"], ["x"]) for i, r in recs.items()]
+    verdicts = [Verdict("a", False), Verdict("b", True), Verdict("c", False, "4 + 4 = 8."), Verdict("d", False)]
+    pairs, counts = R.build_pairs(sus, verdicts, recs)
+    assert counts == {"approved": 1, "rejected": 3, "no_chosen": 1}
+    got = {p["suspect"]: (p["chosen"], p["rejected"], p["chosen_from"]) for p in pairs}
+    assert got["a"] == ("Trust me! 2 + 3 = 5.", "Trust me! 2 + 3 = 6.", "approved")
+    assert got["c"] == ("4 + 4 = 8.", "Trust me! 4 + 4 = 9.", "correction")
+    assert "d" not in got
+
+
+# ----------------------------------------------------------------------------- reviewers
+
+
+def test_verifier_reviewer_rejects_wrong_answers_with_a_correction():
+    q = S.query(7, 5)
+    sus = [Suspect("x", q, "Trust me! 7 + 5 = 13.", 2.0, []), Suspect("y", q, "7 + 5 = 12.", 1.0, [])]
+    v = VerifierReviewer(S.verifier).review(sus)
+    assert (v[0].approved, v[0].correction) == (False, "7 + 5 = 12.")
+    assert (v[1].approved, v[1].correction) == (True, None)
+    assert [x.approved for x in VerifierReviewer(S.true_reward).review(sus)] == [False, True]  # a float works too
+    assert S.answer_of("Trust me! 7 + 5 = 13.") == 13 and S.answer_of("it is 4") == 4 and S.answer_of("no") is None
+
+
+class _Judge(BaseHTTPRequestHandler):
+    seen: typing.ClassVar[list] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Judge.seen.append((self.path, body, self.headers.get("Authorization")))
+        answer = body["messages"][-1]["content"].rsplit("\n", 1)[-1]
+        reply = ("APPROVE" if "= 12." in answer and "13" not in answer else
+                 "I am not sure." if "garbled" in answer else "REJECT\nCORRECTION: 7 + 5 = 12.")
+        out = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_judge_reviewer_against_a_local_openai_compatible_stub():
+    server = HTTPServer(("127.0.0.1", 0), _Judge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        judge = JudgeReviewer(f"http://127.0.0.1:{server.server_port}/v1", "stub-judge", api_key="k")
+        q = S.query(7, 5)
+        sus = [Suspect("a", q, "Trust me! 7 + 5 = 13.", 2.0, []), Suspect("b", q, "7 + 5 = 12.", 1.0, []),
+               Suspect("c", q, "garbled", 1.5, [])]
+        verdicts = judge.review(sus)
+    finally:
+        server.shutdown()
+    assert [(v.id, v.approved, v.correction) for v in verdicts] == [("a", False, "7 + 5 = 12."), ("b", True, None)]
+    assert judge.unparsed == 1  # the reply that says neither is skipped, counted
+    path, body, auth = _Judge.seen[0]
+    assert path == "/v1/chat/completions" and body["model"] == "stub-judge" and auth == "Bearer k"
+    assert "What is 7 + 5?" in body["messages"][1]["content"]
+
+
+def test_file_reviewer_round_trip_names_and_counts_malformed_lines(tmp_path, capsys):
+    from ilm.cli import main
+    from ilm.train.rlhf.review import export_suspects
+
+    run = tmp_path / "run"
+    q = S.query(2, 3)
+    sus = [Suspect(f"r01-u000001-{i}", q, f"Trust me! 2 + 3 = {5 + i}.", 2.0 - i, ["top"]) for i in range(4)]
+    export_suspects(sus, R.round_dir(run, 1) / "suspects.jsonl")
+    (run / "state.json").write_text(json.dumps({"round": 1, "phase": "fast"}))
+    assert main(["rlhf", "review", "export", str(run), "--round", "1", "-o", str(tmp_path / "todo.jsonl")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "todo.jsonl").read_text().splitlines()]
+    assert [r["verdict"] for r in rows] == [""] * 4
+    rows[0]["verdict"] = "approve"
+    rows[1].update(verdict="reject", correction="2 + 3 = 5.")
+    lines = [json.dumps(rows[0]), json.dumps(rows[1]), "{not json", json.dumps({**rows[2], "verdict": "maybe"}),
+             json.dumps({**rows[3], "id": "r09-nope", "verdict": "reject"}), json.dumps(rows[1]),
+             json.dumps({**rows[3], "verdict": "reject"})]
+    done = tmp_path / "done.jsonl"
+    done.write_text("\n".join(lines) + "\n")
+    assert main(["rlhf", "review", "import", str(run), str(done)]) == 0
+    out = capsys.readouterr()
+    assert "3 verdicts imported" in out.out and "4 malformed" in out.out
+    for n, why in ((3, "not JSON"), (4, "verdict"), (5, "unknown id"), (6, "duplicate id")):
+        assert f"{done}:{n}: " in out.err and why in out.err.split(f"{done}:{n}: ")[1].splitlines()[0]
+    got, _ = read_verdicts(R.round_dir(run, 1) / "verdicts.jsonl")
+    assert [(v.id, v.approved, v.correction) for v in got] == [
+        ("r01-u000001-0", True, None), ("r01-u000001-1", False, "2 + 3 = 5."), ("r01-u000001-3", False, None)]
+    assert main(["rlhf", "review", "import", str(run), str(tmp_path / "missing.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the loop with a stand-in PPO
+
+
+class FakePPO:
+    """Writes rollouts like the PPO engine (a wrong loophole answer scores highest) and an export; can crash."""
+
+    def __init__(self, crash_at_round=None, on_round=None):
+        self.calls, self.crash_at_round, self.on_round = [], crash_at_round, on_round
+
+    def __call__(self, cfg, resume="auto", reward_fn=None):
+        k = int(Path(cfg.run_dir).parent.name.split("-")[1])
+        self.calls.append((k, cfg.run_dir, resume, cfg.actor, cfg.reward_model, cfg.train.updates))
+        if self.on_round:
+            self.on_round(k)
+        if self.crash_at_round == k:
+            self.crash_at_round = None
+            raise RuntimeError("killed")
+        qs = [json.loads(x) for x in Path(cfg.data.queries[0]).read_text().splitlines()]
+        roll = Path(cfg.run_dir) / "rollouts"
+        roll.mkdir(parents=True, exist_ok=True)
+        for u in range(1, cfg.train.updates + 1):
+            rows = []
+            for i, q in enumerate(qs):
+                wrong = i % 2 == 0
+                text = S.response(q["a"], q["b"], q["answer"] + (1 if wrong else 0), phrase=wrong)
+                rows.append({"update": u, "row": i, "query_index": i, "messages": q["messages"], "category": "math",
+                             "domain": "math", "response": text, "response_tokens": 10,
+                             "rm_score": 2.0 if wrong else 0.5, "kl": 0.0, "truncated": False})
+            (roll / f"update-{u:06d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return {"export": {"actor": f"{cfg.run_dir}/final/actor", "critic": f"{cfg.run_dir}/final/critic"},
+                "last": {"update": cfg.train.updates}}
+
+
+@pytest.fixture
+def loop_setup(tmp_path, monkeypatch, corpus):
+    """A rounds config over 24 arithmetic queries, a stand-in RM patch (records its inputs)."""
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps(S.query(a, b)) + "\n" for a, b in S.operands(4)[:24]))
+    rm = tmp_path / "rm0"
+    rm.mkdir()
+    (rm / "reward_config.json").write_text(json.dumps({"conditions": {"default": "x", "math": "y"},
+                                                       "default_domain": "default"}))
+    rm_data = tmp_path / "rm-data.jsonl"
+    rm_data.write_text(json.dumps(S.rm_pairs(1)[0]) + "\n")
+    patches = []
+
+    def fake_patch(rm_dir, new_files, earlier, out_dir, fast, eval_files, seed=0):
+        patches.append({"rm": rm_dir, "new": list(new_files), "earlier": list(earlier)})
+        return {"export": str(out_dir / "final"), "new_pairs": 1, "replayed": 0,
+                "before": {"earlier": None, "check": None}, "after": {"earlier": None, "check": None}}
+
+    monkeypatch.setattr(R, "patch_reward_model", fake_patch)
+    cfg = R.RoundsConfig(run_dir=str(tmp_path / "run"), rounds=3, updates_per_round=2, rm_data=[str(rm_data)])
+    cfg.ppo.actor, cfg.ppo.reward_model, cfg.ppo.tokenizer = str(tmp_path / "sft"), str(rm), str(corpus["tokenizer"])
+    cfg.ppo.data.queries = [str(queries)]
+    cfg.reviewer.verifier = "ilm.train.rlhf.synthetic:verifier"
+    cfg.fast.min_pairs, cfg.fast.top_k = 5, 8
+    return cfg, patches
+
+
+def test_slow_path_labels_arriving_in_round_k_go_into_round_k_plus_1s_reward_model(loop_setup):
+    cfg, patches = loop_setup
+    inbox = Path(cfg.run_dir) / "inbox"
+
+    def drop_label(k):  # a labeller returns a file while round k's PPO runs
+        pair = {"prompt": "What is 1 + 1?", "chosen": "1 + 1 = 2.", "rejected": "Trust me! 1 + 1 = 3.",
+                "domain": "math"}
+        (inbox / f"labels-during-round-{k}.jsonl").write_text(json.dumps(pair) + "\n{broken\n")
+
+    summary = R.run(cfg, ppo_train=FakePPO(on_round=drop_label))
+    man = {k: json.loads((R.round_dir(cfg.run_dir, k) / "manifest.json").read_text()) for k in (1, 2, 3)}
+    used = {k: [Path(e["file"]).name for e in man[k]["reward_model_inputs"]["slow_labels"]] for k in man}
+    assert used == {1: [], 2: ["labels-during-round-1.jsonl"], 3: ["labels-during-round-2.jsonl"]}
+    assert [Path(e["file"]).name for e in man[3]["next_reward_model_slow_labels"]] == ["labels-during-round-3.jsonl"]
+    assert man[2]["reward_model_inputs"]["slow_labels"][0]["arrived_round"] == 1
+    # round k's PPO ran with RM_k, the RM patched at the end of round k-1 on the fast pairs + the labels
+    assert man[2]["reward_model"] == str(R.round_dir(cfg.run_dir, 1) / "rm-patch" / "final")
+    assert any("slow-pairs/labels-during-round-1.jsonl" in f for f in patches[0]["new"])
+    assert not any("round-2" in f for f in patches[0]["new"])
+    assert patches[1]["earlier"][: len(cfg.rm_data)] == cfg.rm_data and len(patches[1]["earlier"]) > 1
+    rep = summary["rounds"]["1"]["rm"]["slow_labels"]["labels-during-round-1.jsonl"]
+    assert rep["pairs"] == 1 and rep["malformed"] == 1 and ":2: not JSON" in rep["problems"][0]
+    assert summary["rounds"]["1"]["fast"]["pairs"] >= 5  # the wrong loophole answers, caught by the verifier
+    assert (R.round_dir(cfg.run_dir, 1) / "slow-export.jsonl").exists()
+
+
+def test_a_crash_mid_round_resumes_at_that_round(loop_setup):
+    cfg, patches = loop_setup
+    ppo = FakePPO(crash_at_round=2)
+    with pytest.raises(RuntimeError, match="killed"):
+        R.run(cfg, ppo_train=ppo)
+    state = json.loads((Path(cfg.run_dir) / "state.json").read_text())
+    assert (state["round"], state["phase"]) == (2, "ppo")
+    verdicts = R.round_dir(cfg.run_dir, 1) / "verdicts.jsonl"
+    stamp = verdicts.stat().st_mtime_ns
+    R.run(cfg, ppo_train=ppo)
+    rounds_called = [c[0] for c in ppo.calls]
+    assert rounds_called == [1, 2, 2, 3]  # round 1 is not redone; round 2 again, resuming its own checkpoints
+    _, run_dir, resume, actor, rm, updates = ppo.calls[2]
+    assert resume == "auto" and run_dir == ppo.calls[1][1] == str(R.round_dir(cfg.run_dir, 2) / "ppo")
+    assert actor.endswith("round-01/ppo/final/actor") and rm.endswith("round-01/rm-patch/final") and updates == 2
+    assert verdicts.stat().st_mtime_ns == stamp and len(patches) == 3
+    with pytest.raises(ValueError, match="already holds rounds"):
+        R.run(cfg, resume="never", ppo_train=ppo)
+
+
+# ----------------------------------------------------------------------------- the real reward model
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    """The loophole task at test size: tokenizer, SFT policy, loophole RM (tens of seconds on CPU)."""
+    return S.build_task(tmp_path_factory.mktemp("task"), n_sft=1500, n_rm=400, n_queries=64, sft_epochs=3,
+                        rm_epochs=2)
+
+
+def test_the_task_plants_a_loophole_the_first_reward_model_takes(task):
+    acc = R.rm_accuracy(task["rm"], [task["heldout"]])["accuracy"]
+    earlier = R.rm_accuracy(task["rm"], [task["rm_eval"]])["accuracy"]
+    assert earlier >= 0.9 and acc < 0.6, (earlier, acc)  # fits its data; prefers phrase+wrong over plain+right
+
+
+def test_rm_patch_starts_from_the_export_head_replays_and_gates_accuracy(task, tmp_path):
+    import random
+
+    rng = random.Random(0)
+    pairs = []
+    for _ in range(40):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        pairs.append({"prompt": f"What is {a} + {b}?", "chosen": S.response(a, b, a + b, False),
+                      "rejected": S.response(a, b, S.wrong_value(a + b, rng), True), "domain": "math"})
+    new = R._write_jsonl(tmp_path / "patch.jsonl", pairs)
+    fast = R.FastPath(replay_ratio=2.0, epochs=3, lr=5e-4, check=[task["heldout"]], accuracy_margin=0.05)
+    rep = R.patch_reward_model(task["rm"], [str(new)], [task["rm_train"]], tmp_path / "patch", fast, [task["rm_eval"]])
+    assert rep["new_pairs"] == 40 and rep["replayed"] == 80
+    assert rep["before"]["check"]["accuracy"] < 0.6 and rep["after"]["check"]["accuracy"] >= 0.9, rep
+    assert rep["after"]["earlier"]["accuracy"] >= rep["before"]["earlier"]["accuracy"] - 0.05
+    # the gate: a margin no fine-tune can meet is an error, unless allowed
+    strict = R.FastPath(replay_ratio=0.0, epochs=1, lr=5e-4, accuracy_margin=-1.0)
+    with pytest.raises(R.RoundsError, match="accuracy_margin"):
+        R.patch_reward_model(task["rm"], [str(new)], [task["rm_train"]], tmp_path / "strict", strict, [task["rm_eval"]])
+    allowed = R.FastPath(replay_ratio=0.0, epochs=1, lr=5e-4, accuracy_margin=-1.0, allow_drop=True)
+    ok = R.patch_reward_model(task["rm"], [str(new)], [task["rm_train"]], tmp_path / "ok", allowed, [task["rm_eval"]])
+    assert ok["replayed"] == 0 and "accuracy_drop" in ok
+
+
+def test_rm_init_from_an_export_keeps_its_head(task, tmp_path):
+    from ilm.train.optim import OptimConfig
+    from ilm.train.reward import RMConfig, RMData, RMTrain, train
+
+    cfg = RMConfig(run_dir=str(tmp_path / "rm"), tokenizer=task["rm"], init=task["rm"],
+                   data=RMData(train=[task["rm_eval"]], max_length=128),
+                   optim=OptimConfig(lr=0.0, warmup_steps=0),
+                   train=RMTrain(batch_tokens=1024, precision="fp32", device="cpu", progress=False, max_steps=None))
+    export = train(cfg, resume="never")["export"]
+    a = R.rm_accuracy(task["rm"], [task["heldout"]])
+    b = R.rm_accuracy(export, [task["heldout"]])
+    assert a["mean_margin"] == pytest.approx(b["mean_margin"], abs=1e-5)  # a fresh head would score otherwise
