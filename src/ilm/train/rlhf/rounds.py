@@ -302,9 +302,10 @@ def patch_reward_model(rm_dir: str, new_files: list[str], earlier_files: list[st
     rng.shuffle(mixed)
     train_file = _write_jsonl(out_dir / "data" / "train.jsonl", mixed)
     meta = json.loads((Path(rm_dir) / "reward_config.json").read_text())
+    tok_dir = _tokenizer_only(Path(rm_dir), out_dir / "tokenizer")
     before = {"earlier": rm_accuracy(rm_dir, eval_files), "check": rm_accuracy(rm_dir, fast.check)}
     cfg = RMConfig(
-        run_dir=str(out_dir), tokenizer=rm_dir, init=rm_dir, reward_token=meta["reward_token"],
+        run_dir=str(out_dir), tokenizer=str(tok_dir), init=rm_dir, reward_token=meta["reward_token"],
         data=RMData(train=[str(train_file)], conditions=meta["conditions"], default_domain=meta["default_domain"],
                     max_length=meta["max_length"]),
         optim=OptimConfig(lr=fast.lr, warmup_steps=0, final_lr_fraction=0.5, weight_decay=0.01),
@@ -326,6 +327,16 @@ def patch_reward_model(rm_dir: str, new_files: list[str], earlier_files: list[st
                 f"fast.accuracy_margin {fast.accuracy_margin}); raise fast.replay_ratio, lower fast.lr, or set "
                 f"fast.allow_drop = true to accept it ({out_dir})")
     return report
+
+
+def _tokenizer_only(export: Path, out: Path) -> Path:
+    """The tokenizer files of an export, alone: the RM trainer copies its `tokenizer` dir into the new export,
+    and the old export's weights must not ride along."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in export.iterdir():
+        if f.is_file() and ("tokenizer" in f.name or f.name == "special_tokens_map.json"):
+            (out / f.name).write_bytes(f.read_bytes())
+    return out
 
 
 # ----------------------------------------------------------------------------- the slow path
