@@ -241,6 +241,26 @@ def test_a_crash_mid_round_resumes_at_that_round(loop_setup):
         R.run(cfg, resume="never", ppo_train=ppo)
 
 
+def test_a_person_as_reviewer_the_run_waits_for_the_import_then_continues(loop_setup, tmp_path):
+    cfg, patches = loop_setup
+    cfg.rounds, cfg.reviewer.kind = 1, "file"
+    ppo = FakePPO()
+    with pytest.raises(R.RoundsError, match="suspects exported to"):
+        R.run(cfg, ppo_train=ppo)
+    rows = [json.loads(x) for x in (R.round_dir(cfg.run_dir, 1) / "suspects.jsonl").read_text().splitlines()]
+    for r in rows:  # the person: every loophole answer is wrong
+        r["verdict"] = "approve" if S.true_reward(r["record"], r["response"]) else "reject"
+    reviewed = tmp_path / "reviewed.jsonl"
+    reviewed.write_text("".join(json.dumps(r) + "\n" for r in rows) + "garbage\n")
+    rep = R.import_verdicts(cfg.run_dir, reviewed)
+    assert rep["used"] == len(rows) and rep["malformed"] == 1
+    summary = R.run(cfg, ppo_train=ppo)
+    fast = summary["rounds"]["1"]["fast"]
+    assert len(ppo.calls) == 1 and fast["rejected"] == sum(r["verdict"] == "reject" for r in rows) > 0
+    assert fast["pairs"] == 0 and fast["no_chosen"] == fast["rejected"]  # no correction, no approved answer to pair
+    assert summary["rounds"]["1"]["rm"]["patched"] is False
+
+
 # ----------------------------------------------------------------------------- the real reward model
 
 
@@ -319,3 +339,75 @@ def test_small_loophole_round_ppo_exploits_and_the_fast_path_catches_it(task, tm
     assert rm["after"]["check"]["accuracy"] > rm["before"]["check"]["accuracy"] + 0.15, rm
     man = json.loads((R.round_dir(cfg.run_dir, 1) / "manifest.json").read_text())
     assert man["next_reward_model"] == rm["export"]
+
+
+def _recipe_toml(cfg, path: Path) -> Path:
+    """A RoundsConfig as a TOML recipe (tables for the sections, inline tables below them)."""
+    import dataclasses
+
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{json.dumps(str(k))} = {value(x)}" for k, x in v.items() if x is not None) + " }"
+        raise TypeError(v)
+
+    d = dataclasses.asdict(cfg)
+    lines = [f"{k} = {value(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append(f"[{k}]")
+            lines += [f"{a} = {value(b)}" for a, b in v.items() if b is not None]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _rows(path: Path) -> list[dict]:
+    skip = {"time", "update_s", "rollout_tokens_per_s", "tokens_per_s", "pairs_per_s"}
+    return [{k: v for k, v in json.loads(x).items() if k not in skip} for x in path.read_text().splitlines()]
+
+
+def test_kill_9_mid_round_then_rerun_resumes_at_that_round_and_update(task, tmp_path):
+    """`ilm rlhf run` killed with SIGKILL inside round 2's PPO; the rerun continues round 2 from its last
+    checkpointed update and ends with the same per-update metrics as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def config(name):
+        cfg = S.rounds_config(task, tmp_path / name, rounds=2, updates=4, rollout_batch=16, min_pairs=20)
+        cfg.ppo.train.checkpoint_every = 1
+        return cfg
+
+    R.run(config("straight"))
+    recipe = _recipe_toml(config("killed"), tmp_path / "killed.toml")
+    cmd = [sys.executable, "-m", "ilm.cli", "rlhf", "run", str(recipe)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    target = R.round_dir(tmp_path / "killed", 2) / "ppo" / "rollouts" / "update-000002.jsonl"
+    deadline = time.time() + 600
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = json.loads((tmp_path / "killed" / "state.json").read_text())
+    assert (state["round"], state["phase"]) == (2, "ppo")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "continuing at round 2, phase ppo" in done.stdout and "resumed from" in done.stdout
+    for k in (1, 2):
+        a = _rows(R.round_dir(tmp_path / "straight", k) / "ppo" / "metrics.jsonl")
+        b = _rows(R.round_dir(tmp_path / "killed", k) / "ppo" / "metrics.jsonl")
+        assert [r["step"] for r in b] == [1, 2, 3, 4] and a == b
+    for name in ("fast-pairs.jsonl", "slow-export.jsonl"):
+        assert (R.round_dir(tmp_path / "straight", 2) / name).read_text() == \
+            (R.round_dir(tmp_path / "killed", 2) / name).read_text()
