@@ -121,12 +121,16 @@ def helpers():
     return _Helpers
 
 
-def rlhf_setup(corpus, root: Path, n_queries: int = 24, seed: int = 0) -> dict:
+def rlhf_setup(corpus, root: Path, n_queries: int = 24, seed: int = 0, pretrain_steps: int = 60) -> dict:
     """A tiny actor (HF checkpoint + tokenizer), a reward-model export on the same tokenizer, and a query
-    file, for the online-RLHF tests. Random weights: enough for the engine's mechanics, in seconds."""
+    file, for the online-RLHF tests. The actor is pretrained for a few dozen steps on the corpus (so that
+    its held-out loss has something to lose); the reward model is random (its scores still give PPO a
+    signal to climb). Seconds on CPU."""
     import torch
 
-    from ilm.model import build_model, get_preset
+    from ilm.data.packing import Packer, packed_labels
+    from ilm.data.shards import TokenShards
+    from ilm.model import build_model, get_preset, packed_batch, positions_from_doc_ids
     from ilm.model.hf import save_checkpoint
     from ilm.train.reward_model import REWARD_TOKEN, RewardModel, save_reward_model
 
@@ -135,6 +139,14 @@ def rlhf_setup(corpus, root: Path, n_queries: int = 24, seed: int = 0) -> dict:
     extras = {p.name: p.read_bytes() for p in tok_dir.iterdir() if p.is_file()}
     cfg = get_preset("tiny", vocab_size=512, max_position_embeddings=256)
     actor = build_model(cfg, seed=seed)
+    packer = Packer({"a": TokenShards(corpus["tokens"]["a"])}, {"a": 1.0}, window=32, seed=seed)
+    opt = torch.optim.AdamW(actor.parameters(), lr=3e-3)
+    for _ in range(pretrain_steps):
+        ids, doc = packer.next_batch(8)
+        loss = actor(ids, positions_from_doc_ids(doc), packed_batch(doc), labels=packed_labels(ids, doc))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
     save_checkpoint(actor, root / "actor", extra_files=extras)
     rm = RewardModel(build_model(cfg, seed=seed + 1), seed=seed + 2)
     with torch.no_grad():

@@ -1,6 +1,7 @@
 """Rollouts from the KV-cache engine equal a sampling loop without the cache (same seed, token by token),
 and the training forward recomputes the sampling-time log-probabilities (fp32, <= 1e-4)."""
 
+import pytest
 import torch
 
 from ilm.model import build_model, get_preset
@@ -32,6 +33,14 @@ def sample_without_cache(model, prompts, max_new_tokens, stop_ids, top_p, temper
         if all(done):
             break
     return out, logps, done
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a shared CPU: one thread is much faster
+    yield
+    torch.set_num_threads(before)
 
 
 def _model():

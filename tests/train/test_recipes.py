@@ -46,3 +46,20 @@ def test_unknown_key_names_file_and_key(tmp_path):
 def test_overrides_apply():
     cfg = load(PretrainConfig, RECIPES / "tiny.toml", ["--train.max_steps=7", "--optim.lr=0.5", "--stages.1.window=128"])
     assert cfg.train.max_steps == 7 and cfg.optim.lr == 0.5 and cfg.stages[1].window == 128
+
+
+def test_rlhf_section7_numbers():
+    from ilm.train.rlhf.ppo import PPOConfig
+
+    cfg = load(PPOConfig, RECIPES / "rlhf-internlm2-7b.toml")
+    p = cfg.ppo
+    assert (p.kl_coef, p.kl_estimator, p.top_p, p.temperature, p.gamma, p.lam) == (0.01, "k1", 0.9, 1.0, 1.0, 0.99)
+    assert (p.clip, p.value_clip, p.critic_warmup_updates, p.ptx_coef) == (0.2, 0.2, 50, 0.5)
+    assert (cfg.optim.actor_lr, cfg.optim.critic_lr) == (1e-6, 5e-6)
+    assert 150_000 <= cfg.train.updates * p.rollout_batch <= 250_000 and cfg.train.updates == 400  # ~200k queries
+    # pretraining tokens per optimizer step ~ the mini-batch's rollout tokens (~50% of the data)
+    rollout_tokens = p.rollout_batch // p.mini_batches * p.max_new_tokens
+    assert 0.5 <= p.ptx_rows * p.ptx_window / rollout_tokens <= 2.0
+    tiny = load(PPOConfig, RECIPES / "rlhf-tiny.toml")
+    assert tiny.train.device == "cpu" and tiny.ppo.ptx_coef == 0.5 and tiny.ppo.top_p == 0.9
+    assert tiny.ppo.rollout_batch % (tiny.ppo.generation_batch * 1) == 0

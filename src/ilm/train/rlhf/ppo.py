@@ -29,6 +29,18 @@ divided by the mini-batch's total token count times the world size (FSDP average
 update equals the one-process update. Frozen models are sharded too; every rank runs the same number of
 forwards of each model (row counts are equal by construction), which FSDP's collectives require.
 
+Run directory (what `ilm rlhf run` and people read):
+- `metrics.jsonl`, one row per update ("step" = update index): reward_mean / reward_std (RM score), kl (sum
+  over the response, mean over rows), kl_per_token, entropy, response_length, truncated_fraction,
+  policy_loss, clip_fraction (None during the warm-up), value_loss, explained_variance, ptx_loss,
+  ptx_eval_loss (with data.ptx_eval), true_reward (with a true-reward function), unknown_category,
+  grad norms, rollout_tokens, rollout_tokens_per_s, update_s; `ppo.png` plots them;
+- `rollouts/update-%06d.jsonl`, one line per rollout: update, row, query_index (line order among the kept
+  queries), messages, category, domain (the condition used), response (text, stop token dropped),
+  response_tokens (stop token included), rm_score, kl, truncated, true_reward (when given);
+- `step-%08d/` checkpoints, `summary.json`, and at the end `final/actor` (HF checkpoint + tokenizer) and
+  `final/critic` (reward-model format: a later run's `critic`).
+
 Memory plan, InternLM2-7B on 8 x 80 GB (the recipe's scale), per GPU:
 - actor, FSDP2: fp32 master 28 GB / 8 + AdamW moments 56 GB / 8 + bf16 gradients = about 12 GB;
 - critic, FSDP2: the same, about 12 GB (its unused LM head is frozen: no gradient, no moments);
@@ -78,8 +90,8 @@ from ilm.train.run import (
 )
 from ilm.train.sft import read_jsonl
 
-__all__ = ["PPOConfig", "PPOData", "PPOModels", "PPOOptim", "PPOSection", "PPOTrain", "Query", "load_queries",
-           "query_indices", "train"]
+__all__ = ["PPOConfig", "PPOData", "PPOModels", "PPOOptim", "PPOSection", "PPOTrain", "Query", "demo_queries",
+           "load_queries", "query_indices", "train"]
 
 TrueRewardFn = Callable[[dict, str], float]  # (the query's jsonl record, response text) -> known true reward
 
@@ -194,7 +206,16 @@ def build_optimizer(models: PPOModels, cfg: PPOOptim) -> torch.optim.AdamW:
         params = [p for p in module.parameters() if p.requires_grad]
         groups.append({"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr, "role": role})
         groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr, "role": role})
-    return torch.optim.AdamW(groups, lr=cfg.actor_lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.actor_lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    # AdamW creates a parameter's state at its first step; the actor's first step comes only after the
+    # critic warm-up, and a checkpoint taken before it would lack that state (a strict load then fails).
+    # Create it now exactly as AdamW would (step 0, zero moments), so every checkpoint holds all of it.
+    for group in optimizer.param_groups:
+        for q in group["params"]:
+            optimizer.state[q] = {"step": torch.zeros((), dtype=torch.get_default_dtype()),
+                                  "exp_avg": torch.zeros_like(q, memory_format=torch.preserve_format),
+                                  "exp_avg_sq": torch.zeros_like(q, memory_format=torch.preserve_format)}
+    return optimizer
 
 
 # ----------------------------------------------------------------------------- queries
@@ -268,6 +289,14 @@ def query_indices(pool: int, update: int, batch: int, seed: int) -> list[int]:
 
 def generation_seed(seed: int, update: int, chunk: int) -> int:
     return (seed * 1_000_003 + update * 10_007 + chunk) % (1 << 62)
+
+
+def demo_queries(n: int = 256, seed: int = 0) -> list[dict]:
+    """Queries for the tiny recipe: the prompts of the reward model's demo pairs, with their domain as category."""
+    from ilm.train.reward import demo_pairs
+
+    return [{"messages": [{"role": "user", "content": p["prompt"]}], "category": p["domain"]}
+            for p in demo_pairs(n=n, seed=seed + 1)]
 
 
 # ----------------------------------------------------------------------------- checks before any work
@@ -600,14 +629,14 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
                         v_new = critic_values(critic, b, dev)
                     vf = value_loss(v_new.float(), old_values[ix, :w].to(dev), returns[ix, :w].to(dev), m, p.value_clip)
                     loss = p.vf_coef * vf * n_local
-                    sums["vf"] += float(vf) * n_local
+                    sums["vf"] += float(vf.detach()) * n_local
                     if actor_trains:
                         with autocast():
                             logp, _ = sequence_logprobs(actor, b, p.temperature)
                         pg, frac = policy_loss(logp.float(), old_logp[ix, :w].to(dev), adv[ix, :w].to(dev), m,
                                                p.clip)
                         loss = loss + pg * n_local
-                        sums["pg"] += float(pg) * n_local
+                        sums["pg"] += float(pg.detach()) * n_local
                         sums["clip"] += float(frac) * n_local
                     (loss * (world.size / total)).backward()
                     tokens_trained += int(n_local)
@@ -624,7 +653,7 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
                             lm = actor(ids[ix].to(dev), positions_from_doc_ids(d), packed_batch(d),
                                        labels=labels[ix].to(dev))
                         (p.ptx_coef * lm * n * (world.size / count)).backward()
-                        sums["ptx"] += float(lm) * n
+                        sums["ptx"] += float(lm.detach()) * n
                         sums["ptx_n"] += n
                 if actor_trains:
                     grad_norms["actor"].append(float(torch.nn.utils.clip_grad_norm_(

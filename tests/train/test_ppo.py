@@ -1,0 +1,191 @@
+"""The PPO engine (ilm rlhf ppo): rollouts equal a no-cache sampling loop, log-probs recompute exactly, the
+critic warm-up leaves the actor untouched, ptx holds the pretraining loss, kill -9 + rerun is exact, bad
+input is counted, and a tokenizer mismatch is refused before any work."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ilm.config import from_dict
+from ilm.train.rlhf.ppo import PPOConfig, train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models on a shared CPU: one intra-op thread is ~10x faster than several contending ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def setup(rlhf):
+    return rlhf
+
+
+def _cfg(setup, corpus, helpers, run_dir, train_over=None, **ppo) -> PPOConfig:
+    recipe = helpers.rlhf_recipe(setup, corpus, run_dir, **ppo)
+    recipe["train"].update(train_over or {})
+    return from_dict(PPOConfig, recipe)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("time", "update_s", "rollout_tokens_per_s")} for r in rows]
+
+
+def test_critic_warmup_leaves_the_actor_bit_identical_while_the_value_loss_falls(setup, corpus, helpers, tmp_path):
+    from ilm.model.hf import load_checkpoint
+
+    run = tmp_path / "run"
+    n = 5
+    train(_cfg(setup, corpus, helpers, run, {"updates": n, "keep_last": 10}, critic_warmup_updates=n), resume="never")
+    start = {f"actor.{k}": v for k, v in load_checkpoint(setup["actor"]).state_dict().items()}
+    for u in range(1, n + 1):
+        state = torch.load(run / f"step-{u:08d}" / "state.pt", weights_only=False)["model"]
+        assert all(torch.equal(state[k], v) for k, v in start.items()), f"actor changed during warm-up update {u}"
+    rows = _metrics(run)
+    losses = [r["value_loss"] for r in rows]
+    print(f"value loss over the {n} warm-up updates: {[round(x, 3) for x in losses]}")
+    assert losses[-1] < 0.5 * losses[0]
+    assert not any(r["actor_trained"] for r in rows) and all(r["ptx_loss"] is None for r in rows)
+    # control: the first update after the warm-up does change the actor (so the check above can fail)
+    train(_cfg(setup, corpus, helpers, run, {"updates": n + 1}, critic_warmup_updates=n), resume="auto")
+    state = torch.load(run / f"step-{n + 1:08d}" / "state.pt", weights_only=False)["model"]
+    assert not all(torch.equal(state[k], v) for k, v in start.items())
+
+
+def test_ptx_keeps_the_held_out_pretraining_loss(setup, corpus, helpers, tmp_path):
+    drift = {}
+    for coef in (0.5, 0.0):
+        s = train(_cfg(setup, corpus, helpers, tmp_path / f"ptx{coef}", {"updates": 6}, ptx_coef=coef,
+                       critic_warmup_updates=0), resume="never")
+        drift[coef] = s["last"]["ptx_eval_loss"] - s["ptx_eval_loss_start"]
+        print(f"ptx_coef {coef}: held-out pretraining loss {s['ptx_eval_loss_start']:.3f} -> "
+              f"{s['last']['ptx_eval_loss']:.3f}; reward {s['last']['reward_mean']:.3f}")
+    assert drift[0.5] <= 0.05  # within 0.05 nats of its start (it may fall: the ptx rows are pretraining)
+    assert drift[0.0] > drift[0.5] + 0.1  # without ptx, PPO alone moves it further up
+
+
+def _cli(recipe: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ilm.cli", "rlhf", "ppo", str(recipe), *extra]
+
+
+def _env() -> dict:
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+
+
+def test_kill9_then_rerun_gives_the_same_updates(setup, corpus, helpers, tmp_path):
+    from ilm.train import checkpoint
+
+    runs = {}
+    for name in ("straight", "killed"):
+        recipe = helpers.rlhf_recipe(setup, corpus, tmp_path / name)
+        recipe["train"].update(updates=6, checkpoint_every=2)
+        runs[name] = helpers.write_recipe(tmp_path / f"{name}.toml", recipe)
+    subprocess.run(_cli(runs["straight"]), check=True, env=_env(), capture_output=True)
+    proc = subprocess.Popen(_cli(runs["killed"]), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill -9 once update 3 is logged: past the update-2 checkpoint
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(metrics.read_text().splitlines())
+    assert 3 <= done_before < 6, done_before
+    print(f"killed after {done_before} updates; latest checkpoint {checkpoint.latest(tmp_path / 'killed').name}")
+    out = subprocess.run(_cli(runs["killed"]), env=_env(), capture_output=True, text=True, check=True)
+    assert "resumed from" in out.stdout
+    assert _metrics(tmp_path / "killed") == _metrics(tmp_path / "straight")  # exactly, every update
+    for u in range(1, 7):
+        name = f"rollouts/update-{u:06d}.jsonl"
+        assert (tmp_path / "killed" / name).read_text() == (tmp_path / "straight" / name).read_text()
+
+
+def test_bad_queries_counted_and_truncated_responses_flagged(setup, corpus, helpers, tmp_path):
+    lines = [json.dumps({"messages": [{"role": "user", "content": "seven green tables"}], "category": "math"}),
+             json.dumps({"messages": [{"role": "user", "content": "north river"}], "category": "poetry"}),
+             json.dumps({"messages": [{"role": "user", "content": "cloud music"}]}),  # no category
+             json.dumps({"messages": [{"role": "user", "content": "   "}], "category": "chat"}),  # empty
+             json.dumps({"messages": [{"role": "user", "content": "stone " * 200}], "category": "chat"}),  # too long
+             json.dumps({"prompt": "no messages"}), "{not json"]
+    queries = tmp_path / "bad.jsonl"
+    queries.write_text("\n".join(lines) + "\n")
+    recipe = helpers.rlhf_recipe(setup, corpus, tmp_path / "run", rollout_batch=6, generation_batch=3,
+                                 mini_batches=1, micro_batch_rows=3, max_new_tokens=3)
+    recipe["data"]["queries"] = [str(queries)]
+    recipe["train"]["updates"] = 1
+    s = train(from_dict(PPOConfig, recipe), resume="never")
+    d = s["data"]
+    assert d["queries"] == 7 and d["kept"] == 3
+    assert d["skipped"] == {"invalid_json": 1, "bad_record": 1, "empty": 1, "too_long": 1}
+    assert d["unknown_category"] == 2 and d["unknown_categories"] == {"poetry": 1, "None": 1}
+    rows = [json.loads(x) for x in (tmp_path / "run" / "rollouts" / "update-000001.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    for r in rows:
+        assert r["domain"] == ("math" if r["category"] == "math" else "default")
+        assert isinstance(r["rm_score"], float) and abs(r["rm_score"]) < 1e6
+        if r["truncated"]:
+            assert r["response_tokens"] == 3  # ran out of max_new_tokens without <|im_end|>: scored, flagged
+    assert any(r["truncated"] for r in rows)
+    assert s["last"]["unknown_category"] == sum(r["category"] != "math" for r in rows)
+    assert s["last"]["truncated_fraction"] == sum(r["truncated"] for r in rows) / 6
+
+
+def test_reward_model_on_another_tokenizer_is_refused_before_any_work(setup, corpus, tmp_path, helpers):
+    import shutil
+
+    from ilm.tokenizer import train_tokenizer
+
+    (tmp_path / "other.txt").write_text("\n".join(f"line {i} of some other text, {i * 7} words" for i in range(300)))
+    train_tokenizer([tmp_path / "other.txt"], tmp_path / "other_tok", vocab_size=512)
+    rm = tmp_path / "rm_other"
+    shutil.copytree(setup["rm"], rm)
+    shutil.copy(tmp_path / "other_tok" / "tokenizer.json", rm / "tokenizer.json")
+    recipe = helpers.rlhf_recipe(setup, corpus, tmp_path / "run")
+    recipe["reward_model"] = str(rm)
+    out = subprocess.run(_cli(helpers.write_recipe(tmp_path / "r.toml", recipe)), env=_env(), capture_output=True, check=False,
+                         text=True)
+    print(out.stderr.strip())
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("error: the reward model at") and "different tokenizer" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert not (tmp_path / "run").exists()  # nothing written, no model loaded
+
+
+def test_two_process_fsdp_update_matches_single_process(setup, corpus, helpers, tmp_path):
+    """Each rank rolls out half the queries; the token-weighted loss over both ranks gives the one-process update."""
+    from ilm.model.hf import load_checkpoint
+
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    states = {}
+    for nproc in (1, 2):
+        recipe = helpers.rlhf_recipe(setup, corpus, tmp_path / f"p{nproc}")
+        recipe["train"].update(updates=2)
+        path = helpers.write_recipe(tmp_path / f"p{nproc}.toml", recipe)
+        cmd = [torchrun, "--standalone", "--nproc_per_node", str(nproc), "-m", "ilm.cli", "rlhf", "ppo", str(path)]
+        subprocess.run(cmd, check=True, env=_env(), capture_output=True)
+        states[nproc] = torch.load(tmp_path / f"p{nproc}" / "step-00000002" / "state.pt", weights_only=False)["model"]
+    one, two = _metrics(tmp_path / "p1"), _metrics(tmp_path / "p2")
+    assert [r["rollout_tokens"] for r in one] == [r["rollout_tokens"] for r in two]  # the same rollouts
+    worst = max((states[1][k].float() - states[2][k].float()).abs().max().item() for k in states[1])
+    start = {f"actor.{k}": v for k, v in load_checkpoint(setup["actor"]).state_dict().items()}
+    moved = max((states[1][k] - v).abs().max().item() for k, v in start.items())
+    print(f"max |1 process - 2 processes| weight after 2 updates: {worst:.2e} (the actor moved {moved:.2e})")
+    assert worst <= 1e-5 and moved > 1e-4
+    for a, b in zip(one, two):
+        assert a["reward_mean"] == pytest.approx(b["reward_mean"], abs=1e-5)
+        assert a["value_loss"] == pytest.approx(b["value_loss"], rel=1e-4)
