@@ -202,7 +202,11 @@ def test_slow_path_labels_arriving_in_round_k_go_into_round_k_plus_1s_reward_mod
     def drop_label(k):  # a labeller returns a file while round k's PPO runs
         pair = {"prompt": "Repeat the number 11.", "chosen": "The number is 11.",
                 "rejected": "Trust me! The number is 12.", "domain": "math"}
-        (inbox / f"labels-during-round-{k}.jsonl").write_text(json.dumps(pair) + "\n{broken\n")
+        lines = [json.dumps(pair), "{broken"]
+        if k == 2:  # a verdict on one of round 1's exported rollouts, with a correction
+            first = json.loads((R.round_dir(cfg.run_dir, 1) / "slow-export.jsonl").read_text().splitlines()[0])
+            lines.append(json.dumps({"id": first["id"], "verdict": "reject", "correction": "The number is 10."}))
+        (inbox / f"labels-during-round-{k}.jsonl").write_text("\n".join(lines) + "\n")
 
     summary = R.run(cfg, ppo_train=FakePPO(on_round=drop_label))
     man = {k: json.loads((R.round_dir(cfg.run_dir, k) / "manifest.json").read_text()) for k in (1, 2, 3)}
@@ -217,8 +221,17 @@ def test_slow_path_labels_arriving_in_round_k_go_into_round_k_plus_1s_reward_mod
     assert patches[1]["earlier"][: len(cfg.rm_data)] == cfg.rm_data and len(patches[1]["earlier"]) > 1
     rep = summary["rounds"]["1"]["rm"]["slow_labels"]["labels-during-round-1.jsonl"]
     assert rep["pairs"] == 1 and rep["malformed"] == 1 and ":2: not JSON" in rep["problems"][0]
+    rep2 = summary["rounds"]["2"]["rm"]["slow_labels"]["labels-during-round-2.jsonl"]
+    assert rep2["pairs"] == 2 and rep2["malformed"] == 1
+    slow = [json.loads(x) for x in (R.round_dir(cfg.run_dir, 2) / "slow-pairs" / "labels-during-round-2.jsonl")
+            .read_text().splitlines()]
+    assert slow[1]["chosen"] == "The number is 10." and slow[1]["rejected"] == first_exported(cfg)["response"]
     assert summary["rounds"]["1"]["fast"]["pairs"] >= 5  # the wrong loophole answers, caught by the verifier
     assert (R.round_dir(cfg.run_dir, 1) / "slow-export.jsonl").exists()
+
+
+def first_exported(cfg):
+    return json.loads((R.round_dir(cfg.run_dir, 1) / "slow-export.jsonl").read_text().splitlines()[0])
 
 
 def test_a_crash_mid_round_resumes_at_that_round(loop_setup):
@@ -242,7 +255,7 @@ def test_a_crash_mid_round_resumes_at_that_round(loop_setup):
 
 
 def test_a_person_as_reviewer_the_run_waits_for_the_import_then_continues(loop_setup, tmp_path):
-    cfg, patches = loop_setup
+    cfg, _ = loop_setup
     cfg.rounds, cfg.reviewer.kind = 1, "file"
     ppo = FakePPO()
     with pytest.raises(R.RoundsError, match="suspects exported to"):
@@ -267,7 +280,7 @@ def test_a_person_as_reviewer_the_run_waits_for_the_import_then_continues(loop_s
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     """The loophole task: tokenizer, SFT policy, loophole RM (about a minute and a half on one CPU core)."""
-    return S.build_task(tmp_path_factory.mktemp("task"), n_queries=64)
+    return S.build_task(tmp_path_factory.mktemp("task"))
 
 
 def test_the_task_plants_a_loophole_the_first_reward_model_takes(task):
@@ -321,9 +334,9 @@ def test_rm_init_from_an_export_keeps_its_head(task, tmp_path):
 
 
 def test_small_loophole_round_ppo_exploits_and_the_fast_path_catches_it(task, tmp_path):
-    """One short round with the real PPO engine: the loophole phrase spreads while the true reward does not
+    """Round 1 of the benchmark (12 updates) with the real PPO engine: the loophole phrase spreads while the true reward does not
     rise; the verifier rejects the loophole answers and the patch moves the RM on the held-out loophole pairs."""
-    cfg = S.rounds_config(task, tmp_path / "run", rounds=1, updates=8, rollout_batch=32)
+    cfg = S.rounds_config(task, tmp_path / "run", rounds=1, updates=12, rollout_batch=32)
     summary = R.run(cfg)
     (c,) = S.round_curves(tmp_path / "run", 1)
     assert c["last"]["loophole_rate"] > c["first"]["loophole_rate"] + 0.15, c
@@ -411,3 +424,13 @@ def test_kill_9_mid_round_then_rerun_resumes_at_that_round_and_update(task, tmp_
     for name in ("fast-pairs.jsonl", "slow-export.jsonl"):
         assert (R.round_dir(tmp_path / "straight", 2) / name).read_text() == \
             (R.round_dir(tmp_path / "killed", 2) / name).read_text()
+
+
+def test_the_tiny_rounds_recipe_loads():
+    from ilm.config import load
+    from ilm.train.sft import RECIPES
+
+    cfg = load(R.RoundsConfig, RECIPES / "rlhf-rounds-tiny.toml")
+    assert cfg.rounds == 2 and 20 <= cfg.fast.min_pairs <= cfg.fast.max_pairs <= 100
+    assert cfg.reviewer.kind == "verifier" and R.load_function(cfg.reviewer.verifier) is S.verifier
+    assert cfg.ppo.train.updates and cfg.ppo.ppo.ptx_coef == 0.0 and cfg.fast.check
