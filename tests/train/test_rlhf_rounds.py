@@ -339,9 +339,9 @@ def test_small_loophole_round_ppo_exploits_and_the_fast_path_catches_it(task, tm
     cfg = S.rounds_config(task, tmp_path / "run", rounds=1, updates=12, rollout_batch=32)
     summary = R.run(cfg)
     (c,) = S.round_curves(tmp_path / "run", 1)
-    assert c["last"]["loophole_rate"] > c["first"]["loophole_rate"] + 0.15, c
+    assert c["last"]["loophole_rate"] > c["first"]["loophole_rate"] + 0.1, c
     assert c["last"]["rm_score"] > c["first"]["rm_score"], c
-    assert c["last"]["true_reward"] <= c["first"]["true_reward"] + 0.05, c
+    assert c["last"]["true_reward"] < c["first"]["true_reward"], c
     fast = summary["rounds"]["1"]["fast"]
     assert fast["pairs"] >= 20 and fast["rejected"] >= 0.5 * fast["reviewed"], fast
     pairs = [json.loads(x) for x in Path(fast["pairs_file"]).read_text().splitlines()]
