@@ -349,7 +349,7 @@ def test_small_loophole_round_ppo_exploits_and_the_fast_path_catches_it(task, tm
                for p in pairs)
     assert sum(S.has_loophole(p["rejected"]) for p in pairs) >= 0.8 * len(pairs)  # the loophole answers
     rm = summary["rounds"]["1"]["rm"]
-    assert rm["after"]["check"]["accuracy"] > rm["before"]["check"]["accuracy"] + 0.15, rm
+    assert rm["before"]["check"]["accuracy"] < 0.5 and rm["after"]["check"]["accuracy"] >= 0.9, rm
     man = json.loads((R.round_dir(cfg.run_dir, 1) / "manifest.json").read_text())
     assert man["next_reward_model"] == rm["export"]
 
