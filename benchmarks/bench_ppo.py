@@ -45,11 +45,11 @@ def _setup(root: Path) -> dict:
             "conditions": {"default": "Be helpful."}, "default_domain": "default", "max_length": 256}
     save_reward_model(RewardModel(build_model(cfg, seed=1)), root / "rm", meta, root / "tok")
     rng = random.Random(0)
-    words = (root / "text.txt").read_text().split()[:5000]
+    words = [w for w in (root / "text.txt").read_text().split()[:5000] if w.isalpha() and len(w) <= 10]
     queries = []
     for _ in range(64):  # user text trimmed so each rendered query is exactly PROMPT tokens
         msgs = [{"role": "user", "content": " ".join(rng.sample(words, 40))}]
-        while len(tok.render(msgs, add_generation_prompt=True).ids) > PROMPT:
+        while len(tok.render(msgs, add_generation_prompt=True).ids) > PROMPT and " " in msgs[0]["content"]:
             msgs[0]["content"] = msgs[0]["content"].rsplit(" ", 1)[0]
         queries.append({"messages": msgs, "category": "default"})
     (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))

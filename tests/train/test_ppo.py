@@ -189,3 +189,33 @@ def test_two_process_fsdp_update_matches_single_process(setup, corpus, helpers, 
     for a, b in zip(one, two):
         assert a["reward_mean"] == pytest.approx(b["reward_mean"], abs=1e-5)
         assert a["value_loss"] == pytest.approx(b["value_loss"], rel=1e-4)
+
+
+def test_true_reward_hook_exports_and_a_critic_from_the_export(setup, corpus, helpers, tmp_path):
+    from ilm.model.hf import load_checkpoint
+    from ilm.train.reward_model import load_reward_model
+
+    seen = []
+
+    def true_reward(record: dict, text: str) -> float:
+        seen.append(record["category"])
+        return float(len(text))
+
+    cfg = _cfg(setup, corpus, helpers, tmp_path / "a", {"updates": 2}, recompute_logprobs=True)
+    s = train(cfg, resume="never", reward_fn=true_reward)
+    rows = [json.loads(x) for x in (tmp_path / "a" / "rollouts" / "update-000002.jsonl").read_text().splitlines()]
+    assert [r["true_reward"] for r in rows] == [float(len(r["response"])) for r in rows]
+    assert s["last"]["true_reward"] == pytest.approx(sum(r["true_reward"] for r in rows) / len(rows))
+    assert len(seen) == 8 and set(seen) <= {"math", "chat"}
+    actor = load_checkpoint(s["export"]["actor"])
+    critic, meta = load_reward_model(s["export"]["critic"])
+    state = torch.load(tmp_path / "a" / "step-00000002" / "state.pt", weights_only=False)["model"]
+    assert torch.equal(actor.output.weight, state["actor.output.weight"])
+    assert torch.equal(critic.v_head.weight, state["critic.v_head.weight"])
+    assert meta["conditions"] == json.loads((setup["rm"] / "reward_config.json").read_text())["conditions"]
+    # a later run (the next round) can start its critic from this export
+    cfg2 = _cfg(setup, corpus, helpers, tmp_path / "b", {"updates": 1})
+    cfg2.critic, cfg2.optim.critic_lr = s["export"]["critic"], 0.0  # lr 0: the critic stays as loaded
+    train(cfg2, resume="never")
+    state2 = torch.load(tmp_path / "b" / "step-00000001" / "state.pt", weights_only=False)["model"]
+    assert all(torch.equal(state2[k], v) for k, v in state.items() if k.startswith("critic."))

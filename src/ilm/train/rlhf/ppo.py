@@ -42,17 +42,19 @@ Run directory (what `ilm rlhf run` and people read):
   `final/critic` (reward-model format: a later run's `critic`).
 
 Memory plan, InternLM2-7B on 8 x 80 GB (the recipe's scale), per GPU:
-- actor, FSDP2: fp32 master 28 GB / 8 + AdamW moments 56 GB / 8 + bf16 gradients = about 12 GB;
-- critic, FSDP2: the same, about 12 GB (its unused LM head is frozen: no gradient, no moments);
+- actor, FSDP2: fp32 weights 28 GB / 8 + AdamW moments 56 GB / 8 + fp32 gradients 28 GB / 8 = 14 GB;
+- critic, FSDP2: the same, about 13 GB (its unused LM head is frozen: no gradient, no moments);
 - reference and reward model, FSDP2, bf16, frozen: 14 GB / 8 each, about 3.5 GB together;
 - the rollout copy of the actor: generation runs many small decode steps per rank, and sharded weights
   would need an all-gather per layer per token (and the same number of steps on every rank), so each rank
   decodes with an unsharded bf16 copy refreshed from the actor once per update: 14 GB, plus the KV cache
-  (32 layers x 8 KV heads x 128 x 2 x 2 bytes = 128 KB per token: 64 rows x 2k tokens = 16 GB);
-- activations: with activation checkpointing (`train.activation_checkpointing`) and 1-2 rows of 2k tokens
-  per micro-batch, a few GB; the (rows x tokens x 92,544) fp32 logits of the training forward are the
-  largest single tensor (0.75 GB per 2k-token row), hence small micro-batches.
-Total about 50-60 GB: it fits 80 GB with room; on smaller cards drop the rollout copy's batch first.
+  (32 layers x 8 KV heads x 128 x 2 x 2 bytes = 128 KB per token; a generate call of 32 rows x 4k tokens
+  = 17 GB, freed before the training phase);
+- activations: with activation checkpointing (`train.activation_checkpointing`) and 2 rows of up to 4k
+  tokens per micro-batch, a few GB; the (rows x tokens x 92,544) fp32 logits of the training forward are
+  the largest single tensor (1.5 GB per 4k-token row), hence small micro-batches.
+Peak about 62 GB (the generation phase: 14 + 13 + 3.5 + 14 + 17), so it fits 80 GB; with less memory
+lower `ppo.generation_batch` first (the KV cache), then `ppo.micro_batch_rows`.
 """
 
 from __future__ import annotations
@@ -498,25 +500,30 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
     if longest + p.max_new_tokens > actor.config.max_context:
         raise ValueError(f"queries of up to {longest} tokens + ppo.max_new_tokens {p.max_new_tokens} exceed the "
                          f"actor's context {actor.config.max_context}; lower data.max_query_tokens or max_new_tokens")
-    ref = load_checkpoint(cfg.actor, device=dev, dtype=torch.float32).requires_grad_(False).eval()
+    # each model is sharded right after it is loaded, so at most one is ever whole in memory; the frozen
+    # ones are kept in bf16 when training in bf16 on GPU (see the memory plan above)
+    frozen = torch.bfloat16 if t.precision == "bf16" and dev.type == "cuda" else torch.float32
+    sharded = world.size > 1 and t.fsdp
+    prepare(actor, t, world)
+    ref = load_checkpoint(cfg.actor, device=dev, dtype=frozen).requires_grad_(False).eval()
+    if sharded:
+        apply_fsdp(ref)
     rm, _ = load_reward_model(cfg.reward_model, device=dev)
-    rm.requires_grad_(False).eval()
-    critic_rm, _ = load_reward_model(cfg.critic or cfg.reward_model, device=dev)
-    critic = Critic(critic_rm)
-    shape = {"actor": model_shape(actor.config), "critic": model_shape(critic.config)}
-    rollout_copy = None
-    if world.size > 1:
+    rm = rm.to(frozen).requires_grad_(False).eval()
+    if sharded:
         from torch.distributed.fsdp import fully_shard
 
-        from ilm.model import build_model
-
-        dtype = torch.bfloat16 if t.precision == "bf16" and dev.type == "cuda" else torch.float32
-        rollout_copy = build_model(actor.config, device=dev, dtype=dtype, seed=None).requires_grad_(False)
-        apply_fsdp(ref)
         apply_fsdp(rm.backbone)
         fully_shard(rm)
-    prepare(actor, t, world)
+    critic_rm, _ = load_reward_model(cfg.critic or cfg.reward_model, device=dev)
+    critic = Critic(critic_rm)
     prepare(critic, t, world, backbone=critic.backbone)
+    shape = {"actor": model_shape(actor.config), "critic": model_shape(critic.config)}
+    rollout_copy = None
+    if world.size > 1:  # decoding runs on an unsharded copy, refreshed from the actor every update
+        from ilm.model import build_model
+
+        rollout_copy = build_model(actor.config, device=dev, dtype=frozen, seed=None).requires_grad_(False)
     models = PPOModels(actor, critic)
     optimizer = build_optimizer(models, cfg.optim)
     autocast = autocast_for(world, t.precision)
@@ -548,7 +555,7 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
             d = doc.to(dev)
             return float(actor(ids.to(dev), positions_from_doc_ids(d), packed_batch(d), labels=labels.to(dev)))
 
-    start_eval = ptx_eval_loss()
+    start_eval = rest.get("ptx_eval_start") if update else ptx_eval_loss()
     bar = progress(world, t.progress, t.updates, update)
     while update < t.updates:
         t0 = time.perf_counter()
@@ -720,7 +727,7 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
             bar.set_postfix({"reward": f"{row['reward_mean']:.3f}", "kl": f"{row['kl']:.3f}",
                              "vloss": f"{row['value_loss']:.3f}", "len": f"{row['response_length']:.0f}"})
         if update % t.checkpoint_every == 0 or update == t.updates:
-            extra = {"model_config": shape, "data": data_id, "stage": "ppo",
+            extra = {"model_config": shape, "data": data_id, "stage": "ppo", "ptx_eval_start": start_eval,
                      "ptx": packer.state_dict() if packer is not None else None}
             checkpoint.save(run_dir, update, models, optimizer, extra=extra, keep_last=t.keep_last)
     if bar is not None:
