@@ -540,7 +540,7 @@ def fast_path(cfg: RoundsConfig, k: int, rdir: Path, reviewer: Reviewer) -> dict
             pos += len(batch)
             reviewed += batch
             verdicts += reviewer.review(batch)
-            if build_pairs(reviewed, verdicts, by_id)[1]["rejected"] >= f.min_pairs:
+            if len(build_pairs(reviewed, verdicts, by_id)[0]) >= f.min_pairs:
                 break
         export_suspects(reviewed, rdir / "suspects.jsonl")
         _write_jsonl(verdict_file, [verdict_row(v) for v in verdicts])
