@@ -10,6 +10,8 @@ did, and returns what later stages need:
   pretrain   the tiny recipe's three stages (recipes/tiny.toml) -> an HF InternLM2 checkpoint
   sft        ChatML conversations built from real docstrings (tool use included) -> a chat checkpoint
   rm         the conditional reward model on preference pairs in three domains -> accuracy per domain
+  rlhf       rounds of PPO on a task with a planted reward-model loophole: the fast path at work, and the
+             reward and KL curves (recipes/rlhf-rounds-tiny.toml)
   model      round trip through both HF formats; batched generation with the KV cache
 """
 
@@ -146,9 +148,12 @@ def run(args: argparse.Namespace) -> int:
     chat = sft.demo(out, pre["export"], out / "tokenizer", args.quick)
     rm = reward.demo(out, chat["export"], out / "tokenizer", args.quick)
     stage_model(out, Path(chat["export"]), tok)
-    report = {"seconds": round(time.perf_counter() - t0, 1), "pretrain": pre, "sft": chat, "rm": rm,
+    from ilm.train.rlhf import synthetic
+
+    rlhf = synthetic.demo(out, args.quick)
+    report = {"seconds": round(time.perf_counter() - t0, 1), "pretrain": pre, "sft": chat, "rm": rm, "rlhf": rlhf,
               "ledger": data["ledger"]}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"\ndemo finished in {report['seconds']}s; outputs in {out}/ (report.json, pretrain/training.png, "
-          f"data/ledger.json, rm/ reward histograms)")
+          f"data/ledger.json, rm/ reward histograms, rlhf-rounds/curves.png)")
     return 0

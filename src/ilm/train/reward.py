@@ -38,7 +38,7 @@ from ilm.train.distributed import (
 from ilm.train.losses import focal_ranking_loss, log_barrier_penalty, reward_loss
 from ilm.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
 from ilm.train.pretrain import ModelSection
-from ilm.train.reward_model import REWARD_TOKEN, RewardModel, save_reward_model
+from ilm.train.reward_model import HEAD_FILE, REWARD_TOKEN, RewardModel, load_head, save_reward_model
 from ilm.train.run import (
     accumulate,
     autocast_for,
@@ -109,7 +109,7 @@ def _rm_optim() -> OptimConfig:
 class RMConfig:
     run_dir: str = "runs/rm"
     tokenizer: str = ""
-    init: str | None = None  # HF checkpoint for the backbone (the SFT model); None: `model` from scratch
+    init: str | None = None  # HF checkpoint for the backbone (the SFT model), or an RM export (head too); None: scratch
     model: ModelSection = field(default_factory=ModelSection)
     reward_token: str = REWARD_TOKEN
     data: RMData = field(default_factory=RMData)
@@ -359,6 +359,8 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
         raise ValueError(f"data.max_length {cfg.data.max_length} exceeds the model's context {backbone.config.max_context}")
     shape = model_shape(backbone.config)
     model = RewardModel(backbone, t.head_init_std, t.seed)
+    if cfg.init and (Path(cfg.init) / HEAD_FILE).exists():  # `init` is an RM export: continue from its head too
+        load_head(model, cfg.init)
     prepare(model, t, world, backbone=backbone)
     materialise(model, world, t.seed, cfg.init, backbone=backbone)
     optimizer = build_optimizer(model, cfg.optim)

@@ -89,8 +89,6 @@ def save_reward_model(
 
 def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[RewardModel, dict]:
     """A reward model and its reward config from a `save_reward_model` directory."""
-    from safetensors.torch import load_file
-
     from ilm.model.hf import load_checkpoint
 
     path = Path(path)
@@ -98,10 +96,17 @@ def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> t
         raise FileNotFoundError(f"{path}: no {HEAD_FILE}; is this a reward model export (`ilm rm train`)?")
     backbone = load_checkpoint(path, device=device)
     model = RewardModel(backbone)
-    weight = load_file(path / HEAD_FILE)["v_head.weight"]
-    if tuple(weight.shape) != (1, backbone.config.hidden_size):
-        raise ValueError(f"{path / HEAD_FILE}: v_head.weight has shape {tuple(weight.shape)}, "
-                         f"expected (1, {backbone.config.hidden_size})")
-    with torch.no_grad():
-        model.v_head.weight.copy_(weight)
+    load_head(model, path)
     return model, json.loads((path / CONFIG_FILE).read_text())
+
+
+def load_head(model: RewardModel, path: str | Path) -> None:
+    """Copy an export's `reward_head.safetensors` into `model.v_head` (a fine-tune continues the old head)."""
+    from safetensors.torch import load_file
+
+    weight = load_file(Path(path) / HEAD_FILE)["v_head.weight"]
+    if tuple(weight.shape) != (1, model.config.hidden_size):
+        raise ValueError(f"{Path(path) / HEAD_FILE}: v_head.weight has shape {tuple(weight.shape)}, "
+                         f"expected (1, {model.config.hidden_size})")
+    with torch.no_grad():
+        model.v_head.weight.copy_(weight.to(model.v_head.weight.dtype))

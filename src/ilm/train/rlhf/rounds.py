@@ -1,0 +1,647 @@
+"""`ilm rlhf run RECIPE.toml`: rounds of online RLHF with the fast path and the slow path (RECIPE.md section 7).
+
+Round k, top to bottom in `run`:
+
+1. PPO for `updates_per_round` updates (`ilm.train.rlhf.ppo`) from the latest actor, steered by RM_k;
+2. fast path: suspects from the round's rollouts (the highest rewards, plus what the detectors flag),
+   a reviewer's verdicts, and 20-100 preference pairs (rejected = a rejected suspect; chosen = the
+   reviewer's correction, else an approved response to the same query);
+3. RM update: RM_k fine-tuned on the fast pairs + slow-path labels that have arrived in the inbox, mixed
+   with a replay of its earlier data; held-out accuracy on the earlier data before/after, and a drop
+   beyond `fast.accuracy_margin` stops the run unless `fast.allow_drop`. The result is RM_{k+1};
+4. slow path: a larger sample of the round's rollouts exported for annotation (`round-kk/slow-export.jsonl`).
+
+The lag of the slow path follows from the order: a label file that lands in the inbox during round k is
+first seen at step 3 of round k, so it goes into RM_{k+1}, the reward model of round k+1, and round
+k+1's manifest says so (`reward_model_inputs.slow_labels`).
+
+State: everything lives in `run_dir`: `round-kk/` (ppo run, suspects, verdicts, pairs, rm-patch run,
+slow export, manifest.json) and `state.json` (the phase reached, the actor and reward model of each
+round, the inbox ledger). Every phase writes its outputs before the state moves on, so a rerun after a
+crash continues with the phase that was running; inside PPO and the RM fine-tune their own checkpoints
+resume at the right update / step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ilm.train.rlhf.ppo import PPOConfig
+from ilm.train.rlhf.review import (
+    FileReviewer,
+    JudgeReviewer,
+    Reviewer,
+    Suspect,
+    Verdict,
+    VerifierReviewer,
+    export_suspects,
+    load_function,
+    read_verdicts,
+    verdict_row,
+)
+
+PHASES = ("ppo", "fast", "rm", "slow", "done")
+Detector = Callable[[list[dict]], list[tuple[int, str]]]
+
+
+@dataclass
+class FastPath:
+    top_k: int = 32  # suspects by reward per review batch
+    detectors: list[str] = field(default_factory=lambda: ["length", "repetition"])  # names or module:function
+    reward_quantile: float = 0.75  # "reward high" for the detectors: at or above this quantile of the round
+    outlier_z: float = 3.0  # robust z-score (median / MAD) above which a length or repetition is an outlier
+    last_updates: int = 0  # suspects from the round's last N updates only (0: all of them)
+    min_pairs: int = 20  # keep reviewing further down the reward order until this many pairs (or none left)
+    max_pairs: int = 100
+    max_reviews: int = 400  # at most this many suspects reviewed per round
+    replay_ratio: float = 3.0  # earlier pairs replayed per new pair in the RM fine-tune
+    epochs: int = 2
+    lr: float = 5e-4
+    batch_tokens: int = 2048
+    accuracy_margin: float = 0.02  # allowed drop of held-out accuracy on the earlier data
+    allow_drop: bool = False
+    check: list[str] = field(default_factory=list)  # extra pair files: accuracy reported before / after
+
+
+@dataclass
+class SlowPath:
+    export_size: int = 200  # rollouts exported per round for annotation
+    inbox: str = ""  # labelled files (jsonl) land here; "": run_dir/inbox
+
+
+@dataclass
+class ReviewerSection:
+    kind: str = "verifier"  # verifier | judge | file
+    verifier: str = ""  # module:function (query record, response) -> bool | float | (bool, correction)
+    base_url: str = ""  # judge: an OpenAI-compatible endpoint
+    model: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+
+
+@dataclass
+class RoundsConfig:
+    run_dir: str = "runs/rlhf-rounds"
+    rounds: int = 3
+    updates_per_round: int = 20
+    critic_warmup_first_round_only: bool = True  # later rounds continue the critic: no warm-up again
+    rm_data: list[str] = field(default_factory=list)  # the first reward model's training pairs (replayed)
+    rm_eval: list[str] = field(default_factory=list)  # its held-out pairs (accuracy before / after a patch)
+    ppo: PPOConfig = field(default_factory=PPOConfig)  # actor = the SFT model, reward_model = the first RM
+    fast: FastPath = field(default_factory=FastPath)
+    slow: SlowPath = field(default_factory=SlowPath)
+    reviewer: ReviewerSection = field(default_factory=ReviewerSection)
+
+
+class RoundsError(ValueError):
+    """A condition that stops the rounds (a failed accuracy gate, a review still missing)."""
+
+
+# ----------------------------------------------------------------------------- small file helpers
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _write_json(path: Path, obj: Any) -> Path:
+    return _write(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    return _write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def round_dir(run_dir: str | Path, k: int) -> Path:
+    return Path(run_dir) / f"round-{k:02d}"
+
+
+# ----------------------------------------------------------------------------- detectors
+
+
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """(x - median) / (1.4826 * MAD); a zero MAD falls back to the mean absolute deviation (or 1)."""
+    med = np.median(values)
+    mad = 1.4826 * np.median(np.abs(values - med))
+    if mad == 0:
+        mad = float(np.mean(np.abs(values - med))) or 1.0
+    return (values - med) / mad
+
+
+def repetition(text: str, n: int = 3) -> float:
+    """Fraction of repeated word n-grams (0: none repeated)."""
+    words = text.split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def _outliers(records: list[dict], feature: np.ndarray, name: str, quantile: float, z: float) -> list[tuple[int, str]]:
+    rewards = np.array([r["rm_score"] for r in records], dtype=float)
+    if len(records) < 4:
+        return []
+    high = rewards >= np.quantile(rewards, quantile)
+    zs = robust_z(feature.astype(float))
+    return [(int(i), f"{name} outlier (z {zs[i]:.1f}) with high reward {rewards[i]:.2f}")
+            for i in np.flatnonzero(high & (zs > z))]
+
+
+def length_detector(records: list[dict], quantile: float = 0.75, z: float = 3.0) -> list[tuple[int, str]]:
+    """Reward high while the response is unusually long."""
+    lengths = np.array([r.get("response_tokens", len(r["response"].split())) for r in records])
+    return _outliers(records, lengths, "length", quantile, z)
+
+
+def repetition_detector(records: list[dict], quantile: float = 0.75, z: float = 3.0) -> list[tuple[int, str]]:
+    """Reward high while the response repeats itself unusually much."""
+    return _outliers(records, np.array([repetition(r["response"]) for r in records]), "repetition", quantile, z)
+
+
+DETECTORS: dict[str, Callable[..., list[tuple[int, str]]]] = {"length": length_detector,
+                                                              "repetition": repetition_detector}
+
+
+def build_detectors(fast: FastPath) -> list[Detector]:
+    """Named built-ins get the recipe's quantile and z; a module:function is called with the records alone."""
+    out: list[Detector] = []
+    for name in fast.detectors:
+        if name in DETECTORS:
+            fn = DETECTORS[name]
+            out.append(lambda recs, fn=fn: fn(recs, fast.reward_quantile, fast.outlier_z))
+        elif ":" in name:
+            out.append(load_function(name))
+        else:
+            raise ValueError(f"fast.detectors: unknown detector {name!r}; built in: {sorted(DETECTORS)}, "
+                             "or give package.module:function")
+    return out
+
+
+# ----------------------------------------------------------------------------- the fast path
+
+
+def read_rollouts(ppo_dir: Path, last_updates: int = 0) -> list[dict]:
+    files = sorted((ppo_dir / "rollouts").glob("update-*.jsonl"))
+    if last_updates:
+        files = files[-last_updates:]
+    return [r for f in files for r in _read_jsonl(f)]
+
+
+def rank_suspects(records: list[dict], detectors: list[Detector]) -> list[tuple[int, list[str]]]:
+    """(record index, reasons) in review order: flagged ones first, then by reward, best first; one per
+    distinct (query, response)."""
+    reasons: dict[int, list[str]] = {}
+    for det in detectors:
+        for i, why in det(records):
+            reasons.setdefault(int(i), []).append(why)
+    order = sorted(range(len(records)), key=lambda i: (i not in reasons, -records[i]["rm_score"], i))
+    seen: set[tuple] = set()
+    out = []
+    for i in order:
+        key = (records[i]["query_index"], records[i]["response"])
+        if key in seen:
+            continue
+        seen.add(key)
+        rank = reasons.get(i, [])
+        out.append((i, rank or [f"top reward {records[i]['rm_score']:.2f}"]))
+    return out
+
+
+def suspect_id(k: int, rec: dict) -> str:
+    return f"r{k:02d}-u{rec['update']:06d}-{rec['row']}"
+
+
+def build_pairs(suspects: list[Suspect], verdicts: list[Verdict], records: dict[str, dict]) -> tuple[list[dict], dict]:
+    """Preference pairs from verdicts: rejected = a rejected suspect; chosen = the reviewer's correction,
+    else an approved response to the same query. Rejections with neither are counted, not used."""
+    by_id = {s.id: s for s in suspects}
+    approved: dict[int, list[str]] = {}
+    for v in verdicts:
+        if v.approved and v.id in by_id:
+            approved.setdefault(records[v.id]["query_index"], []).append(by_id[v.id].response)
+    pairs, counts = [], {"approved": 0, "rejected": 0, "no_chosen": 0}
+    for v in verdicts:
+        if v.id not in by_id:
+            continue
+        if v.approved:
+            counts["approved"] += 1
+            continue
+        counts["rejected"] += 1
+        s, rec = by_id[v.id], records[v.id]
+        better = [t for t in approved.get(rec["query_index"], []) if t != s.response]
+        chosen = v.correction or (better[0] if better else None)
+        if not chosen or chosen == s.response:
+            counts["no_chosen"] += 1
+            continue
+        pairs.append({"prefix": rec["messages"], "chosen": chosen, "rejected": s.response,
+                      "domain": rec.get("domain"), "suspect": v.id, "rejected_reward": s.reward,
+                      "chosen_from": "correction" if v.correction else "approved"})
+    return pairs, counts
+
+
+# ----------------------------------------------------------------------------- reward-model accuracy and patch
+
+
+def rm_accuracy(rm_dir: str | Path, files: list[str], batch_tokens: int = 4096) -> dict[str, Any] | None:
+    """Pairwise accuracy of a reward-model export on preference files (None when there are none)."""
+    if not files:
+        return None
+    import torch
+
+    from ilm.tokenizer import load_tokenizer
+    from ilm.train.distributed import World
+    from ilm.train.reward import RMData, encode_pairs, evaluate
+    from ilm.train.reward_model import load_reward_model
+
+    model, meta = load_reward_model(rm_dir)
+    tok = load_tokenizer(rm_dir)
+    data = RMData(conditions=meta["conditions"], default_domain=meta["default_domain"], max_length=meta["max_length"])
+    pairs, _ = encode_pairs(files, tok, data, meta["reward_token_id"])
+    world = World(0, 1, 0, torch.device("cpu"))
+    ev = evaluate(model, pairs, max(batch_tokens, 2 * meta["max_length"]), world,
+                  lambda: torch.autocast("cpu", enabled=False))
+    return {"accuracy": ev["accuracy"], "pairs": len(pairs), "mean_margin": ev["mean_margin"]}
+
+
+def patch_reward_model(rm_dir: str, new_files: list[str], earlier_files: list[str], out_dir: Path, fast: FastPath,
+                       eval_files: list[str], seed: int = 0) -> dict[str, Any]:
+    """Fine-tune the reward model `rm_dir` (backbone and head) on the new pairs mixed with a replay of its
+    earlier data; accuracy on `eval_files` (the earlier held-out data) and `fast.check` before and after."""
+    from ilm.train.optim import OptimConfig
+    from ilm.train.reward import RMConfig, RMData, RMTrain
+    from ilm.train.reward import train as train_rm
+
+    new = [r for f in new_files for r in _read_jsonl(Path(f))]
+    earlier = [r for f in earlier_files for r in _read_jsonl(Path(f))]
+    rng = random.Random(seed)
+    replay = rng.sample(earlier, min(len(earlier), round(fast.replay_ratio * len(new))))
+    mixed = new + replay
+    rng.shuffle(mixed)
+    train_file = _write_jsonl(out_dir / "data" / "train.jsonl", mixed)
+    meta = json.loads((Path(rm_dir) / "reward_config.json").read_text())
+    tok_dir = _tokenizer_only(Path(rm_dir), out_dir / "tokenizer")
+    before = {"earlier": rm_accuracy(rm_dir, eval_files), "check": rm_accuracy(rm_dir, fast.check)}
+    cfg = RMConfig(
+        run_dir=str(out_dir), tokenizer=str(tok_dir), init=rm_dir, reward_token=meta["reward_token"],
+        data=RMData(train=[str(train_file)], conditions=meta["conditions"], default_domain=meta["default_domain"],
+                    max_length=meta["max_length"]),
+        optim=OptimConfig(lr=fast.lr, warmup_steps=0, final_lr_fraction=0.5, weight_decay=0.01),
+        train=RMTrain(batch_tokens=max(fast.batch_tokens, 2 * meta["max_length"]), epochs=fast.epochs,
+                      precision="fp32", device="cpu", seed=seed, checkpoint_every=10_000, eval_every=10_000,
+                      progress=False, deterministic=True))
+    summary = train_rm(cfg, resume="auto")
+    export = summary["export"]
+    after = {"earlier": rm_accuracy(export, eval_files), "check": rm_accuracy(export, fast.check)}
+    report = {"new_pairs": len(new), "replayed": len(replay), "steps": summary["steps"], "export": export,
+              "before": before, "after": after}
+    if before["earlier"] and after["earlier"]:
+        drop = before["earlier"]["accuracy"] - after["earlier"]["accuracy"]
+        report["accuracy_drop"] = drop
+        if drop > fast.accuracy_margin and not fast.allow_drop:
+            raise RoundsError(
+                f"the patched reward model's held-out accuracy on its earlier data fell from "
+                f"{before['earlier']['accuracy']:.3f} to {after['earlier']['accuracy']:.3f} (more than "
+                f"fast.accuracy_margin {fast.accuracy_margin}); raise fast.replay_ratio, lower fast.lr, or set "
+                f"fast.allow_drop = true to accept it ({out_dir})")
+    return report
+
+
+def _tokenizer_only(export: Path, out: Path) -> Path:
+    """The tokenizer files of an export, alone: the RM trainer copies its `tokenizer` dir into the new export,
+    and the old export's weights must not ride along."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in export.iterdir():
+        if f.is_file() and ("tokenizer" in f.name or f.name == "special_tokens_map.json"):
+            (out / f.name).write_bytes(f.read_bytes())
+    return out
+
+
+# ----------------------------------------------------------------------------- the slow path
+
+
+def scan_inbox(inbox: Path, ledger: dict[str, dict], k: int) -> None:
+    """Record each new label file with the round during which it was first seen."""
+    if not inbox.is_dir():
+        return
+    for f in sorted(inbox.glob("*.jsonl")):
+        if f.name not in ledger:
+            ledger[f.name] = {"file": str(f), "sha256": _sha(f), "arrived_round": k, "used_by_rm_of_round": None}
+
+
+def slow_labels_to_pairs(path: Path, exported: dict[str, dict]) -> tuple[list[dict], dict[str, Any]]:
+    """Label rows -> preference pairs: a pair row (`chosen` / `rejected`) is used as is; a verdict row
+    (`id` of an exported rollout + "verdict" + optional "correction") becomes a pair like the fast path's."""
+    pairs: list[dict] = []
+    report: dict[str, Any] = {"lines": 0, "pairs": 0, "malformed": 0, "problems": []}
+    verdict_lines = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        report["lines"] += 1
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            report["malformed"] += 1
+            report["problems"].append(f"{path}:{n}: not JSON ({err.msg})")
+            continue
+        if isinstance(obj, dict) and "chosen" in obj and "rejected" in obj:
+            pairs.append({k: obj[k] for k in ("prefix", "prompt", "chosen", "rejected", "domain") if k in obj})
+        else:
+            verdict_lines.append(line)
+    if verdict_lines:
+        tmp = path.with_name(f".{path.stem}.verdicts.tmp")
+        tmp.write_text("\n".join(verdict_lines) + "\n")
+        verdicts, vrep = read_verdicts(tmp, set(exported))
+        tmp.unlink()
+        report["malformed"] += vrep["malformed"]
+        report["problems"] += [p.replace(str(tmp), str(path)) for p in vrep["problems"]]
+        suspects = [Suspect(v.id, {}, exported[v.id]["response"], exported[v.id].get("rm_score", 0.0), ["slow"])
+                    for v in verdicts]
+        more, _ = build_pairs(suspects, verdicts, exported)
+        pairs += more
+    report["pairs"] = len(pairs)
+    return pairs, report
+
+
+# ----------------------------------------------------------------------------- reviewers from the recipe
+
+
+def make_reviewer(cfg: RoundsConfig, rdir: Path) -> Reviewer:
+    r = cfg.reviewer
+    if r.kind == "verifier":
+        if not r.verifier:
+            raise ValueError("reviewer.kind = verifier needs reviewer.verifier = \"package.module:function\"")
+        return VerifierReviewer(load_function(r.verifier))
+    if r.kind == "judge":
+        if not r.base_url or not r.model:
+            raise ValueError("reviewer.kind = judge needs reviewer.base_url and reviewer.model")
+        return JudgeReviewer(r.base_url, r.model, os.environ.get(r.api_key_env))
+    if r.kind == "file":
+        return FileReviewer(rdir / "verdicts.jsonl")
+    raise ValueError(f"reviewer.kind must be verifier, judge or file, got {r.kind!r}")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def load_state(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "state.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _check(cfg: RoundsConfig) -> None:
+    if cfg.rounds < 1 or cfg.updates_per_round < 1:
+        raise ValueError("rounds and updates_per_round must be >= 1")
+    if not cfg.ppo.actor or not cfg.ppo.reward_model:
+        raise ValueError("[ppo] needs actor (the SFT model) and reward_model (the first reward model)")
+    if not 0 < cfg.fast.min_pairs <= cfg.fast.max_pairs:
+        raise ValueError(f"fast.min_pairs {cfg.fast.min_pairs} must be in [1, fast.max_pairs {cfg.fast.max_pairs}]")
+    for f in cfg.rm_data + cfg.rm_eval + cfg.fast.check:
+        if not Path(f).exists():
+            raise FileNotFoundError(f"{f}: no such file (rm_data / rm_eval / fast.check)")
+
+
+def ppo_config(cfg: RoundsConfig, k: int, state: dict) -> PPOConfig:
+    """Round k's PPO: the latest actor and critic, RM_k, its own run dir, `updates_per_round` updates."""
+    base = cfg.ppo
+    p = dataclasses.replace(base.ppo)
+    if k > 1 and cfg.critic_warmup_first_round_only:
+        p.critic_warmup_updates = 0
+    return dataclasses.replace(
+        base, run_dir=str(round_dir(cfg.run_dir, k) / "ppo"), actor=state["actors"][str(k)],
+        reward_model=state["rms"][str(k)], critic=state["critics"].get(str(k)) or None, ppo=p,
+        train=dataclasses.replace(base.train, updates=cfg.updates_per_round, seed=base.train.seed + k - 1,
+                                  progress=base.train.progress))
+
+
+def run(cfg: RoundsConfig, resume: str = "auto", ppo_train: Callable[..., dict] | None = None,
+        reviewer: Reviewer | None = None, reward_fn: Callable[[dict, str], float] | None = None) -> dict[str, Any]:
+    """Run (or continue) the rounds; returns the per-round summary. `ppo_train` replaces the PPO engine
+    (tests); `reviewer` replaces the recipe's; `reward_fn` is PPO's logged true reward."""
+    if ppo_train is None:
+        from ilm.train.rlhf.ppo import train as ppo_train
+    _check(cfg)
+    run_dir = Path(cfg.run_dir)
+    inbox = Path(cfg.slow.inbox) if cfg.slow.inbox else run_dir / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    state = load_state(run_dir)
+    if state is not None and resume == "never":
+        raise ValueError(f"{run_dir} already holds rounds (state.json); use another run_dir or --resume auto")
+    if state is None:
+        state = {"round": 1, "phase": "ppo", "actors": {"1": cfg.ppo.actor}, "critics": {},
+                 "rms": {"1": cfg.ppo.reward_model}, "rm_data": list(cfg.rm_data), "inbox": {}, "rounds": {}}
+        _write_json(run_dir / "state.json", state)
+    else:
+        print(f"[rounds] continuing at round {state['round']}, phase {state['phase']}")
+
+    def advance(phase: str) -> None:
+        state["phase"] = phase
+        _write_json(run_dir / "state.json", state)
+
+    while state["round"] <= cfg.rounds:
+        k = state["round"]
+        rdir = round_dir(run_dir, k)
+        info = state["rounds"].setdefault(str(k), {})
+        scan_inbox(inbox, state["inbox"], k)
+        if state["phase"] == "ppo":
+            t0 = time.perf_counter()
+            pcfg = ppo_config(cfg, k, state)
+            summary = ppo_train(pcfg, resume="auto", reward_fn=reward_fn)
+            exp = summary.get("export") or {}
+            state["actors"][str(k + 1)] = exp.get("actor", pcfg.actor)
+            state["critics"][str(k + 1)] = exp.get("critic")
+            info["ppo"] = {"run_dir": pcfg.run_dir, "last": summary.get("last"), "seconds": time.perf_counter() - t0}
+            advance("fast")
+        if state["phase"] == "fast":
+            info["fast"] = fast_path(cfg, k, rdir, reviewer or make_reviewer(cfg, rdir))
+            advance("rm")
+        if state["phase"] == "rm":
+            scan_inbox(inbox, state["inbox"], k)
+            info["rm"] = update_reward_model(cfg, k, rdir, state)
+            advance("slow")
+        if state["phase"] == "slow":
+            info["slow"] = slow_export(cfg, k, rdir)
+            _write_json(rdir / "manifest.json", manifest(cfg, k, state))
+            state["round"] = k + 1
+            advance("ppo")
+    advance("done")
+    summary = {"run_dir": str(run_dir), "rounds": state["rounds"], "reward_models": state["rms"],
+               "actors": state["actors"], "inbox": state["inbox"]}
+    _write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def fast_path(cfg: RoundsConfig, k: int, rdir: Path, reviewer: Reviewer) -> dict[str, Any]:
+    """Suspects -> verdicts -> pairs (round-kk/suspects.jsonl, verdicts.jsonl, fast-pairs.jsonl)."""
+    from ilm.tokenizer import load_tokenizer
+    from ilm.train.rlhf.ppo import load_queries
+
+    f = cfg.fast
+    records = read_rollouts(rdir / "ppo", f.last_updates)
+    if not records:
+        raise RoundsError(f"{rdir / 'ppo' / 'rollouts'}: no rollouts to review")
+    tok = load_tokenizer(cfg.ppo.tokenizer or cfg.ppo.actor)
+    meta = json.loads((Path(cfg.ppo.reward_model) / "reward_config.json").read_text())
+    conditions = cfg.ppo.data.conditions or meta.get("conditions") or {}
+    default = cfg.ppo.data.default_domain or meta.get("default_domain") or "default"
+    queries, _ = load_queries(cfg.ppo.data.queries, tok, conditions, default, cfg.ppo.data.max_query_tokens)
+    order = rank_suspects(records, build_detectors(f))
+    by_id: dict[str, dict] = {}
+    suspects: list[Suspect] = []
+    for i, reasons in order:
+        rec = records[i]
+        sid = suspect_id(k, rec)
+        by_id[sid] = rec
+        suspects.append(Suspect(sid, queries[rec["query_index"]].record, rec["response"], float(rec["rm_score"]),
+                                reasons))
+    flagged = sum(not s.reasons[0].startswith("top reward") for s in suspects)
+    verdict_file = rdir / "verdicts.jsonl"
+    if isinstance(reviewer, FileReviewer):
+        first = suspects[: max(f.top_k, flagged)]
+        if not reviewer.ready():
+            path = export_suspects(first, rdir / "suspects.jsonl")
+            raise RoundsError(f"round {k}: {len(first)} suspects exported to {path}; fill in each line's verdict "
+                              f"(approve/reject, optional correction), run `ilm rlhf review import {cfg.run_dir} FILE`"
+                              ", then rerun `ilm rlhf run`")
+        verdicts = reviewer.review(first)
+        reviewed = first
+    elif verdict_file.exists():  # a rerun: the verdicts of the crashed attempt stand
+        verdicts, _ = read_verdicts(verdict_file, set(by_id))
+        decided = {v.id for v in verdicts}
+        reviewed = [s for s in suspects if s.id in decided]
+    else:
+        verdicts, reviewed = [], []
+        pos = 0
+        while pos < len(suspects) and len(reviewed) < f.max_reviews:
+            batch = suspects[pos : pos + max(f.top_k, flagged if pos == 0 else 0)]
+            pos += len(batch)
+            reviewed += batch
+            verdicts += reviewer.review(batch)
+            if len(build_pairs(reviewed, verdicts, by_id)[0]) >= f.min_pairs:
+                break
+        export_suspects(reviewed, rdir / "suspects.jsonl")
+        _write_jsonl(verdict_file, [verdict_row(v) for v in verdicts])
+    pairs, counts = build_pairs(reviewed, verdicts, by_id)
+    pairs = sorted(pairs, key=lambda p: -p["rejected_reward"])[: f.max_pairs]
+    _write_jsonl(rdir / "fast-pairs.jsonl", pairs)
+    report = {"rollouts": len(records), "flagged_by_detectors": flagged, "reviewed": len(reviewed),
+              "verdicts": len(verdicts), **counts, "pairs": len(pairs), "pairs_file": str(rdir / "fast-pairs.jsonl")}
+    if len(pairs) < f.min_pairs:
+        report["note"] = f"only {len(pairs)} pairs (< fast.min_pairs {f.min_pairs}): nothing more to find"
+    print(f"[rounds] round {k} fast path: {len(reviewed)} suspects reviewed ({flagged} flagged by detectors), "
+          f"{counts['rejected']} rejected -> {len(pairs)} pairs")
+    return report
+
+
+def update_reward_model(cfg: RoundsConfig, k: int, rdir: Path, state: dict) -> dict[str, Any]:
+    """RM_{k+1} = RM_k patched with this round's fast pairs and the inbox labels that have arrived."""
+    new_files = []
+    fast_file = rdir / "fast-pairs.jsonl"
+    if fast_file.exists() and fast_file.stat().st_size:
+        new_files.append(str(fast_file))
+    exported = _exported_rollouts(cfg, k)
+    slow_reports = {}
+    for name, entry in sorted(state["inbox"].items()):
+        if entry["used_by_rm_of_round"] is not None and entry["used_by_rm_of_round"] != k + 1:
+            continue
+        pairs, rep = slow_labels_to_pairs(Path(entry["file"]), exported)
+        slow_reports[name] = rep
+        for p in rep["problems"][:5]:
+            print(f"[rounds] slow label file: {p}")
+        if pairs:
+            new_files.append(str(_write_jsonl(rdir / "slow-pairs" / name, pairs)))
+        entry["used_by_rm_of_round"] = k + 1
+    rm_k = state["rms"][str(k)]
+    if not new_files:
+        state["rms"][str(k + 1)] = rm_k
+        return {"patched": False, "reward_model": rm_k, "slow_labels": slow_reports}
+    report = patch_reward_model(rm_k, new_files, state["rm_data"], rdir / "rm-patch", cfg.fast, cfg.rm_eval,
+                                seed=cfg.ppo.train.seed + k)
+    state["rms"][str(k + 1)] = report["export"]
+    state["rm_data"] = state["rm_data"] + new_files
+    b, a = report["before"], report["after"]
+    text = ", ".join(f"{name} {b[name]['accuracy']:.1%} -> {a[name]['accuracy']:.1%}" for name in ("earlier", "check")
+                     if b[name] and a[name])
+    print(f"[rounds] round {k} reward model patched on {report['new_pairs']} new + {report['replayed']} replayed "
+          f"pairs: {text}")
+    return {"patched": True, **report, "slow_labels": slow_reports, "new_files": new_files}
+
+
+def _exported_rollouts(cfg: RoundsConfig, k: int) -> dict[str, dict]:
+    """Every rollout exported for annotation so far, by id (slow-path verdict rows refer to these)."""
+    out: dict[str, dict] = {}
+    for j in range(1, k + 1):
+        path = round_dir(cfg.run_dir, j) / "slow-export.jsonl"
+        if path.exists():
+            out.update({r["id"]: r for r in _read_jsonl(path)})
+    return out
+
+
+def slow_export(cfg: RoundsConfig, k: int, rdir: Path) -> dict[str, Any]:
+    records = read_rollouts(rdir / "ppo")
+    rng = random.Random(cfg.ppo.train.seed + k)
+    picked = rng.sample(records, min(cfg.slow.export_size, len(records)))
+    rows = [{"id": suspect_id(k, r), "round": k, "query_index": r["query_index"], "messages": r["messages"],
+             "domain": r.get("domain"), "response": r["response"], "rm_score": r["rm_score"], "verdict": "",
+             "correction": ""} for r in picked]
+    path = _write_jsonl(rdir / "slow-export.jsonl", rows)
+    return {"exported": len(rows), "file": str(path)}
+
+
+def manifest(cfg: RoundsConfig, k: int, state: dict) -> dict[str, Any]:
+    """What round k used and produced; `reward_model_inputs` says what RM_k was built from."""
+    def labels_for(j: int) -> list[dict]:
+        return [e for e in state["inbox"].values() if e["used_by_rm_of_round"] == j]
+
+    prev = state["rounds"].get(str(k - 1), {}).get("rm", {})
+    return {
+        "round": k, "actor": state["actors"][str(k)], "reward_model": state["rms"][str(k)],
+        "reward_model_inputs": {"base": state["rms"].get(str(k - 1)) if k > 1 else None,
+                                "fast_pairs": str(round_dir(cfg.run_dir, k - 1) / "fast-pairs.jsonl") if k > 1 else None,
+                                "slow_labels": labels_for(k), "patched": prev.get("patched", False)},
+        "ppo_run": str(round_dir(cfg.run_dir, k) / "ppo"), "next_actor": state["actors"].get(str(k + 1)),
+        "next_reward_model": state["rms"].get(str(k + 1)),
+        "next_reward_model_slow_labels": labels_for(k + 1),
+        "report": state["rounds"].get(str(k), {}),
+    }
+
+
+def import_verdicts(run_dir: str | Path, file: str | Path, k: int | None = None) -> dict[str, Any]:
+    """A person's reviewed file -> round-kk/verdicts.jsonl (the good lines); malformed lines named and counted."""
+    if not Path(file).exists():
+        raise FileNotFoundError(f"{file}: no such file")
+    if k is None:
+        state = load_state(Path(run_dir))
+        if state is None:
+            raise FileNotFoundError(f"{run_dir}: no state.json; is this an `ilm rlhf run` directory?")
+        k = int(state["round"])
+    rdir = round_dir(run_dir, k)
+    suspects = rdir / "suspects.jsonl"
+    if not suspects.exists():
+        raise FileNotFoundError(f"{suspects}: round {k} has no exported suspects to review")
+    verdicts, report = read_verdicts(file, {r["id"] for r in _read_jsonl(suspects)})
+    _write_jsonl(rdir / "verdicts.jsonl", [verdict_row(v) for v in verdicts])
+    return {**report, "into": str(rdir / "verdicts.jsonl"), "round": k}
