@@ -17,7 +17,6 @@ from ilm.config import from_dict
 from ilm.model import build_model, get_preset
 from ilm.model.hf import load_checkpoint, read_state_dict
 from ilm.train import checkpoint
-from ilm.train.export import export_hf
 from ilm.train.optim import OptimConfig, build_optimizer
 from ilm.train.pretrain import PretrainConfig, plan_stages, train
 from ilm.train.run import model_shape
@@ -170,6 +169,8 @@ def test_a_crafted_pickle_in_a_checkpoint_never_runs(corpus, helpers, tmp_path_f
 
 def test_export_streams_one_shard_at_a_time(tmp_path, monkeypatch):
     import safetensors.torch
+
+    from ilm.train.export import export_hf
 
     config = get_preset("tiny")
     model = build_model(config, seed=3)
