@@ -192,3 +192,66 @@ def test_export_streams_one_shard_at_a_time(tmp_path, monkeypatch):
     assert len(set(index["weight_map"].values())) == len(written)
     loaded = read_state_dict(out)
     assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+
+
+_ONE_RANK_FAILS = '''
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ilm.model import build_model, get_preset
+from ilm.train import checkpoint
+from ilm.train.distributed import apply_fsdp, init_world, shutdown_world
+from ilm.train.optim import OptimConfig, build_optimizer
+
+world = init_world("cpu")
+run_dir = Path(sys.argv[1])
+model = apply_fsdp(build_model(get_preset("tiny"), seed=0))
+optimizer = build_optimizer(model, OptimConfig())
+checkpoint.save(run_dir, 1, model, optimizer, {"model_config": {}})
+real = checkpoint._write_rng
+
+
+def failing(path):
+    if world.rank == 1:
+        raise OSError(28, "No space left on device")
+    real(path)
+
+
+checkpoint._write_rng = failing
+try:
+    checkpoint.save(run_dir, 2, model, optimizer, {"model_config": {}})
+    print(f"rank {world.rank}: no error")
+except OSError as err:
+    print(f"rank {world.rank}: OSError {err}")
+except RuntimeError as err:
+    print(f"rank {world.rank}: RuntimeError {err}")
+dist.barrier()
+if world.rank == 0:
+    print("left:", sorted(p.name for p in run_dir.iterdir()))
+shutdown_world()
+'''
+
+
+def test_a_write_failing_on_one_rank_fails_on_every_rank(tmp_path):
+    script = tmp_path / "one_rank_fails.py"
+    script.write_text(_ONE_RANK_FAILS)
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "run")],
+                          env=ENV, capture_output=True, text=True, timeout=200, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 1: OSError [Errno 28] No space left on device" in done.stdout
+    assert "rank 0: RuntimeError checkpoint" in done.stdout and "another rank failed" in done.stdout
+    assert "left: ['step-00000001']" in done.stdout  # step 2 never appeared, its temporary dir is gone
+
+
+def test_an_old_pickled_checkpoint_is_named_not_loaded_or_skipped(tmp_path):
+    old = tmp_path / "run" / "step-00000007"
+    old.mkdir(parents=True)
+    torch.save({"step": 7}, old / "state.pt")
+    assert checkpoint.latest(tmp_path / "run") == old  # resume=auto finds it rather than starting over ...
+    model = build_model(get_preset("tiny"))
+    with pytest.raises(checkpoint.ResumeError, match="older ilm"):  # ... and says why it cannot continue
+        checkpoint.load(old, model, build_optimizer(model, OptimConfig()), {})

@@ -42,6 +42,7 @@ from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystem
 PREFIX = "step-"
 META = "meta.json"
 FORMAT = "ilm-dcp-1"
+OLD_FORMAT = "state.pt"
 
 
 class ResumeError(ValueError):
@@ -316,7 +317,9 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
-    return sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / META).exists())
+    # an older ilm's checkpoints (state.pt) are listed too, so that resuming names them instead of starting over
+    return sorted(p for p in run_dir.iterdir()
+                  if p.is_dir() and p.name.startswith(PREFIX) and ((p / META).exists() or (p / OLD_FORMAT).exists()))
 
 
 def latest(run_dir: str | Path) -> Path | None:
@@ -330,6 +333,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads(file.read_text())
     except FileNotFoundError:
+        if (Path(path) / OLD_FORMAT).exists():
+            raise ResumeError(f"{path}: written by an older ilm ({OLD_FORMAT}, a pickle this version does not load); "
+                              "start a new run_dir or pass --resume never") from None
         raise ResumeError(f"{path}: not a checkpoint (no {META}); checkpoints are the step-* directories of a run") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ResumeError(f"{file}: unreadable ({err})") from None
