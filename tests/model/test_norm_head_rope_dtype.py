@@ -91,3 +91,17 @@ def test_fp32_rope_is_unchanged():
     x = torch.randn(1, 4, 10, 16)
     assert torch.equal(apply_rope(x, cos, sin), x * cos + rotate_half(x) * sin)
     assert apply_rope(x.bfloat16(), cos, sin).dtype == torch.bfloat16
+
+
+def test_norm_head_streamed_training_export_bakes_the_same_rows(tmp_path):
+    """The trainers export through the streamed writer (ilm.train.export), not save_checkpoint: same rule."""
+    from ilm.train.export import export_hf
+
+    model = _norm_head_model()
+    ids = torch.randint(3, 512, (2, 12))
+    with torch.no_grad():
+        before = model(ids)
+    path = export_hf(model.state_dict(), model.config, tmp_path / "streamed")
+    back = load_checkpoint(path).eval()
+    with torch.no_grad():
+        assert torch.allclose(back(ids), before, atol=1e-5)

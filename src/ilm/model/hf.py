@@ -222,12 +222,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        (tmp / "config.json").write_text(json.dumps(config_to_hf(model.config, fmt, dtype), indent=2) + "\n")
-        (tmp / "generation_config.json").write_text(
-            json.dumps({"bos_token_id": model.config.bos_token_id,
-                        "eos_token_id": list(model.config.stop_token_ids),
-                        "pad_token_id": model.config.pad_token_id}, indent=2) + "\n"
-        )
+        write_config_files(tmp, model.config, fmt, dtype)
         if len(shards) == 1:
             save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
         else:
@@ -248,6 +243,15 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def write_config_files(directory: Path, config: ModelConfig, fmt: str, dtype: torch.dtype) -> None:
+    """`config.json` and `generation_config.json` of a checkpoint directory."""
+    (directory / "config.json").write_text(json.dumps(config_to_hf(config, fmt, dtype), indent=2) + "\n")
+    (directory / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": config.bos_token_id, "eos_token_id": list(config.stop_token_ids),
+                    "pad_token_id": config.pad_token_id}, indent=2) + "\n"
+    )
 
 
 def _split_shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:

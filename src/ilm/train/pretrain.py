@@ -293,21 +293,11 @@ def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
 
 
 def export(model, path: Path, tokenizer_dir: str | None, world: World) -> Path:
-    """HF InternLM2 checkpoint of the (possibly sharded) model, with the tokenizer files beside it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    """HF InternLM2 checkpoint of the (possibly sharded) model, with the tokenizer files beside it; streamed
+    shard by shard (`ilm.train.export`), so no rank ever holds the whole model. Every rank calls it."""
+    from ilm.train.export import export_hf, model_state, tokenizer_files
 
-    from ilm.model.hf import save_checkpoint
-
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if world.is_main:
-        plain = build_model(model.config, device="meta")
-        plain = plain.to_empty(device="cpu")
-        plain.load_state_dict(state)
-        extras = {}
-        if tokenizer_dir:
-            extras = {p.name: p.read_bytes() for p in Path(tokenizer_dir).iterdir() if p.is_file()}
-        save_checkpoint(plain, path, extra_files=extras)
-    return path
+    return export_hf(model_state(model), model.config, path, tokenizer_files(tokenizer_dir))
 
 
 def unigram_entropy(shards: TokenShards) -> float:

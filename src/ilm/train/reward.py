@@ -38,7 +38,7 @@ from ilm.train.distributed import (
 from ilm.train.losses import focal_ranking_loss, log_barrier_penalty, reward_loss
 from ilm.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
 from ilm.train.pretrain import ModelSection
-from ilm.train.reward_model import HEAD_FILE, REWARD_TOKEN, RewardModel, load_head, save_reward_model
+from ilm.train.reward_model import HEAD_FILE, REWARD_TOKEN, RewardModel, load_head, reward_files
 from ilm.train.run import (
     accumulate,
     autocast_for,
@@ -359,10 +359,10 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
         raise ValueError(f"data.max_length {cfg.data.max_length} exceeds the model's context {backbone.config.max_context}")
     shape = model_shape(backbone.config)
     model = RewardModel(backbone, t.head_init_std, t.seed)
-    if cfg.init and (Path(cfg.init) / HEAD_FILE).exists():  # `init` is an RM export: continue from its head too
-        load_head(model, cfg.init)
     prepare(model, t, world, backbone=backbone)
     materialise(model, world, t.seed, cfg.init, backbone=backbone)
+    if cfg.init and (Path(cfg.init) / HEAD_FILE).exists():  # `init` is an RM export: continue from its head too
+        load_head(model, cfg.init)
     optimizer = build_optimizer(model, cfg.optim)
     autocast = autocast_for(world, t.precision)
 
@@ -437,17 +437,14 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
 
 
 def export(model: RewardModel, path: Path, meta: dict, tokenizer_dir: str | None, world: World) -> Path:
-    """HF export with the head, from the (possibly sharded) model."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    """HF export with the head, from the (possibly sharded) model, streamed shard by shard (`ilm.train.export`)."""
+    from ilm.train.export import export_hf, full_tensor, model_state, tokenizer_files
 
-    from ilm.model import build_model
-
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if world.is_main:
-        plain = RewardModel(build_model(model.config, device="meta")).to_empty(device="cpu")
-        plain.load_state_dict(state)
-        save_reward_model(plain, path, meta, tokenizer_dir)
-    return path
+    state = model_state(model)
+    head = full_tensor(state.pop("v_head.weight"))
+    backbone = {k.removeprefix("backbone."): v for k, v in state.items()}
+    extras = {**tokenizer_files(tokenizer_dir), **reward_files(head, meta)}
+    return export_hf(backbone, model.config, path, extras)
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -70,20 +70,26 @@ class RewardModel(nn.Module):
         return self.v_head(picked).squeeze(-1).float()
 
 
+def reward_files(head_weight: torch.Tensor, meta: dict) -> dict[str, str | bytes]:
+    """The two files an export adds to the backbone's HF checkpoint: head weights and reward config."""
+    from safetensors.torch import save as save_bytes
+
+    head = {"v_head.weight": head_weight.detach().to("cpu", torch.float32).contiguous()}
+    return {HEAD_FILE: save_bytes(head, metadata={"format": "pt"}),
+            CONFIG_FILE: json.dumps({"architectures": ["InternLM2ForRewardModel"], **meta}, indent=2) + "\n"}
+
+
 def save_reward_model(
     model: RewardModel, path: str | Path, meta: dict, tokenizer_dir: str | Path | None = None
 ) -> Path:
-    """HF export with the head: backbone checkpoint + head weights + reward config (atomic per file set)."""
-    from safetensors.torch import save as save_bytes
-
+    """HF export with the head, of an unsharded model: backbone checkpoint + head weights + reward config
+    (one atomic directory). Training exports stream from the sharded model instead (`reward.export`)."""
     from ilm.model.hf import save_checkpoint
 
     extras: dict[str, str | bytes] = {}
     if tokenizer_dir:
         extras = {p.name: p.read_bytes() for p in Path(tokenizer_dir).iterdir() if p.is_file()}
-    head = {"v_head.weight": model.v_head.weight.detach().to("cpu", torch.float32).contiguous()}
-    extras[HEAD_FILE] = save_bytes(head, metadata={"format": "pt"})
-    extras[CONFIG_FILE] = json.dumps({"architectures": ["InternLM2ForRewardModel"], **meta}, indent=2) + "\n"
+    extras.update(reward_files(model.v_head.weight, meta))
     return save_checkpoint(model.backbone, path, extra_files=extras)
 
 
@@ -108,5 +114,8 @@ def load_head(model: RewardModel, path: str | Path) -> None:
     if tuple(weight.shape) != (1, model.config.hidden_size):
         raise ValueError(f"{Path(path) / HEAD_FILE}: v_head.weight has shape {tuple(weight.shape)}, "
                          f"expected (1, {model.config.hidden_size})")
-    with torch.no_grad():
-        model.v_head.weight.copy_(weight.to(model.v_head.weight.dtype))
+    from ilm.model.init import local_part
+
+    with torch.no_grad():  # this process's part of the head (whole, or its rows under FSDP)
+        local, start = local_part(model.v_head.weight)
+        local.copy_(weight[start : start + local.shape[0]].to(local.dtype))
