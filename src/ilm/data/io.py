@@ -206,6 +206,41 @@ def _charset(ctype: str) -> str:
     return "utf-8"
 
 
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a platform without directory handles: the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_replace(tmp: str | Path, path: str | Path) -> None:
+    """Flush `tmp` (already written and closed) to disk, rename it onto `path`, flush the folder: after a
+    kill or a crash `path` holds either its old content or the whole new one, never a torn file."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(Path(path).parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `<path>.tmp`, then `fsync_replace` it into place."""
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    fsync_replace(tmp, path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
 class ShardWriter:
     """Writes one shard to `<path>.tmp` and renames it into place on close(), so a shard is whole or absent.
 
