@@ -206,27 +206,15 @@ def _charset(ctype: str) -> str:
     return "utf-8"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # a platform without directory handles: the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_replace(tmp: str | Path, path: str | Path) -> None:
-    """Flush `tmp` (already written and closed) to disk, rename it onto `path`, flush the folder: after a
-    kill or a crash `path` holds either its old content or the whole new one, never a torn file."""
+    """Flush `tmp` (already written and closed) to disk, then rename it onto `path` (as the shards are
+    written): after a kill or a crash `path` is absent, its old content or the whole new one, never torn."""
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(Path(path).parent)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

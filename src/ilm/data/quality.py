@@ -9,6 +9,7 @@ document costs seconds, not minutes.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -35,6 +36,20 @@ def _is_cjk(doc: Document) -> bool:
     return cjk_fraction(doc.text) >= 0.3
 
 
+_LAST_WORDS: list = [None, None, None]
+
+
+def _words(text: str, cjk: bool) -> list[str]:
+    """`tokens(text, cjk)`, remembered for the last text: Gopher quality and repetition run back to back on
+    the same document, and splitting it is a good part of their cost. The list must not be modified."""
+    last = _LAST_WORDS
+    if last[0] is text and last[1] == cjk:  # the same str object: the same words
+        return last[2]
+    words = tokens(text, cjk)
+    last[0], last[1], last[2] = text, cjk, words
+    return words
+
+
 @dataclass
 class GopherQuality(Filter):
     """Gopher's document rules: length, word length, symbols, bullets, ellipses, alphabetic words, stop words."""
@@ -53,7 +68,7 @@ class GopherQuality(Filter):
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         text = doc.text
         cjk = _is_cjk(doc)
-        words = tokens(text, cjk)
+        words = _words(text, cjk)
         n = len(words)
         if n < self.min_words:
             return False, "gopher_too_few_words"
@@ -72,24 +87,27 @@ class GopherQuality(Filter):
                 return False, "gopher_bullet_lines"
             if sum(ln.rstrip().endswith(ELLIPSES) for ln in lines) / len(lines) > self.max_ellipsis_lines:
                 return False, "gopher_ellipsis_lines"
-        alpha = n - sum(1 for w in words if not _ALPHA.search(w))
+        counts = Counter(words)  # each rule below asks about a word, not an occurrence: ask once per distinct word
+        alpha = n - sum(c for w, c in counts.items() if not _ALPHA.search(w))
         if alpha / n < self.min_alpha_words:
             return False, "gopher_alpha_words"
         if cjk:
-            stops = sum(1 for w in words if w in ZH_STOP)
+            stops = sum(c for w, c in counts.items() if w in ZH_STOP)
         else:
             stop = set(EN_STOP)
-            stops = sum(1 for w in words if w.lower() in stop)
+            stops = sum(c for w, c in counts.items() if w.lower() in stop)
         if stops < self.min_stop_words:
             return False, "gopher_stop_words"
         return True
 
 
 def _token_hashes(words: list[str]) -> np.ndarray:
+    """xxh3-64 of each token's UTF-8 bytes, hashed once per distinct word (a dict lookup per occurrence)."""
     import xxhash
 
     h = xxhash.xxh3_64_intdigest
-    return np.fromiter((h(w.encode("utf-8", "surrogatepass")) for w in words), dtype=np.uint64, count=len(words))
+    of = {w: h(w.encode("utf-8", "surrogatepass")) for w in dict.fromkeys(words)}
+    return np.fromiter(map(of.__getitem__, words), dtype=np.uint64, count=len(words))
 
 
 def _ngram_hashes(th: np.ndarray, n: int) -> np.ndarray:
@@ -125,8 +143,8 @@ def dup_ngram_fraction(th: np.ndarray, lens: np.ndarray, n: int, total: int) -> 
         return 0.0
     starts = np.flatnonzero(repeat)
     cover = np.zeros(th.size + 1, dtype=np.int32)
-    np.add.at(cover, starts, 1)
-    np.add.at(cover, starts + n, -1)
+    cover[starts] += 1  # starts are distinct, and so are the ends: plain indexing adds each once
+    cover[starts + n] -= 1
     covered = np.cumsum(cover[:-1]) > 0
     return float(lens[covered].sum()) / total
 
@@ -173,7 +191,7 @@ class GopherRepetition(Filter):
             return False, "repetition_lines"
         if chars > self.max_dup_line_char_fraction:
             return False, "repetition_line_chars"
-        words = tokens(text, _is_cjk(doc))[: self.max_tokens]
+        words = _words(text, _is_cjk(doc))[: self.max_tokens]
         if not words:
             return True
         th = _token_hashes(words)
