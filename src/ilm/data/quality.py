@@ -149,6 +149,73 @@ def dup_ngram_fraction(th: np.ndarray, lens: np.ndarray, n: int, total: int) -> 
     return float(lens[covered].sum()) / total
 
 
+class _NgramLevels:
+    """`top_ngram_fraction` and `dup_ngram_fraction` for every n of one document, sharing the work.
+
+    Level n's hashes are level n-1's times P plus one more token (the same values `_ngram_hashes`
+    gives), and two equal n-grams start with equal (n-1)-grams, so only positions whose (n-1)-gram
+    occurs twice or more can hold a repeated n-gram: after the first level, each level sorts those
+    positions only (usually few). The results are the plain functions' (tie-breaks included: groups in
+    hash order, first occurrences first), barring a 64-bit hash collision at one level but not the one
+    below."""
+
+    def __init__(self, th: np.ndarray, lens: np.ndarray, total: int):
+        self.th, self.lens, self.total = th, lens, total
+        self.n = 0
+        self.cand = np.zeros(0, dtype=np.int64)  # positions whose level-n hash occurs at least twice
+        self.g = np.zeros(0, dtype=np.uint64)  # their hashes
+        self.top: dict[int, float] = {}
+        self.dup: dict[int, float] = {}
+
+    def _advance(self, n: int) -> None:
+        """Level n from level n - 1 (or from scratch for the first level)."""
+        th, m = self.th, self.th.size - n + 1
+        if self.n == 0:
+            cand = np.arange(m, dtype=np.int64)
+            g = _ngram_hashes(th, n)
+        else:
+            keep = self.cand < m
+            cand = self.cand[keep]
+            g = self.g[keep] * np.uint64(0x100000001B3) + th[cand + n - 1]
+        o = np.argsort(g, kind="stable")
+        vs = g[o]
+        start = np.r_[True, vs[1:] != vs[:-1]] if vs.size else np.zeros(0, dtype=bool)
+        gid = np.cumsum(start) - 1
+        cnt = np.bincount(gid) if gid.size else np.zeros(0, dtype=np.int64)
+        top = 0.0
+        if cnt.size and cnt.max() >= 2 and self.total:
+            t = int(np.argmax(cnt))
+            first = int(cand[o[np.flatnonzero(start)[t]]])
+            top = float(cnt[t] * self.lens[first : first + n].sum()) / self.total
+        rep = np.sort(cand[o[~start]])
+        dup = 0.0
+        if rep.size and self.total:
+            cover = np.zeros(th.size + 1, dtype=np.int32)
+            cover[rep] += 1
+            cover[rep + n] -= 1
+            dup = float(self.lens[np.cumsum(cover[:-1]) > 0].sum()) / self.total
+        self.top[n], self.dup[n] = top, dup
+        multi = cnt[gid] >= 2
+        order = np.argsort(o[multi], kind="stable")  # back to position order
+        self.cand, self.g, self.n = cand[o[multi]][order], vs[multi][order], n
+
+    def fractions(self, n: int) -> tuple[float, float]:
+        """(top, dup) fraction of the n-grams; levels are built upward from the first n asked for."""
+        if self.th.size < n or self.total == 0:
+            return 0.0, 0.0
+        if n not in self.top:
+            if self.n == 0 or n < self.n:
+                self.n, self.top, self.dup = 0, {}, {}
+                self._advance(n)
+            while self.n < n:
+                if self.cand.size == 0:  # no repeated (n-1)-gram: no repeated longer one either
+                    self.n += 1
+                    self.top[self.n] = self.dup[self.n] = 0.0
+                else:
+                    self._advance(self.n + 1)
+        return self.top[n], self.dup[n]
+
+
 @dataclass
 class GopherRepetition(Filter):
     """Gopher's repetition rules: duplicate lines/paragraphs and top/duplicated n-gram character fractions."""
@@ -197,11 +264,12 @@ class GopherRepetition(Filter):
         th = _token_hashes(words)
         lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
         total = int(lens.sum())
+        levels = _NgramLevels(th, lens, total)
         for n, limit in self.top_ngrams.items():
-            if top_ngram_fraction(th, lens, int(n), total) > limit:
+            if levels.fractions(int(n))[0] > limit:
                 return False, f"repetition_top_{n}gram"
         for n, limit in self.dup_ngrams.items():
-            if dup_ngram_fraction(th, lens, int(n), total) > limit:
+            if levels.fractions(int(n))[1] > limit:
                 return False, f"repetition_dup_{n}gram"
         return True
 
