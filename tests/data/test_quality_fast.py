@@ -16,7 +16,10 @@ def _check(words: list[str], orders: list[list[int]]) -> None:
     for order in orders:
         levels = _NgramLevels(th, lens, total)
         for n in order:
-            assert levels.fractions(n) == want[n], (n, order, len(words))
+            assert (levels.top(n), levels.dup(n)) == want[n], (n, order, len(words))
+        levels = _NgramLevels(th, lens, total)
+        for n in order:
+            assert levels.dup(n) == want[n][1], (n, order, len(words))
 
 
 def test_ngram_levels_equal_plain_functions() -> None:

@@ -155,65 +155,70 @@ class _NgramLevels:
     Level n's hashes are level n-1's times P plus one more token (the same values `_ngram_hashes`
     gives), and two equal n-grams start with equal (n-1)-grams, so only positions whose (n-1)-gram
     occurs twice or more can hold a repeated n-gram: after the first level, each level sorts those
-    positions only (usually few). The results are the plain functions' (tie-breaks included: groups in
-    hash order, first occurrences first), barring a 64-bit hash collision at one level but not the one
-    below."""
+    positions only (usually few, often none). Covered characters come from a prefix sum over the
+    repeated starts, not a pass over the document. The results are the plain functions' (tie-breaks
+    included: groups in hash order, first occurrences first), barring a 64-bit hash collision at one
+    level but not at the one below."""
 
     def __init__(self, th: np.ndarray, lens: np.ndarray, total: int):
         self.th, self.lens, self.total = th, lens, total
+        self.cum = np.concatenate([[0], np.cumsum(lens)])
         self.n = 0
-        self.cand = np.zeros(0, dtype=np.int64)  # positions whose level-n hash occurs at least twice
-        self.g = np.zeros(0, dtype=np.uint64)  # their hashes
-        self.top: dict[int, float] = {}
-        self.dup: dict[int, float] = {}
+        self.cand = np.zeros(0, dtype=np.int64)  # level n: positions whose n-gram hash may repeat, ascending
+        self.g = np.zeros(0, dtype=np.uint64)  # and their hashes
+        self.o = self.heads = self.cnt = self.cand
 
-    def _advance(self, n: int) -> None:
-        """Level n from level n - 1 (or from scratch for the first level)."""
-        th, m = self.th, self.th.size - n + 1
-        if self.n == 0:
-            cand = np.arange(m, dtype=np.int64)
-            g = _ngram_hashes(th, n)
-        else:
-            keep = self.cand < m
-            cand = self.cand[keep]
-            g = self.g[keep] * np.uint64(0x100000001B3) + th[cand + n - 1]
+    def _level(self, n: int, cand: np.ndarray, g: np.ndarray) -> None:
         o = np.argsort(g, kind="stable")
         vs = g[o]
-        start = np.r_[True, vs[1:] != vs[:-1]] if vs.size else np.zeros(0, dtype=bool)
-        gid = np.cumsum(start) - 1
-        cnt = np.bincount(gid) if gid.size else np.zeros(0, dtype=np.int64)
-        top = 0.0
-        if cnt.size and cnt.max() >= 2 and self.total:
-            t = int(np.argmax(cnt))
-            first = int(cand[o[np.flatnonzero(start)[t]]])
-            top = float(cnt[t] * self.lens[first : first + n].sum()) / self.total
-        rep = np.sort(cand[o[~start]])
-        dup = 0.0
-        if rep.size and self.total:
-            cover = np.zeros(th.size + 1, dtype=np.int32)
-            cover[rep] += 1
-            cover[rep + n] -= 1
-            dup = float(self.lens[np.cumsum(cover[:-1]) > 0].sum()) / self.total
-        self.top[n], self.dup[n] = top, dup
-        multi = cnt[gid] >= 2
-        order = np.argsort(o[multi], kind="stable")  # back to position order
-        self.cand, self.g, self.n = cand[o[multi]][order], vs[multi][order], n
+        start = np.empty(vs.size, dtype=bool)  # first of its group of equal hashes
+        start[:1] = True
+        np.not_equal(vs[1:], vs[:-1], out=start[1:])
+        heads = np.flatnonzero(start)
+        self.n, self.cand, self.g, self.o, self.heads = n, cand, g, o, heads
+        self.cnt = np.diff(np.append(heads, vs.size))
 
-    def fractions(self, n: int) -> tuple[float, float]:
-        """(top, dup) fraction of the n-grams; levels are built upward from the first n asked for."""
+    def _goto(self, n: int) -> None:
+        if n == self.n:
+            return
+        if self.n == 0 or n < self.n:
+            self._level(n, np.arange(self.th.size - n + 1, dtype=np.int64), _ngram_hashes(self.th, n))
+        while self.n < n:
+            if self.cand.size == 0:  # nothing repeats at this length: nothing longer repeats either
+                self.n = n
+                break
+            k = self.n + 1
+            multi = np.repeat(self.cnt >= 2, self.cnt)
+            pos = self.o[multi]
+            pos.sort()  # positions (indices into cand) of repeated hashes, in position order
+            cand = self.cand[pos]
+            keep = cand < self.th.size - k + 1
+            cand, g = cand[keep], self.g[pos][keep]
+            self._level(k, cand, g * np.uint64(0x100000001B3) + self.th[cand + k - 1])
+
+    def top(self, n: int) -> float:
         if self.th.size < n or self.total == 0:
-            return 0.0, 0.0
-        if n not in self.top:
-            if self.n == 0 or n < self.n:
-                self.n, self.top, self.dup = 0, {}, {}
-                self._advance(n)
-            while self.n < n:
-                if self.cand.size == 0:  # no repeated (n-1)-gram: no repeated longer one either
-                    self.n += 1
-                    self.top[self.n] = self.dup[self.n] = 0.0
-                else:
-                    self._advance(self.n + 1)
-        return self.top[n], self.dup[n]
+            return 0.0
+        self._goto(n)
+        if self.cnt.size == 0 or self.cnt.max() < 2:
+            return 0.0
+        t = int(np.argmax(self.cnt))
+        first = int(self.cand[self.o[self.heads[t]]])
+        return float(self.cnt[t] * self.lens[first : first + n].sum()) / self.total
+
+    def dup(self, n: int) -> float:
+        if self.th.size < n or self.total == 0:
+            return 0.0
+        self._goto(n)
+        firsts = np.zeros(self.o.size, dtype=bool)
+        firsts[self.heads] = True
+        rep = self.cand[self.o[~firsts]]
+        if rep.size == 0:
+            return 0.0
+        rep.sort()
+        lo = rep.copy()  # the part of [r, r + n) not already covered by the previous repeated start
+        np.maximum(rep[1:], rep[:-1] + n, out=lo[1:])
+        return float((self.cum[rep + n] - self.cum[lo]).sum()) / self.total
 
 
 @dataclass
@@ -266,10 +271,10 @@ class GopherRepetition(Filter):
         total = int(lens.sum())
         levels = _NgramLevels(th, lens, total)
         for n, limit in self.top_ngrams.items():
-            if levels.fractions(int(n))[0] > limit:
+            if levels.top(int(n)) > limit:
                 return False, f"repetition_top_{n}gram"
         for n, limit in self.dup_ngrams.items():
-            if levels.fractions(int(n))[1] > limit:
+            if levels.dup(int(n)) > limit:
                 return False, f"repetition_dup_{n}gram"
         return True
 
