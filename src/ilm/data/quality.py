@@ -9,8 +9,8 @@ document costs seconds, not minutes.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass, field
+from operator import methodcaller
 from typing import ClassVar
 
 import numpy as np
@@ -20,6 +20,7 @@ from ilm.data.document import Document
 
 EN_STOP = ("the", "be", "to", "of", "and", "that", "have", "with")
 ZH_STOP = ("的", "了", "是", "在", "和", "有", "我", "不", "这", "也")
+_EN_STOP, _ZH_STOP = frozenset(EN_STOP), frozenset(ZH_STOP)
 BULLETS = ("•", "●", "○", "■", "□", "▪", "◦", "-", "*", "·", "‣", "⁃")
 ELLIPSES = ("...", "…", "。。。")
 
@@ -81,21 +82,21 @@ class GopherQuality(Filter):
         symbols = text.count("#") + sum(text.count(e) for e in ELLIPSES)
         if symbols / n > self.max_symbol_word_ratio:
             return False, "gopher_symbol_ratio"
-        lines = [ln for ln in text.split("\n") if ln.strip()]
+        lines = list(filter(None, map(str.strip, text.split("\n"))))  # non-blank lines, stripped
         if lines:
-            if sum(ln.lstrip().startswith(BULLETS) for ln in lines) / len(lines) > self.max_bullet_lines:
+            if sum(map(methodcaller("startswith", BULLETS), lines)) / len(lines) > self.max_bullet_lines:
                 return False, "gopher_bullet_lines"
-            if sum(ln.rstrip().endswith(ELLIPSES) for ln in lines) / len(lines) > self.max_ellipsis_lines:
+            if sum(map(methodcaller("endswith", ELLIPSES), lines)) / len(lines) > self.max_ellipsis_lines:
                 return False, "gopher_ellipsis_lines"
-        counts = Counter(words)  # each rule below asks about a word, not an occurrence: ask once per distinct word
-        alpha = n - sum(c for w, c in counts.items() if not _ALPHA.search(w))
+        # a word without any letter: only words that are not all letters need the regex, once each
+        odd = {w for w in dict.fromkeys(words) if not w.isalpha() and not _ALPHA.search(w)}
+        alpha = n - (sum(map(odd.__contains__, words)) if odd else 0)
         if alpha / n < self.min_alpha_words:
             return False, "gopher_alpha_words"
         if cjk:
-            stops = sum(c for w, c in counts.items() if w in ZH_STOP)
+            stops = sum(map(_ZH_STOP.__contains__, words))
         else:
-            stop = set(EN_STOP)
-            stops = sum(c for w, c in counts.items() if w.lower() in stop)
+            stops = sum(map(_EN_STOP.__contains__, map(str.lower, words)))
         if stops < self.min_stop_words:
             return False, "gopher_stop_words"
         return True
