@@ -34,9 +34,9 @@ def make_corpus(folder: Path, copies: int, n_shards: int = 4) -> int:
 _CHILD = """
 import json, sys, time
 from ilm.data import run_pipeline
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 led = run_pipeline(sys.argv[1], sys.argv[2], sys.argv[3], workers=1)
-print(json.dumps({"wall": time.perf_counter() - t0, "input_bytes": led["input_bytes"], "ledger": led}))
+print(json.dumps({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0, "input_bytes": led["input_bytes"], "ledger": led}))
 """
 
 
@@ -97,6 +97,7 @@ def main() -> dict:
         if base is not None:
             srcs = {"before": base, **srcs}
         best: dict[str, dict] = {}
+        best_cpu: dict[str, float] = {}
         outcome: dict[str, dict] = {}
         for r in range(repeats):
             labels = list(srcs) if r % 2 == 0 else list(srcs)[::-1]
@@ -106,6 +107,7 @@ def main() -> dict:
                 res = _run(srcs[label], recipe, t / "in", out)
                 if label not in best or res["wall"] < best[label]["wall"]:
                     best[label] = res
+                best_cpu[label] = min(best_cpu.get(label, float("inf")), res["cpu"])
                 outcome[label] = _outcome(out)
         if "before" in outcome:
             for k in ("kept", "removed", "funnel"):
@@ -115,18 +117,24 @@ def main() -> dict:
     led = best["after"]["ledger"]
     mb = led["input_bytes"] / 1e6
     rate = {k: mb / v["wall"] for k, v in best.items()}
+    cpu_rate = {k: mb / v for k, v in best_cpu.items()}  # per CPU second: less sensitive to other jobs
     wall = best["after"]["wall"]
     res = {"documents": n, "input_mb": round(mb, 2), "kept_docs": led["kept_docs"], "wall_s": round(wall, 1),
            "mb_per_s_per_core": round(rate["after"], 2), "docs_per_s_per_core": round(n / wall),
+           "mb_per_cpu_s": round(cpu_rate["after"], 2),
            "timings_s": {k: round(v, 2) for k, v in timings.items()}, "repeats": repeats}
     print(f"default pipeline (recipes/data/internlm2.toml), 1 worker: {n:,} docs, {mb:.1f} MB of text, best of {repeats}")
     if "before" in rate:
         res.update({"baseline": rev, "mb_per_s_per_core_before": round(rate["before"], 2),
-                    "speedup": round(rate["after"] / rate["before"], 2), "same_documents_as_baseline": True})
-        print(f"  before ({rev}): {rate['before']:.2f} MB/s per core, wall {best['before']['wall']:.1f} s")
-    print(f"  wall {wall:.1f} s -> {rate['after']:.2f} MB/s per core, {n / wall:,.0f} docs/s per core; kept {led['kept_docs']:,}")
+                    "mb_per_cpu_s_before": round(cpu_rate["before"], 2), "speedup": round(rate["after"] / rate["before"], 2),
+                    "speedup_cpu": round(cpu_rate["after"] / cpu_rate["before"], 2), "same_documents_as_baseline": True})
+        print(f"  before ({rev}): {rate['before']:.2f} MB/s per core, wall {best['before']['wall']:.1f} s; "
+              f"{cpu_rate['before']:.2f} MB per CPU second")
+    print(f"  wall {wall:.1f} s -> {rate['after']:.2f} MB/s per core, {n / wall:,.0f} docs/s per core; kept {led['kept_docs']:,}; "
+          f"{cpu_rate['after']:.2f} MB per CPU second")
     if "before" in rate:
-        print(f"  speedup {rate['after'] / rate['before']:.2f}x; kept and removed documents (ids, steps, reasons) identical")
+        print(f"  speedup {rate['after'] / rate['before']:.2f}x (wall), {cpu_rate['after'] / cpu_rate['before']:.2f}x (CPU time); "
+              "kept and removed documents (ids, steps, reasons) identical")
     print("  " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     funnel = ", ".join(f"{r['step']} -{r['removed_docs']}" for r in led["funnel"] if r["removed_docs"])
     print(f"  removed per step: {funnel}")

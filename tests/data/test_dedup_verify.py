@@ -136,3 +136,23 @@ def test_bucket_over_the_bound_is_windowed_and_counted(tmp_path: Path) -> None:
     assert stats["verify_pairs_skipped"] == (k - m) * (k - m + 1) // 2
     assert stats["verify_max_bucket"] == m
     assert set(got) <= set(want) and len(got) < len(want)
+
+
+def test_capped_buckets_reach_the_ledger_and_report(tmp_path: Path) -> None:
+    """Through the executor: the reduce's counts land in ledger.json and in the printed funnel."""
+    import json
+
+    from ilm.data import run_pipeline
+    from ilm.data.document import Document
+    from ilm.data.report import funnel_table
+
+    from .conftest import write_shards
+
+    text = " ".join(f"word{i}" for i in range(40))
+    docs = [Document(f"d{i}", text, "s", i) for i in range(5)]  # one bucket of 5 in every band
+    run_pipeline([MinHashDedup(verify_max_bucket=3)], write_shards(tmp_path / "in", docs, 2), tmp_path / "out")
+    g = json.loads((tmp_path / "out" / "ledger.json").read_text())["global"]["minhash_dedup"]
+    assert g["verify_buckets_capped"] == 14 and g["verify_pairs_skipped"] == 14 * 3 and g["verify_max_bucket"] == 3
+    assert g["removed"] == 4  # the window still chains the identical documents into one cluster
+    table = funnel_table(json.loads((tmp_path / "out" / "ledger.json").read_text()))
+    assert "minhash_dedup: " in table and "verify_buckets_capped 14" in table and "verify_pairs_skipped 42" in table
