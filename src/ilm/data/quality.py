@@ -28,13 +28,23 @@ ELLIPSES = ("...", "…", "。。。")
 _ALPHA = re.compile(r"[^\W\d_]")
 
 
+_LAST_FRACTION: list = [None, 0.0]
+
+
+def _cjk_fraction(text: str) -> float:
+    """`cjk_fraction`, remembered for the last text (the filters below ask in turn about one document)."""
+    if _LAST_FRACTION[0] is not text:
+        _LAST_FRACTION[0], _LAST_FRACTION[1] = text, cjk_fraction(text)
+    return _LAST_FRACTION[1]
+
+
 def _is_cjk(doc: Document) -> bool:
     lang = doc.metadata.get("language")
     if lang in ("zh", "ja", "ko", "th"):
         return True
     if lang is not None and lang not in ("zh", "ja", "ko", "th"):
-        return cjk_fraction(doc.text) >= 0.5
-    return cjk_fraction(doc.text) >= 0.3
+        return _cjk_fraction(doc.text) >= 0.5
+    return _cjk_fraction(doc.text) >= 0.3
 
 
 _LAST_WORDS: list = [None, None, None]
