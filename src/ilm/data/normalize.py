@@ -190,8 +190,9 @@ def _mirrored() -> bool:
 class LanguageFilter(Filter):
     """Keeps documents in `languages` with probability >= min_score; writes metadata.language/_score.
 
-    Documents are identified `batch` at a time (`detect_languages`); verdicts and their order are those
-    of the one-by-one filter."""
+    Documents are identified up to 4,096 at a time (`detect_languages`); verdicts, and the order of
+    the documents it yields and drops, are those of the one-by-one filter. (The steps before it see a
+    batch ahead, so their drops reach the removed shard earlier: the same records, another order.)"""
 
     type: ClassVar[str] = "language"
     languages: list[str] = field(default_factory=lambda: ["en", "zh"])
