@@ -19,7 +19,7 @@ import pytest
 from ilm.data import run_pipeline
 from ilm.data.base import Context, Step
 from ilm.data.corpus import edit_words
-from ilm.data.dedup import MinHashDedup
+from ilm.data.dedup import ExactDedup, MinHashDedup
 from ilm.data.document import Document
 from ilm.data.executor import PipelineError
 from ilm.data.normalize import Normalize
@@ -149,3 +149,52 @@ def test_rerun_with_a_different_plan_is_refused(real_texts: list[str], tmp_path:
     assert again == led
     with pytest.raises(PipelineError, match="different plan"):
         run_pipeline([Normalize(), GopherQuality()], tmp_path / "in", tmp_path / "out")
+
+
+STATE_FILES = ["plan.json", "markers/s0/shard-00000.json", "markers/s1/shard-00001.json", "markers/s2/shard-00002.json",
+               "global/exact_dedup/_reduced.json", "global/minhash_dedup/_reduced.json", "ledger.json", "timings.json"]
+
+
+def _state_files(out: Path) -> list[str]:
+    """Every state file the executor leaves (json outside kept/ and removed/)."""
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*.json") if p.relative_to(out).parts[0] not in ("kept", "removed"))
+
+
+@pytest.fixture(scope="module")
+def torn_case(real_texts: list[str], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("torn")
+    docs = _corpus(real_texts, 60)
+    write_shards(tmp / "in", docs, 3)
+    steps = lambda: [Normalize(), GopherQuality(), ExactDedup(), MinHashDedup()]
+    ref = run_pipeline(steps(), tmp / "in", tmp / "ref", workers=1)
+    return {"tmp": tmp, "docs": docs, "steps": steps, "ledger": ref, "files": _files(tmp / "ref")}
+
+
+@pytest.mark.parametrize("size", ["empty", "half"])
+@pytest.mark.parametrize("name", STATE_FILES)
+def test_torn_state_file_is_redone_with_a_notice(torn_case: dict, name: str, size: str, capsys) -> None:
+    """Each state file cut short after a finished run: the rerun treats it as not done, says so in one
+    line on stderr, redoes that shard or reduce (and the earlier passes the shard needs, stages/ being
+    gone) and ends with the same kept and removed documents and the same ledger."""
+    tmp = torn_case["tmp"]
+    out = tmp / f"out-{name.replace('/', '_')}-{size}"
+    run_pipeline(torn_case["steps"](), tmp / "in", out, workers=1)
+    markers = [f"markers/s{k}/shard-{i:05d}.json" for k in range(3) for i in range(3)]
+    assert _state_files(out) == sorted({*STATE_FILES, *markers}), "a state file this test does not tear"
+    path = out / name
+    data = path.read_bytes()
+    path.write_bytes(b"" if size == "empty" else data[: len(data) // 2])
+    capsys.readouterr()
+    ledger = run_pipeline(torn_case["steps"](), tmp / "in", out, workers=1)
+    err = capsys.readouterr().err
+    assert ledger == torn_case["ledger"]
+    assert json.loads((out / "ledger.json").read_text()) == torn_case["ledger"]
+    assert _files(out) == torn_case["files"]
+    json.loads(path.read_text())  # rewritten whole
+    notices = [line for line in err.splitlines() if "unreadable" in line]
+    if name in ("ledger.json", "timings.json"):  # outputs only, never read back: simply rewritten
+        assert notices == []
+    else:
+        assert len(notices) == 1 and name in notices[0] and "redoing" in notices[0]
+    assert "Traceback" not in err
+    assert not list(out.rglob("*.tmp"))

@@ -4,14 +4,14 @@ Each shard's collector streams compact per-document data to disk (hashes, never 
 14 band hashes (uint64) and the 128-value signature (uint32) per document in raw .u64/.u32 files, plus
 id and timestamp in parquet. `reduce` reads one band column at a time through memory maps, links
 documents that share a band bucket (optionally verifying the estimated Jaccard >= threshold from the full
-signatures), joins them with a union-find, and picks each cluster's survivor: latest timestamp, ties
-broken by the larger id. Memory is O(documents) small integers, independent of text size.
+signatures, for every pair of a bucket of up to `verify_max_bucket` members), joins them with a
+union-find, and picks each cluster's survivor: latest timestamp, ties broken by the larger id. Memory is
+O(documents) small integers, independent of text size.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,12 +23,7 @@ import numpy as np
 from ilm.data import minhash as mh
 from ilm.data.base import Context, GlobalStep
 from ilm.data.document import Document
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+from ilm.data.io import atomic_write_bytes, fsync_replace
 
 
 def _write_meta(path: Path, ids: list[str], ts: list[float], extra: dict[str, list] | None = None) -> None:
@@ -40,7 +35,7 @@ def _write_meta(path: Path, ids: list[str], ts: list[float], extra: dict[str, li
         cols[k] = pa.array(v)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(pa.table(cols), tmp)
-    os.replace(tmp, path)
+    fsync_replace(tmp, path)
 
 
 def select_survivors(labels: np.ndarray, ts: np.ndarray, ids_of: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -114,7 +109,7 @@ class _Dedup(GlobalStep):
             )
             tmp = work_dir / f"drop-{s:05d}.parquet.tmp"
             pq.write_table(t, tmp)
-            os.replace(tmp, work_dir / f"drop-{s:05d}.parquet")
+            fsync_replace(tmp, work_dir / f"drop-{s:05d}.parquet")
         n_clusters = int(np.unique(labels[np.bincount(labels)[labels] > 1]).size) if labels.size else 0
         return {"documents": int(labels.size), "clusters": n_clusters, "removed": int(removed.size)}
 
@@ -152,7 +147,7 @@ class _ExactCollector:
 
     def close(self) -> None:
         arr = np.array([[k >> 64, k & (2**64 - 1)] for k in self.keys], dtype=np.uint64).reshape(-1, 2)
-        _atomic_write_bytes(self.work_dir / f"keys-{self.shard:05d}.u64", arr.tobytes())
+        atomic_write_bytes(self.work_dir / f"keys-{self.shard:05d}.u64", arr.tobytes())
         _write_meta(self.work_dir / f"meta-{self.shard:05d}.parquet", self.ids, self.ts)
 
 
@@ -211,7 +206,7 @@ class _MinHashCollector:
         self._flush()
         for f in (self.f_sig, self.f_band):
             f.close()
-            os.replace(f.name, f.name[: -len(".tmp")])
+            fsync_replace(f.name, f.name[: -len(".tmp")])
         _write_meta(self.work_dir / f"meta-{self.shard:05d}.parquet", self.ids, self.ts, {"n_shingles": self.n_sh})
 
 
@@ -228,9 +223,12 @@ class MinHashDedup(_Dedup):
     bands: int = 14
     rows: int = 9
     verify: bool = True  # drop LSH candidate pairs whose signature estimate is below the threshold
+    verify_max_bucket: int = 256  # all pairs of a bucket up to this size; past it, a window of this size
     seed: int = 1
 
     def __post_init__(self) -> None:
+        if self.verify_max_bucket < 2:
+            raise ValueError(f"verify_max_bucket = {self.verify_max_bucket} must be at least 2")
         if self.bands * self.rows > self.num_perm:
             raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
 
@@ -246,29 +244,62 @@ class MinHashDedup(_Dedup):
         sigs = [self._mmap(work_dir / f"sig-{i:05d}.u32", np.uint32, counts[i], self.num_perm) for i in range(n_shards)]
         parent = np.arange(n, dtype=np.int64)
         idx = np.flatnonzero(valid)
-        stats = {"candidate_pairs": 0, "verified_pairs": 0}
+        stats = {"candidate_pairs": 0, "verified_pairs": 0, "verify_buckets_capped": 0, "verify_pairs_skipped": 0}
         for b in range(self.bands):
             col = np.concatenate([m[:, b] for m in bands]) if bands else np.zeros(0, np.uint64)
             c = col[idx]
             order = np.argsort(c, kind="stable")
-            cs = c[order]
-            same = np.flatnonzero(cs[1:] == cs[:-1])
-            u, v = idx[order[same]], idx[order[same + 1]]
-            live = parent[u] != parent[v]  # parent is fully compressed after each union
-            u, v = u[live], v[live]
-            stats["candidate_pairs"] += int(u.size)
-            if self.verify and u.size:
-                est = np.empty(u.size)
-                for k0 in range(0, u.size, 65536):
-                    su = self._gather(sigs, offsets, u[k0 : k0 + 65536])
-                    sv = self._gather(sigs, offsets, v[k0 : k0 + 65536])
-                    est[k0 : k0 + 65536] = mh.jaccard_estimate(su, sv)
-                ok = est >= self.threshold
-                u, v = u[ok], v[ok]
-            stats["verified_pairs"] += int(u.size)
-            parent = mh.union(parent, u, v)
+            keep_u, keep_v = [], []
+            for pa, pb in self._bucket_pairs(c[order], stats):
+                u, v = idx[order[pa]], idx[order[pb]]
+                live = parent[u] != parent[v]  # parent is fully compressed after each band's union
+                u, v = u[live], v[live]
+                stats["candidate_pairs"] += int(u.size)
+                if self.verify and u.size:
+                    est = np.empty(u.size)
+                    for k0 in range(0, u.size, 65536):
+                        su = self._gather(sigs, offsets, u[k0 : k0 + 65536])
+                        sv = self._gather(sigs, offsets, v[k0 : k0 + 65536])
+                        est[k0 : k0 + 65536] = mh.jaccard_estimate(su, sv)
+                    ok = est >= self.threshold
+                    u, v = u[ok], v[ok]
+                stats["verified_pairs"] += int(u.size)
+                keep_u.append(u)
+                keep_v.append(v)
+            if keep_u:
+                parent = mh.union(parent, np.concatenate(keep_u), np.concatenate(keep_v))
         out = self._write_decisions(work_dir, tables, counts, parent, ts)
-        return {**out, **stats}
+        return {**out, **stats, "verify_max_bucket": self.verify_max_bucket}
+
+    def _bucket_pairs(self, cs: np.ndarray, stats: dict[str, int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Candidate pairs (positions in the sorted band column `cs`), one distance d at a time.
+
+        Without verification, adjacent members (d = 1) chain a bucket into one cluster, which is all
+        the bucket says. With it, every pair of a bucket is a candidate on its own: a document sorting
+        between two near-duplicates must not hide them from each other. A bucket larger than
+        `verify_max_bucket` (M) is bounded: each member is checked against the next M - 1 members in
+        bucket order (input order), the pairs further apart are not checked and do not link through this
+        band; such buckets and pairs are counted (`verify_buckets_capped`, `verify_pairs_skipped`).
+        Work is proportional to the pairs produced: members leave the loop once d passes their bucket.
+        """
+        starts = np.flatnonzero(np.r_[True, cs[1:] != cs[:-1]]) if cs.size else np.zeros(0, np.int64)
+        sizes = np.diff(np.r_[starts, cs.size])
+        multi = sizes > 1
+        st, sz = starts[multi], sizes[multi]
+        if st.size == 0:
+            return
+        max_d = min(int(sz.max()), self.verify_max_bucket) if self.verify else 2
+        if self.verify:
+            big = sz[sz > self.verify_max_bucket] - self.verify_max_bucket
+            stats["verify_buckets_capped"] += int(big.size)
+            stats["verify_pairs_skipped"] += int((big * (big + 1) // 2).sum())
+        first = np.cumsum(sz) - sz
+        mem = np.repeat(st, sz) + (np.arange(int(sz.sum())) - np.repeat(first, sz))
+        end = np.repeat(st + sz, sz)
+        for d in range(1, max_d):
+            ok = mem + d < end
+            mem, end = mem[ok], end[ok]
+            yield mem, mem + d
 
     @staticmethod
     def _mmap(path: Path, dtype: Any, rows: int, cols: int) -> np.ndarray:

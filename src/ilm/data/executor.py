@@ -8,6 +8,12 @@ Layout of an output folder:
   global/<step>/...            dedup signatures and decisions; _reduced.json marks a finished reduce
   markers/sK/shard-XXXXX.json  written last, after a shard's files are renamed into place: its ledger
   ledger.json                  the funnel: documents and bytes into each step, removed per reason
+  timings.json                 seconds per pass and reduce of this invocation
+
+Every state file above (plan, markers, _reduced.json, ledger, timings) and every shard is written to a
+temporary sibling, fsynced and renamed into place. On a rerun a state file that cannot be read counts as
+absent (with a notice on stderr): its shard or reduce is redone, together with whatever earlier pass
+that shard needs as input once a finished run has deleted stages/.
 
 The pipeline is cut into passes at each GlobalStep (dedup): pass K runs the previous global step's
 decisions and the per-document steps that follow, writes its kept documents and feeds the next global
@@ -21,6 +27,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -30,7 +37,7 @@ from typing import Any
 
 from ilm.data.base import GlobalStep, Step
 from ilm.data.document import Document
-from ilm.data.io import InputError, ShardWriter, list_inputs, read_documents
+from ilm.data.io import InputError, ShardWriter, atomic_write_text, list_inputs, read_documents
 
 
 class PipelineError(RuntimeError):
@@ -39,6 +46,20 @@ class PipelineError(RuntimeError):
 
 class LedgerError(RuntimeError):
     """A step lost or invented documents (in != kept + removed): a bug in that step."""
+
+
+def read_state(path: Path) -> Any:
+    """A state file (plan, marker, reduce result) as JSON, or None when it is absent or unreadable. Every
+    state file is written atomically, so an unreadable one comes from elsewhere (a copy cut short, a
+    disk error): its step is treated as not done and redone, with a one-line notice on stderr."""
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        reason = "empty" if path.exists() and path.stat().st_size == 0 else type(exc).__name__
+        print(f"ilm data: {path} is unreadable ({reason}); treating that step as not done and redoing it", file=sys.stderr)
+        return None
 
 
 def _nbytes(text: str) -> int:
@@ -201,9 +222,7 @@ def process_shard(task: dict[str, Any]) -> dict[str, Any]:
         if collector is not None:
             collector.close()
         marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_name(marker.name + ".tmp")
-        tmp.write_text(json.dumps(ledger, sort_keys=True))
-        os.replace(tmp, marker)
+        atomic_write_text(marker, json.dumps(ledger, sort_keys=True))
         if queue is not None:
             queue.put((pending[0], pending[1]))
         return ledger
@@ -238,18 +257,23 @@ class Executor:
         ledgers: list[list[dict[str, Any]]] = []
         reduced: dict[str, Any] = {}
         t_all = time.perf_counter()
+        stage = lambda k, i: out / "stages" / f"s{k}" / f"shard-{i:05d}.jsonl.zst"
+        marker = lambda k, i: out / "markers" / f"s{k}" / f"shard-{i:05d}.json"
+        done = [{i: m for i in range(len(files)) if (m := read_state(marker(k, i))) is not None} for k in range(len(segs))]
+        for k in range(len(segs) - 1, 0, -1):  # a shard redone in pass k needs its input from pass k - 1
+            for i in range(len(files)):
+                if i not in done[k] and not stage(k - 1, i).exists():
+                    done[k - 1].pop(i, None)  # (finished runs delete stages/: redo that shard from the start)
         for seg in segs:
             last = seg.index == len(segs) - 1
-            tasks, done = [], []
+            tasks = []
             for i, f in enumerate(files):
-                marker = out / "markers" / f"s{seg.index}" / f"shard-{i:05d}.json"
-                if marker.exists():
-                    done.append(json.loads(marker.read_text()))
+                if i in done[seg.index]:
                     continue
-                src = str(f) if seg.index == 0 else str(out / "stages" / f"s{seg.index - 1}" / f"shard-{i:05d}.jsonl.zst")
-                dst = out / "kept" / f"shard-{i:05d}.{self.output_format}" if last else out / "stages" / f"s{seg.index}" / f"shard-{i:05d}.jsonl.zst"
+                src = str(f) if seg.index == 0 else str(stage(seg.index - 1, i))
+                dst = out / "kept" / f"shard-{i:05d}.{self.output_format}" if last else stage(seg.index, i)
                 tasks.append({
-                    "segment": seg, "shard": i, "input": src, "out": str(dst), "marker": str(marker),
+                    "segment": seg, "shard": i, "input": src, "out": str(dst), "marker": str(marker(seg.index, i)),
                     "removed": str(out / "removed" / f"s{seg.index}-shard-{i:05d}.{self.output_format}"),
                     "global_dirs": gdirs, "on_invalid_utf8": self.on_invalid_utf8,
                 })
@@ -259,25 +283,24 @@ class Executor:
             errors = [r["error"] for r in results if "error" in r]
             if errors:
                 raise PipelineError(f"{len(errors)} shard(s) failed (the others are done and will be skipped on rerun):\n  " + "\n  ".join(errors))
-            ledgers.append(sorted(done + results, key=lambda r: r["shard"]))
+            ledgers.append(sorted(list(done[seg.index].values()) + results, key=lambda r: r["shard"]))
             if seg.collect is not None:
                 g = seg.collect
                 gdir = Path(gdirs[g.label()])
                 gdir.mkdir(parents=True, exist_ok=True)
                 mark = gdir / "_reduced.json"
-                if mark.exists():
-                    reduced[g.label()] = json.loads(mark.read_text())
+                got = None if tasks else read_state(mark)  # a shard redone feeds the reduce again
+                if got is not None:
+                    reduced[g.label()] = got
                 else:
                     t0 = time.perf_counter()
                     reduced[g.label()] = g.reduce(gdir, len(files))
                     self.timings[f"reduce:{g.label()}"] = time.perf_counter() - t0
-                    mark.write_text(json.dumps(reduced[g.label()], sort_keys=True))
+                    atomic_write_text(mark, json.dumps(reduced[g.label()], sort_keys=True))
         self.timings["total"] = time.perf_counter() - t_all
         ledger = aggregate(ledgers, steps, reduced, files)
-        tmp = out / "ledger.json.tmp"
-        tmp.write_text(json.dumps(ledger, indent=1, sort_keys=True))
-        os.replace(tmp, out / "ledger.json")
-        (out / "timings.json").write_text(json.dumps(self.timings, indent=1))
+        atomic_write_text(out / "ledger.json", json.dumps(ledger, indent=1, sort_keys=True))
+        atomic_write_text(out / "timings.json", json.dumps(self.timings, indent=1))
         if not self.keep_intermediate:
             shutil.rmtree(out / "stages", ignore_errors=True)
         return ledger
@@ -290,12 +313,12 @@ class Executor:
             "on_invalid_utf8": self.on_invalid_utf8,
         }
         path = out / "plan.json"
-        if path.exists():
-            old = json.loads(path.read_text())
+        old = read_state(path)
+        if old is not None:
             if old != json.loads(json.dumps(plan)):
                 raise PipelineError(f"{out} holds a run of a different plan (inputs or steps changed); use a new output folder")
         else:
-            path.write_text(json.dumps(plan, indent=1))
+            atomic_write_text(path, json.dumps(plan, indent=1))
 
     def _run_tasks(self, tasks: list[dict[str, Any]], desc: str) -> list[dict[str, Any]]:
         total = sum(os.path.getsize(t["input"]) for t in tasks if os.path.exists(t["input"]))

@@ -206,6 +206,29 @@ def _charset(ctype: str) -> str:
     return "utf-8"
 
 
+def fsync_replace(tmp: str | Path, path: str | Path) -> None:
+    """Flush `tmp` (already written and closed) to disk, then rename it onto `path` (as the shards are
+    written): after a kill or a crash `path` is absent, its old content or the whole new one, never torn."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `<path>.tmp`, then `fsync_replace` it into place."""
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    fsync_replace(tmp, path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
 class ShardWriter:
     """Writes one shard to `<path>.tmp` and renames it into place on close(), so a shard is whole or absent.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from operator import methodcaller
 from typing import ClassVar
 
 import numpy as np
@@ -19,6 +20,7 @@ from ilm.data.document import Document
 
 EN_STOP = ("the", "be", "to", "of", "and", "that", "have", "with")
 ZH_STOP = ("的", "了", "是", "在", "和", "有", "我", "不", "这", "也")
+_EN_STOP, _ZH_STOP = frozenset(EN_STOP), frozenset(ZH_STOP)
 BULLETS = ("•", "●", "○", "■", "□", "▪", "◦", "-", "*", "·", "‣", "⁃")
 ELLIPSES = ("...", "…", "。。。")
 
@@ -26,13 +28,37 @@ ELLIPSES = ("...", "…", "。。。")
 _ALPHA = re.compile(r"[^\W\d_]")
 
 
+_LAST_FRACTION: list = [None, 0.0]
+
+
+def _cjk_fraction(text: str) -> float:
+    """`cjk_fraction`, remembered for the last text (the filters below ask in turn about one document)."""
+    if _LAST_FRACTION[0] is not text:
+        _LAST_FRACTION[0], _LAST_FRACTION[1] = text, cjk_fraction(text)
+    return _LAST_FRACTION[1]
+
+
 def _is_cjk(doc: Document) -> bool:
     lang = doc.metadata.get("language")
     if lang in ("zh", "ja", "ko", "th"):
         return True
     if lang is not None and lang not in ("zh", "ja", "ko", "th"):
-        return cjk_fraction(doc.text) >= 0.5
-    return cjk_fraction(doc.text) >= 0.3
+        return _cjk_fraction(doc.text) >= 0.5
+    return _cjk_fraction(doc.text) >= 0.3
+
+
+_LAST_WORDS: list = [None, None, None]
+
+
+def _words(text: str, cjk: bool) -> list[str]:
+    """`tokens(text, cjk)`, remembered for the last text: Gopher quality and repetition run back to back on
+    the same document, and splitting it is a good part of their cost. The list must not be modified."""
+    last = _LAST_WORDS
+    if last[0] is text and last[1] == cjk:  # the same str object: the same words
+        return last[2]
+    words = tokens(text, cjk)
+    last[0], last[1], last[2] = text, cjk, words
+    return words
 
 
 @dataclass
@@ -53,7 +79,7 @@ class GopherQuality(Filter):
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         text = doc.text
         cjk = _is_cjk(doc)
-        words = tokens(text, cjk)
+        words = _words(text, cjk)
         n = len(words)
         if n < self.min_words:
             return False, "gopher_too_few_words"
@@ -66,30 +92,33 @@ class GopherQuality(Filter):
         symbols = text.count("#") + sum(text.count(e) for e in ELLIPSES)
         if symbols / n > self.max_symbol_word_ratio:
             return False, "gopher_symbol_ratio"
-        lines = [ln for ln in text.split("\n") if ln.strip()]
+        lines = list(filter(None, map(str.strip, text.split("\n"))))  # non-blank lines, stripped
         if lines:
-            if sum(ln.lstrip().startswith(BULLETS) for ln in lines) / len(lines) > self.max_bullet_lines:
+            if sum(map(methodcaller("startswith", BULLETS), lines)) / len(lines) > self.max_bullet_lines:
                 return False, "gopher_bullet_lines"
-            if sum(ln.rstrip().endswith(ELLIPSES) for ln in lines) / len(lines) > self.max_ellipsis_lines:
+            if sum(map(methodcaller("endswith", ELLIPSES), lines)) / len(lines) > self.max_ellipsis_lines:
                 return False, "gopher_ellipsis_lines"
-        alpha = n - sum(1 for w in words if not _ALPHA.search(w))
+        # a word without any letter: only words that are not all letters need the regex, once each
+        odd = {w for w in dict.fromkeys(words) if not w.isalpha() and not _ALPHA.search(w)}
+        alpha = n - (sum(map(odd.__contains__, words)) if odd else 0)
         if alpha / n < self.min_alpha_words:
             return False, "gopher_alpha_words"
         if cjk:
-            stops = sum(1 for w in words if w in ZH_STOP)
+            stops = sum(map(_ZH_STOP.__contains__, words))
         else:
-            stop = set(EN_STOP)
-            stops = sum(1 for w in words if w.lower() in stop)
+            stops = sum(map(_EN_STOP.__contains__, map(str.lower, words)))
         if stops < self.min_stop_words:
             return False, "gopher_stop_words"
         return True
 
 
 def _token_hashes(words: list[str]) -> np.ndarray:
+    """xxh3-64 of each token's UTF-8 bytes, hashed once per distinct word (a dict lookup per occurrence)."""
     import xxhash
 
     h = xxhash.xxh3_64_intdigest
-    return np.fromiter((h(w.encode("utf-8", "surrogatepass")) for w in words), dtype=np.uint64, count=len(words))
+    of = {w: h(w.encode("utf-8", "surrogatepass")) for w in dict.fromkeys(words)}
+    return np.fromiter(map(of.__getitem__, words), dtype=np.uint64, count=len(words))
 
 
 def _ngram_hashes(th: np.ndarray, n: int) -> np.ndarray:
@@ -125,10 +154,82 @@ def dup_ngram_fraction(th: np.ndarray, lens: np.ndarray, n: int, total: int) -> 
         return 0.0
     starts = np.flatnonzero(repeat)
     cover = np.zeros(th.size + 1, dtype=np.int32)
-    np.add.at(cover, starts, 1)
-    np.add.at(cover, starts + n, -1)
+    cover[starts] += 1  # starts are distinct, and so are the ends: plain indexing adds each once
+    cover[starts + n] -= 1
     covered = np.cumsum(cover[:-1]) > 0
     return float(lens[covered].sum()) / total
+
+
+class _NgramLevels:
+    """`top_ngram_fraction` and `dup_ngram_fraction` for every n of one document, sharing the work.
+
+    Level n's hashes are level n-1's times P plus one more token (the same values `_ngram_hashes`
+    gives), and two equal n-grams start with equal (n-1)-grams, so only positions whose (n-1)-gram
+    occurs twice or more can hold a repeated n-gram: after the first level, each level sorts those
+    positions only (usually few, often none). Covered characters come from a prefix sum over the
+    repeated starts, not a pass over the document. The results are the plain functions' (tie-breaks
+    included: groups in hash order, first occurrences first), barring a 64-bit hash collision at one
+    level but not at the one below."""
+
+    def __init__(self, th: np.ndarray, lens: np.ndarray, total: int):
+        self.th, self.lens, self.total = th, lens, total
+        self.cum = np.concatenate([[0], np.cumsum(lens)])
+        self.n = 0
+        self.cand = np.zeros(0, dtype=np.int64)  # level n: positions whose n-gram hash may repeat, ascending
+        self.g = np.zeros(0, dtype=np.uint64)  # and their hashes
+        self.o = self.heads = self.cnt = self.cand
+
+    def _level(self, n: int, cand: np.ndarray, g: np.ndarray) -> None:
+        o = np.argsort(g, kind="stable")
+        vs = g[o]
+        start = np.empty(vs.size, dtype=bool)  # first of its group of equal hashes
+        start[:1] = True
+        np.not_equal(vs[1:], vs[:-1], out=start[1:])
+        heads = np.flatnonzero(start)
+        self.n, self.cand, self.g, self.o, self.heads = n, cand, g, o, heads
+        self.cnt = np.diff(np.append(heads, vs.size))
+
+    def _goto(self, n: int) -> None:
+        if n == self.n:
+            return
+        if self.n == 0 or n < self.n:
+            self._level(n, np.arange(self.th.size - n + 1, dtype=np.int64), _ngram_hashes(self.th, n))
+        while self.n < n:
+            if self.cand.size == 0:  # nothing repeats at this length: nothing longer repeats either
+                self.n = n
+                break
+            k = self.n + 1
+            multi = np.repeat(self.cnt >= 2, self.cnt)
+            pos = self.o[multi]
+            pos.sort()  # positions (indices into cand) of repeated hashes, in position order
+            cand = self.cand[pos]
+            keep = cand < self.th.size - k + 1
+            cand, g = cand[keep], self.g[pos][keep]
+            self._level(k, cand, g * np.uint64(0x100000001B3) + self.th[cand + k - 1])
+
+    def top(self, n: int) -> float:
+        if self.th.size < n or self.total == 0:
+            return 0.0
+        self._goto(n)
+        if self.cnt.size == 0 or self.cnt.max() < 2:
+            return 0.0
+        t = int(np.argmax(self.cnt))
+        first = int(self.cand[self.o[self.heads[t]]])
+        return float(self.cnt[t] * self.lens[first : first + n].sum()) / self.total
+
+    def dup(self, n: int) -> float:
+        if self.th.size < n or self.total == 0:
+            return 0.0
+        self._goto(n)
+        firsts = np.zeros(self.o.size, dtype=bool)
+        firsts[self.heads] = True
+        rep = self.cand[self.o[~firsts]]
+        if rep.size == 0:
+            return 0.0
+        rep.sort()
+        lo = rep.copy()  # the part of [r, r + n) not already covered by the previous repeated start
+        np.maximum(rep[1:], rep[:-1] + n, out=lo[1:])
+        return float((self.cum[rep + n] - self.cum[lo]).sum()) / self.total
 
 
 @dataclass
@@ -173,17 +274,18 @@ class GopherRepetition(Filter):
             return False, "repetition_lines"
         if chars > self.max_dup_line_char_fraction:
             return False, "repetition_line_chars"
-        words = tokens(text, _is_cjk(doc))[: self.max_tokens]
+        words = _words(text, _is_cjk(doc))[: self.max_tokens]
         if not words:
             return True
         th = _token_hashes(words)
         lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
         total = int(lens.sum())
+        levels = _NgramLevels(th, lens, total)
         for n, limit in self.top_ngrams.items():
-            if top_ngram_fraction(th, lens, int(n), total) > limit:
+            if levels.top(int(n)) > limit:
                 return False, f"repetition_top_{n}gram"
         for n, limit in self.dup_ngrams.items():
-            if dup_ngram_fraction(th, lens, int(n), total) > limit:
+            if levels.dup(int(n)) > limit:
                 return False, f"repetition_dup_{n}gram"
         return True
 

@@ -23,6 +23,8 @@ def funnel_table(ledger: dict[str, Any]) -> str:
     lines.append(f"input {ledger['input_docs']:,} = kept {ledger['kept_docs']:,} + removed {ledger['removed_docs']:,}  [{ok}]")
     if ledger.get("counters"):
         lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in ledger["counters"].items()))
+    for name, stats in (ledger.get("global") or {}).items():  # reduce results: clusters, pairs, capped buckets
+        lines.append(f"{name}: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in stats.items()))
     return "\n".join(lines)
 
 

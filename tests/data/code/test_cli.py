@@ -41,3 +41,25 @@ def test_code_cli_loop(tmp_path: Path, capsys) -> None:
     assert main(["data", "code-label-export", str(out / "kept"), "--model", str(model), "-n", "5",
                  "--exclude", str(export), "-o", str(again)]) == 0
     assert not {r["id"] for r in rows} & {json.loads(x)["id"] for x in again.read_text().splitlines()}
+
+
+def test_code_cli_errors_go_to_stderr(tmp_path: Path, capsys) -> None:
+    """A user's mistake in each code verb: exit 1, one line on stderr naming the verb, stdout empty."""
+    missing = str(tmp_path / "no-such-thing")
+    bad_labels = tmp_path / "one-class.jsonl"
+    bad_labels.write_text(json.dumps({"id": "a", "text": "x = 1\n", "language": "python", "label": 1}) + "\n")
+    cases = [
+        ("code", ["data", "code", missing, "-o", str(tmp_path / "run"), "-q"]),
+        ("code", ["data", "code", str(tmp_path), "-o", str(tmp_path / "run2"), "-q", "--recipe", missing]),
+        ("code", ["data", "code", str(tmp_path), "-o", str(tmp_path / "run3"), "-q", "--tokenizer", missing]),
+        ("code-train-scorer", ["data", "code-train-scorer", missing, "-o", str(tmp_path / "m.npz")]),
+        ("code-train-scorer", ["data", "code-train-scorer", str(bad_labels), "-o", str(tmp_path / "m.npz")]),
+        ("code-label-export", ["data", "code-label-export", str(tmp_path), "--model", missing, "-o", str(tmp_path / "x.jsonl")]),
+    ]
+    for verb, argv in cases:
+        assert main(argv) == 1, argv
+        cap = capsys.readouterr()
+        assert cap.out == "", (argv, cap.out)
+        lines = cap.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"ilm data {verb}: "), (argv, cap.err)
+        assert "Traceback" not in cap.err

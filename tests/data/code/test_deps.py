@@ -143,3 +143,50 @@ def test_real_c_headers() -> None:
     n, edges, cyclic = check_order(files, "lxml-includes")
     print(f"lxml C headers: {n} files, {edges} includes resolved, {cyclic} in cycles")
     assert edges > n
+
+
+def test_python_import_forms_exact_edges(tmp_path: Path) -> None:
+    """Each import form on a small package: a submodule name links to its file, any other name to the
+    module that defines it (pkg/__init__.py for a package), both in one statement; nested imports count."""
+    files = {
+        "pkg/__init__.py": "from .core import Engine\nVERSION = '1'\n\ndef helper():\n    return 1\n",
+        "pkg/core.py": "import os\nfrom . import util\n\nclass Engine:\n    pass\n",
+        "pkg/util.py": "X = 1\n",
+        "pkg/sub/__init__.py": "from .leaf import leaf_fn\nSUBNAME = 2\n",
+        "pkg/sub/leaf.py": "from ..util import X\n\ndef leaf_fn():\n    return X\n",
+        "pkg/mixed.py": "from pkg import util, VERSION\n",
+        "pkg/rel_mixed.py": "from . import core, helper\n",
+        "pkg/from_sub.py": "from .sub import SUBNAME\n",
+        "pkg/from_sub_mixed.py": "from .sub import (\n    leaf,\n    SUBNAME,\n)\n",
+        "pkg/nested.py": ("def f():\n    from pkg.sub import leaf\n    import pkg.util\n    try:\n"
+                          "        from .core import Engine\n    except ImportError:\n        pass\n"
+                          "    class C:\n        def g(self):\n            from .sub.leaf import leaf_fn\n"),
+        "app.py": "import pkg\nimport pkg.sub.leaf as L\nfrom pkg import *\nfrom pkg.sub import leaf_fn, SUBNAME\nimport json\n",
+    }
+    for p, text in files.items():  # the package is real: every file imports (nested ones when called)
+        (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / p).write_text(text)
+    import subprocess
+    import sys
+
+    code = "import importlib, pkg.nested as n; n.f(); [importlib.import_module(m) for m in " \
+           "('app', 'pkg.mixed', 'pkg.rel_mixed', 'pkg.from_sub', 'pkg.from_sub_mixed')]"
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+    index = RepoIndex("proj", files)
+    expected = {
+        "pkg/__init__.py": {"pkg/core.py"},
+        "pkg/core.py": {"pkg/util.py"},
+        "pkg/util.py": set(),
+        "pkg/sub/__init__.py": {"pkg/sub/leaf.py"},
+        "pkg/sub/leaf.py": {"pkg/util.py"},
+        "pkg/mixed.py": {"pkg/util.py", "pkg/__init__.py"},
+        "pkg/rel_mixed.py": {"pkg/core.py", "pkg/__init__.py"},
+        "pkg/from_sub.py": {"pkg/sub/__init__.py"},
+        "pkg/from_sub_mixed.py": {"pkg/sub/leaf.py", "pkg/sub/__init__.py"},
+        "pkg/nested.py": {"pkg/sub/leaf.py", "pkg/util.py", "pkg/core.py"},
+        "app.py": {"pkg/__init__.py", "pkg/sub/leaf.py", "pkg/sub/__init__.py"},
+    }
+    assert {p: index.deps(p) for p in files} == expected
+    order, _ = order_repository("proj", files)
+    pos = {p: i for i, p in enumerate(order)}
+    assert all(pos[b] < pos[a] for a, bs in expected.items() for b in bs)

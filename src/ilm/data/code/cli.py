@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+# what a user's mistake raises here (missing or unreadable files, bad recipes or labels): one line on stderr
+_USER_ERRORS = (ValueError, OSError, KeyError)
+
+
+def _fail(verb: str, exc: BaseException) -> int:
+    """One line on stderr (stdout stays for results), exit status 1."""
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"ilm data {verb}: {msg}", file=sys.stderr)
+    return 1
 
 
 def _code(args: argparse.Namespace) -> int:
@@ -16,7 +27,10 @@ def _code(args: argparse.Namespace) -> int:
     if args.tokenizer:
         from ilm.tokenizer import load_tokenizer
 
-        tok = load_tokenizer(args.tokenizer)
+        try:
+            tok = load_tokenizer(args.tokenizer)
+        except _USER_ERRORS as exc:
+            return _fail("code", exc)
 
         def count(text: str) -> int:
             return len(tok.encode(text))
@@ -25,9 +39,8 @@ def _code(args: argparse.Namespace) -> int:
         ledger = run_code_pipeline(args.input, args.output, recipe=args.recipe, workers=args.workers,
                                    sample_tokens=args.sample_tokens, sample_format=args.sample_format,
                                    count_tokens=count, max_file_bytes=args.max_file_bytes, progress=not args.quiet)
-    except (PipelineError, ValueError, FileNotFoundError) as exc:
-        print(f"ilm data code: {exc}")
-        return 1
+    except (PipelineError, *_USER_ERRORS) as exc:
+        return _fail("code", exc)
     print(funnel_table(ledger))
     code = ledger["code"]
     print(f"kept files by tier: {code['kept_tiers']}")
@@ -41,10 +54,13 @@ def _export(args: argparse.Namespace) -> int:
     from ilm.data.code.scorer import CodeQualityModel, export_uncertain, read_labels
     from ilm.data.io import read_all
 
-    model = CodeQualityModel.load(args.model)
-    docs = read_all(args.input)
-    done = {x.id for x in read_labels(args.exclude)} if args.exclude else set()
-    n = export_uncertain(model, docs, args.n, args.out, exclude=done)
+    try:
+        model = CodeQualityModel.load(args.model)
+        docs = read_all(args.input)
+        done = {x.id for x in read_labels(args.exclude)} if args.exclude else set()
+        n = export_uncertain(model, docs, args.n, args.out, exclude=done)
+    except _USER_ERRORS as exc:
+        return _fail("code-label-export", exc)
     print(f"wrote the {n} files the model is least sure about to {args.out}: fill `label` with 1 (good) or 0 (bad)")
     return 0
 
@@ -52,9 +68,12 @@ def _export(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from ilm.data.code.scorer import read_labels, train_code_scorer
 
-    items = read_labels(args.labels)
-    model = train_code_scorer(items, holdout=args.holdout, min_agreement=args.min_agreement)
-    model.save(args.out)
+    try:
+        items = read_labels(args.labels)
+        model = train_code_scorer(items, holdout=args.holdout, min_agreement=args.min_agreement)
+        model.save(args.out)
+    except _USER_ERRORS as exc:
+        return _fail("code-train-scorer", exc)
     print(f"trained on {model.info['train_files']} files, agreement measured on {model.info['holdout_files']} -> {args.out}")
     for lang, a in sorted(model.agreement.items()):
         used = "used" if model.trusted(lang) else "not used (rules only)"

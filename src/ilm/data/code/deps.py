@@ -128,6 +128,9 @@ class RepoIndex:
         return out
 
     def _python(self, path: str, code: str) -> set[str]:
+        """`from m import a, b`: a name that is a submodule of m links to that file; any other name (a
+        function, class or constant, `*`) is defined in m itself and links to m's file (its __init__.py
+        for a package). Both kinds may appear in one statement."""
         out: set[str] = set()
         pkg_dir = posixpath.dirname(path)
         for level, module, names in python_imports(code):
@@ -136,17 +139,16 @@ class RepoIndex:
                 for _ in range(level - 1):
                     base = posixpath.dirname(base)
                 stem = "/".join(x for x in [base, *module.split(".")] if x) if module else base
-                hit = [self._py_file(f"{stem}/{n}" if stem else n) for n in names if n != "*"]
-                found = [h for h in hit if h]
-                out.update(found)
-                if not found:  # names are attributes of the module itself
+                subs = [self._py_file(f"{stem}/{n}" if stem else n) if n != "*" else None for n in names]
+                out.update(f for f in subs if f)
+                if not names or None in subs:  # some names are attributes of the module itself
                     f = self._py_file(stem) if stem else None
                     if f:
                         out.add(f)
                 continue
-            found = [self.py[f"{module}.{n}"] for n in names if f"{module}.{n}" in self.py]
-            if found:
-                out.update(found)
+            subs = [self.py.get(f"{module}.{n}") if n != "*" else None for n in names]
+            out.update(f for f in subs if f)
+            if names and None not in subs:
                 continue
             mod = module
             while mod:
