@@ -183,3 +183,26 @@ def test_recorded_check_is_tied_to_the_file(small_tok, tmp_path):
     tok = load_tokenizer(d)
     assert tok.backend == "tokenizers" and "not id order" in tok.encoder_note
     assert tok.encode("hello 世界") == tok._plain.encode("hello 世界", add_special_tokens=False).ids
+
+
+def test_text_tiktoken_cannot_split_is_encoded_by_hf(small_tok):
+    """tiktoken's regex engine panics on a whitespace run of about a million characters (cl100k too);
+    that text is handed to HF `tokenizers`, same ids, no crash."""
+    calls = []
+    fallback = small_tok.fast.fallback
+    text = " " * 1_000_001 + "x"
+    with mock.patch.object(small_tok.fast, "fallback", lambda t, s: calls.append(len(t)) or fallback(t, s)):
+        assert small_tok.encode(text) == _hf_ids(small_tok, text)
+        assert small_tok.encode_batch(["ok", text], bos=True) == [_hf_ids(small_tok, t, bos=True) for t in ("ok", text)]
+    assert calls == [len(text), len(text)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PIECES, max_size=40).map("".join) | st.text(max_size=80))
+def test_fast_pattern_splits_as_tiktokens_cl100k_pattern(text):
+    """The encoder's faster split pattern (possessives made greedy where they never backtrack) = tiktoken's."""
+    import regex
+
+    from ilm.tokenizer.base import FAST_PATTERN, TIKTOKEN_PATTERN
+
+    assert regex.findall(FAST_PATTERN, text) == regex.findall(TIKTOKEN_PATTERN, text)

@@ -19,8 +19,12 @@ also take a pre-token that is itself a token whole (HF's `ignore_merges`).
 
 `check` verifies 1. and 2. (plus the pre-tokenizer, model options and all 256 bytes) on a
 `tokenizer.json` state and names the first thing that fails; `HFTokenizer` then keeps encoding with HF
-`tokenizers` and records why. The split pattern is cl100k's in tiktoken's own syntax
-(`base.TIKTOKEN_PATTERN`; tests pin it against the Oniguruma form HF runs, code point by code point).
+`tokenizers` and records why. The split pattern is cl100k's in tiktoken's own syntax, in the faster
+equivalent form `base.FAST_PATTERN` (tests pin its ids against HF's Oniguruma form).
+
+tiktoken's regex engine gives up (a Rust panic, printed on stderr) on a whitespace run of about a
+million characters, with cl100k's own pattern too; such a text (or cut piece) is encoded by HF
+`tokenizers` instead, which gives the same ids.
 
 Speed: tiktoken releases the GIL while encoding, so long texts are cut at safe boundaries and batches
 are cut into contiguous runs of documents, both encoded on a pool of threads (one Python call per
@@ -155,21 +159,35 @@ def check(state: dict) -> tuple[dict[bytes, int] | None, str]:
 
 def encoding(ranks: dict[bytes, int], control_ids: dict[str, int]) -> tiktoken.Encoding:
     """A tiktoken Encoding over ilm's ranks (ids), cl100k's split pattern and the control tokens."""
-    return tiktoken.Encoding("ilm", pat_str=_base.TIKTOKEN_PATTERN, mergeable_ranks=ranks,
+    return tiktoken.Encoding("ilm", pat_str=_base.FAST_PATTERN, mergeable_ranks=ranks,
                              special_tokens=dict(control_ids))
 
 
 class FastEncoder:
     """Encode with a tiktoken Encoding: long texts and batches on all cores (see module docstring)."""
 
-    def __init__(self, enc: tiktoken.Encoding) -> None:
+    def __init__(self, enc: tiktoken.Encoding, fallback: Callable[[str, bool], list[int]]) -> None:
+        """`fallback(text, special)`: the same ids by another engine, for texts tiktoken cannot split."""
         self.enc = enc
+        self.fallback = fallback
 
     def _one(self, special: bool) -> Callable[[str], list[int]]:
-        if not special:
-            return self.enc.encode_ordinary
-        enc = self.enc
-        return lambda text: enc.encode(text, allowed_special="all", disallowed_special=())
+        enc, fallback = self.enc, self.fallback
+        if special:
+            def tik(text: str) -> list[int]:
+                return enc.encode(text, allowed_special="all", disallowed_special=())
+        else:
+            tik = enc.encode_ordinary
+
+        def one(text: str) -> list[int]:
+            try:
+                return tik(text)
+            except BaseException as err:  # a Rust panic is a BaseException: match it by name
+                if type(err).__name__ != "PanicException":
+                    raise
+                return fallback(text, special)
+
+        return one
 
     def encode(self, text: str, head: list[int], special: bool) -> list[int]:
         """Ids of `text` after `head`; long texts are cut (`split_for_parallel`) and encoded in parallel."""

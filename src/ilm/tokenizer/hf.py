@@ -89,7 +89,10 @@ class HFTokenizer(ChatMixin):
             ranks, reason = _fast.check(json.loads(self.hf.to_str()))
             if ranks is None:
                 return None, reason
-        return _fast.FastEncoder(_fast.encoding(ranks, self.control_ids)), ""
+        return _fast.FastEncoder(_fast.encoding(ranks, self.control_ids), self._hf_encode), ""
+
+    def _hf_encode(self, text: str, special: bool) -> list[int]:
+        return (self.hf if special else self._plain).encode(text, add_special_tokens=False).ids
 
     @property
     def backend(self) -> str:
