@@ -200,7 +200,7 @@ def test_text_tiktoken_cannot_split_is_encoded_by_hf(small_tok):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_PIECES, max_size=40).map("".join) | st.text(max_size=80))
 def test_fast_pattern_splits_as_tiktokens_cl100k_pattern(text):
-    """The encoder's faster split pattern (possessives made greedy where they never backtrack) = tiktoken's."""
+    """The encoder's faster split pattern (lookaround-free alternatives grouped, possessives made greedy) = tiktoken's."""
     import regex
 
     from ilm.tokenizer.base import FAST_PATTERN, TIKTOKEN_PATTERN

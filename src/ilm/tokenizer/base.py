@@ -30,15 +30,15 @@ TIKTOKEN_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|"""
     r"""\s*[\r\n]|\s+(?!\S)|\s"""
 )
-# ilm's encoder splits with this equivalent, faster form (about 1.25x in tiktoken's regex engine): the
-# possessive quantifiers of TIKTOKEN_PATTERN made greedy wherever nothing after them in the same
-# alternative can fail, so backtracking into them never happens and the matches are the same --
-# `?+` before `\p{L}++` (giving back a non-letter cannot let `\p{L}+` start on it), and `++`, `{1,3}+`,
-# `*+` at the end of an alternative or before a `*`. `\s++$` stays possessive: greedy, a long run of
-# whitespace not at the end would be backtracked through to no effect.
+# ilm's encoder splits with this equivalent form, about 2x faster in tiktoken's regex engine
+# (fancy-regex). Every alternative up to `\s*[\r\n]` is grouped, in the same order: the group has no
+# lookaround, so the engine hands it whole to the automaton-based `regex` crate, and only
+# `\s+(?!\S)|\s` runs on its backtracking VM. In the group the possessive quantifiers are plain greedy
+# ones, which match the same: nothing after them in their alternative can fail (`?+` before `\p{L}+`:
+# giving back a non-letter cannot let `\p{L}+` start on it), and `\s+$` can only end at the end.
 FAST_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s++$|"""
-    r"""\s*[\r\n]|\s+(?!\S)|\s"""
+    r"""(?:'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s+$|"""
+    r"""\s*[\r\n])|\s+(?!\S)|\s"""
 )
 CL100K_SPECIAL = {
     "<|endoftext|>": 100257,
