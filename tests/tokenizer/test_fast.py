@@ -206,3 +206,22 @@ def test_fast_pattern_splits_as_tiktokens_cl100k_pattern(text):
     from ilm.tokenizer.base import FAST_PATTERN, TIKTOKEN_PATTERN
 
     assert regex.findall(FAST_PATTERN, text) == regex.findall(TIKTOKEN_PATTERN, text)
+
+
+def test_training_tokenization_runs_on_the_fast_encoder(small_tok, tmp_path, en_text, zh_text):
+    """`tokenize_to_shards` (pretraining data) encodes with the tiktoken-backed encoder, HF's ids."""
+    from ilm.data.shards import TokenShards, tokenize_to_shards
+    from ilm.tokenizer.fast import FastEncoder
+
+    texts = [t for t in (en_text + zh_text).split("\n\n") if t.strip()] + ["<|im_start|>user"]
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
+    tok_dir = small_tok.save(tmp_path / "tok")
+    calls = []
+    real = FastEncoder.encode_batch
+    with mock.patch.object(FastEncoder, "encode_batch", lambda self, *a: calls.append(1) or real(self, *a)):
+        tokenize_to_shards([src], tok_dir, tmp_path / "shards", workers=1, batch_docs=8)
+    assert calls
+    shards = TokenShards(tmp_path / "shards")
+    assert [shards.doc(i).tolist() for i in range(len(texts))] == [
+        _hf_ids(small_tok, t, bos=True) + [small_tok.eos_id] for t in texts]
