@@ -12,7 +12,7 @@ the two parts are. They give the same ids when
 Why that suffices: suppose tiktoken, somewhere, first joins parts x + y = t that are not t's rule.
 Every merge so far inside t's bytes stayed inside them (tokens only grow, and x and y lie inside), and
 each was the lowest candidate inside them at its time, so the run inside t's bytes is a prefix of
-tiktoken run on t's bytes alone. That run, by 2., reaches t's rule before any rank >= t's and then
+tiktoken's run on t's bytes alone. That run, by 2., reaches t's rule before any rank >= t's and then
 joins it, so it never holds x, y: contradiction. So tiktoken only ever joins rule pairs, whose ranks
 order as the rules do (1.), with the same leftmost tie-break as HF: the ids are equal. Both engines
 also take a pre-token that is itself a token whole (HF's `ignore_merges`).
@@ -27,8 +27,8 @@ million characters, with cl100k's own pattern too; such a text (or cut piece) is
 `tokenizers` instead, which gives the same ids.
 
 Speed: tiktoken releases the GIL while encoding, so long texts are cut at safe boundaries and batches
-are cut into contiguous runs of documents, both encoded on a pool of threads (one Python call per
-document and none per thread hand-off, where tiktoken's own batch submits one task per document).
+are cut into contiguous runs of documents, both encoded on a pool of threads (one pool task per run of
+documents, where tiktoken's own batch submits one task per document).
 """
 
 from __future__ import annotations
