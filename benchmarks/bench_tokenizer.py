@@ -2,12 +2,16 @@
 
 1. compression (characters per token) on English prose, Chinese prose and Python code
    -- targets: Chinese >= 1.5x cl100k, English and code within 3%;
-2. encode throughput (MB of UTF-8 per second), one long text and a batch of documents (all cores);
+2. encode throughput (MB of UTF-8 per second), one long text and a batch of documents (all cores):
+   ilm's encoder (`tok.encode` / `tok.encode_batch`: tiktoken's engine on ilm's ranks, `fast.py`) side
+   by side with tiktoken cl100k (`encode_ordinary` / `encode_ordinary_batch`), and, for reference,
+   the same vocabulary on HF `tokenizers` (what ilm encoded with before);
 3. build time of the released 92,544 layout and of the 8,192 CPU layout.
 
 Texts: tests/tokenizer/data (English and Chinese prose written for ilm), Python's reference manual
 (`pydoc_data.topics`, English) and stdlib modules (code): all ship with the repo or the interpreter.
-Throughput rounds alternate ours/tiktoken and keep each one's best, so background load hits both alike.
+Throughput rounds alternate ilm / tiktoken / HF and keep each one's best, so background load hits all
+alike (ILM_BENCH_ROUNDS sets the number of rounds).
 """
 
 from __future__ import annotations
@@ -58,18 +62,29 @@ def _best_mb_s(fns: dict, nbytes: int, rounds: int) -> dict[str, float]:
 
 
 def throughput(tok, ref, corpus: dict[str, str]) -> dict:
+    from ilm.tokenizer.hf import split_for_parallel
+
     mixed = corpus["english"] + corpus["code"] + corpus["chinese"] * 20
     docs = [d for d in mixed.split("\n\n") if d.strip()]
     nbytes = len(mixed.encode())
     threads = os.cpu_count() or 1
-    rounds = 2 if QUICK else 5
-    single = _best_mb_s({"ilm": lambda: tok.encode(mixed), "tiktoken": lambda: ref.encode_ordinary(mixed)},
-                        nbytes, rounds)
+    rounds = int(os.environ.get("ILM_BENCH_ROUNDS", "2" if QUICK else "7"))
+    hf = tok._plain  # the same vocabulary on HF `tokenizers`, as ilm encoded before (cut + Rust threads)
+    hf_batch = getattr(hf, "encode_batch_fast", hf.encode_batch)
+    assert tok.backend == "tiktoken", tok.encoder_note
+    assert tok.encode(mixed) == hf_batch([mixed], add_special_tokens=False)[0].ids  # same ids, or no comparison
+    single = _best_mb_s({
+        "ilm": lambda: tok.encode(mixed),
+        "tiktoken": lambda: ref.encode_ordinary(mixed),
+        "hf": lambda: hf_batch(split_for_parallel(mixed, 4 * threads), add_special_tokens=False),
+    }, nbytes, rounds)
     doc_bytes = sum(len(d.encode()) for d in docs)
-    batched = _best_mb_s({"ilm": lambda: tok.encode_batch(docs),
-                          "tiktoken": lambda: ref.encode_ordinary_batch(docs, num_threads=threads)},
-                         doc_bytes, rounds)
-    return {"mb": round(nbytes / 1e6, 2), "documents": len(docs), "threads": threads,
+    batched = _best_mb_s({
+        "ilm": lambda: tok.encode_batch(docs),
+        "tiktoken": lambda: ref.encode_ordinary_batch(docs, num_threads=threads),
+        "hf": lambda: hf_batch(docs, add_special_tokens=False),
+    }, doc_bytes, rounds)
+    return {"mb": round(nbytes / 1e6, 2), "documents": len(docs), "threads": threads, "rounds": rounds,
             "single": {k: round(v, 2) for k, v in single.items()},
             "batched": {k: round(v, 2) for k, v in batched.items()},
             "single_ratio": round(single["ilm"] / single["tiktoken"], 3),
@@ -96,10 +111,11 @@ def main() -> dict:
         print(f"{name:<9} {row['chars']:>9} {row['ilm_chars_per_token']:>10.3f} {row['cl100k_chars_per_token']:>13.3f} "
               f"{row['ratio']:>11.3f}  {targets[name]}")
     print(f"\nencode throughput, MB/s ({speed['mb']} MB mixed text; batch = {speed['documents']} documents, "
-          f"{speed['threads']} threads)")
-    print(f"{'':<9} {'ilm':>8} {'tiktoken':>9} {'ratio':>7}")
+          f"{speed['threads']} threads; best of {speed['rounds']} rounds)")
+    print(f"{'':<9} {'ilm':>8} {'tiktoken':>9} {'ratio':>7} {'HF tokenizers':>14}")
     for mode in ("single", "batched"):
-        print(f"{mode:<9} {speed[mode]['ilm']:>8.2f} {speed[mode]['tiktoken']:>9.2f} {speed[mode + '_ratio']:>7.3f}")
+        print(f"{mode:<9} {speed[mode]['ilm']:>8.2f} {speed[mode]['tiktoken']:>9.2f} {speed[mode + '_ratio']:>7.3f} "
+              f"{speed[mode]['hf']:>14.2f}")
     print(f"\nbuild seconds: 92,544 tokens {builds[92544]}, 8,192 tokens {builds[8192]}")
     return {"compression": comp, "throughput": speed, "build_seconds": builds}
 

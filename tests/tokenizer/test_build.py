@@ -171,7 +171,7 @@ _PIECES = st.lists(st.sampled_from(["a", "Bc", " ", "  ", "\n", "\n\n", "\r\n", 
 @given(_PIECES.map("".join) | st.text(max_size=200))
 def test_parallel_cuts_give_the_same_ids(full_tok, text):
     """Long texts are cut at newline+non-space and encoded in parallel: ids equal one whole-text call."""
-    with mock.patch("ilm.tokenizer.hf.PARALLEL_CHARS", 4):
+    with mock.patch("ilm.tokenizer.hf.PARALLEL_CHARS", 4), mock.patch("ilm.tokenizer.fast.PARALLEL_CHARS", 4):
         assert "".join(split_for_parallel(text, 8)) == text
         for special in (False, True):
             whole = (full_tok.hf if special else full_tok._plain).encode(text, add_special_tokens=True).ids

@@ -1,8 +1,13 @@
-"""`HFTokenizer`: the ilm tokenizer object, backed by HF `tokenizers` (Rust BPE, batches on all cores).
+"""`HFTokenizer`: the ilm tokenizer object: an HF `tokenizers` vocabulary, encoded with tiktoken's engine.
 
 Saved as the three files `transformers.AutoTokenizer.from_pretrained(dir)` reads (`tokenizer.json`,
 `tokenizer_config.json` with InternLM2's chat template, `special_tokens_map.json`) plus
 `ilm_tokenizer.json`, a manifest of how it was built.
+
+Encoding runs on tiktoken's engine over the same vocabulary (`fast.py`: same ids, checked once per
+tokenizer.json and recorded in the manifest by its sha256); a vocabulary that fails the check keeps
+encoding with HF `tokenizers`, and `encoder_note` says why. Offsets (chat loss masks) and decoding use
+HF `tokenizers`.
 
 Two encoders share one vocabulary: `encode(..., special=True)` reads control-token text such as
 `<|im_start|>` as the control token (what `AutoTokenizer` does); the default, `special=False`, reads it
@@ -12,24 +17,24 @@ inject a control token by typing it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import re
 from pathlib import Path
 
 from tokenizers import Tokenizer as _HF
 
 from ilm.tokenizer import base as _base
+from ilm.tokenizer import fast as _fast
 from ilm.tokenizer.chat import CHAT_TEMPLATE, ChatMixin
 from ilm.tokenizer.layout import BOS, CONTROL_HEAD, EOS, IM_END, NAMED_SPARE, PAD, UNK
 
 MANIFEST = "ilm_tokenizer.json"
 MODEL_MAX_LENGTH = 32_768
-# A newline followed by a non-space character always ends a cl100k pre-token (no alternative of the
-# split pattern continues past newlines into other text), and no control token holds a newline, so a
-# long text cut there encodes to the same ids piece by piece -- in parallel.
-_SAFE_CUT = re.compile(r"\n(?=\S)")
-PARALLEL_CHARS = 1 << 16
+PARALLEL_CHARS = _fast.PARALLEL_CHARS
+split_for_parallel = _fast.split_for_parallel
+# Bump when `fast.check` changes, so a manifest's recorded verdict from an older check is not trusted.
+ENCODER_CHECK = 1
 
 
 def _batch(tok: _HF):
@@ -37,29 +42,18 @@ def _batch(tok: _HF):
     return getattr(tok, "encode_batch_fast", tok.encode_batch)
 
 
-def split_for_parallel(text: str, pieces: int) -> list[str]:
-    """Cut `text` into about `pieces` parts at safe boundaries (see `_SAFE_CUT`); joins back to `text`."""
-    size = max(PARALLEL_CHARS // 2, len(text) // max(1, pieces))
-    out, start = [], 0
-    while len(text) - start > size:
-        m = _SAFE_CUT.search(text, start + size)
-        if m is None:
-            break
-        out.append(text[start : m.end()])
-        start = m.end()
-    out.append(text[start:])
-    return out
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class HFTokenizer(ChatMixin):
     """Encode/decode text and render chats with the InternLM2 vocabulary (or any ilm-built one)."""
 
-    def __init__(self, hf: _HF, manifest: dict | None = None) -> None:
+    def __init__(self, hf: _HF, manifest: dict | None = None, *, source_sha256: str | None = None) -> None:
+        """`source_sha256`: the sha256 of the tokenizer.json `hf` was read from (trusts a recorded check)."""
         self.hf = hf
         self.manifest = manifest or {}
-        # A second copy whose special-token matching is off: control-token text -> ordinary tokens.
-        self._plain = _HF.from_str(hf.to_str())
-        self._plain.encode_special_tokens = True
+        self._plain_copy: _HF | None = None
         self.control_ids: dict[str, int] = {
             t.content: i for i, t in hf.get_added_tokens_decoder().items() if t.special
         }
@@ -72,6 +66,38 @@ class HFTokenizer(ChatMixin):
         self.eos_id = self.control_ids[EOS]
         self.pad_id = self.control_ids[PAD]
         self.stop_ids = (self.eos_id, self.control_ids[IM_END])  # RECIPE 2: stop at </s> or <|im_end|>
+        self.fast, self.encoder_note = self._fast_encoder(source_sha256)
+
+    @property
+    def _plain(self) -> _HF:
+        """A second HF copy whose special-token matching is off: control-token text -> ordinary tokens
+        (made on first use: offsets, or encoding where tiktoken cannot be used)."""
+        if self._plain_copy is None:
+            self._plain_copy = _HF.from_str(self.hf.to_str())
+            self._plain_copy.encode_special_tokens = True
+        return self._plain_copy
+
+    def _fast_encoder(self, source_sha256: str | None) -> tuple[_fast.FastEncoder | None, str]:
+        """tiktoken over this vocabulary if `fast.check` passes (or passed for this very file), else why not."""
+        recorded = self.manifest.get("encoder") or {}
+        if source_sha256 and recorded.get("tokenizer_sha256") == source_sha256 and recorded.get("check") == ENCODER_CHECK:
+            if recorded.get("backend") != "tiktoken":
+                return None, recorded.get("reason", "")
+            vocab = self.hf.get_vocab(with_added_tokens=False)
+            ranks = {_base.from_bytelevel(t): i for t, i in vocab.items() if t not in self.control_ids}
+        else:
+            ranks, reason = _fast.check(json.loads(self.hf.to_str()))
+            if ranks is None:
+                return None, reason
+        return _fast.FastEncoder(_fast.encoding(ranks, self.control_ids), self._hf_encode), ""
+
+    def _hf_encode(self, text: str, special: bool) -> list[int]:
+        return (self.hf if special else self._plain).encode(text, add_special_tokens=False).ids
+
+    @property
+    def backend(self) -> str:
+        """The engine `encode` / `encode_batch` run on: "tiktoken", or "tokenizers" (see `encoder_note`)."""
+        return "tiktoken" if self.fast is not None else "tokenizers"
 
     def __len__(self) -> int:
         return self.vocab_size
@@ -85,6 +111,8 @@ class HFTokenizer(ChatMixin):
 
         Long texts are cut at safe boundaries and encoded on all cores; the ids are the same.
         """
+        if self.fast is not None:
+            return self.fast.encode(text, [self.bos_id] if bos else [], special)
         tok = self.hf if special else self._plain
         if len(text) < PARALLEL_CHARS:
             return _batch(tok)([text], add_special_tokens=bos)[0].ids
@@ -94,7 +122,9 @@ class HFTokenizer(ChatMixin):
         return ids
 
     def encode_batch(self, texts: list[str], *, bos: bool = False, special: bool = False) -> list[list[int]]:
-        """`encode` over many texts in parallel (Rust threads, all cores; no offsets computed)."""
+        """`encode` over many texts in parallel (all cores; no offsets computed)."""
+        if self.fast is not None:
+            return self.fast.encode_batch(list(texts), [self.bos_id] if bos else [], special)
         tok = self.hf if special else self._plain
         return [e.ids for e in _batch(tok)(list(texts), add_special_tokens=bos)]
 
@@ -122,6 +152,8 @@ class HFTokenizer(ChatMixin):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.hf.save(str(out / "tokenizer.json"))
+        self.manifest["encoder"] = {"backend": self.backend, "reason": self.encoder_note, "check": ENCODER_CHECK,
+                                    "tokenizer_sha256": _file_sha256(out / "tokenizer.json")}
         named = [n for n in reversed(NAMED_SPARE)]  # the released order: im_start, im_end, ...
         added = {
             str(i): {"content": n, "lstrip": False, "normalized": False, "rstrip": False,
@@ -156,4 +188,4 @@ class HFTokenizer(ChatMixin):
         file = path / "tokenizer.json" if path.is_dir() else path
         manifest_path = file.parent / MANIFEST
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-        return cls(_HF.from_file(str(file)), manifest=manifest)
+        return cls(_HF.from_file(str(file)), manifest=manifest, source_sha256=_file_sha256(file))
