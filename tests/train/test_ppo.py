@@ -219,3 +219,22 @@ def test_true_reward_hook_exports_and_a_critic_from_the_export(setup, corpus, he
     train(cfg2, resume="never")
     state2 = torch.load(tmp_path / "b" / "step-00000001" / "state.pt", weights_only=False)["model"]
     assert all(torch.equal(state2[k], v) for k, v in state.items() if k.startswith("critic."))
+
+
+def test_no_process_holds_a_whole_parameter_while_the_four_models_load(setup, corpus, helpers, tmp_path):
+    """2 processes: actor, reference, critic and reward model are sharded before their weights are read; the
+    largest tensor a process holds until the optimiser exists is a shard, and the weights assemble exactly."""
+    recipe = helpers.rlhf_recipe(setup, corpus, tmp_path / "run")
+    (tmp_path / "ppo.json").write_text(json.dumps(recipe))
+    probe = Path(__file__).with_name("rank_probe.py")
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2", str(probe),
+           "ppo", str(tmp_path), str(tmp_path / "ppo.json")]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole = 512 * 64 * 4  # bytes of the largest parameter (embedding / output head, fp32)
+    for rank in (0, 1):
+        found = json.loads((tmp_path / f"setup-rank{rank}.json").read_text())["ppo"]
+        print(f"rank {rank}: largest tensor held during setup {found['largest_bytes']} bytes "
+              f"({found['largest_op']}); a whole parameter is {whole}")
+        assert 0 < found["largest_bytes"] < whole, (rank, found)
+        assert found["same_names"] and found["max_diff"] == 0.0, (rank, found)

@@ -576,12 +576,12 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
     prepare(critic, t, world, backbone=critic.backbone)
     load_reward_weights(critic.to_empty(device=dev), cfg.critic or cfg.reward_model)
     shape = {"actor": model_shape(actor.config), "critic": model_shape(critic.config)}
-    rollout_copy = None
-    if world.size > 1:  # decoding runs on an unsharded copy, refreshed from the actor every update
-        rollout_copy = build_model(actor_config, device="meta", dtype=frozen).requires_grad_(False)
-        rollout_copy.to_empty(device=dev)
     models = PPOModels(actor, critic)
     optimizer = build_optimizer(models, cfg.optim)
+    rollout_copy = None
+    if world.size > 1:  # decoding runs on an unsharded copy (see the memory plan), refreshed every update
+        rollout_copy = build_model(actor_config, device="meta", dtype=frozen).requires_grad_(False)
+        rollout_copy.to_empty(device=dev)
     autocast = autocast_for(world, t.precision)
     stop_ids = tuple(tok.stop_ids)
     pad_id = tok.pad_id
