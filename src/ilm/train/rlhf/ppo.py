@@ -22,12 +22,19 @@ Checkpoint: actor and critic live in one `PPOModels` module with one AdamW whose
 the two learning rates (actor 1e-6, critic 5e-6 at 7B); `ilm.train.checkpoint` saves it with the update
 index, the ptx packer's position and the RNG states, so a rerun after kill -9 continues exactly.
 
+Start-up: the four models are built on the meta device, sharded with FSDP2 (`run.prepare` for the actor and
+critic, the same layer-then-root sharding for the frozen reference and reward model), and only then given
+their weights in place, each process reading just its rows of each tensor from the safetensors files
+(`run.materialise` / `ilm.model.hf.load_weights` for the actor and reference, `load_reward_weights` for the
+critic and reward model): no process ever holds a whole model, or a whole parameter, read from a checkpoint.
+
 Processes (torchrun): each rank rolls out and scores its share of the generate calls; the per-row results
 are all-gathered, so every rank holds the whole rollout and computes the same advantages, whitening and
-mini-batch plan. Each mini-batch's rows are split evenly between ranks; a rank's loss is its token sum
-divided by the mini-batch's total token count times the world size (FSDP averages gradients), so the
-update equals the one-process update. Frozen models are sharded too; every rank runs the same number of
-forwards of each model (row counts are equal by construction), which FSDP's collectives require.
+mini-batch plan. Each mini-batch's rows are split evenly between ranks, and an optimizer step is
+`run.accumulate`'s token-weighted mean over every rank's micro-batches (the ptx rows the same way, weighted
+by their label tokens), so the update equals the one-process update; gradients are reduced once per model
+per step, in its last backward. Frozen models are sharded too; every rank runs the same number of forwards
+of each model (row counts are equal by construction), which FSDP's collectives require.
 
 Run directory (what `ilm rlhf run` and people read):
 - `metrics.jsonl`, one row per update ("step" = update index): reward_mean / reward_std (RM score), kl (sum
@@ -45,11 +52,16 @@ Memory plan, InternLM2-7B on 8 x 80 GB (the recipe's scale), per GPU:
 - actor, FSDP2: fp32 weights 28 GB / 8 + AdamW moments 56 GB / 8 + fp32 gradients 28 GB / 8 = 14 GB;
 - critic, FSDP2: the same, about 13 GB (its unused LM head is frozen: no gradient, no moments);
 - reference and reward model, FSDP2, bf16, frozen: 14 GB / 8 each, about 3.5 GB together;
-- the rollout copy of the actor: generation runs many small decode steps per rank, and sharded weights
-  would need an all-gather per layer per token (and the same number of steps on every rank), so each rank
-  decodes with an unsharded bf16 copy refreshed from the actor once per update: 14 GB, plus the KV cache
-  (32 layers x 8 KV heads x 128 x 2 x 2 bytes = 128 KB per token; a generate call of 32 rows x 4k tokens
-  = 17 GB, freed before the training phase);
+- the rollout copy of the actor (only with several processes; one process decodes with the actor itself):
+  generation runs many small decode steps per rank, and sharded weights would need an all-gather per layer
+  per token (and the same number of steps on every rank, whatever each rank's responses), so each rank
+  decodes with an unsharded bf16 copy: 14 GB at 7B (2 bytes per parameter), allocated after the sharded
+  models and the optimiser exist. It is refreshed from the actor once per update one parameter at a time
+  (all-gathered in fp32, cast into the copy, freed: at most one whole fp32 parameter in flight, the
+  embedding at 7B: 92,544 x 4,096 x 4 bytes = 1.5 GB), never read from a checkpoint. It is kept because
+  decoding from the shards would cost an all-gather of the whole actor per generated token. Plus the KV
+  cache (32 layers x 8 KV heads x 128 x 2 x 2 bytes = 128 KB per token; a generate call of 32 rows x 4k
+  tokens = 17 GB, freed before training);
 - activations: with activation checkpointing (`train.activation_checkpointing`) and 2 rows of up to 4k
   tokens per micro-batch, a few GB; the (rows x tokens x 92,544) fp32 logits of the training forward are
   the largest single tensor (1.5 GB per 4k-token row), hence small micro-batches.
