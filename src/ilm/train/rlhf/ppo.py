@@ -34,7 +34,8 @@ mini-batch plan. Each mini-batch's rows are split evenly between ranks, and an o
 `run.accumulate`'s token-weighted mean over every rank's micro-batches (the ptx rows the same way, weighted
 by their label tokens), so the update equals the one-process update; gradients are reduced once per model
 per step, in its last backward. Frozen models are sharded too; every rank runs the same number of forwards
-of each model (row counts are equal by construction), which FSDP's collectives require.
+of each model (row counts are equal by construction), which FSDP's collectives require. With
+`train.fsdp = false` (DDP) every process holds the four models whole and decodes with the actor itself.
 
 Run directory (what `ilm rlhf run` and people read):
 - `metrics.jsonl`, one row per update ("step" = update index): reward_mean / reward_std (RM score), kl (sum
@@ -52,7 +53,7 @@ Memory plan, InternLM2-7B on 8 x 80 GB (the recipe's scale), per GPU:
 - actor, FSDP2: fp32 weights 28 GB / 8 + AdamW moments 56 GB / 8 + fp32 gradients 28 GB / 8 = 14 GB;
 - critic, FSDP2: the same, about 13 GB (its unused LM head is frozen: no gradient, no moments);
 - reference and reward model, FSDP2, bf16, frozen: 14 GB / 8 each, about 3.5 GB together;
-- the rollout copy of the actor (only with several processes; one process decodes with the actor itself):
+- the rollout copy of the actor (only when sharded; one process, or DDP, decodes with the actor itself):
   generation runs many small decode steps per rank, and sharded weights would need an all-gather per layer
   per token (and the same number of steps on every rank, whatever each rank's responses), so each rank
   decodes with an unsharded bf16 copy: 14 GB at 7B (2 bytes per parameter), allocated after the sharded
@@ -348,8 +349,6 @@ def check_inputs(cfg: PPOConfig, world_size: int) -> str:
                          f"= {p.mini_batches * world_size}")
     if p.ptx_coef > 0 and p.ptx_rows % world_size:
         raise ValueError(f"ppo.ptx_rows {p.ptx_rows} is not a multiple of the {world_size} processes")
-    if world_size > 1 and not cfg.train.fsdp:
-        raise ValueError("several processes need train.fsdp = true (gradients are reduced by FSDP)")
     tok_dir = Path(cfg.tokenizer or cfg.actor)
     mine = _tokenizer_files(tok_dir)
     if not mine:
@@ -484,10 +483,11 @@ def _ptx_loss(batch: tuple[torch.Tensor, ...], actor: nn.Module, sums: dict, coe
     return coef * lm
 
 
-def _shard_frozen(model: nn.Module, core: nn.Module, world: World) -> None:
+def _shard_frozen(model: nn.Module, core: nn.Module, world: World, fsdp: bool) -> None:
     """FSDP2 for a frozen model (reference, reward model) on several processes: its layers and then its root,
-    as `prepare` does for the trained ones; no mixed precision (it is already in the dtype it runs in)."""
-    if world.size > 1:
+    as `prepare` does for the trained ones; no mixed precision (it is already in the dtype it runs in).
+    Without FSDP (`train.fsdp = false`: DDP) every process holds it whole, as it holds the trained ones."""
+    if world.size > 1 and fsdp:
         apply_fsdp(core)
         if model is not core:
             from torch.distributed.fsdp import fully_shard
@@ -579,10 +579,10 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
     prepare(actor, t, world)
     materialise(actor, world, t.seed, cfg.actor)
     ref = build_model(actor_config, device="meta", dtype=frozen).requires_grad_(False).eval()
-    _shard_frozen(ref, ref, world)
+    _shard_frozen(ref, ref, world, t.fsdp)
     materialise(ref, world, t.seed, cfg.actor)
     rm = reward_model_on_meta(cfg.reward_model, dtype=frozen).requires_grad_(False).eval()
-    _shard_frozen(rm, rm.backbone, world)
+    _shard_frozen(rm, rm.backbone, world, t.fsdp)
     load_reward_weights(rm.to_empty(device=dev), cfg.reward_model)
     critic = Critic(reward_model_on_meta(cfg.critic or cfg.reward_model, dtype=torch.float32))
     prepare(critic, t, world, backbone=critic.backbone)
@@ -591,7 +591,7 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
     models = PPOModels(actor, critic)
     optimizer = build_optimizer(models, cfg.optim)
     rollout_copy = None
-    if world.size > 1:  # decoding runs on an unsharded copy (see the memory plan), refreshed every update
+    if world.size > 1 and t.fsdp:  # decoding runs on an unsharded copy (see the memory plan), refreshed per update
         rollout_copy = build_model(actor_config, device="meta", dtype=frozen).requires_grad_(False)
         rollout_copy.to_empty(device=dev)
     autocast = autocast_for(world, t.precision)
