@@ -1,20 +1,35 @@
 """Online RLHF (PPO) on CPU: rollout tokens/s and PPO update time per 1,000 rollout tokens, through the real
-`ilm rlhf ppo` loop (`ilm.train.rlhf.ppo.train`) on a tiny actor / reward model / critic.
+`ilm rlhf ppo` loop (`ilm.train.rlhf.ppo.train`) on a tiny actor / reward model / critic, side by side with
+TRL's PPO trainer (`trl.experimental.ppo.PPOTrainer`) on the same weights exported to HF Llama format.
 
-The issue asks for TRL's PPO trainer side by side (the same tiny model exported to HF Llama format, the
-same batch and lengths). When `trl` is importable it is run; when it is not (the shared environment has
-no trl), the rollout half is compared against what TRL's trainer calls to roll out, `transformers`'
-`generate(do_sample=True, top_p=0.9)` on the Llama export of the same weights, and the update half is
-reported for ours only.
+TRL's PPO trainer: trl 1.13 removed it (1.16, in the dev extra, ships GRPO / RLOO / DPO but no PPO); the
+newest release that has it is trl 1.12.0, and it runs with the installed transformers 5.x / accelerate /
+datasets. One environment cannot hold two versions of `trl`, so it is not a `pip` extra: `make bench`
+installs it on its own, `pip install --no-deps --target .venv/trl-ppo trl==1.12.0` (its dependencies are
+those of trl 1.16, already installed), and this benchmark runs TRL's side in a child process with that
+directory first on `sys.path` ($ILM_TRL_PPO overrides the directory). Without it, TRL's side is skipped
+and said so; transformers' sampling `generate` (what TRL rolls out with) is measured either way.
 
-Every response runs to max_new_tokens (no stop id) so both sides generate the same number of tokens.
+Same on both sides: the actor (policy and reference), the reward model (backbone + head; TRL's
+`LlamaForSequenceClassification` with the head copied into `score`) which is also the critic's start,
+16 queries of exactly 32 tokens per update, 64 new tokens per response (no stop token: every response runs
+to the end, so both sides generate the same number of tokens), 2 mini-batches of 8 rows, 1 PPO epoch,
+kl_coef 0.01, k1, fp32, 1 torch thread; no ptx (TRL's PPO has none), no critic warm-up. Differences TRL
+fixes in code: it samples with top_p 1.0 (ours: 0.9) and keeps every step's logits from `generate`; its
+gradient accumulation (2 micro-batches of 8) makes 1 optimizer step per update where ours makes 2 (the
+forwards and backwards are the same; AdamW on a tiny model is noise). The first update of each side warms
+up and is not timed. "Update" = everything in an update but the generate calls (reference / critic / RM
+forwards, GAE, PPO forwards + backwards, optimizer).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
+import subprocess
+import sys
 import sysconfig
 import tempfile
 import time
@@ -23,6 +38,9 @@ from pathlib import Path
 import torch
 
 QUICK = os.environ.get("ILM_BENCH_QUICK") == "1"
+REPO = Path(__file__).resolve().parents[1]
+TRL_PPO = Path(os.environ.get("ILM_TRL_PPO", REPO / ".venv" / "trl-ppo"))  # trl==1.12.0, see the docstring
+TRL_PPO_VERSION = "1.12.0"
 BATCH, PROMPT, NEW = 16, 32, 64
 
 
@@ -43,7 +61,10 @@ def _setup(root: Path) -> dict:
     save_checkpoint(actor, root / "llama", fmt="llama")
     meta = {"reward_token": REWARD_TOKEN, "reward_token_id": tok.control_ids[REWARD_TOKEN],
             "conditions": {"default": "Be helpful."}, "default_domain": "default", "max_length": 256}
-    save_reward_model(RewardModel(build_model(cfg, seed=1)), root / "rm", meta, root / "tok")
+    rm = RewardModel(build_model(cfg, seed=1))
+    save_reward_model(rm, root / "rm", meta, root / "tok")
+    save_checkpoint(rm.backbone, root / "rm_llama", fmt="llama")  # TRL's reward / value model: + the head
+    torch.save({"score.weight": rm.v_head.weight.detach().clone()}, root / "rm_llama" / "score.pt")
     rng = random.Random(0)
     words = [w for w in (root / "text.txt").read_text().split()[:5000] if w.isalpha() and len(w) <= 10]
     queries = []
@@ -107,13 +128,86 @@ def hf_generate(root: Path, prompts: list[list[int]], repeats: int) -> dict:
     return {"rollout_tokens_per_s": round(BATCH * NEW * repeats / sum(times), 1), "transformers": transformers.__version__}
 
 
-def main() -> dict:
-    try:
-        import trl  # noqa: F401
+def trl_ppo(root: Path, prompts: list[list[int]], updates: int, pad_id: int) -> dict:
+    """TRL's PPO trainer, `updates` updates on the same models and batch; runs in the child (see `main`)."""
+    import time as clock
 
-        have_trl = True
-    except ImportError:
-        have_trl = False
+    import transformers
+    import trl
+    import trl.experimental.ppo.ppo_trainer as trl_module
+    from datasets import Dataset
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    torch.set_num_threads(1)
+    tok = transformers.AutoTokenizer.from_pretrained(root / "tok")
+    tok.pad_token_id = pad_id
+    policy = transformers.LlamaForCausalLM.from_pretrained(root / "llama")
+    ref = transformers.LlamaForCausalLM.from_pretrained(root / "llama")
+
+    def scorer():
+        m = transformers.LlamaForSequenceClassification.from_pretrained(root / "rm_llama", num_labels=1)
+        with torch.no_grad():
+            m.score.weight.copy_(torch.load(root / "rm_llama" / "score.pt", weights_only=True)["score.weight"])
+        m.config.pad_token_id = pad_id
+        return m
+
+    data = Dataset.from_dict({"input_ids": prompts})
+    args = PPOConfig(output_dir=str(root / "trl"), per_device_train_batch_size=BATCH // 2,
+                     gradient_accumulation_steps=2, num_mini_batches=2, num_ppo_epochs=1,
+                     total_episodes=BATCH * updates, response_length=NEW, local_rollout_forward_batch_size=BATCH // 2,
+                     learning_rate=1e-5, kl_coef=0.01, kl_estimator="k1", stop_token_id=None, missing_eos_penalty=None,
+                     num_sample_generations=0, report_to=[], save_strategy="no", logging_steps=10**6,
+                     disable_tqdm=True, use_cpu=True, seed=0, bf16=False, fp16=False)
+    gen_s: list[float] = []
+    real = trl_module.batch_generation
+
+    def timed(*a, **k):
+        t0 = clock.perf_counter()
+        out = real(*a, **k)
+        gen_s.append(clock.perf_counter() - t0)
+        return out
+
+    marks: list[float] = []
+
+    class Marks(transformers.TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            marks.append(clock.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            marks.append(clock.perf_counter())
+
+    trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=scorer(),
+                         value_model=scorer(), train_dataset=data, eval_dataset=data, callbacks=[Marks()])
+    trl_module.batch_generation = timed
+    try:
+        trainer.train()
+    finally:
+        trl_module.batch_generation = real
+    update_s = [b - a for a, b in itertools.pairwise(marks)][1:]  # the first update warms up
+    gen = gen_s[1:]
+    tokens = BATCH * NEW * len(gen)
+    return {"trl": trl.__version__, "trl_path": trl.__file__, "updates_timed": len(gen), "rollout_tokens": tokens,
+            "rollout_tokens_per_s": round(tokens / sum(gen), 1),
+            "update_s_per_1k_tokens": round(1000 * (sum(update_s) - sum(gen)) / tokens, 3),
+            "whole_update_s_per_1k_tokens": round(1000 * sum(update_s) / tokens, 3)}
+
+
+def _trl_child(root: Path, prompts: list[list[int]], updates: int, pad_id: int) -> dict:
+    """Run `trl_ppo` in a child process with TRL_PPO first on sys.path (the dev environment's trl has no PPO)."""
+    if not (TRL_PPO / "trl").is_dir():
+        return {"skipped": f"no trl=={TRL_PPO_VERSION} at {TRL_PPO}; install it with `pip install --no-deps --target "
+                           f"{TRL_PPO} trl=={TRL_PPO_VERSION}` (`make bench` does)"}
+    (root / "trl_in.json").write_text(json.dumps({"prompts": prompts, "updates": updates, "pad_id": pad_id}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TRL_PPO), str(REPO / "src"), str(REPO)]),
+           "TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.bench_ppo", "--trl-child", str(root)], env=env, cwd=REPO,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"failed": done.stderr[-2000:]}
+    return json.loads((root / "trl_out.json").read_text())
+
+
+def main() -> dict:
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -124,21 +218,37 @@ def main() -> dict:
             mine = ours(root, updates + 1)
             prompts = [s["tok"].render(json.loads(x)["messages"], add_generation_prompt=True).ids
                        for x in (root / "queries.jsonl").read_text().splitlines()[:BATCH]]
-            prompts = [[2] * (PROMPT - len(p)) + p for p in prompts]  # equal lengths: no padding logic on either side
+            pad = s["tok"].pad_id
+            prompts = [[pad] * (PROMPT - len(p)) + p for p in prompts]  # equal lengths (TRL masks the pad id)
             hf = hf_generate(root, prompts, updates)
+            theirs = _trl_child(root, prompts, updates + 1, pad_id=pad)
     finally:
         torch.set_num_threads(before)
     out = {"model": "tiny (hidden 64, 2 layers, vocab 512)", "batch": BATCH, "prompt_tokens": PROMPT,
-           "new_tokens": NEW, "torch_threads": 1, "ours": mine, "hf_generate": hf, "trl_importable": have_trl,
+           "new_tokens": NEW, "torch_threads": 1, "ours": mine, "hf_generate": hf, "trl_ppo": theirs,
            "rollout_ours_over_hf": round(mine["rollout_tokens_per_s"] / hf["rollout_tokens_per_s"], 2)}
-    if have_trl:
-        out["trl"] = "trl is importable, but its PPO trainer run is not wired in this benchmark yet"
-    print(f"rollout tokens/s: ours {mine['rollout_tokens_per_s']:,} vs transformers generate "
-          f"{hf['rollout_tokens_per_s']:,} ({out['rollout_ours_over_hf']}x); PPO update (scoring + losses + "
-          f"optimizer, no rollout) {mine['update_s_per_1k_tokens']} s per 1,000 rollout tokens; trl importable: "
-          f"{have_trl}", flush=True)
+    line = (f"rollout tokens/s: ours {mine['rollout_tokens_per_s']:,}, transformers generate "
+            f"{hf['rollout_tokens_per_s']:,} ({out['rollout_ours_over_hf']}x); PPO update without the rollout: ours "
+            f"{mine['update_s_per_1k_tokens']} s per 1,000 rollout tokens")
+    if "rollout_tokens_per_s" in theirs:
+        out["rollout_ours_over_trl"] = round(mine["rollout_tokens_per_s"] / theirs["rollout_tokens_per_s"], 2)
+        out["update_trl_over_ours"] = round(theirs["update_s_per_1k_tokens"] / mine["update_s_per_1k_tokens"], 2)
+        out["whole_update_trl_over_ours"] = round(theirs["whole_update_s_per_1k_tokens"]
+                                                  / mine["whole_update_s_per_1k_tokens"], 2)
+        line += (f"; TRL {theirs['trl']} PPOTrainer: rollout {theirs['rollout_tokens_per_s']:,} tokens/s "
+                 f"(ours {out['rollout_ours_over_trl']}x), update {theirs['update_s_per_1k_tokens']} s per 1,000 "
+                 f"tokens (TRL / ours {out['update_trl_over_ours']}x)")
+    else:
+        line += f"; TRL PPO: {next(iter(theirs.values()))[:300]}"
+    print(line, flush=True)
     return out
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(), indent=2))
+    if sys.argv[1:2] == ["--trl-child"]:
+        where = Path(sys.argv[2])
+        given = json.loads((where / "trl_in.json").read_text())
+        (where / "trl_out.json").write_text(json.dumps(trl_ppo(where, given["prompts"], given["updates"],
+                                                               given["pad_id"])))
+    else:
+        print(json.dumps(main(), indent=2))

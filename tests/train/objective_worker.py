@@ -95,11 +95,31 @@ def ddp_check(world) -> dict:
     return {"allreduces": len(calls), "loss": loss, "count": count, "ref_loss": ref_loss, "grad_diff": diff}
 
 
+def replicate_check(world) -> dict:
+    """`apply_ddp` (PyTorch's `replicate`, DDP in place): inside `sync_gradients(model, False)` a backward
+    leaves each process's own gradient (no all-reduce); with sync on, the gradients are averaged."""
+    from ilm.train.distributed import apply_ddp
+
+    torch.manual_seed(0)
+    model = apply_ddp(torch.nn.Linear(4, 3), world.device)
+    x = torch.full((2, 4), float(world.rank + 1))
+    out = {}
+    for name, enabled in (("no_sync", False), ("sync", True)):
+        model.zero_grad(set_to_none=True)
+        with run.sync_gradients(model, enabled):
+            (model(x) ** 2).sum().backward()
+        grads = [torch.zeros_like(model.weight.grad) for _ in range(world.size)]
+        dist.all_gather(grads, model.weight.grad.contiguous())
+        out[name] = float((grads[0] - grads[1]).abs().max())
+    return out
+
+
 def main() -> None:
     jobs = json.loads(Path(sys.argv[1]).read_text())
     world = init_world("cpu")
     results = {job["name"]: train_job(job) for job in jobs}
     results["ddp"] = ddp_check(world) if hasattr(run, "accumulate") else {}
+    results["replicate"] = replicate_check(world) if hasattr(run, "sync_gradients") else {}
     if world.is_main:
         Path(sys.argv[2]).write_text(json.dumps(results))
     shutdown_world()

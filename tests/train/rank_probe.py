@@ -2,6 +2,9 @@
 
     rank_probe.py params OUT pretrain.json
         train; at each checkpoint every process writes its own copy of the weights to OUT/rank{r}-step{s}.pt
+    rank_probe.py ppo OUT ppo.json
+        the same for `ilm rlhf ppo` (actor, reference, critic, reward model) up to its optimiser; the
+        assembled actor and critic are compared with the actor and reward-model exports
     rank_probe.py setup OUT pretrain.json sft.json
         set up pretraining (from scratch) and SFT (from an HF checkpoint), recording the largest tensor
         storage each process touches until the optimiser is built; writes OUT/setup-rank{r}.json with that
@@ -143,9 +146,25 @@ def setup(out: Path, pretrain_recipe: str, sft_recipe: str) -> None:
     (out / f"setup-rank{_rank()}.json").write_text(json.dumps(result))
 
 
+def ppo(out: Path, recipe: str) -> None:
+    from ilm.model.hf import load_checkpoint
+    from ilm.train.reward_model import load_reward_model
+    from ilm.train.rlhf import ppo as ppo_module
+
+    cfg = json.loads(Path(recipe).read_text())
+
+    def expected():
+        actor = load_checkpoint(cfg["actor"]).state_dict()
+        critic = load_reward_model(cfg["reward_model"])[0].state_dict()
+        return {**{f"actor.{k}": v for k, v in actor.items()}, **{f"critic.{k}": v for k, v in critic.items()}}
+
+    result = {"ppo": _probe_stage(ppo_module, ppo_module.PPOConfig, recipe, expected)}
+    (out / f"setup-rank{_rank()}.json").write_text(json.dumps(result))
+
+
 if __name__ == "__main__":
     kind, out, *recipes = sys.argv[1:]
     try:
-        {"params": params, "setup": setup}[kind](Path(out), *recipes)
+        {"params": params, "setup": setup, "ppo": ppo}[kind](Path(out), *recipes)
     finally:
         shutdown_world()

@@ -192,3 +192,10 @@ def test_ddp_accumulation_all_reduces_once_per_step(two_process):
     assert ddp["allreduces"] == 1  # one bucket, reduced in the last micro-batch's backward only
     assert ddp["count"] == 17 and abs(ddp["loss"] - ddp["ref_loss"]) <= TOL
     assert ddp["grad_diff"] <= TOL  # equal to one process over the four micro-batches, weighted by rows
+
+
+def test_replicated_module_skips_the_reduction_until_the_last_micro_batch(two_process):
+    """The trainers' DDP is `replicate` (apply_ddp), which is not a DistributedDataParallel instance."""
+    rep = two_process["replicate"]
+    assert rep["no_sync"] > 0.1  # each process kept its own gradient: no all-reduce in that backward
+    assert rep["sync"] == 0.0  # reduced: every process holds the average

@@ -72,10 +72,10 @@ def test_ptx_keeps_the_held_out_pretraining_loss(setup, corpus, helpers, tmp_pat
         drift[coef] = s["last"]["ptx_eval_loss"] - s["ptx_eval_loss_start"]
         print(f"ptx_coef {coef}: held-out pretraining loss {s['ptx_eval_loss_start']:.3f} -> "
               f"{s['last']['ptx_eval_loss']:.3f}; reward {s['last']['reward_mean']:.3f}")
-    # the stated margin: within 0.1 nats of its start (it may fall: the ptx rows are pretraining) ...
+    # the stated margin: within 0.1 nats of its start (it may fall: the ptx rows are pretraining), and less than
+    # half the drift without ptx, which PPO alone moves further up (measured: +0.06 with ptx, +0.18 without)
     assert drift[0.5] <= 0.1
-    # ... and less than half the drift of PPO alone (0.06 vs 0.18 and 0.02 vs 0.26 on two initialisations)
-    assert drift[0.0] > 2 * max(drift[0.5], 0.0) and drift[0.0] > drift[0.5] + 0.1
+    assert drift[0.0] > 0.1 and drift[0.5] < 0.5 * drift[0.0]
 
 
 def _cli(recipe: Path, *extra: str) -> list[str]:
@@ -168,29 +168,34 @@ def test_reward_model_on_another_tokenizer_is_refused_before_any_work(setup, cor
     assert not (tmp_path / "run").exists()  # nothing written, no model loaded
 
 
-def test_two_process_fsdp_update_matches_single_process(setup, corpus, helpers, tmp_path):
-    """Each rank rolls out half the queries; the token-weighted loss over both ranks gives the one-process update."""
+def test_two_process_fsdp_and_ddp_updates_match_single_process(setup, corpus, helpers, tmp_path):
+    """Each rank rolls out half the queries; the token-weighted loss over both ranks gives the one-process
+    update, with the models sharded (FSDP2) and with them whole on each rank (DDP, train.fsdp = false)."""
     from ilm.model.hf import load_checkpoint
 
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    states = {}
-    for nproc in (1, 2):
-        recipe = helpers.rlhf_recipe(setup, corpus, tmp_path / f"p{nproc}")
-        recipe["train"].update(updates=2)
-        path = helpers.write_recipe(tmp_path / f"p{nproc}.toml", recipe)
+    states, metrics = {}, {}
+    for name, nproc, fsdp in (("p1", 1, True), ("fsdp", 2, True), ("ddp", 2, False)):
+        recipe = helpers.rlhf_recipe(setup, corpus, tmp_path / name)
+        recipe["train"].update(updates=2, fsdp=fsdp)
+        path = helpers.write_recipe(tmp_path / f"{name}.toml", recipe)
         cmd = [torchrun, "--standalone", "--nproc_per_node", str(nproc), "-m", "ilm.cli", "rlhf", "ppo", str(path)]
-        subprocess.run(cmd, check=True, env=_env(), capture_output=True)
-        states[nproc] = torch.load(tmp_path / f"p{nproc}" / "step-00000002" / "state.pt", weights_only=False)["model"]
-    one, two = _metrics(tmp_path / "p1"), _metrics(tmp_path / "p2")
-    assert [r["rollout_tokens"] for r in one] == [r["rollout_tokens"] for r in two]  # the same rollouts
-    worst = max((states[1][k].float() - states[2][k].float()).abs().max().item() for k in states[1])
+        done = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        states[name] = torch.load(tmp_path / name / "step-00000002" / "state.pt", weights_only=False)["model"]
+        metrics[name] = _metrics(tmp_path / name)
     start = {f"actor.{k}": v for k, v in load_checkpoint(setup["actor"]).state_dict().items()}
-    moved = max((states[1][k] - v).abs().max().item() for k, v in start.items())
-    print(f"max |1 process - 2 processes| weight after 2 updates: {worst:.2e} (the actor moved {moved:.2e})")
-    assert worst <= 1e-5 and moved > 1e-4
-    for a, b in zip(one, two):
-        assert a["reward_mean"] == pytest.approx(b["reward_mean"], abs=1e-5)
-        assert a["value_loss"] == pytest.approx(b["value_loss"], rel=1e-4)
+    moved = max((states["p1"][k] - v).abs().max().item() for k, v in start.items())
+    assert moved > 1e-4
+    for name in ("fsdp", "ddp"):
+        one, two = metrics["p1"], metrics[name]
+        assert [r["rollout_tokens"] for r in one] == [r["rollout_tokens"] for r in two]  # the same rollouts
+        worst = max((states["p1"][k].float() - states[name][k].float()).abs().max().item() for k in states["p1"])
+        print(f"{name}: max |1 process - 2 processes| weight after 2 updates: {worst:.2e} (the actor moved {moved:.2e})")
+        assert worst <= 1e-5
+        for a, b in zip(one, two):
+            assert a["reward_mean"] == pytest.approx(b["reward_mean"], abs=1e-5)
+            assert a["value_loss"] == pytest.approx(b["value_loss"], rel=1e-4)
 
 
 def test_true_reward_hook_exports_and_a_critic_from_the_export(setup, corpus, helpers, tmp_path):
@@ -221,3 +226,22 @@ def test_true_reward_hook_exports_and_a_critic_from_the_export(setup, corpus, he
     train(cfg2, resume="never")
     state2 = torch.load(tmp_path / "b" / "step-00000001" / "state.pt", weights_only=False)["model"]
     assert all(torch.equal(state2[k], v) for k, v in state.items() if k.startswith("critic."))
+
+
+def test_no_process_holds_a_whole_parameter_while_the_four_models_load(setup, corpus, helpers, tmp_path):
+    """2 processes: actor, reference, critic and reward model are sharded before their weights are read; the
+    largest tensor a process holds until the optimiser exists is a shard, and the weights assemble exactly."""
+    recipe = helpers.rlhf_recipe(setup, corpus, tmp_path / "run")
+    (tmp_path / "ppo.json").write_text(json.dumps(recipe))
+    probe = Path(__file__).with_name("rank_probe.py")
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2", str(probe),
+           "ppo", str(tmp_path), str(tmp_path / "ppo.json")]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole = 512 * 64 * 4  # bytes of the largest parameter (embedding / output head, fp32)
+    for rank in (0, 1):
+        found = json.loads((tmp_path / f"setup-rank{rank}.json").read_text())["ppo"]
+        print(f"rank {rank}: largest tensor held during setup {found['largest_bytes']} bytes "
+              f"({found['largest_op']}); a whole parameter is {whole}")
+        assert 0 < found["largest_bytes"] < whole, (rank, found)
+        assert found["same_names"] and found["max_diff"] == 0.0, (rank, found)

@@ -93,29 +93,58 @@ def save_reward_model(
     return save_checkpoint(model.backbone, path, extra_files=extras)
 
 
-def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[RewardModel, dict]:
-    """A reward model and its reward config from a `save_reward_model` directory."""
-    from ilm.model.hf import load_checkpoint
+def reward_model_on_meta(path: str | Path, dtype: torch.dtype | None = None) -> RewardModel:
+    """The reward model of a `save_reward_model` directory on the meta device (shapes only; the checkpoint's
+    dtype unless given): shard or replicate it, then `load_reward_weights` fills each process's part."""
+    from ilm.model import build_model
+    from ilm.model.hf import _Files, read_config
 
     path = Path(path)
     if not (path / HEAD_FILE).exists():
         raise FileNotFoundError(f"{path}: no {HEAD_FILE}; is this a reward model export (`ilm rm train`)?")
-    backbone = load_checkpoint(path, device=device)
-    model = RewardModel(backbone)
-    load_head(model, path)
+    return RewardModel(build_model(read_config(path)[0], device="meta", dtype=dtype or _Files(path).dtype()))
+
+
+@torch.no_grad()
+def load_reward_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Fill an allocated reward model (or anything with its `backbone` and `v_head`: the PPO critic), whole or
+    sharded by FSDP2, from a `save_reward_model` directory in place: each process reads only its rows."""
+    from ilm.model.hf import load_weights
+
+    path = Path(path)
+    load_weights(model.backbone, path)
+    _load_head_rows(model, path)
+    return model
+
+
+@torch.no_grad()
+def _load_head_rows(model: nn.Module, path: Path) -> None:
+    from safetensors import safe_open
+
+    from ilm.model.init import local_part
+
+    with safe_open(path / HEAD_FILE, framework="pt") as f:
+        if "v_head.weight" not in set(f.keys()):
+            raise ValueError(f"{path / HEAD_FILE}: no v_head.weight")
+        head = f.get_slice("v_head.weight")
+        shape = tuple(head.get_shape())
+        if shape != tuple(model.v_head.weight.shape):
+            raise ValueError(f"{path / HEAD_FILE}: v_head.weight has shape {shape}, "
+                             f"expected {tuple(model.v_head.weight.shape)}")
+        local, start = local_part(model.v_head.weight)
+        if local.shape[0]:
+            local.copy_(head[start : start + local.shape[0]].to(local.dtype))
+
+
+def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[RewardModel, dict]:
+    """A reward model (whole, on one process) and its reward config from a `save_reward_model` directory."""
+    path = Path(path)
+    model = reward_model_on_meta(path).to_empty(device=device)
+    load_reward_weights(model, path)
     return model, json.loads((path / CONFIG_FILE).read_text())
 
 
 def load_head(model: RewardModel, path: str | Path) -> None:
-    """Copy an export's `reward_head.safetensors` into `model.v_head` (a fine-tune continues the old head)."""
-    from safetensors.torch import load_file
-
-    weight = load_file(Path(path) / HEAD_FILE)["v_head.weight"]
-    if tuple(weight.shape) != (1, model.config.hidden_size):
-        raise ValueError(f"{Path(path) / HEAD_FILE}: v_head.weight has shape {tuple(weight.shape)}, "
-                         f"expected (1, {model.config.hidden_size})")
-    from ilm.model.init import local_part
-
-    with torch.no_grad():  # this process's part of the head (whole, or its rows under FSDP)
-        local, start = local_part(model.v_head.weight)
-        local.copy_(weight[start : start + local.shape[0]].to(local.dtype))
+    """Copy an export's `reward_head.safetensors` into `model.v_head`, this process's part (a fine-tune
+    continues the old head)."""
+    _load_head_rows(model, Path(path))

@@ -221,6 +221,7 @@ def sync_gradients(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
     `reshard_after_forward=True`): each micro-batch all-gathers them again, which keeps the memory of one
     unsharded layer at a time, the point of sharding a 7B/20B model.
     """
+    from torch.distributed._composable.replicate import DDP as ReplicatedModule
     from torch.distributed.fsdp import FSDPModule
     from torch.nn.parallel import DistributedDataParallel
 
@@ -233,6 +234,12 @@ def sync_gradients(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
         finally:
             for m in sharded:
                 m.set_requires_gradient_sync(True, recurse=False)
+    elif isinstance(model, ReplicatedModule):  # `replicate` (DDP applied in place, `apply_ddp`)
+        model.set_requires_gradient_sync(enabled)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
     elif isinstance(model, DistributedDataParallel) and not enabled:
         with model.no_sync():
             yield

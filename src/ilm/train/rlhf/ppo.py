@@ -22,12 +22,20 @@ Checkpoint: actor and critic live in one `PPOModels` module with one AdamW whose
 the two learning rates (actor 1e-6, critic 5e-6 at 7B); `ilm.train.checkpoint` saves it with the update
 index, the ptx packer's position and the RNG states, so a rerun after kill -9 continues exactly.
 
+Start-up: the four models are built on the meta device, sharded with FSDP2 (`run.prepare` for the actor and
+critic, the same layer-then-root sharding for the frozen reference and reward model), and only then given
+their weights in place, each process reading just its rows of each tensor from the safetensors files
+(`run.materialise` / `ilm.model.hf.load_weights` for the actor and reference, `load_reward_weights` for the
+critic and reward model): no process ever holds a whole model, or a whole parameter, read from a checkpoint.
+
 Processes (torchrun): each rank rolls out and scores its share of the generate calls; the per-row results
 are all-gathered, so every rank holds the whole rollout and computes the same advantages, whitening and
-mini-batch plan. Each mini-batch's rows are split evenly between ranks; a rank's loss is its token sum
-divided by the mini-batch's total token count times the world size (FSDP averages gradients), so the
-update equals the one-process update. Frozen models are sharded too; every rank runs the same number of
-forwards of each model (row counts are equal by construction), which FSDP's collectives require.
+mini-batch plan. Each mini-batch's rows are split evenly between ranks, and an optimizer step is
+`run.accumulate`'s token-weighted mean over every rank's micro-batches (the ptx rows the same way, weighted
+by their label tokens), so the update equals the one-process update; gradients are reduced once per model
+per step, in its last backward. Frozen models are sharded too; every rank runs the same number of forwards
+of each model (row counts are equal by construction), which FSDP's collectives require. With
+`train.fsdp = false` (DDP) every process holds the four models whole and decodes with the actor itself.
 
 Run directory (what `ilm rlhf run` and people read):
 - `metrics.jsonl`, one row per update ("step" = update index): reward_mean / reward_std (RM score), kl (sum
@@ -45,11 +53,16 @@ Memory plan, InternLM2-7B on 8 x 80 GB (the recipe's scale), per GPU:
 - actor, FSDP2: fp32 weights 28 GB / 8 + AdamW moments 56 GB / 8 + fp32 gradients 28 GB / 8 = 14 GB;
 - critic, FSDP2: the same, about 13 GB (its unused LM head is frozen: no gradient, no moments);
 - reference and reward model, FSDP2, bf16, frozen: 14 GB / 8 each, about 3.5 GB together;
-- the rollout copy of the actor: generation runs many small decode steps per rank, and sharded weights
-  would need an all-gather per layer per token (and the same number of steps on every rank), so each rank
-  decodes with an unsharded bf16 copy refreshed from the actor once per update: 14 GB, plus the KV cache
-  (32 layers x 8 KV heads x 128 x 2 x 2 bytes = 128 KB per token; a generate call of 32 rows x 4k tokens
-  = 17 GB, freed before the training phase);
+- the rollout copy of the actor (only when sharded; one process, or DDP, decodes with the actor itself):
+  generation runs many small decode steps per rank, and sharded weights would need an all-gather per layer
+  per token (and the same number of steps on every rank, whatever each rank's responses), so each rank
+  decodes with an unsharded bf16 copy: 14 GB at 7B (2 bytes per parameter), allocated after the sharded
+  models and the optimiser exist. It is refreshed from the actor once per update one parameter at a time
+  (all-gathered in fp32, cast into the copy, freed: at most one whole fp32 parameter in flight, the
+  embedding at 7B: 92,544 x 4,096 x 4 bytes = 1.5 GB), never read from a checkpoint. It is kept because
+  decoding from the shards would cost an all-gather of the whole actor per generated token. Plus the KV
+  cache (32 layers x 8 KV heads x 128 x 2 x 2 bytes = 128 KB per token; a generate call of 32 rows x 4k
+  tokens = 17 GB, freed before training);
 - activations: with activation checkpointing (`train.activation_checkpointing`) and 2 rows of up to 4k
   tokens per micro-batch, a few GB; the (rows x tokens x 92,544) fp32 logits of the training forward are
   the largest single tensor (1.5 GB per 4k-token row), hence small micro-batches.
@@ -65,6 +78,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -73,18 +87,21 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ilm.model import InternLM2, packed_batch, positions_from_doc_ids
+from ilm.model import InternLM2, build_model, packed_batch, positions_from_doc_ids
+from ilm.model.hf import read_config
 from ilm.train import checkpoint
 from ilm.train.distributed import World, apply_fsdp, init_world
 from ilm.train.losses import gae, kl_penalty, masked_mean, policy_loss, value_loss, whiten
 from ilm.train.reward import DEFAULT_CONDITIONS, collate_sequences, encode_sequence
-from ilm.train.reward_model import RewardModel, load_reward_model, save_reward_model
+from ilm.train.reward_model import RewardModel, load_reward_weights, reward_model_on_meta, save_reward_model
 from ilm.train.rlhf.rollout import collate, gather_positions, sample, sequence_logprobs
 from ilm.train.run import (
+    accumulate,
     autocast_for,
     check_vocab,
     determinism,
     fingerprint,
+    materialise,
     model_shape,
     prepare,
     progress,
@@ -332,8 +349,6 @@ def check_inputs(cfg: PPOConfig, world_size: int) -> str:
                          f"= {p.mini_batches * world_size}")
     if p.ptx_coef > 0 and p.ptx_rows % world_size:
         raise ValueError(f"ppo.ptx_rows {p.ptx_rows} is not a multiple of the {world_size} processes")
-    if world_size > 1 and not cfg.train.fsdp:
-        raise ValueError("several processes need train.fsdp = true (gradients are reduced by FSDP)")
     tok_dir = Path(cfg.tokenizer or cfg.actor)
     mine = _tokenizer_files(tok_dir)
     if not mine:
@@ -431,11 +446,68 @@ def _pad(rows: list[list[float]], width: int) -> torch.Tensor:
     return out
 
 
-def _sync_rollout_copy(copy: InternLM2, actor: nn.Module) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+def _ppo_loss(ix: list[int], actor: nn.Module | None, critic: nn.Module, roll: dict, sums: dict, p: PPOSection,
+              dev: torch.device, autocast, pad_id: int) -> torch.Tensor:
+    """Mean over the rows `ix`'s response tokens of the clipped value loss, plus the clipped policy loss when
+    the actor trains (`actor` None during the warm-up); the token sums go to `sums` for the metrics."""
+    b = collate([roll["prompts"][i] for i in ix], [roll["responses"][i] for i in ix], pad_id)
+    w = b["mask"].shape[1]
+    m = b["mask"].to(dev)
+    n = float(m.sum())
+    with autocast():
+        v_new = critic_values(critic, b, dev)
+    vf = value_loss(v_new.float(), roll["old_values"][ix, :w].to(dev), roll["returns"][ix, :w].to(dev), m,
+                    p.value_clip)
+    loss = p.vf_coef * vf
+    sums["vf"] += float(vf.detach()) * n
+    if actor is not None:
+        with autocast():
+            logp, _ = sequence_logprobs(actor, b, p.temperature)
+        pg, frac = policy_loss(logp.float(), roll["old_logp"][ix, :w].to(dev), roll["adv"][ix, :w].to(dev), m, p.clip)
+        loss = loss + pg
+        sums["pg"] += float(pg.detach()) * n
+        sums["clip"] += float(frac) * n
+    return loss
 
-    state = get_model_state_dict(actor, options=StateDictOptions(full_state_dict=True))
-    copy.load_state_dict({k: v.to(copy.output.weight.dtype) for k, v in state.items()})
+
+def _ptx_loss(batch: tuple[torch.Tensor, ...], actor: nn.Module, sums: dict, coef: float, dev: torch.device,
+              autocast) -> torch.Tensor:
+    """coef x the mean next-token loss over a micro-batch of packed pretraining rows (ids, doc ids, labels)."""
+    ids, doc, labels = batch
+    d = doc.to(dev)
+    with autocast():
+        lm = actor(ids.to(dev), positions_from_doc_ids(d), packed_batch(d), labels=labels.to(dev))
+    n = float((labels != -100).sum())
+    sums["ptx"] += float(lm.detach()) * n
+    sums["ptx_n"] += n
+    return coef * lm
+
+
+def _shard_frozen(model: nn.Module, core: nn.Module, world: World, fsdp: bool) -> None:
+    """FSDP2 for a frozen model (reference, reward model) on several processes: its layers and then its root,
+    as `prepare` does for the trained ones; no mixed precision (it is already in the dtype it runs in).
+    Without FSDP (`train.fsdp = false`: DDP) every process holds it whole, as it holds the trained ones."""
+    if world.size > 1 and fsdp:
+        apply_fsdp(core)
+        if model is not core:
+            from torch.distributed.fsdp import fully_shard
+
+            fully_shard(model)
+
+
+@torch.no_grad()
+def _sync_rollout_copy(copy: InternLM2, actor: nn.Module) -> None:
+    """Copy the (sharded) actor into the rollout copy one parameter at a time: each is all-gathered whole
+    (fp32), cast into the copy and freed, so the transient cost is the largest parameter, not a model."""
+    from torch.distributed.tensor import DTensor
+
+    from ilm.model.init import canonical_name
+
+    mine = dict(copy.named_parameters())
+    for name, param in actor.named_parameters():
+        whole = param.full_tensor() if isinstance(param, DTensor) else param
+        mine[canonical_name(name)].copy_(whole)
+        del whole
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -471,7 +543,6 @@ def train(cfg: PPOConfig, resume: str = "auto", reward_fn: TrueRewardFn | None =
 def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[str, Any]:
     from ilm.data.packing import Packer, packed_labels
     from ilm.data.shards import TokenShards
-    from ilm.model.hf import load_checkpoint
     from ilm.tokenizer import load_tokenizer
 
     world = init_world(cfg.train.device)
@@ -492,40 +563,37 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
     ptx_sources = {str(i): TokenShards(d) for i, d in enumerate(cfg.data.ptx)} if p.ptx_coef > 0 else {}
     ptx_eval = TokenShards(cfg.data.ptx_eval) if cfg.data.ptx_eval else None
 
-    # the four models
+    # the four models: each is built on the meta device, sharded (FSDP2) like the other trainers' models, and
+    # only then given its weights, every process reading just its own rows from the checkpoint: no process
+    # ever holds a whole model read from a checkpoint (the rollout copy below is the one deliberate exception)
     dev = world.device
-    actor = load_checkpoint(cfg.actor, device=dev, dtype=torch.float32)
-    check_vocab(tok, actor.config.vocab_size)
+    actor_config = read_config(cfg.actor)[0]
+    check_vocab(tok, actor_config.vocab_size)
     longest = max(len(q.prompt) for q in queries)
-    if longest + p.max_new_tokens > actor.config.max_context:
+    if longest + p.max_new_tokens > actor_config.max_context:
         raise ValueError(f"queries of up to {longest} tokens + ppo.max_new_tokens {p.max_new_tokens} exceed the "
-                         f"actor's context {actor.config.max_context}; lower data.max_query_tokens or max_new_tokens")
-    # each model is sharded right after it is loaded, so at most one is ever whole in memory; the frozen
-    # ones are kept in bf16 when training in bf16 on GPU (see the memory plan above)
+                         f"actor's context {actor_config.max_context}; lower data.max_query_tokens or max_new_tokens")
+    # the frozen ones are kept in bf16 when training in bf16 on GPU (see the memory plan above)
     frozen = torch.bfloat16 if t.precision == "bf16" and dev.type == "cuda" else torch.float32
-    sharded = world.size > 1 and t.fsdp
+    actor = build_model(actor_config, device="meta")
     prepare(actor, t, world)
-    ref = load_checkpoint(cfg.actor, device=dev, dtype=frozen).requires_grad_(False).eval()
-    if sharded:
-        apply_fsdp(ref)
-    rm, _ = load_reward_model(cfg.reward_model, device=dev)
-    rm = rm.to(frozen).requires_grad_(False).eval()
-    if sharded:
-        from torch.distributed.fsdp import fully_shard
-
-        apply_fsdp(rm.backbone)
-        fully_shard(rm)
-    critic_rm, _ = load_reward_model(cfg.critic or cfg.reward_model, device=dev)
-    critic = Critic(critic_rm)
+    materialise(actor, world, t.seed, cfg.actor)
+    ref = build_model(actor_config, device="meta", dtype=frozen).requires_grad_(False).eval()
+    _shard_frozen(ref, ref, world, t.fsdp)
+    materialise(ref, world, t.seed, cfg.actor)
+    rm = reward_model_on_meta(cfg.reward_model, dtype=frozen).requires_grad_(False).eval()
+    _shard_frozen(rm, rm.backbone, world, t.fsdp)
+    load_reward_weights(rm.to_empty(device=dev), cfg.reward_model)
+    critic = Critic(reward_model_on_meta(cfg.critic or cfg.reward_model, dtype=torch.float32))
     prepare(critic, t, world, backbone=critic.backbone)
+    load_reward_weights(critic.to_empty(device=dev), cfg.critic or cfg.reward_model)
     shape = {"actor": model_shape(actor.config), "critic": model_shape(critic.config)}
-    rollout_copy = None
-    if world.size > 1:  # decoding runs on an unsharded copy, refreshed from the actor every update
-        from ilm.model import build_model
-
-        rollout_copy = build_model(actor.config, device=dev, dtype=frozen, seed=None).requires_grad_(False)
     models = PPOModels(actor, critic)
     optimizer = build_optimizer(models, cfg.optim)
+    rollout_copy = None
+    if world.size > 1 and t.fsdp:  # decoding runs on an unsharded copy (see the memory plan), refreshed per update
+        rollout_copy = build_model(actor_config, device="meta", dtype=frozen).requires_grad_(False)
+        rollout_copy.to_empty(device=dev)
     autocast = autocast_for(world, t.precision)
     stop_ids = tuple(tok.stop_ids)
     pad_id = tok.pad_id
@@ -617,51 +685,31 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
 
         # 4. PPO epochs over mini-batches
         sums = {"pg": 0.0, "clip": 0.0, "vf": 0.0, "ptx": 0.0, "ptx_n": 0.0}
-        steps, tokens_trained = 0, 0
+        steps = 0
         grad_norms = {"actor": [], "critic": []}
         per_mini = N // p.mini_batches
+
+        roll = {"prompts": all_prompts, "responses": all_responses, "old_values": old_values, "returns": returns,
+                "old_logp": old_logp, "adv": adv}
+        ppo_loss = partial(_ppo_loss, actor=actor if actor_trains else None, critic=critic, roll=roll, sums=sums,
+                           p=p, dev=dev, autocast=autocast, pad_id=pad_id)
+        ptx_loss = partial(_ptx_loss, actor=actor, sums=sums, coef=p.ptx_coef, dev=dev, autocast=autocast)
         for epoch in range(p.ppo_epochs):
             perm = np.random.default_rng([t.seed, update, epoch]).permutation(N)
             for k in range(p.mini_batches):
+                # one optimizer step: the token-weighted mean over the mini-batch's rows on every process
+                # (`run.accumulate`); gradients are reduced once, in each model's last backward of the step
                 batch_rows = perm[k * per_mini : (k + 1) * per_mini]
-                total = max(int(mask[batch_rows].sum()), 1)
                 my_rows = batch_rows[world.rank :: world.size].tolist()
-                for chunk in _chunks(len(my_rows), p.micro_batch_rows):
-                    ix = [my_rows[j] for j in chunk]
-                    b = collate([all_prompts[i] for i in ix], [all_responses[i] for i in ix], pad_id)
-                    w = b["mask"].shape[1]
-                    m = b["mask"].to(dev)
-                    n_local = float(m.sum())
-                    with autocast():
-                        v_new = critic_values(critic, b, dev)
-                    vf = value_loss(v_new.float(), old_values[ix, :w].to(dev), returns[ix, :w].to(dev), m, p.value_clip)
-                    loss = p.vf_coef * vf * n_local
-                    sums["vf"] += float(vf.detach()) * n_local
-                    if actor_trains:
-                        with autocast():
-                            logp, _ = sequence_logprobs(actor, b, p.temperature)
-                        pg, frac = policy_loss(logp.float(), old_logp[ix, :w].to(dev), adv[ix, :w].to(dev), m,
-                                               p.clip)
-                        loss = loss + pg * n_local
-                        sums["pg"] += float(pg.detach()) * n_local
-                        sums["clip"] += float(frac) * n_local
-                    (loss * (world.size / total)).backward()
-                    tokens_trained += int(n_local)
+                micro = [[my_rows[j] for j in chunk] for chunk in _chunks(len(my_rows), p.micro_batch_rows)]
+                accumulate(models, micro, [int(mask[ix].sum()) for ix in micro], ppo_loss, world)
                 if actor_trains and packer is not None:
                     ids, doc = packer.next_batch(p.ptx_rows)
                     labels = packed_labels(ids, doc)
-                    count = max(int((labels != -100).sum()), 1)
                     my = list(range(world.rank, p.ptx_rows, world.size))
-                    for chunk in _chunks(len(my), p.micro_batch_rows):
-                        ix = [my[j] for j in chunk]
-                        n = float((labels[ix] != -100).sum())
-                        d = doc[ix].to(dev)
-                        with autocast():
-                            lm = actor(ids[ix].to(dev), positions_from_doc_ids(d), packed_batch(d),
-                                       labels=labels[ix].to(dev))
-                        (p.ptx_coef * lm * n * (world.size / count)).backward()
-                        sums["ptx"] += float(lm.detach()) * n
-                        sums["ptx_n"] += n
+                    rows_ptx = [[my[j] for j in chunk] for chunk in _chunks(len(my), p.micro_batch_rows)]
+                    accumulate(actor, [(ids[ix], doc[ix], labels[ix]) for ix in rows_ptx],
+                               [int((labels[ix] != -100).sum()) for ix in rows_ptx], ptx_loss, world)
                 if actor_trains:
                     grad_norms["actor"].append(float(torch.nn.utils.clip_grad_norm_(
                         [q for q in actor.parameters() if q.grad is not None], cfg.optim.grad_clip)))
