@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ilm.config import from_dict
+from ilm.train import checkpoint
 from ilm.train.rlhf.ppo import PPOConfig, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +52,7 @@ def test_critic_warmup_leaves_the_actor_bit_identical_while_the_value_loss_falls
     train(_cfg(setup, corpus, helpers, run, {"updates": n, "keep_last": 10}, critic_warmup_updates=n), resume="never")
     start = {f"actor.{k}": v for k, v in load_checkpoint(setup["actor"]).state_dict().items()}
     for u in range(1, n + 1):
-        state = torch.load(run / f"step-{u:08d}" / "state.pt", weights_only=False)["model"]
+        state = checkpoint.read_model_tensors(run / f"step-{u:08d}")
         assert all(torch.equal(state[k], v) for k, v in start.items()), f"actor changed during warm-up update {u}"
     rows = _metrics(run)
     losses = [r["value_loss"] for r in rows]
@@ -60,7 +61,7 @@ def test_critic_warmup_leaves_the_actor_bit_identical_while_the_value_loss_falls
     assert not any(r["actor_trained"] for r in rows) and all(r["ptx_loss"] is None for r in rows)
     # control: the first update after the warm-up does change the actor (so the check above can fail)
     train(_cfg(setup, corpus, helpers, run, {"updates": n + 1}, critic_warmup_updates=n), resume="auto")
-    state = torch.load(run / f"step-{n + 1:08d}" / "state.pt", weights_only=False)["model"]
+    state = checkpoint.read_model_tensors(run / f"step-{n + 1:08d}")
     assert not all(torch.equal(state[k], v) for k, v in start.items())
 
 
@@ -182,7 +183,7 @@ def test_two_process_fsdp_and_ddp_updates_match_single_process(setup, corpus, he
         cmd = [torchrun, "--standalone", "--nproc_per_node", str(nproc), "-m", "ilm.cli", "rlhf", "ppo", str(path)]
         done = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
-        states[name] = torch.load(tmp_path / name / "step-00000002" / "state.pt", weights_only=False)["model"]
+        states[name] = checkpoint.read_model_tensors(tmp_path / name / "step-00000002")
         metrics[name] = _metrics(tmp_path / name)
     start = {f"actor.{k}": v for k, v in load_checkpoint(setup["actor"]).state_dict().items()}
     moved = max((states["p1"][k] - v).abs().max().item() for k, v in start.items())
@@ -216,7 +217,7 @@ def test_true_reward_hook_exports_and_a_critic_from_the_export(setup, corpus, he
     assert len(seen) == 8 and set(seen) <= {"math", "chat"}
     actor = load_checkpoint(s["export"]["actor"])
     critic, meta = load_reward_model(s["export"]["critic"])
-    state = torch.load(tmp_path / "a" / "step-00000002" / "state.pt", weights_only=False)["model"]
+    state = checkpoint.read_model_tensors(tmp_path / "a" / "step-00000002")
     assert torch.equal(actor.output.weight, state["actor.output.weight"])
     assert torch.equal(critic.v_head.weight, state["critic.v_head.weight"])
     assert meta["conditions"] == json.loads((setup["rm"] / "reward_config.json").read_text())["conditions"]
@@ -224,7 +225,7 @@ def test_true_reward_hook_exports_and_a_critic_from_the_export(setup, corpus, he
     cfg2 = _cfg(setup, corpus, helpers, tmp_path / "b", {"updates": 1})
     cfg2.critic, cfg2.optim.critic_lr = s["export"]["critic"], 0.0  # lr 0: the critic stays as loaded
     train(cfg2, resume="never")
-    state2 = torch.load(tmp_path / "b" / "step-00000001" / "state.pt", weights_only=False)["model"]
+    state2 = checkpoint.read_model_tensors(tmp_path / "b" / "step-00000001")
     assert all(torch.equal(state2[k], v) for k, v in state.items() if k.startswith("critic."))
 
 

@@ -351,6 +351,18 @@ def saved_tensors(path: str | Path) -> dict[str, list[str]]:
     return {part: [n[len(part) + 1:] for n in names if n.startswith(part + ".")] for part in ("model", "optimizer")}
 
 
+def read_model_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The whole model state of a checkpoint as plain CPU tensors, in one process (inspection and tests; a
+    training resume uses `load`, which reads each rank's own shards)."""
+    metadata = read_metadata(path)
+    state = {"model": {n[len("model."):]: torch.empty(m.size, dtype=m.properties.dtype)
+                       for n, m in metadata.state_dict_metadata.items()
+                       if n.startswith("model.") and isinstance(m, dcp_metadata.TensorStorageMetadata)}}
+    with _quiet_single_process():
+        dcp.load(state, storage_reader=_Reader(Path(path), metadata), planner=_Planner(), no_dist=True)
+    return state["model"]
+
+
 def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_config: dict) -> dict:
     """Restore model, optimiser and RNG from a checkpoint, each rank its own shards (any world size);
     returns the rest of its state (step, stage, data, ...)."""
