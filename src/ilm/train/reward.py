@@ -430,7 +430,7 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
                 "default_domain": cfg.data.default_domain, "max_length": cfg.data.max_length}
         summary["export"] = str(export(model, run_dir / "final", meta, cfg.tokenizer, world))
     if world.is_main:
-        summary["plot"] = str(metrics.plot())
+        summary["plot"] = str(metrics.plot(stage="conditional reward model"))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     metrics.close()
     return summary

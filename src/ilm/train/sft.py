@@ -352,7 +352,7 @@ def _train(cfg: SFTConfig, resume: str) -> dict[str, Any]:
     if step == total_steps:
         summary["export"] = str(export(model, run_dir / "final", cfg.tokenizer, world))
     if world.is_main:
-        summary["plot"] = str(metrics.plot())
+        summary["plot"] = str(metrics.plot(stage="SFT"))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     metrics.close()
     return summary
