@@ -5,14 +5,15 @@ their own window. The figures are checked as matplotlib objects, not pixels."""
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import pytest
 
-from ilm.config import from_dict  # noqa: E402
-from ilm.train import pretrain  # noqa: E402
-from ilm.train.metrics import NEGATIVE_LOSS_NOTE, Metrics, plot_rows  # noqa: E402
-from ilm.train.rlhf.ppo import PLOTTED, figure as ppo_figure  # noqa: E402
-from ilm.train.rlhf.synthetic import curves_figure  # noqa: E402
+from ilm.config import from_dict
+from ilm.train import pretrain
+from ilm.train.metrics import NEGATIVE_LOSS_NOTE, Metrics, plot_rows
+from ilm.train.rlhf.ppo import PLOTTED
+from ilm.train.rlhf.ppo import figure as ppo_figure
+from ilm.train.rlhf.synthetic import curves_figure
 
 
 def _vlines(ax) -> list[float]:
