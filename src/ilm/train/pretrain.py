@@ -1,4 +1,4 @@
-"""`ilm pretrain RECIPE.toml`: multi-stage pretraining, one explicit loop (RECIPE.md section 5).
+"""`ilm pretrain RECIPE.toml`: multi-stage pretraining, one explicit loop (docs/recipe.md, Pretraining).
 
 setup (world, model, optimiser, resume) -> for each stage: set RoPE, pack rows of the stage's window from
 its mixture, train its share of the token budget -> export an HF InternLM2 checkpoint.

@@ -1,4 +1,4 @@
-"""`ilm rm train RECIPE.toml`: the conditional reward model of COOL RLHF (RECIPE.md section 7), one explicit loop.
+"""`ilm rm train RECIPE.toml`: the conditional reward model of COOL RLHF (docs/recipe.md, Reward model), one explicit loop.
 
 One reward model serves many preferences: each pair is scored under a condition, a system prompt chosen
 from the pair's domain (`data.conditions`, a configurable table), placed before the conversation. A

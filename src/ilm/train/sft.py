@@ -1,4 +1,4 @@
-"""`ilm sft RECIPE.toml`: supervised fine-tuning on ChatML conversations, one explicit loop (RECIPE.md section 6).
+"""`ilm sft RECIPE.toml`: supervised fine-tuning on ChatML conversations, one explicit loop (docs/recipe.md, SFT).
 
 setup (world, model from an HF checkpoint, optimiser, resume) -> render every conversation with the chat
 format (loss mask = assistant tokens, tool calls and their `<|im_end|>`) -> pack whole conversations

@@ -1,4 +1,4 @@
-"""`ilm rlhf ppo RECIPE.toml`: online RLHF with PPO steered by the conditional reward model (RECIPE.md section 7).
+"""`ilm rlhf ppo RECIPE.toml`: online RLHF with PPO steered by the conditional reward model (docs/recipe.md, Online RLHF).
 
 Four models: the actor (from the SFT checkpoint, trained), the reference (the same SFT weights, frozen),
 the critic (the reward model's backbone + its head as the value head, trained) and the conditional reward
