@@ -65,7 +65,7 @@ def test_sft_conversations(tmp_path, tok):
 def test_reward_model_pairs(tmp_path, tok):
     from ilm.train.reward import RMData, encode_pairs
 
-    pairs, report = encode_pairs([_write(tmp_path, "rm.jsonl", examples()["Reward-model pairs"])], tok, RMData(),
+    _, report = encode_pairs([_write(tmp_path, "rm.jsonl", examples()["Reward-model pairs"])], tok, RMData(),
                                  reward_id=tok.eos_id)
     assert report["kept"] == 1 and not any(report["dropped"].values()) and report["unknown_domain"] == 0
 
@@ -74,7 +74,7 @@ def test_ppo_queries(tmp_path, tok):
     from ilm.train.reward import DEFAULT_CONDITIONS
     from ilm.train.rlhf.ppo import load_queries
 
-    queries, report = load_queries([str(_write(tmp_path, "q.jsonl", examples()["PPO queries"]))], tok,
+    _, report = load_queries([str(_write(tmp_path, "q.jsonl", examples()["PPO queries"]))], tok,
                                    DEFAULT_CONDITIONS, "default", 2048)
     assert report["kept"] == 1 and not any(report["skipped"].values()) and report["unknown_category"] == 0
 

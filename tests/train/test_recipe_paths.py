@@ -56,6 +56,6 @@ def test_pretraining_from_another_working_directory_finds_its_files(corpus, tmp_
     path = helpers.write_recipe(proj / "recipes" / "p.toml", recipe)
     env = {k: v for k, v in os.environ.items() if k != "ILM_BASE_DIR"} | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "ilm.cli", "pretrain", str(path), "--train.max_steps=2"],
-                          cwd="/", env=env, capture_output=True, text=True, timeout=300)
+                          cwd="/", env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (proj / "runs" / "p" / "metrics.jsonl").exists()
