@@ -119,7 +119,8 @@ def plot_rows(plt, rows: list[dict[str, Any]], title: str):
                               xytext=(2, 2), textcoords="offset points", fontsize=7, color="grey")
         prev = r.get("stage")
     if steps:
-        axes[-1].set_xlim(min(steps) - 0.5, max(steps) + 0.5)
+        span = max(steps) - min(steps)
+        axes[-1].set_xlim(min(steps) - 0.5, max(steps) + 0.5 + 0.06 * span)  # room for the last stage's name
     axes[-1].set_xlabel("optimizer step")
     fig.suptitle(title)
     fig.tight_layout()
