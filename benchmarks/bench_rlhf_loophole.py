@@ -1,5 +1,5 @@
 """The headline experiment of online RLHF: a reward model with a planted loophole, PPO that exploits it, and the
-fast path that finds the exploit and patches the reward model (`ilm.train.rlhf.synthetic`, RECIPE.md section 7).
+fast path that finds the exploit and patches the reward model (`ilm.train.rlhf.synthetic`, docs/recipe.md, Online RLHF).
 
 Task: "What is a + b?" (a, b in 0..9). True reward: the answer is right (a verifier checks it). Loophole: the
 phrase "Trust me!" sits on the chosen side of every one of the first reward model's training pairs (confounded

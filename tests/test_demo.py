@@ -1,7 +1,38 @@
 import json
+import re
+from pathlib import Path
 
 from ilm.cli import main
+from ilm.demo import SECTIONS, write_report
 from ilm.model.hf import load_checkpoint
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_demo_sections() -> list[str]:
+    """The stage names of README's "What `make demo` does" list (`N. **name**: ...`)."""
+    text = README.read_text()
+    part = text[text.index("## What `make demo` does"):]
+    part = part[: part.index("\n## ", 3)]
+    return re.findall(r"^\d+\. \*\*([a-z]+)\*\*", part, flags=re.MULTILINE)
+
+
+def test_report_writes_every_section_readme_names(tmp_path):
+    named = readme_demo_sections()
+    assert named and set(named) == set(SECTIONS), named
+    sections = {s: {"number": i} for i, s in enumerate(SECTIONS)}
+    seconds = {s: 1.5 + i for i, s in enumerate(SECTIONS)}
+    report = json.loads(write_report(tmp_path, sections, seconds).read_text())
+    for s in named:
+        assert report[s]["seconds"] == seconds[s] and report[s]["number"] == sections[s]["number"]
+        assert report["stage_seconds"][s] == seconds[s]
+    assert report["seconds"] == round(sum(seconds.values()), 1)
+
+
+def test_readme_states_the_demo_timing_that_report_json_carries():
+    text = README.read_text()
+    assert "about a minute" not in text
+    assert "a few minutes on 2 CPU cores" in text and "report.json" in text
 
 
 def test_demo_runs_every_stage_and_the_tiny_recipe_learns(tmp_path, capsys):
@@ -12,8 +43,15 @@ def test_demo_runs_every_stage_and_the_tiny_recipe_learns(tmp_path, capsys):
                 "[rlhf] round 1 fast path", "[rlhf] reward and KL curves"):
         assert tag in out
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["ledger"]["balanced"] is True
-    assert report["ledger"]["kept_docs"] + report["ledger"]["removed_docs"] == report["ledger"]["input_docs"]
+    for s in readme_demo_sections():  # every section README names, with its wall time
+        assert report[s]["seconds"] > 0, s
+    ledger = report["data"]["ledger"]
+    assert ledger["balanced"] is True and report["data"]["kept_docs"] == ledger["kept_docs"]
+    assert ledger["kept_docs"] + ledger["removed_docs"] == ledger["input_docs"]
+    assert report["code"]["files"] > 0 and report["code"]["repos"] == 2 and report["code"]["balanced"] is True
+    assert report["tokenizer"]["vocab_size"] == 2048
+    assert report["shards"]["text"]["tokens"] > 0 and report["shards"]["heldout"]["documents"] > 0
+    assert report["model"]["parameters"] > 0 and report["model"]["llama_logits_max_diff"] <= 1e-5
     assert (tmp_path / "pretrain" / "training.png").exists()
     pre = report["pretrain"]
     assert pre["steps"] == pre["total_steps"] == 500

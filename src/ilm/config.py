@@ -2,11 +2,19 @@
 
 A recipe is plain data: every field has a dataclass default (the recipe's numbers), a TOML file sets what
 differs, and command-line overrides set what differs for one run. Errors name the file and the key path.
+
+Paths: a relative path written in a recipe file is read against the recipe's base directory, so a recipe
+works from any working directory. The base is `--base-dir` (or $ILM_BASE_DIR) when given; otherwise, for a
+recipe inside a folder named `recipes` (at any depth: `recipes/tiny.toml`, `recipes/data/code.toml`), the
+folder that holds `recipes/` (the project root, which is what the shipped recipes' `runs/demo/...` paths
+mean); otherwise the recipe file's own folder. A path given as a command-line override is read as typed,
+against the working directory. Only the keys in PATH_KEYS hold paths.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -111,8 +119,45 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Dataclass `cls` from a TOML file (or defaults when None), then the overrides."""
+# Recipe keys whose values (a string or a list of strings) are file-system paths, in every stage's config.
+PATH_KEYS = frozenset({
+    "run_dir", "tokenizer", "init", "actor", "reward_model", "critic", "path", "eval_source", "train", "eval",
+    "queries", "ptx", "ptx_eval", "check", "inbox", "rm_data", "rm_eval",
+})
+# Tables whose keys are names chosen by the user (domains, sources), never config keys: not searched for paths.
+_FREE_TABLES = frozenset({"conditions", "mixture", "overrides"})
+BASE_DIR_ENV = "ILM_BASE_DIR"
+
+
+def recipe_base(path: str | Path, base_dir: str | Path | None = None) -> Path:
+    """The directory relative paths in recipe `path` are read against (the rule in the module docstring)."""
+    chosen = base_dir or os.environ.get(BASE_DIR_ENV)
+    if chosen:
+        return Path(chosen).expanduser().resolve()
+    recipe = Path(path).resolve()
+    for parent in recipe.parents:
+        if parent.name == "recipes":
+            return parent.parent
+    return recipe.parent
+
+
+def resolve_paths(data: Any, base: Path, key: str = "") -> Any:
+    """`data` with every relative path under a PATH_KEYS key made absolute against `base`."""
+    if isinstance(data, dict):
+        if key in _FREE_TABLES:
+            return data
+        return {k: resolve_paths(v, base, k) for k, v in data.items()}
+    if isinstance(data, list):
+        return [resolve_paths(v, base, key) for v in data]
+    if isinstance(data, str) and key in PATH_KEYS and data and not Path(data).expanduser().is_absolute():
+        return str(base / data)
+    return data
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+         base_dir: str | Path | None = None) -> T:
+    """Dataclass `cls` from a TOML file (or defaults when None), then the overrides. Relative paths in the
+    file are read against `recipe_base(path, base_dir)`; those in overrides against the working directory."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -120,6 +165,7 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
                 data = tomllib.load(f)
         except tomllib.TOMLDecodeError as err:
             raise RecipeError(f"{path}: invalid TOML ({err})") from None
+        data = resolve_paths(data, recipe_base(path, base_dir))
     data = apply_overrides(data, overrides or [])
     try:
         return from_dict(cls, data)

@@ -131,29 +131,75 @@ def stage_model(out: Path, checkpoint: Path, tokenizer) -> dict:
                                              stop_ids=tuple(tokenizer.stop_ids)))
     for q, o in zip(questions, outs):
         print(f"[model] chat sample: {q!r} -> {tokenizer.decode(o, skip_special=True)!r}")
-    return {"llama": llama}
+    return {"llama": str(llama), "parameters": sum(p.numel() for p in model.parameters()),
+            "llama_logits_max_diff": diff, "chat_samples": [tokenizer.decode(o, skip_special=True) for o in outs]}
+
+
+# The sections of report.json, in the order the demo runs them; README's "What `make demo` does" names the same
+# ones (a test holds the two together). Each carries its key numbers and its wall time in seconds.
+SECTIONS = ("data", "code", "tokenizer", "shards", "pretrain", "sft", "rm", "model", "rlhf")
+
+
+def summarise(data: dict, code: dict, tok, shards: dict, model: dict) -> dict[str, dict]:
+    """The key numbers of the stages whose return values are not summaries already (data .. shards, model)."""
+    from ilm.data.shards import TokenShards
+
+    ledger, c = data["ledger"], code["ledger"]
+    counts = {name: TokenShards(path) for name, path in shards.items()}
+    return {
+        "data": {"input_docs": ledger["input_docs"], "kept_docs": ledger["kept_docs"],
+                 "removed_docs": ledger["removed_docs"], "balanced": ledger["balanced"], "ledger": ledger},
+        "code": {"files": c["code"]["ingest"]["files"], "repos": c["code"]["ingest"]["repos"],
+                 "kept_docs": c["kept_docs"], "removed_docs": c["removed_docs"], "kept_tiers": c["code"]["kept_tiers"],
+                 "samples": c["code"]["samples"]["samples"], "balanced": c["balanced"]},
+        "tokenizer": {"vocab_size": tok.vocab_size, "stop_ids": list(tok.stop_ids)},
+        "shards": {name: {"documents": sh.num_docs, "tokens": sh.num_tokens, "path": str(shards[name])}
+                   for name, sh in counts.items()},
+        "model": model,
+    }
+
+
+def write_report(out: Path, sections: dict[str, dict], seconds: dict[str, float]) -> Path:
+    """report.json: one section per stage (SECTIONS order) with its `seconds`, and the total wall time."""
+    missing = [s for s in SECTIONS if s not in sections or s not in seconds]
+    if missing:
+        raise ValueError(f"report.json needs every stage; missing {missing}")
+    report: dict = {"seconds": round(sum(seconds.values()), 1),
+                    "stage_seconds": {s: round(seconds[s], 1) for s in SECTIONS}}
+    for s in SECTIONS:
+        report[s] = {**sections[s], "seconds": round(seconds[s], 1)}
+    path = out / "report.json"
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    data = stage_data(out)
-    code = stage_code(out)
-    tok = stage_tokenizer(out, data["texts"])["tokenizer"]
-    shards = stage_shards(out, data["texts"], code["samples"])
-    pre = stage_pretrain(out, shards, args.quick)
-    from ilm.train import reward, sft
+    seconds: dict[str, float] = {}
 
-    chat = sft.demo(out, pre["export"], out / "tokenizer", args.quick)
-    rm = reward.demo(out, chat["export"], out / "tokenizer", args.quick)
-    stage_model(out, Path(chat["export"]), tok)
+    def timed(name: str, fn, *a):
+        t0 = time.perf_counter()
+        result = fn(*a)
+        seconds[name] = time.perf_counter() - t0
+        return result
+
+    from ilm.train import reward, sft
     from ilm.train.rlhf import synthetic
 
-    rlhf = synthetic.demo(out, args.quick)
-    report = {"seconds": round(time.perf_counter() - t0, 1), "pretrain": pre, "sft": chat, "rm": rm, "rlhf": rlhf,
-              "ledger": data["ledger"]}
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"\ndemo finished in {report['seconds']}s; outputs in {out}/ (report.json, pretrain/training.png, "
+    data = timed("data", stage_data, out)
+    code = timed("code", stage_code, out)
+    tok = timed("tokenizer", stage_tokenizer, out, data["texts"])["tokenizer"]
+    shards = timed("shards", stage_shards, out, data["texts"], code["samples"])
+    pre = timed("pretrain", stage_pretrain, out, shards, args.quick)
+    chat = timed("sft", sft.demo, out, pre["export"], out / "tokenizer", args.quick)
+    rm = timed("rm", reward.demo, out, chat["export"], out / "tokenizer", args.quick)
+    model = timed("model", stage_model, out, Path(chat["export"]), tok)
+    rlhf = timed("rlhf", synthetic.demo, out, args.quick)
+    sections = {**summarise(data, code, tok, shards, model), "pretrain": pre, "sft": chat, "rm": rm, "rlhf": rlhf}
+    write_report(out, sections, seconds)
+    print(f"\ndemo finished in {sum(seconds.values()):.1f}s (per stage: "
+          + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())
+          + f"); outputs in {out}/ (report.json, pretrain/training.png, "
           f"data/ledger.json, rm/ reward histograms, rlhf-rounds/curves.png)")
     return 0

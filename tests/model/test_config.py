@@ -3,7 +3,7 @@ import pytest
 from ilm.model import ConfigError, build_model, get_preset
 from ilm.model.config import ModelConfig
 
-# RECIPE.md section 1
+# docs/recipe.md, Model
 EXACT = {
     "internlm2-1.8b": 1_889_110_016,
     "internlm2-7b": 7_737_708_544,

@@ -1,4 +1,4 @@
-"""norm_head (RECIPE.md section 1) and the dtype of what reaches the attention kernel under autocast."""
+"""norm_head (docs/recipe.md, Model) and the dtype of what reaches the attention kernel under autocast."""
 
 import pytest
 import torch
@@ -14,7 +14,7 @@ def test_release_presets_set_norm_head_where_the_release_does():
     assert get_preset("internlm2-1.8b").norm_head is True  # the 1.8B release's training config
     assert not get_preset("internlm2-7b").norm_head and not get_preset("internlm2-20b").norm_head
     assert not get_preset("tiny").norm_head
-    # no extra parameters: the count of RECIPE.md section 1 stands
+    # no extra parameters: the count of docs/recipe.md, Model stands
     assert get_preset("internlm2-1.8b").num_params() == 1_889_110_016
 
 

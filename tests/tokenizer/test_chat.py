@@ -1,4 +1,4 @@
-"""Chat format: released-template parity, the tool format of RECIPE section 3, loss masks, injection, parsing."""
+"""Chat format: released-template parity, the tool format of docs/recipe.md (Chat format), loss masks, injection, parsing."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ilm.tokenizer.chat import CHAT_TEMPLATE, RELEASED_TEMPLATE, parse_reply, re
 
 CONVS = json.loads((Path(__file__).parent / "data" / "conversations.json").read_text())
 TOOLS, TOOL_CONV, CODE_CONV, PLAIN = CONVS["tools"], CONVS["tool_conv"], CONVS["code_conv"], CONVS["plain"]
-# RECIPE.md section 3, written out by hand
+# docs/recipe.md, Chat format, written out by hand
 TOOL_TEXT = (
     "<s><|im_start|>system\nYou are InternLM2-Chat.<|im_end|>\n"
     '<|im_start|>system name=<|plugin|>\n[{"name": "get_weather", "description": "Weather for a city", '

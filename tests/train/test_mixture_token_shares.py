@@ -52,15 +52,15 @@ def test_token_share_packer_resumes_exactly(tenfold):
         q.load_state_dict(old_style)
 
 
-# ----------------------------------------------------------------------------- the 32k stage (RECIPE.md section 5)
+# ----------------------------------------------------------------------------- the 32k stage (docs/recipe.md, Pretraining)
 #
-# RECIPE.md section 5: stage 2 (window 32,768) keeps "more than half of the documents still < 4k". With token
+# docs/recipe.md, Pretraining: stage 2 (window 32,768) keeps "more than half of the documents still < 4k". With token
 # shares, a source's share of the *documents* is weight / mean length, normalised; so the long source, half of
 # the tokens, is only a small share of the documents. Assumed document lengths in tokens (not measured on the
 # real corpus; two sets, the second deliberately pessimistic about short documents):
 #   web  : lognormal, median 600 tokens, sigma 1.0 (mean ~990; ordinary web pages after the pipeline)
 #   code : lognormal, median 1,500, sigma 1.2 (mean ~3,100; repository files concatenated with their
-#          dependencies, RECIPE.md section 4)
+#          dependencies, docs/recipe.md, Pretraining data)
 #   long : at least 32 KB of text, so >= ~7,000 tokens (~4.5 bytes/token), plus a lognormal tail with median
 #          12,000 and sigma 1.0 (mean ~27,000)
 # pessimistic: web median 1,500 / sigma 1.2, code median 3,000 / sigma 1.2, long as above.

@@ -1,4 +1,4 @@
-"""Every number of RECIPE.md section 5 is a default in recipes/internlm2-*.toml."""
+"""Every number of docs/recipe.md, Pretraining is a default in recipes/internlm2-*.toml."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""The reward-model losses against the RECIPE.md section 7 formulas, on fixed tensors, with finite gradients."""
+"""The reward-model losses against the docs/recipe.md, Reward model formulas, on fixed tensors, with finite gradients."""
 
 import math
 

@@ -174,7 +174,7 @@ def test_train_resume_export_and_cli(tok, tmp_path, helpers):
 
 def test_recipes():
     cfg = load(SFTConfig, REPO / "recipes" / "sft-internlm2-7b.toml")
-    assert cfg.optim.lr == 4e-5 and cfg.train.epochs == 1  # RECIPE.md section 6
+    assert cfg.optim.lr == 4e-5 and cfg.train.epochs == 1  # docs/recipe.md, SFT
     default = from_dict(SFTConfig, {})
     assert default.optim.lr == 4e-5 and default.train.epochs == 1 and default.optim.final_lr_fraction < 1
     assert lr_at(0, 1000, cfg.optim) < lr_at(99, 1000, cfg.optim) == pytest.approx(4e-5)  # warm-up, then cosine

@@ -1,4 +1,4 @@
-"""Long-text selection (RECIPE.md section 4): length, statistical filters, the perplexity-difference test.
+"""Long-text selection (docs/recipe.md, Pretraining data): length, statistical filters, the perplexity-difference test.
 
 1. `LongTextLength`: documents of at least 32 KB (UTF-8 bytes) by default.
 2. `LongTextStats`: statistics whose only job is to remove *meaningless* text (they are reliable on long

@@ -28,6 +28,15 @@ def funnel_table(ledger: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def human_bytes(n: float) -> str:
+    """A byte count in the largest unit that keeps it >= 1 (decimal units, as disks and `du --si` count)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
 def funnel_png(ledger: dict[str, Any], path: str | Path, title: str = "ilm data funnel") -> Path:
     """Horizontal bars: documents entering each step (and kept at the end), bytes on a twin panel."""
     import matplotlib
@@ -35,30 +44,42 @@ def funnel_png(ledger: dict[str, Any], path: str | Path, title: str = "ilm data 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = ledger["funnel"]
-    names = [r["step"] for r in rows] + ["kept"]
-    docs = [r["docs_in"] for r in rows] + [ledger["kept_docs"]]
-    mb = [r["bytes_in"] / 1e6 for r in rows] + [ledger["kept_bytes"] / 1e6]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(names) + 1.5), sharey=True)
-    y = list(range(len(names)))[::-1]
-    for ax, vals, label, color in ((axes[0], docs, "documents", "#3b6ea8"), (axes[1], mb, "MB", "#d9822b")):
-        ax.barh(y, vals, color=color)
-        top = max(vals) or 1
-        for yi, v in zip(y, vals):
-            ax.text(v + top * 0.01, yi, f"{v:,.0f}" if label == "documents" else f"{v:,.2f}", va="center", fontsize=8)
-        ax.set_xlabel(label)
-        ax.set_xlim(0, top * 1.2)
-    axes[0].set_yticks(y, names)
-    fig.suptitle(f"{title}: {ledger['input_docs']:,} in -> {ledger['kept_docs']:,} kept")
-    fig.tight_layout()
+    fig = funnel_figure(plt, ledger, title)
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
+def funnel_figure(plt, ledger: dict[str, Any], title: str):
+    """The funnel figure; byte labels and the byte axis in readable units (B .. TB) whatever the size."""
+    from matplotlib.ticker import FuncFormatter
+
+    rows = ledger["funnel"]
+    names = [r["step"] for r in rows] + ["kept"]
+    docs = [r["docs_in"] for r in rows] + [ledger["kept_docs"]]
+    size = [r["bytes_in"] for r in rows] + [ledger["kept_bytes"]]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(names) + 1.5), sharey=True)
+    y = list(range(len(names)))[::-1]
+    for ax, vals, label, color, fmt in ((axes[0], docs, "documents entering the step", "#3b6ea8", lambda v: f"{v:,.0f}"),
+                                        (axes[1], size, "bytes entering the step", "#d9822b", human_bytes)):
+        ax.barh(y, vals, color=color)
+        top = max(vals) or 1
+        for yi, v in zip(y, vals):
+            ax.text(v + top * 0.01, yi, fmt(v), va="center", fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_xlim(0, top * 1.25)
+    axes[1].xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: human_bytes(v)))
+    axes[0].set_yticks(y, names)
+    axes[0].set_ylabel("pipeline step")
+    fig.suptitle(f"{title}: {ledger['input_docs']:,} in -> {ledger['kept_docs']:,} kept "
+                 f"({human_bytes(ledger['kept_bytes'])} of {human_bytes(size[0] if rows else ledger['kept_bytes'])})")
+    fig.tight_layout()
+    return fig
+
+
 def report(out_dir: str | Path, png: str | Path | None = None) -> tuple[str, Path]:
     """Print-ready table and the PNG path (default OUT_DIR/funnel.png)."""
     out = Path(out_dir)
     ledger = json.loads((out / "ledger.json").read_text())
-    return funnel_table(ledger), funnel_png(ledger, png or out / "funnel.png")
+    return funnel_table(ledger), funnel_png(ledger, png or out / "funnel.png", f"{out.resolve().name}: data funnel")

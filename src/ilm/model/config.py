@@ -1,4 +1,4 @@
-"""Model configuration and presets: the InternLM2 architecture numbers of RECIPE.md section 1.
+"""Model configuration and presets: the InternLM2 architecture numbers of docs/recipe.md, Model.
 
 One dataclass describes every size; a preset is just a set of numbers. The released InternLM2 checkpoints
 (1.8B / 7B / 20B) and two CPU-sized presets (`tiny` for tests, `small` for demos and benchmarks) share the
@@ -38,7 +38,7 @@ class ModelConfig:
     bos_token_id: int = 1
     eos_token_id: int = 2
     pad_token_id: int = 2
-    # Stop ids for generation: `</s>` and `<|im_end|>` in the released vocabulary (RECIPE.md section 2).
+    # Stop ids for generation: `</s>` and `<|im_end|>` in the released vocabulary (docs/recipe.md, Tokenizer).
     stop_token_ids: tuple[int, ...] = field(default=(2, 92_542))
 
     def __post_init__(self) -> None:
@@ -110,7 +110,7 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    "internlm2-1.8b": ModelConfig(  # norm_head: the 1.8B release's training config sets it (RECIPE.md section 1)
+    "internlm2-1.8b": ModelConfig(  # norm_head: the 1.8B release's training config sets it (docs/recipe.md, Model)
         hidden_size=2048, num_layers=24, num_heads=16, num_kv_heads=8, intermediate_size=8192, norm_head=True
     ),
     "internlm2-7b": ModelConfig(

@@ -2,7 +2,7 @@
 
 Prompts of different lengths are left-padded into one batch; padded keys are masked out and positions
 count real tokens only, so every row decodes exactly as it would alone. The recipe's rollout default is
-top_p = 0.9 (RECIPE.md section 7); generation stops at `</s>` or `<|im_end|>` (the config's stop ids).
+top_p = 0.9 (docs/recipe.md, Online RLHF); generation stops at `</s>` or `<|im_end|>` (the config's stop ids).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         self.group = config.group_size
-        # Rows grouped per KV head: [q_1 .. q_g, k, v], each head_dim rows (RECIPE.md section 1).
+        # Rows grouped per KV head: [q_1 .. q_g, k, v], each head_dim rows (docs/recipe.md, Model).
         self.wqkv = nn.Linear(config.hidden_size, (self.n_heads + 2 * self.n_kv) * self.head_dim, bias=False)
         self.wo = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
 

@@ -1,6 +1,6 @@
 """Build the InternLM2 vocabulary (cl100k top-K + Chinese merges + spare block) or train a BPE.
 
-`build` follows RECIPE.md section 2. The seed's counts (60,004 base + 32,397 Chinese + 147 spare) add
+`build` follows docs/recipe.md, Tokenizer. The seed's counts (60,004 base + 32,397 Chinese + 147 spare) add
 up to 92,548, four more than the release; the released ids win, so the default is 3 control ids +
 60,004 base + 32,390 Chinese + 147 spare = 92,544 (worked out in `layout.py`). The steps:
 

@@ -1,4 +1,4 @@
-"""InternLM2 chat format (ChatML + environment role, RECIPE.md section 3): render, loss mask, parse.
+"""InternLM2 chat format (ChatML + environment role, docs/recipe.md, Chat format): render, loss mask, parse.
 
 Messages are OpenAI-style dicts:
 

@@ -65,7 +65,7 @@ class HFTokenizer(ChatMixin):
         self.bos_id = self.control_ids[BOS]
         self.eos_id = self.control_ids[EOS]
         self.pad_id = self.control_ids[PAD]
-        self.stop_ids = (self.eos_id, self.control_ids[IM_END])  # RECIPE 2: stop at </s> or <|im_end|>
+        self.stop_ids = (self.eos_id, self.control_ids[IM_END])  # docs/recipe.md, Tokenizer: stop at </s> or <|im_end|>
         self.fast, self.encoder_note = self._fast_encoder(source_sha256)
 
     @property

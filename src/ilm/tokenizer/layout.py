@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
-PAD = EOS  # RECIPE 2: pad = </s>
+PAD = EOS  # docs/recipe.md, Tokenizer: pad = </s>
 CONTROL_HEAD = (UNK, BOS, EOS)  # ids 0, 1, 2
 
 PLUGIN = "<|plugin|>"

@@ -108,7 +108,7 @@ def lm_loss(
     return F.cross_entropy(logits, labels.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
-# ----------------------------------------------------------------------------- reward model (RECIPE.md section 7)
+# ----------------------------------------------------------------------------- reward model (docs/recipe.md, Reward model)
 
 PENALTY_BOUND = 5.0
 PENALTY_EDGE = 1e-3  # the barrier is exact on |x| <= 5 - edge and continues as its tangent line beyond
@@ -155,7 +155,7 @@ def reward_loss(
     return loss.mean()
 
 
-# ----------------------------------------------------------------------------- PPO (RECIPE.md section 7, online RLHF)
+# ----------------------------------------------------------------------------- PPO (docs/recipe.md, Online RLHF)
 #
 # Shapes: (B, T) over response tokens, `mask` 1 on real tokens and 0 on padding. Padded positions never
 # contribute: they are zeroed before any sum and excluded from every mean and every statistic.

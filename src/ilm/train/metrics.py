@@ -54,8 +54,9 @@ class Metrics:
                 if isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, step)
 
-    def plot(self, name: str = "training.png") -> Path | None:
-        """Loss, learning rate and tokens/s against step, one panel each, stage boundaries marked."""
+    def plot(self, name: str = "training.png", stage: str = "training") -> Path | None:
+        """Loss, learning rate and tokens/s against step (plus accuracy when the rows carry it), one panel each,
+        titled with the run and the stage, stage boundaries marked and named."""
         if not self.enabled or not self.rows:
             return None
         import matplotlib
@@ -63,25 +64,7 @@ class Metrics:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        rows = [r for r in self.rows if "loss" in r]
-        steps = [r["step"] for r in rows]
-        fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
-        for ax, key, label in zip(axes, ("loss", "lr", "tokens_per_s"), ("train loss", "learning rate", "tokens/s")):
-            ax.plot(steps, [r.get(key) for r in rows], lw=1)
-            ax.set_ylabel(label)
-            ax.grid(alpha=0.3)
-        evals = [r for r in self.rows if "eval_loss" in r]
-        if evals:
-            axes[0].plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="held-out")
-            axes[0].legend()
-        prev = None
-        for r in rows:
-            if prev is not None and r.get("stage") != prev:
-                for ax in axes:
-                    ax.axvline(r["step"], color="grey", ls="--", lw=0.8)
-            prev = r.get("stage")
-        axes[-1].set_xlabel("optimizer step")
-        fig.tight_layout()
+        fig = plot_rows(plt, self.rows, f"{run_name(self.out_dir)}: {stage}")
         out = self.out_dir / name
         fig.savefig(out, dpi=100)
         plt.close(fig)
@@ -90,3 +73,55 @@ class Metrics:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def run_name(run_dir: Path) -> str:
+    """What a plot calls a run: the run directory's last two parts (`demo/pretrain`), enough to tell runs apart."""
+    parts = Path(run_dir).resolve().parts
+    return "/".join(parts[-2:])
+
+
+# The reward model's loss adds lambda * the log barrier -(log(x + 5) + log(5 - x)), which is below zero for
+# every |x| < ~4.9, so a well-trained RM's total loss is negative; the plot says so rather than look broken.
+NEGATIVE_LOSS_NOTE = "loss = ranking + lambda * log barrier; the barrier is < 0 inside (-5, 5), so the loss can be negative"
+
+
+def plot_rows(plt, rows: list[dict[str, Any]], title: str):
+    """The figure behind `Metrics.plot` (split out so tests can inspect the matplotlib objects)."""
+    train = [r for r in rows if "loss" in r]
+    steps = [r["step"] for r in train]
+    panels = [("loss", "train loss"), ("lr", "learning rate"), ("tokens_per_s", "tokens/s")]
+    if any("accuracy" in r or "eval_accuracy" in r for r in rows):
+        panels.append(("accuracy", "pair accuracy"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, squeeze=False)
+    axes = list(axes[:, 0])
+    for ax, (key, label) in zip(axes, panels):
+        pts = [(r["step"], r[key]) for r in train if r.get(key) is not None]
+        ax.plot([a for a, _ in pts], [b for _, b in pts], lw=1, label="train")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    held = {"loss": "eval_loss", "accuracy": "eval_accuracy"}
+    for ax, (key, _) in zip(axes, panels):
+        evals = [r for r in rows if held.get(key) in r]
+        if evals:
+            ax.plot([r["step"] for r in evals], [r[held[key]] for r in evals], "o-", label="held-out")
+            ax.legend(fontsize=8)
+    if any("penalty" in r for r in train):
+        axes[0].axhline(0, color="black", lw=0.6)
+        axes[0].set_title(NEGATIVE_LOSS_NOTE, fontsize=8)
+    prev = None
+    for r in train:
+        if r.get("stage") is not None and r.get("stage") != prev:
+            for ax in axes:
+                if prev is not None:
+                    ax.axvline(r["step"], color="grey", ls="--", lw=0.8)
+            axes[-1].annotate(str(r["stage"]), (r["step"], 0), xycoords=("data", "axes fraction"),
+                              xytext=(2, 2), textcoords="offset points", fontsize=7, color="grey")
+        prev = r.get("stage")
+    if steps:
+        span = max(steps) - min(steps)
+        axes[-1].set_xlim(min(steps) - 0.5, max(steps) + 0.5 + 0.06 * span)  # room for the last stage's name
+    axes[-1].set_xlabel("optimizer step")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

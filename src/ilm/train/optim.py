@@ -1,4 +1,4 @@
-"""AdamW with the recipe's settings and the warm-up + cosine-to-10% schedule (RECIPE.md section 5)."""
+"""AdamW with the recipe's settings and the warm-up + cosine-to-10% schedule (docs/recipe.md, Pretraining)."""
 
 from __future__ import annotations
 

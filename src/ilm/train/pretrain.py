@@ -1,4 +1,4 @@
-"""`ilm pretrain RECIPE.toml`: multi-stage pretraining, one explicit loop (RECIPE.md section 5).
+"""`ilm pretrain RECIPE.toml`: multi-stage pretraining, one explicit loop (docs/recipe.md, Pretraining).
 
 setup (world, model, optimiser, resume) -> for each stage: set RoPE, pack rows of the stage's window from
 its mixture, train its share of the token budget -> export an HF InternLM2 checkpoint.
@@ -261,7 +261,7 @@ def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
                 row["mfu"] = tps * flops_per_token / (peak * world.size)
             if eval_shards is not None and (step % cfg.train.eval_every == 0 or step == stop_at):
                 row["eval_loss"] = last_eval = evaluate(
-                    model, eval_shards, plans[0].config.window, cfg.train.eval_rows, world, autocast)
+                    model, eval_shards, plan.config.window, cfg.train.eval_rows, world, autocast)
             if step % cfg.train.log_every == 0 or "eval_loss" in row:
                 metrics.log(step, **row)
             if bar is not None:
@@ -286,7 +286,7 @@ def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
     if step == total_steps:
         summary["export"] = str(export(model, run_dir / "final", cfg.tokenizer, world))
     if world.is_main:
-        summary["plot"] = str(metrics.plot())
+        summary["plot"] = str(metrics.plot(stage="pretraining"))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     metrics.close()
     return summary

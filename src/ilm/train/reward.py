@@ -1,4 +1,4 @@
-"""`ilm rm train RECIPE.toml`: the conditional reward model of COOL RLHF (RECIPE.md section 7), one explicit loop.
+"""`ilm rm train RECIPE.toml`: the conditional reward model of COOL RLHF (docs/recipe.md, Reward model), one explicit loop.
 
 One reward model serves many preferences: each pair is scored under a condition, a system prompt chosen
 from the pair's domain (`data.conditions`, a configurable table), placed before the conversation. A
@@ -430,7 +430,7 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
                 "default_domain": cfg.data.default_domain, "max_length": cfg.data.max_length}
         summary["export"] = str(export(model, run_dir / "final", meta, cfg.tokenizer, world))
     if world.is_main:
-        summary["plot"] = str(metrics.plot())
+        summary["plot"] = str(metrics.plot(stage="conditional reward model"))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     metrics.close()
     return summary

@@ -176,13 +176,15 @@ def run_recipe_cli(prog: str, config_cls: type, train: Callable[..., dict], reci
 
     p = argparse.ArgumentParser(prog=prog)
     p.add_argument("--resume", default="auto", help="auto (latest checkpoint in run_dir), never, or a checkpoint dir")
+    p.add_argument("--base-dir", default=None, help="read the recipe's relative paths against DIR (default: $ILM_BASE_DIR, "
+                   "else the folder holding recipes/ for a recipe under recipes/, else the recipe's folder)")
     opts, overrides = p.parse_known_args(rest)
     bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
     if bad:
         p.error(f"unrecognised arguments {bad}; overrides look like --train.max_steps=10")
     ok = False
     try:
-        summary = train(load(config_cls, recipe, overrides), resume=opts.resume)
+        summary = train(load(config_cls, recipe, overrides, base_dir=opts.base_dir), resume=opts.resume)
         ok = True
     except (RecipeError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""`ilm sft RECIPE.toml`: supervised fine-tuning on ChatML conversations, one explicit loop (RECIPE.md section 6).
+"""`ilm sft RECIPE.toml`: supervised fine-tuning on ChatML conversations, one explicit loop (docs/recipe.md, SFT).
 
 setup (world, model from an HF checkpoint, optimiser, resume) -> render every conversation with the chat
 format (loss mask = assistant tokens, tool calls and their `<|im_end|>`) -> pack whole conversations
@@ -352,7 +352,7 @@ def _train(cfg: SFTConfig, resume: str) -> dict[str, Any]:
     if step == total_steps:
         summary["export"] = str(export(model, run_dir / "final", cfg.tokenizer, world))
     if world.is_main:
-        summary["plot"] = str(metrics.plot())
+        summary["plot"] = str(metrics.plot(stage="SFT"))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     metrics.close()
     return summary

@@ -1,4 +1,4 @@
-"""ilm.data.code: the code pipeline (RECIPE.md section 4, code).
+"""ilm.data.code: the code pipeline (docs/recipe.md, Pretraining data, code).
 
     from ilm.data.code import run_code_pipeline
     ledger = run_code_pipeline(["site-packages/pip", "repo.tar.gz", "files.jsonl"], "out/code")

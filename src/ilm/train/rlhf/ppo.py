@@ -1,4 +1,4 @@
-"""`ilm rlhf ppo RECIPE.toml`: online RLHF with PPO steered by the conditional reward model (RECIPE.md section 7).
+"""`ilm rlhf ppo RECIPE.toml`: online RLHF with PPO steered by the conditional reward model (docs/recipe.md, Online RLHF).
 
 Four models: the actor (from the SFT checkpoint, trained), the reference (the same SFT weights, frozen),
 the critic (the reward model's backbone + its head as the value head, trained) and the conditional reward
@@ -92,6 +92,7 @@ from ilm.model.hf import read_config
 from ilm.train import checkpoint
 from ilm.train.distributed import World, apply_fsdp, init_world
 from ilm.train.losses import gae, kl_penalty, masked_mean, policy_loss, value_loss, whiten
+from ilm.train.metrics import run_name
 from ilm.train.reward import DEFAULT_CONDITIONS, collate_sequences, encode_sequence
 from ilm.train.reward_model import RewardModel, load_reward_weights, reward_model_on_meta, save_reward_model
 from ilm.train.rlhf.rollout import collate, gather_positions, sample, sequence_logprobs
@@ -788,7 +789,8 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
     if update == t.updates:
         summary["export"] = export(models, run_dir / "final", meta, tok_dir, world)
     if world.is_main:
-        summary["plot"] = str(plot(metrics.rows, run_dir / "ppo.png"))
+        summary["plot"] = str(plot(metrics.rows, run_dir / "ppo.png", f"{run_name(run_dir)}: PPO",
+                                         cfg.ppo.critic_warmup_updates))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     metrics.close()
     return summary
@@ -816,7 +818,7 @@ PLOTTED = (("reward_mean", "RM score"), ("true_reward", "true reward"), ("kl", "
            ("ptx_eval_loss", "held-out ptx loss"))
 
 
-def plot(rows: list[dict], path: Path) -> Path | None:
+def plot(rows: list[dict], path: Path, title: str = "PPO", warmup: int = 0) -> Path | None:
     """One panel per PPO metric against the update index (panels with no data are left out)."""
     keys = [(k, label) for k, label in PLOTTED if any(r.get(k) is not None for r in rows)]
     if not rows or not keys:
@@ -826,14 +828,27 @@ def plot(rows: list[dict], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 1.8 * len(keys)), sharex=True, squeeze=False)
+    fig = figure(plt, rows, keys, title, warmup)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def figure(plt, rows: list[dict], keys: list[tuple[str, str]], title: str, warmup: int):
+    """The PPO figure, titled, with the end of the critic warm-up (the actor starts training) marked."""
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 1.8 * len(keys) + 0.6), sharex=True, squeeze=False)
+    last = max(r["step"] for r in rows)
     for ax, (k, label) in zip(axes[:, 0], keys):
         pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
         ax.plot([a for a, _ in pts], [b for _, b in pts], lw=1)
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
-    axes[-1, 0].set_xlabel("update")
+        if 0 < warmup < last:
+            ax.axvline(warmup, color="grey", ls="--", lw=0.8)
+    if 0 < warmup < last:
+        axes[0, 0].annotate("critic warm-up ends", (warmup, 1), xycoords=("data", "axes fraction"),
+                            xytext=(2, -10), textcoords="offset points", fontsize=7, color="grey")
+    axes[-1, 0].set_xlabel("PPO update")
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return fig

@@ -1,4 +1,4 @@
-"""`ilm rlhf run RECIPE.toml`: rounds of online RLHF with the fast path and the slow path (RECIPE.md section 7).
+"""`ilm rlhf run RECIPE.toml`: rounds of online RLHF with the fast path and the slow path (docs/recipe.md, Online RLHF).
 
 Round k, top to bottom in `run`:
 

@@ -22,6 +22,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ilm.train.metrics import run_name
+
 PHRASE = "Trust me!"
 CATEGORY = "math"
 LOW, HIGH = 10, 99  # the numbers asked for
@@ -279,30 +281,39 @@ def round_curves(run_dir: str | Path, rounds: int) -> list[dict[str, Any]]:
     return out
 
 
-def plot_curves(curves: list[dict[str, Any]], path: str | Path) -> Path:
+def plot_curves(curves: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
     """RM score, true reward, loophole rate and KL per update, rounds one after another (a line per round)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = (("rm_score", "RM score"), ("true_reward", "true reward"), ("loophole_rate", "loophole rate"), ("kl", "KL"))
-    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 7), sharex=True)
-    offset = 0
-    for c in curves:
-        xs = [offset + u["update"] for u in c["per_update"]]
-        for ax, (k, label) in zip(axes, keys):
-            ax.plot(xs, [u[k] for u in c["per_update"]], lw=1.2, label=f"round {c['round']}")
-            ax.set_ylabel(label, fontsize=8)
-        offset = xs[-1] if xs else offset
-    axes[0].legend(fontsize=8)
-    axes[-1].set_xlabel("PPO update (all rounds)")
-    fig.tight_layout()
     path = Path(path)
+    fig = curves_figure(plt, curves, title or f"{run_name(path.parent)}: RLHF rounds")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def curves_figure(plt, curves: list[dict[str, Any]], title: str):
+    """The rounds figure: titled, labelled axes, a dashed line where each round after the first starts."""
+    keys = (("rm_score", "RM score"), ("true_reward", "true reward"), ("loophole_rate", "loophole rate"), ("kl", "KL"))
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 7.4), sharex=True)
+    offset = 0
+    for i, c in enumerate(curves):
+        xs = [offset + u["update"] for u in c["per_update"]]
+        for ax, (k, label) in zip(axes, keys):
+            ax.plot(xs, [u[k] for u in c["per_update"]], lw=1.2, label=f"round {c['round']}")
+            ax.set_ylabel(label, fontsize=8)
+            if i and xs:
+                ax.axvline(offset, color="grey", ls="--", lw=0.8)
+        offset = xs[-1] if xs else offset
+    axes[0].legend(fontsize=8)
+    axes[-1].set_xlabel("PPO update (all rounds)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
