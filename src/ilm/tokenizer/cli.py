@@ -20,7 +20,9 @@ def _clean_errors(verb: Callable[[argparse.Namespace], int]) -> Callable[[argpar
         try:
             return verb(args)
         except (ValueError, KeyError, OSError) as err:
-            print(f"ilm tokenizer {verb.__name__.strip('_')}: error: {err}", file=sys.stderr)
+            from ilm.cli import user_error
+
+            print(f"ilm tokenizer {verb.__name__.strip('_')}: error: {user_error(err) or err}", file=sys.stderr)
             return 2
 
     return run
