@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -22,12 +23,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.on_invalid_utf8:
         settings["on_invalid_utf8"] = args.on_invalid_utf8
     executor = args.executor or run.get("executor", "local")
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
     try:
         ledger = run_pipeline(args.recipe, args.input, args.output, executor=executor,
                               progress=not args.quiet, **settings)
     except PipelineError as exc:
         print(f"ilm data run: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        done = len(list(Path(args.output).glob("markers/s*/shard-*.json")))
+        print(f"ilm data run: interrupted; {done} finished shard pass(es) stay marked in {Path(args.output) / 'markers'} "
+              "and are skipped when the same command is run again", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(funnel_table(ledger))
     print(f"kept: {Path(args.output) / 'kept'}   removed: {Path(args.output) / 'removed'}   ledger: {Path(args.output) / 'ledger.json'}")
     return 0

@@ -139,6 +139,9 @@ _PROGRESS: Any = None
 def _init_worker(queue: Any) -> None:
     global _PROGRESS
     _PROGRESS = queue
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
 
 
 def process_shard(task: dict[str, Any]) -> dict[str, Any]:
@@ -314,10 +317,17 @@ class Executor:
         results = []
         with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
             futs = {pool.submit(process_shard, t) for t in tasks}
-            while futs:
-                finished, futs = wait(futs, timeout=0.25, return_when=FIRST_COMPLETED)
-                results.extend(f.result() for f in finished)
-                bar.drain(queue)
+            try:
+                while futs:
+                    finished, futs = wait(futs, timeout=0.25, return_when=FIRST_COMPLETED)
+                    results.extend(f.result() for f in finished)
+                    bar.drain(queue)
+            except KeyboardInterrupt:  # finished shards keep their markers; the ones in progress are redone
+                workers = list((getattr(pool, "_processes", None) or {}).values())
+                pool.shutdown(wait=False, cancel_futures=True)
+                for proc in workers:
+                    proc.terminate()
+                raise
         bar.drain(queue)
         bar.close()
         return results
