@@ -61,8 +61,10 @@ def test_signal_saves_checkpoint_and_resume_matches(corpus, tmp_path, helpers, s
 def test_max_steps_says_what_it_did(corpus, tmp_path, helpers):
     recipe = helpers.write_recipe(tmp_path / "r.toml", helpers.tiny_recipe(corpus, tmp_path / "run", eval_every=1000,
                                                                            total_tokens=512 * 12))
-    short = subprocess.run(_cli("pretrain", str(recipe), "--train.max_steps=5"), env=ENV, capture_output=True, text=True, check=False)
+    short = subprocess.run(_cli("pretrain", str(recipe), "--train.max_steps=5", "--train.progress=true"), env=ENV,
+                           capture_output=True, text=True, check=False)
     assert short.returncode == 0, short.stderr
+    assert "\r" not in short.stderr and "train: 5/5 step (100%)" in short.stderr  # item 16: plain lines in a log
     total = json.loads(short.stdout[short.stdout.index("{"):])["total_steps"]
     assert _lines(short.stderr)[-1].startswith(f"stopped at step 5 of {total} (max_steps 5): not exported; resume with")
     assert not (tmp_path / "run" / "final").exists()

@@ -338,14 +338,14 @@ def _params(step: Step) -> dict[str, Any]:
 
 
 class _Bar:
-    """tqdm over input bytes (MB/s and ETA) with documents/s as a postfix."""
+    """A bar over input bytes (MB/s and ETA) with documents/s as a postfix (plain lines when not a terminal)."""
 
     def __init__(self, total: int, desc: str, enabled: bool):
-        from tqdm import tqdm
+        from ilm.progress import progress_bar
 
         self.t0 = time.monotonic()
         self.docs = 0
-        self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1000, disable=not enabled, leave=False)
+        self.bar = progress_bar(total, desc=desc, unit="B", unit_scale=True, enabled=enabled, leave=False)
 
     def update(self, docs: int, nbytes: int) -> None:
         self.docs += docs

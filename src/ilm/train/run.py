@@ -150,11 +150,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def progress(world: World, enabled: bool, total: int, initial: int):
+    """The training bar (main process only): tqdm on a terminal, periodic plain lines in a log."""
     if not (world.is_main and enabled):
         return None
-    from tqdm import tqdm
+    from ilm.progress import progress_bar
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+    return progress_bar(total=total, initial=initial, unit="step", desc="train")
 
 
 def check_vocab(tok: Any, vocab_size: int) -> None:
