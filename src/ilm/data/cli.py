@@ -110,7 +110,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
     p = sub.add_parser("run", help="run (or resume) a pipeline recipe over input files/folders")
     p.add_argument("recipe", help="recipe TOML, e.g. recipes/data/internlm2.toml")
-    p.add_argument("--input", "-i", nargs="+", required=True, help="input files or folders (jsonl[.gz|.zst], parquet, warc)")
+    p.add_argument("--input", "-i", nargs="+", required=True, help="input files or folders (jsonl[.gz|.zst]: one {\"text\": ...} per line; parquet; warc; "
+                   ".txt / .md: one document per file)")
     p.add_argument("--output", "-o", required=True, help="output folder (rerun with the same folder to resume)")
     p.add_argument("--workers", "-j", type=int, default=None)
     p.add_argument("--executor", choices=["local", "ray"], default=None)
