@@ -233,6 +233,7 @@ class Executor:
         """Run (or resume) the pipeline; returns the ledger (also written to out_dir/ledger.json)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        lock = lock_output(out)  # held until this run returns (or its process ends)
         files = list_inputs(list(inputs))
         steps = unique_labels(list(steps))
         self._check_plan(out, files, steps)
@@ -283,6 +284,7 @@ class Executor:
         (out / "timings.json").write_text(json.dumps(self.timings, indent=1))
         if not self.keep_intermediate:
             shutil.rmtree(out / "stages", ignore_errors=True)
+        lock.close()
         return ledger
 
     def _check_plan(self, out: Path, files: list[Path], steps: list[Step]) -> None:
@@ -331,6 +333,26 @@ class Executor:
         bar.drain(queue)
         bar.close()
         return results
+
+
+def lock_output(out: Path) -> Any:
+    """An exclusive lock on OUT/.lock: a second run on the same output folder fails at once, instead of both
+    runs renaming each other's temporary files away. Released when the returned file is closed."""
+    import fcntl
+
+    f = open(out / ".lock", "a+")  # noqa: SIM115 - the caller holds it for the run
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise PipelineError(f"{out} is in use by another `ilm data run`{f' (pid {holder})' if holder else ''}; "
+                            "wait for it to finish or use another output folder") from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 def _params(step: Step) -> dict[str, Any]:
