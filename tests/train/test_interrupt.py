@@ -73,3 +73,25 @@ def test_max_steps_says_what_it_did(corpus, tmp_path, helpers):
     again = subprocess.run(_cli("pretrain", str(recipe), "--train.max_steps=5"), env=ENV, capture_output=True, text=True, check=False)
     assert again.returncode == 0, again.stderr
     assert _lines(again.stderr)[-1] == f"the run had already finished at step {total}; nothing to do (max_steps 5 ignored)"
+
+
+def test_two_processes_agree_on_the_step(corpus, tmp_path, helpers):
+    """A signal to one rank only: both stop after the same step (the flag is all-reduced), one checkpoint."""
+    recipe = helpers.write_recipe(tmp_path / "r.toml", helpers.tiny_recipe(corpus, tmp_path / "run", eval_every=1000))
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    proc = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "ilm.cli", "pretrain", str(recipe)],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.02)
+    ranks = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), "ilm.cli"], capture_output=True, text=True,
+                           check=False).stdout.split()
+    assert len(ranks) == 2, ranks
+    os.kill(int(max(ranks, key=int)), signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0
+    stopped_at = max(_losses(tmp_path / "run"))
+    assert 3 <= stopped_at < 60
+    assert f"resume with: torchrun --nproc_per_node 2 -m ilm.cli pretrain {recipe} --resume auto" in err, err[-3000:]
+    assert checkpoint.latest(tmp_path / "run").name == f"step-{stopped_at:08d}"
