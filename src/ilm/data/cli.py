@@ -23,7 +23,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.on_invalid_utf8:
         settings["on_invalid_utf8"] = args.on_invalid_utf8
     executor = args.executor or run.get("executor", "local")
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None  # as Ctrl-C
     try:
         ledger = run_pipeline(args.recipe, args.input, args.output, executor=executor,
                               progress=not args.quiet, **settings)
@@ -36,7 +39,8 @@ def _run(args: argparse.Namespace) -> int:
               "and are skipped when the same command is run again", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     print(funnel_table(ledger))
     print(f"kept: {Path(args.output) / 'kept'}   removed: {Path(args.output) / 'removed'}   ledger: {Path(args.output) / 'ledger.json'}")
     return 0

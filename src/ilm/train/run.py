@@ -194,6 +194,11 @@ def stop_on_signals() -> Iterator[None]:
                 print(f"{signal.Signals(signum).name}: finishing this step and saving a checkpoint "
                       "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
