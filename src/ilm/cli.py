@@ -52,8 +52,10 @@ def user_error(err: BaseException) -> str | None:
         return None
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         kind = {IsADirectoryError: "is a directory, not a file", NotADirectoryError: "is not a directory",
-                FileNotFoundError: "not found", FileExistsError: "already exists (and is not what was expected)"}
+                FileNotFoundError: "not found"}
         text = kind.get(type(err), err.strerror)
+        if isinstance(err, FileExistsError) and os.path.isfile(err.filename):
+            text = "is a file, where a directory is expected"
         return f"{err.filename}: {text}" + (f" ({err.filename2})" if err.filename2 else "")
     return str(err) or type(err).__name__
 
