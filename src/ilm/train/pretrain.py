@@ -39,7 +39,9 @@ from ilm.train.run import (
     model_shape,
     prepare,
     progress,
+    raise_if_stopped,
     start,
+    stop_requested,
 )
 
 
@@ -271,13 +273,14 @@ def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
                     post["MFU"] = f"{row['mfu']:.1%}"
                 bar.set_postfix(post)
             end_of_stage = step == plan.first_step + plan.steps
-            if step % cfg.train.checkpoint_every == 0 or end_of_stage or step == stop_at:
+            if stop_requested(world) or step % cfg.train.checkpoint_every == 0 or end_of_stage or step == stop_at:
                 next_stage = plan.index + 1 if end_of_stage else plan.index
                 checkpoint.save(run_dir, step, model, optimizer, keep_last=cfg.train.keep_last, extra={
                     "stage": min(next_stage, len(plans) - 1),
                     "packer": None if end_of_stage else packer.state_dict(),
                     "model_config": shape,
                 })
+            raise_if_stopped(step)
         packer_state = None
     if bar is not None:
         bar.close()
