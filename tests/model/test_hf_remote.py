@@ -184,3 +184,17 @@ def test_reward_model_score_equals_ilm(loaded):
     assert all(r is not None for r in expected)
     assert result["rm"]["batched"] == pytest.approx(expected, abs=1e-4)
     assert result["rm"]["single"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_convert_writes_the_code_for_the_target_layout_only(tmp_path):
+    from ilm.model.hf import convert
+
+    src = save_checkpoint(build_model(get_preset("tiny"), seed=8), tmp_path / "src")
+    (src / "modeling_internlm2.py").write_text("# stale copy\n")
+    llama = convert(src, tmp_path / "llama", "llama")
+    assert not list(llama.glob("*.py")) and "auto_map" not in json.loads((llama / "config.json").read_text())
+    back = convert(llama, tmp_path / "back", "internlm2")
+    again = convert(src, tmp_path / "again", "internlm2")
+    for d in (back, again):
+        assert json.loads((d / "config.json").read_text())["auto_map"] == AUTO_MAP
+        assert (d / "modeling_internlm2.py").read_text() == (back / "modeling_internlm2.py").read_text() != "# stale copy\n"

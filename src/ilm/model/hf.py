@@ -438,7 +438,10 @@ def load_checkpoint(
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
     """Checkpoint format conversion; other files in `src` (tokenizer, chat template) are carried over."""
     model = load_checkpoint(src)
-    skip = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json"}
+    from ilm.model.hf_remote import FILES as REMOTE_CODE
+
+    # the shipped modeling code is written fresh for the target layout (none for Llama), never carried over
+    skip = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json", *REMOTE_CODE}
     extras = {
         p.name: p.read_bytes()
         for p in Path(src).iterdir()

@@ -384,10 +384,15 @@ class InternLM2ForRewardModel(InternLM2PreTrainedModel):
         if not os.path.isfile(path):
             from transformers.utils import cached_file
 
-            path = cached_file(
-                source, HEAD_FILE, subfolder=subfolder, revision=kwargs.get("revision"),
-                cache_dir=kwargs.get("cache_dir"), token=kwargs.get("token"),
-            )
+            try:
+                path = cached_file(
+                    source, HEAD_FILE, subfolder=subfolder, revision=kwargs.get("revision"),
+                    cache_dir=kwargs.get("cache_dir"), token=kwargs.get("token"),
+                )
+            except OSError as err:
+                raise OSError(f"{source}: no {HEAD_FILE}; only a reward model export has a reward head") from err
+            if path is None:
+                raise OSError(f"{source}: no {HEAD_FILE}; only a reward model export has a reward head")
         from safetensors.torch import load_file
 
         head = load_file(path).get("v_head.weight")
