@@ -196,6 +196,8 @@ def test_readme_commands_run_in_order_on_a_fresh_directory(tmp_path):
     assert (fresh / "runs/demo/pretrain/final/config.json").exists()
     assert (fresh / "runs/demo/rlhf/final/actor").exists() and (fresh / "runs/demo/rm/final").exists()
     assert len(set(ran)) == sum(1 for m, _ in SPEC.values() if m == "run")
+    diffs = exports_load_in_transformers_alone(fresh)  # README's promise: plain transformers loads every export
+    assert all(d <= 1e-4 for d in diffs.values()), diffs
 
 
 @pytest.mark.parametrize("bad", ["ilm data run recipes/data/internlm2.toml INPUT... --out DIR"])
@@ -204,3 +206,49 @@ def test_a_wrong_readme_command_fails_here(tmp_path, bad):
     fresh = make_fresh(tmp_path / "fresh")
     done = _run(expand(bad, {"INPUT...": "raw/docs.jsonl", "DIR": "data"}), fresh)
     assert done.returncode != 0
+
+
+_HF_ONLY = r"""
+import json, sys
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+ids = torch.tensor(json.loads(sys.argv[1]))
+out = {}
+for name, path in json.loads(sys.argv[2]).items():
+    if name == "rm":
+        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True, dtype=torch.float32)
+        out[name] = model(input_ids=ids).logits[:, 0].tolist()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32)
+        out[name] = model(input_ids=ids).logits[0, -1].tolist()
+assert not any(m == "ilm" or m.startswith("ilm.") for m in sys.modules), "ilm was imported"
+print(json.dumps(out))
+"""
+
+
+def exports_load_in_transformers_alone(fresh: Path) -> dict[str, float]:
+    """Each export the README's commands wrote, loaded by transformers in a process without `ilm`: the same
+    logits (the reward model: the same score) as ilm's own loaders give; returns the max |diff| per export."""
+    import torch
+
+    from ilm.model.hf import load_checkpoint
+    from ilm.train.reward_model import load_reward_model
+
+    exports = {"pretrain": "runs/demo/pretrain/final", "llama": "runs/demo/checkpoint-llama",
+               "sft": "runs/demo/sft/final", "rlhf-actor": "runs/demo/rlhf/final/actor", "rm": "runs/demo/rm/final"}
+    exports = {k: str(fresh / v) for k, v in exports.items()}
+    ids = [[1, 17, 42, 99, 7, 256, 3, 64]]
+    ours = {}
+    with torch.no_grad():
+        for name, path in exports.items():
+            if name == "rm":
+                rm, _ = load_reward_model(path)
+                ours[name] = rm(torch.tensor(ids), torch.tensor([[0, len(ids[0]) - 1]])).tolist()
+            else:
+                ours[name] = load_checkpoint(path, dtype=torch.float32)(torch.tensor(ids))[0, -1].tolist()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", _HF_ONLY, json.dumps(ids), json.dumps(exports)], cwd=fresh, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = json.loads(done.stdout.strip().splitlines()[-1])
+    return {k: max(abs(a - b) for a, b in zip(ours[k], theirs[k])) for k in exports}
