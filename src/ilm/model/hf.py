@@ -222,7 +222,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        write_config_files(tmp, model.config, fmt, dtype)
+        write_config_files(tmp, model.config, fmt, dtype, extra_files)
         if len(shards) == 1:
             save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
         else:
@@ -245,11 +245,28 @@ def save_checkpoint(
     return path
 
 
-def write_config_files(directory: Path, config: ModelConfig, fmt: str, dtype: torch.dtype) -> None:
-    """`config.json` and `generation_config.json` of a checkpoint directory."""
+def stop_token_ids(config: ModelConfig, files: dict[str, str | bytes] | None = None) -> list[int]:
+    """The ids generation stops at, for `generation_config.json`: `</s>` and `<|im_end|>` as numbered by the
+    tokenizer.json among `files` (the tokenizer saved with the checkpoint), then the config's own stop ids
+    that fit the vocabulary. Without both, transformers' `generate` runs past the end of a chat turn."""
+    from ilm.tokenizer.layout import EOS, IM_END
+
+    ids: list[int] = []
+    raw = (files or {}).get("tokenizer.json")
+    if raw is not None:
+        added = {t.get("content"): t.get("id") for t in json.loads(raw).get("added_tokens", [])}
+        ids = [added[name] for name in (EOS, IM_END) if isinstance(added.get(name), int)]
+    ids += [i for i in config.stop_token_ids if i not in ids and 0 <= i < config.vocab_size]
+    return ids
+
+
+def write_config_files(directory: Path, config: ModelConfig, fmt: str, dtype: torch.dtype,
+                       files: dict[str, str | bytes] | None = None) -> None:
+    """`config.json` and `generation_config.json` of a checkpoint directory; `files`: the other files it
+    will hold (the tokenizer's give the stop ids)."""
     (directory / "config.json").write_text(json.dumps(config_to_hf(config, fmt, dtype), indent=2) + "\n")
     (directory / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": config.bos_token_id, "eos_token_id": list(config.stop_token_ids),
+        json.dumps({"bos_token_id": config.bos_token_id, "eos_token_id": stop_token_ids(config, files),
                     "pad_token_id": config.pad_token_id}, indent=2) + "\n"
     )
 
