@@ -438,10 +438,15 @@ def load_checkpoint(
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
     """Checkpoint format conversion; other files in `src` (tokenizer, chat template) are carried over."""
     model = load_checkpoint(src)
+    return save_checkpoint(model, dst, fmt=to, max_shard_bytes=max_shard_bytes, extra_files=carried_files(src))
+
+
+def carried_files(src: str | os.PathLike) -> dict[str, bytes]:
+    """The files of checkpoint directory `src` that a copy in another format keeps as they are (tokenizer,
+    chat template, reward head): all but the weights and the two config files written anew."""
     skip = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json"}
-    extras = {
+    return {
         p.name: p.read_bytes()
         for p in Path(src).iterdir()
         if p.is_file() and p.name not in skip and not p.name.endswith(".safetensors")
     }
-    return save_checkpoint(model, dst, fmt=to, max_shard_bytes=max_shard_bytes, extra_files=extras)
