@@ -69,7 +69,6 @@ def test_model_stage_llama_copy_carries_the_tokenizer(tmp_path, capsys):
     """The demo's Llama-format copy loads with AutoTokenizer and runs under `ilm generate --prompt`."""
     from transformers import AutoTokenizer
 
-    from ilm.cli import main
     from ilm.demo import stage_model
     from ilm.model import build_model, get_preset
     from ilm.model.hf import save_checkpoint
