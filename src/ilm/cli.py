@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # stage name -> (module with `register`, one-line help)
@@ -32,7 +33,31 @@ def _top_parser() -> argparse.ArgumentParser:
         description="ilm: the InternLM2 training recipe.\n\nstages:\n" + lines,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="ilm <stage> [<verb>] [options]",
+        epilog="A mistake (a missing file, a directory where a file is expected, a bad recipe value) prints one\n"
+               "line `error: ...` and exits 2; set ILM_DEBUG=1 to see the Python traceback as well.",
     )
+
+
+def user_error(err: BaseException) -> str | None:
+    """The one-line message for a user's mistake, or None for anything else (a bug keeps its traceback).
+
+    Mistakes are what the project raises for bad input (ValueError and its subclasses: RecipeError,
+    CheckpointError, ResumeError, ShardError, ...), files that are missing or of the wrong kind (OSError),
+    and the data pipeline's own input / per-shard errors."""
+    user = [OSError, ValueError]
+    for module, name in (("ilm.data.executor", "PipelineError"), ("ilm.data.io", "InputError")):
+        if module in sys.modules:
+            user.append(getattr(sys.modules[module], name))
+    if not isinstance(err, tuple(user)):
+        return None
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        kind = {IsADirectoryError: "is a directory, not a file", NotADirectoryError: "is not a directory",
+                FileNotFoundError: "not found"}
+        text = kind.get(type(err), err.strerror)
+        if isinstance(err, FileExistsError) and os.path.isfile(err.filename):
+            text = "is a file, where a directory is expected"
+        return f"{err.filename}: {text}" + (f" ({err.filename2})" if err.filename2 else "")
+    return str(err) or type(err).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:
+        if os.environ.get("ILM_DEBUG"):
+            raise
+        print(f"ilm {stage}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        message = user_error(err)
+        if message is None or os.environ.get("ILM_DEBUG"):
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -22,12 +23,24 @@ def _run(args: argparse.Namespace) -> int:
     if args.on_invalid_utf8:
         settings["on_invalid_utf8"] = args.on_invalid_utf8
     executor = args.executor or run.get("executor", "local")
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None  # as Ctrl-C
     try:
         ledger = run_pipeline(args.recipe, args.input, args.output, executor=executor,
                               progress=not args.quiet, **settings)
     except PipelineError as exc:
         print(f"ilm data run: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        done = len(list(Path(args.output).glob("markers/s*/shard-*.json")))
+        print(f"ilm data run: interrupted; {done} finished shard pass(es) stay marked in {Path(args.output) / 'markers'} "
+              "and are skipped when the same command is run again", file=sys.stderr)
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     print(funnel_table(ledger))
     print(f"kept: {Path(args.output) / 'kept'}   removed: {Path(args.output) / 'removed'}   ledger: {Path(args.output) / 'ledger.json'}")
     return 0
@@ -101,7 +114,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
     p = sub.add_parser("run", help="run (or resume) a pipeline recipe over input files/folders")
     p.add_argument("recipe", help="recipe TOML, e.g. recipes/data/internlm2.toml")
-    p.add_argument("--input", "-i", nargs="+", required=True, help="input files or folders (jsonl[.gz|.zst], parquet, warc)")
+    p.add_argument("--input", "-i", nargs="+", required=True, help="input files or folders (jsonl[.gz|.zst]: one {\"text\": ...} per line; parquet; warc; "
+                   ".txt / .md: one document per file)")
     p.add_argument("--output", "-o", required=True, help="output folder (rerun with the same folder to resume)")
     p.add_argument("--workers", "-j", type=int, default=None)
     p.add_argument("--executor", choices=["local", "ray"], default=None)

@@ -160,6 +160,9 @@ _PROGRESS: Any = None
 def _init_worker(queue: Any) -> None:
     global _PROGRESS
     _PROGRESS = queue
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
 
 
 def process_shard(task: dict[str, Any]) -> dict[str, Any]:
@@ -249,6 +252,7 @@ class Executor:
         """Run (or resume) the pipeline; returns the ledger (also written to out_dir/ledger.json)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        lock = lock_output(out)  # held until this run returns (or its process ends)
         files = list_inputs(list(inputs))
         steps = unique_labels(list(steps))
         self._check_plan(out, files, steps)
@@ -303,6 +307,7 @@ class Executor:
         atomic_write_text(out / "timings.json", json.dumps(self.timings, indent=1))
         if not self.keep_intermediate:
             shutil.rmtree(out / "stages", ignore_errors=True)
+        lock.close()
         return ledger
 
     def _check_plan(self, out: Path, files: list[Path], steps: list[Step]) -> None:
@@ -337,13 +342,40 @@ class Executor:
         results = []
         with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
             futs = {pool.submit(process_shard, t) for t in tasks}
-            while futs:
-                finished, futs = wait(futs, timeout=0.25, return_when=FIRST_COMPLETED)
-                results.extend(f.result() for f in finished)
-                bar.drain(queue)
+            try:
+                while futs:
+                    finished, futs = wait(futs, timeout=0.25, return_when=FIRST_COMPLETED)
+                    results.extend(f.result() for f in finished)
+                    bar.drain(queue)
+            except KeyboardInterrupt:  # finished shards keep their markers; the ones in progress are redone
+                workers = list((getattr(pool, "_processes", None) or {}).values())
+                pool.shutdown(wait=False, cancel_futures=True)
+                for proc in workers:
+                    proc.terminate()
+                raise
         bar.drain(queue)
         bar.close()
         return results
+
+
+def lock_output(out: Path) -> Any:
+    """An exclusive lock on OUT/.lock: a second run on the same output folder fails at once, instead of both
+    runs renaming each other's temporary files away. Released when the returned file is closed."""
+    import fcntl
+
+    f = open(out / ".lock", "a+")  # noqa: SIM115 - the caller holds it for the run
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise PipelineError(f"{out} is in use by another `ilm data run`{f' (pid {holder})' if holder else ''}; "
+                            "wait for it to finish or use another output folder") from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 def _params(step: Step) -> dict[str, Any]:
@@ -351,14 +383,14 @@ def _params(step: Step) -> dict[str, Any]:
 
 
 class _Bar:
-    """tqdm over input bytes (MB/s and ETA) with documents/s as a postfix."""
+    """A bar over input bytes (MB/s and ETA) with documents/s as a postfix (plain lines when not a terminal)."""
 
     def __init__(self, total: int, desc: str, enabled: bool):
-        from tqdm import tqdm
+        from ilm.progress import progress_bar
 
         self.t0 = time.monotonic()
         self.docs = 0
-        self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1000, disable=not enabled, leave=False)
+        self.bar = progress_bar(total, desc=desc, unit="B", unit_scale=True, enabled=enabled, leave=False)
 
     def update(self, docs: int, nbytes: int) -> None:
         self.docs += docs

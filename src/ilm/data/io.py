@@ -24,7 +24,10 @@ ProgressFn = Callable[[int], None]
 JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", ".jsonl.zstd")
 PARQUET_SUFFIXES = (".parquet",)
 WARC_SUFFIXES = (".warc", ".warc.gz", ".arc.gz")
-ALL_SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES + WARC_SUFFIXES
+TEXT_SUFFIXES = (".txt", ".md", ".txt.gz", ".md.gz", ".txt.zst", ".md.zst")  # plain text: one document per file
+ALL_SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES + WARC_SUFFIXES + TEXT_SUFFIXES
+FORMATS = ("JSON Lines ({\"text\": ...} per line; .jsonl, .jsonl.gz, .jsonl.zst), parquet, WARC, "
+           "or plain text (.txt, .md: one document per file)")
 
 
 class InputError(RuntimeError):
@@ -93,6 +96,8 @@ def read_documents(
             yield from _read_parquet(path, progress)
         elif name.endswith(WARC_SUFFIXES):
             yield from _read_warc(path, drop, progress)
+        elif name.endswith(TEXT_SUFFIXES):
+            yield from _read_text(path, progress)
         else:
             yield from _read_jsonl(path, drop, counters, progress, on_invalid_utf8)
     except (EOFError, OSError, ValueError) as exc:
@@ -109,13 +114,17 @@ def _read_jsonl(
     f, raw = _open_binary(path)
     reported = 0
     src = path.name
+    lines = malformed = 0
     with f:
         for lineno, line in enumerate(f, 1):
+            if lines >= 100 and lines == malformed:  # no record in the first 100 lines: not JSON Lines
+                break
             if lineno % 512 == 0 and progress is not None:
                 progress(raw.n - reported)
                 reported = raw.n
             if not line.strip():
                 continue
+            lines += 1
             where = {"file": str(path), "line": lineno}
             try:
                 s = line.decode("utf-8")
@@ -128,9 +137,11 @@ def _read_jsonl(
             try:
                 rec = json.loads(s)
             except json.JSONDecodeError as exc:
+                malformed += 1  # with not_an_object and missing_text: lines that are not a record
                 drop(Document(f"{src}:{lineno}", s, src, None, {**where, "error": str(exc)}), "malformed_json")
                 continue
             if not isinstance(rec, dict):
+                malformed += 1
                 drop(Document(f"{src}:{lineno}", s, src, None, where), "not_an_object")
                 continue
             if isinstance(rec.get("metadata"), str):
@@ -141,11 +152,25 @@ def _read_jsonl(
             try:
                 doc = Document.from_record(rec, f"{src}:{lineno}", src)
             except KeyError:
+                malformed += 1
                 drop(Document(f"{src}:{lineno}", s, src, None, where), "missing_text")
                 continue
             yield doc
+    if lines and malformed == lines:
+        raise InputError(f"{path}: none of its first {lines} lines is a JSON record with a text field; expected {FORMATS}")
     if progress is not None:
         progress(raw.n - reported)
+
+
+def _read_text(path: Path, progress: ProgressFn | None) -> Iterator[Document]:
+    """A plain text file is one document (its id is the file name), decoded as UTF-8 with replacement."""
+    f, raw = _open_binary(path)
+    with f:
+        text = f.read().decode("utf-8", errors="replace")
+    if progress is not None:
+        progress(raw.n)
+    if text.strip():
+        yield Document(path.name, text, path.name, None, {"file": str(path)})
 
 
 def _read_parquet(path: Path, progress: ProgressFn | None) -> Iterator[Document]:

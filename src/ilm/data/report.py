@@ -81,5 +81,7 @@ def funnel_figure(plt, ledger: dict[str, Any], title: str):
 def report(out_dir: str | Path, png: str | Path | None = None) -> tuple[str, Path]:
     """Print-ready table and the PNG path (default OUT_DIR/funnel.png)."""
     out = Path(out_dir)
+    if not (out / "ledger.json").is_file():
+        raise FileNotFoundError(f"{out}: no ledger.json; is this the output folder of a finished `ilm data run`?")
     ledger = json.loads((out / "ledger.json").read_text())
     return funnel_table(ledger), funnel_png(ledger, png or out / "funnel.png", f"{out.resolve().name}: data funnel")

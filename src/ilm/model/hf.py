@@ -44,6 +44,16 @@ _LLAMA_TOP = {
 }
 
 
+# transformers has no InternLM2 class: like the released checkpoints, an InternLM2-layout export ships its
+# modeling code (`ilm.model.hf_remote`, copied beside config.json) and names it here (trust_remote_code=True)
+AUTO_MAP = {
+    "AutoConfig": "configuration_internlm2.InternLM2Config",
+    "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
+    "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_internlm2.InternLM2ForRewardModel",
+}
+
+
 class CheckpointError(ValueError):
     """A checkpoint that does not match the model it claims to describe."""
 
@@ -75,7 +85,8 @@ def config_to_hf(config: ModelConfig, fmt: str = "internlm2", dtype: torch.dtype
     if fmt == "internlm2":
         if config.rope_scaling:
             common["rope_scaling"] = {"type": config.rope_scaling_type, "factor": config.rope_scaling_factor}
-        return {"architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2", "bias": False, **common}
+        return {"architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2", "auto_map": AUTO_MAP,
+                "bias": False, **common}
     if fmt == "llama":
         if config.rope_scaling:
             kind = config.rope_scaling_type
@@ -262,9 +273,15 @@ def stop_token_ids(config: ModelConfig, files: dict[str, str | bytes] | None = N
 
 def write_config_files(directory: Path, config: ModelConfig, fmt: str, dtype: torch.dtype,
                        files: dict[str, str | bytes] | None = None) -> None:
-    """`config.json` and `generation_config.json` of a checkpoint directory; `files`: the other files it
-    will hold (the tokenizer's give the stop ids)."""
+    """`config.json` and `generation_config.json` of a checkpoint directory (+ the modeling code that
+    `auto_map` names, in the InternLM2 layout); `files`: the other files it will hold (the tokenizer's give
+    the stop ids)."""
     (directory / "config.json").write_text(json.dumps(config_to_hf(config, fmt, dtype), indent=2) + "\n")
+    if fmt == "internlm2":
+        from ilm.model.hf_remote import remote_code_files
+
+        for name, text in remote_code_files().items():
+            (directory / name).write_text(text)
     (directory / "generation_config.json").write_text(
         json.dumps({"bos_token_id": config.bos_token_id, "eos_token_id": stop_token_ids(config, files),
                     "pad_token_id": config.pad_token_id}, indent=2) + "\n"
@@ -443,8 +460,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, max_shard_b
 
 def carried_files(src: str | os.PathLike) -> dict[str, bytes]:
     """The files of checkpoint directory `src` that a copy in another format keeps as they are (tokenizer,
-    chat template, reward head): all but the weights and the two config files written anew."""
-    skip = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json"}
+    chat template, reward head): all but the weights, the two config files and the shipped modeling code
+    (written fresh for the target layout, none for Llama)."""
+    from ilm.model.hf_remote import FILES as REMOTE_CODE
+
+    skip = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json", *REMOTE_CODE}
     return {
         p.name: p.read_bytes()
         for p in Path(src).iterdir()

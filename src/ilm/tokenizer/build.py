@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -93,16 +94,26 @@ def build_hf(
     chinese_format: str = "auto",
     n_base: int | None = None,
     chinese_words: int | None = None,
+    progress: bool = False,
 ) -> tuple[_HF, dict]:
     """Build the tokenizer in memory; returns it and a manifest (layout, sources, corpus counts, timings).
 
     `chinese_words` keeps only that many of the heaviest Chinese pre-tokens (faster small builds).
+    `progress`: a line per stage and a bar over the Chinese merges on stderr (a full build takes minutes).
     """
+    from ilm.progress import progress_bar
+
+    def say(text: str) -> None:
+        if progress:
+            print(f"tokenizer build: {text} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+
     t0 = time.perf_counter()
     layout = Layout.for_size(vocab_size, n_base)
     base_path = Path(base) if base is not None else _base.default_base_path()
     zh_paths = [Path(p) for p in chinese] if chinese else [_zh.default_chinese_path()]
+    say(f"reading the base ranks {base_path.name}")
     ranks = _base.load_ranks(base_path)
+    say(f"keeping {layout.n_base:,} of {len(ranks):,} base tokens and recovering their merges")
     base_tokens = _base.top_k(ranks, layout.n_base)
     base_merges = _base.recover_merges(base_tokens)
     token_bytes = {layout.first_base + r: t for r, t in enumerate(base_tokens)}
@@ -113,6 +124,7 @@ def build_hf(
     if layout.n_chinese:
         base_tok = assemble(token_bytes, base_merges, {})
         split = pre_tokenizers.Split(Regex(_base.CL100K_PATTERN), behavior="isolated", invert=False)
+        say(f"reading the Chinese source {', '.join(p.name for p in zh_paths)}")
         counts, stats = _zh.read_source(
             zh_paths, lambda s: [c for c, _ in split.pre_tokenize_str(s)], chinese_format, stats
         )
@@ -120,9 +132,14 @@ def build_hf(
             counts = Counter(dict(counts.most_common(chinese_words)))
         chunks = sorted(counts)
         words = [e.ids for e in base_tok.encode_batch(chunks, add_special_tokens=False)]
-        new = _zh.continue_bpe(words, [counts[c] for c in chunks], token_bytes, layout.first_chinese, layout.n_chinese)
+        say(f"learning {layout.n_chinese:,} Chinese merges from {len(chunks):,} words")
+        bar = progress_bar(layout.n_chinese, desc="Chinese merges", unit="merge", enabled=progress)
+        new = _zh.continue_bpe(words, [counts[c] for c in chunks], token_bytes, layout.first_chinese, layout.n_chinese,
+                               on_merge=bar.update)
+        bar.close()
         merges += [(token_bytes[a], token_bytes[b]) for a, b, _ in new]
     t_zh = time.perf_counter()
+    say("assembling the vocabulary")
     tok = assemble(token_bytes, merges, layout.control_tokens())
     manifest = {
         "kind": "build",
@@ -147,6 +164,7 @@ def build_tokenizer(
     n_base: int | None = None,
     force: bool = False,
     chinese_words: int | None = None,
+    progress: bool = False,
 ) -> HFTokenizer:
     """Build (or reuse, if `out_dir` already holds the same build) and save; returns the loaded tokenizer."""
     out = Path(out_dir)
@@ -171,7 +189,7 @@ def build_tokenizer(
             same = False
         if same:
             return HFTokenizer.load(out)
-    tok, manifest = build_hf(vocab_size, base_path, zh_paths, chinese_format, n_base, chinese_words)
+    tok, manifest = build_hf(vocab_size, base_path, zh_paths, chinese_format, n_base, chinese_words, progress)
     result = HFTokenizer(tok, manifest=manifest)
     result.save(out)
     return result

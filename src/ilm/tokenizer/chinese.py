@@ -159,6 +159,7 @@ def continue_bpe(
     token_bytes: dict[int, bytes],
     first_new_id: int,
     n_new: int,
+    on_merge: Callable[[], None] | None = None,
 ) -> list[tuple[int, int, int]]:
     """Learn `n_new` merges on pre-split words; returns (left id, right id, new id) in merge order.
 
@@ -197,6 +198,8 @@ def continue_bpe(
         token_bytes[new] = merged
         vocab[merged] = new
         merges.append((a, b, new))
+        if on_merge is not None:  # a progress bar
+            on_merge()
         touched: set[tuple[int, int]] = set()
         for w in where.pop(pair, ()):
             seq = words[w]

@@ -20,7 +20,9 @@ def _clean_errors(verb: Callable[[argparse.Namespace], int]) -> Callable[[argpar
         try:
             return verb(args)
         except (ValueError, KeyError, OSError) as err:
-            print(f"ilm tokenizer {verb.__name__.strip('_')}: error: {err}", file=sys.stderr)
+            from ilm.cli import user_error
+
+            print(f"ilm tokenizer {verb.__name__.strip('_')}: error: {user_error(err) or err}", file=sys.stderr)
             return 2
 
     return run
@@ -32,7 +34,7 @@ def _build(args: argparse.Namespace) -> int:
 
     tok = build_tokenizer(args.out, args.vocab_size, base=args.base, chinese=args.chinese,
                           chinese_format=args.chinese_format, n_base=args.base_tokens, force=args.force,
-                          chinese_words=args.chinese_words)
+                          chinese_words=args.chinese_words, progress=not args.quiet)
     _summary(tok, args.out)
     return 0
 
@@ -117,6 +119,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--base-tokens", type=int, help="how many base tokens to keep (default: released proportion)")
     p.add_argument("--chinese-words", type=int, help="learn from only the N heaviest Chinese words (faster small builds)")
     p.add_argument("--force", action="store_true", help="rebuild even if --out holds the same build")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     p.set_defaults(func=_build)
 
     p = sub.add_parser("train", help="train a byte-level BPE on your corpus, same control-token layout")

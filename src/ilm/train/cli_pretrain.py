@@ -41,7 +41,8 @@ def _tokenize(rest: list[str]) -> int:
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (ilm tokenizer build)")
     p.add_argument("--out", required=True, help="token shard directory to write (resumable)")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("inputs", nargs="+", help="jsonl / jsonl.gz / jsonl.zst / parquet files or directories")
+    p.add_argument("inputs", nargs="+", help="jsonl / jsonl.gz / jsonl.zst / parquet files, .txt / .md (one document "
+                   "per file), or directories")
     a = p.parse_args(rest)
     try:
         report = tokenize_to_shards(a.inputs, a.tokenizer, a.out, workers=a.workers)

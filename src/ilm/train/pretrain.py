@@ -40,7 +40,9 @@ from ilm.train.run import (
     model_shape,
     prepare,
     progress,
+    raise_if_stopped,
     start,
+    stop_requested,
 )
 
 
@@ -229,7 +231,7 @@ def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
     stop_at = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
     if step and step >= stop_at:  # nothing to train: keep the export and summary the run already wrote
         metrics.close()
-        return _nothing_to_do(run_dir, step, total_steps, world)
+        return _nothing_to_do(run_dir, step, total_steps, cfg.train.max_steps, world)
     bar = progress(world, cfg.train.progress, stop_at, step)
     last_eval = None
 
@@ -278,13 +280,14 @@ def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
                     post["MFU"] = f"{row['mfu']:.1%}"
                 bar.set_postfix(post)
             end_of_stage = step == plan.first_step + plan.steps
-            if step % cfg.train.checkpoint_every == 0 or end_of_stage or step == stop_at:
+            if stop_requested(world) or step % cfg.train.checkpoint_every == 0 or end_of_stage or step == stop_at:
                 next_stage = plan.index + 1 if end_of_stage else plan.index
                 checkpoint.save(run_dir, step, model, optimizer, keep_last=cfg.train.keep_last, extra={
                     "stage": min(next_stage, len(plans) - 1),
                     "packer": None if end_of_stage else packer.state_dict(),
                     "model_config": shape,
                 })
+            raise_if_stopped(step)
         packer_state = None
     if bar is not None:
         bar.close()
@@ -299,17 +302,17 @@ def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
     return summary
 
 
-def _nothing_to_do(run_dir: Path, step: int, total_steps: int, world: World) -> dict[str, Any]:
+def _nothing_to_do(run_dir: Path, step: int, total_steps: int, max_steps: int | None, world: World) -> dict[str, Any]:
     """A resumed run already at (or past) the step it would stop at: no step, no new export, no new
     summary.json (a re-export would only rewrite the same weights; the held-out loss is not measured
-    again). Returns the summary the run wrote when it got there, and says so in one line."""
+    again). Returns the summary the run wrote when it got there. One line says so; where max_steps stopped
+    it short, `run.stop_note` (the command line's) is that line."""
     path = run_dir / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else {}
     summary.update(steps=step, total_steps=total_steps, run_dir=str(run_dir))
-    if world.is_main:
-        done = (f"finished at step {step} of {total_steps} (export: {run_dir / 'final'})" if step >= total_steps
-                else f"already at step {step} of {total_steps}, at or past max_steps")
-        print(f"the run in {run_dir} {done}; nothing to do", file=sys.stderr)
+    if world.is_main and (not max_steps or max_steps >= total_steps):
+        print(f"the run in {run_dir} had already finished at step {step} of {total_steps} (export: "
+              f"{run_dir / 'final'}); nothing to do", file=sys.stderr)
     return summary
 
 

@@ -49,7 +49,9 @@ from ilm.train.run import (
     model_shape,
     prepare,
     progress,
+    raise_if_stopped,
     start,
+    stop_requested,
 )
 from ilm.train.sft import base_model, pack_best_fit, read_jsonl, stdlib_functions, write_jsonl
 
@@ -415,9 +417,10 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
             bar.update(1)
             bar.set_postfix({"loss": f"{row['loss']:.3f}", "acc": f"{row['accuracy']:.2f}",
                              "pairs/s": f"{row['pairs_per_s']:.1f}"})
-        if step % t.checkpoint_every == 0 or step == stop_at:
+        if stop_requested(world) or step % t.checkpoint_every == 0 or step == stop_at:
             checkpoint.save(run_dir, step, model, optimizer, keep_last=t.keep_last,
                             extra={"model_config": shape, "data": data_id})
+        raise_if_stopped(step)
     if bar is not None:
         bar.close()
     summary: dict[str, Any] = {

@@ -9,6 +9,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,11 +150,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def progress(world: World, enabled: bool, total: int, initial: int):
+    """The training bar (main process only): tqdm on a terminal, periodic plain lines in a log."""
     if not (world.is_main and enabled):
         return None
-    from tqdm import tqdm
+    from ilm.progress import progress_bar
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+    return progress_bar(total=total, initial=initial, unit="step", desc="train")
 
 
 def check_vocab(tok: Any, vocab_size: int) -> None:
@@ -185,13 +189,91 @@ def save_recipe(cfg: Any) -> Path | None:
     return path
 
 
+class Interrupted(Exception):
+    """SIGINT / SIGTERM arrived during training: the step in progress finished and a checkpoint was saved."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
+        self.signum, self.step = signum, step
+
+
+_STOP: dict[str, Any] = {"signal": 0, "at": 0.0, "agreed": False}
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While training: SIGINT / SIGTERM ask the loop to stop after the step in progress (`stop_requested`),
+    save a checkpoint and raise `Interrupted`; a second Ctrl-C more than 2 s later stops at once (the grace
+    period because torchrun forwards the terminal's signal to workers that have already received it)."""
+    def handler(signum: int, frame: Any) -> None:
+        if _STOP["signal"] and time.monotonic() - _STOP["at"] > 2.0:
+            raise KeyboardInterrupt
+        if not _STOP["signal"]:
+            _STOP["signal"], _STOP["at"] = signum, time.monotonic()
+            if os.environ.get("RANK", "0") == "0":
+                print(f"{signal.Signals(signum).name}: finishing this step and saving a checkpoint "
+                      "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _STOP.update(signal=0, at=0.0, agreed=False)
+
+
+def stop_requested(world: World) -> bool:
+    """Whether the loop stops after this step (a signal arrived, on any process). Every process calls it at
+    every step boundary: under torchrun it is one all-reduce of one number, so all agree on the same step."""
+    flag = _STOP["signal"]
+    if world.size > 1:
+        import torch.distributed as dist
+
+        t = torch.tensor([flag], dtype=torch.int64, device=world.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        flag = int(t.item())
+        if flag and not _STOP["signal"]:
+            _STOP["signal"] = flag
+    _STOP["agreed"] = bool(flag)
+    return bool(flag)
+
+
+def raise_if_stopped(step: int) -> None:
+    """After the step's checkpoint: leave the loop with `Interrupted` if `stop_requested` said so."""
+    if _STOP["agreed"]:
+        raise Interrupted(_STOP["signal"], step)
+
+
+def stop_note(summary: dict[str, Any], max_steps: int | None) -> str | None:
+    """One line saying what `--train.max_steps` did, when it stopped a run short or was ignored."""
+    step, total = summary.get("steps"), summary.get("total_steps")
+    if not max_steps or step is None or total is None or max_steps >= total:
+        return None
+    if step == total:
+        return f"the run had already finished at step {total}; nothing to do (max_steps {max_steps} ignored)"
+    if step > max_steps:
+        return (f"the run is already at step {step} of {total}, past max_steps {max_steps}; nothing to do "
+                "(resume with --resume auto and no max_steps to finish and export)")
+    return (f"stopped at step {step} of {total} (max_steps {max_steps}): not exported; "
+            "resume with --resume auto and no max_steps to finish and export")
+
+
 def run_recipe_cli(prog: str, config_cls: type, train: Callable[..., dict], recipe: str, rest: list[str]) -> int:
     """`ilm <stage> RECIPE.toml [--resume ...] [--a.b=c ...]` for every training stage: parse, train, print
-    the summary, and leave the process group before the interpreter exits (under torchrun)."""
-    import argparse
-    import sys
+    the summary, and leave the process group before the interpreter exits (under torchrun).
 
-    from ilm.config import RecipeError, load
+    A mistake raises to `ilm.cli.main` (one line, exit 2); SIGINT / SIGTERM save a checkpoint after the step
+    in progress and exit 130 / 143 with the command that resumes."""
+    import argparse
+    import shlex
+
+    from ilm.config import load
     from ilm.train.distributed import shutdown_world
 
     p = argparse.ArgumentParser(prog=prog)
@@ -206,14 +288,26 @@ def run_recipe_cli(prog: str, config_cls: type, train: Callable[..., dict], reci
     try:
         cfg = load(config_cls, recipe, overrides, base_dir=opts.base_dir)
         save_recipe(cfg)
-        summary = train(cfg, resume=opts.resume)
+        with stop_on_signals():
+            summary = train(cfg, resume=opts.resume)
         ok = True
-    except (RecipeError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except Interrupted as stop:
+        ok = True  # every process stopped at the same step
+        if os.environ.get("RANK", "0") == "0":
+            nproc = int(os.environ.get("WORLD_SIZE", "1"))
+            launch = f"torchrun --nproc_per_node {nproc} -m ilm.cli" if nproc > 1 else "ilm"
+            stage = prog.split()[1:-1]  # "ilm rm train RECIPE.toml" -> rm train
+            base = ["--base-dir", opts.base_dir] if opts.base_dir else []
+            cmd = shlex.join([*launch.split(), *stage, recipe, "--resume", "auto", *base, *overrides])
+            print(f"{stop}; checkpoint saved in {getattr(cfg, 'run_dir', '?')}; resume with: {cmd}",
+                  file=sys.stderr, flush=True)
+        return 128 + stop.signum
     finally:
         shutdown_world(barrier=ok)  # no barrier after a failure: the other ranks may never arrive
     print(json.dumps(summary, indent=2, default=str))
+    note = stop_note(summary, getattr(getattr(cfg, "train", None), "max_steps", None))
+    if note and os.environ.get("RANK", "0") == "0":
+        print(note, file=sys.stderr)
     return 0
 
 

@@ -46,7 +46,9 @@ from ilm.train.run import (
     model_shape,
     prepare,
     progress,
+    raise_if_stopped,
     start,
+    stop_requested,
 )
 
 TRUNCATION = ("truncate", "drop")
@@ -340,9 +342,10 @@ def _train(cfg: SFTConfig, resume: str) -> dict[str, Any]:
         if bar is not None:
             bar.update(1)
             bar.set_postfix({"loss": f"{loss_value:.3f}", "tok/s": f"{row['tokens_per_s']:,.0f}"})
-        if step % t.checkpoint_every == 0 or step == stop_at:
+        if stop_requested(world) or step % t.checkpoint_every == 0 or step == stop_at:
             checkpoint.save(run_dir, step, model, optimizer, keep_last=t.keep_last,
                             extra={"model_config": shape, "data": data_id})
+        raise_if_stopped(step)
     if bar is not None:
         bar.close()
     summary: dict[str, Any] = {

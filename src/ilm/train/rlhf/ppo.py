@@ -106,7 +106,9 @@ from ilm.train.run import (
     model_shape,
     prepare,
     progress,
+    raise_if_stopped,
     start,
+    stop_requested,
 )
 from ilm.train.sft import read_jsonl
 
@@ -775,10 +777,11 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
             bar.update(1)
             bar.set_postfix({"reward": f"{row['reward_mean']:.3f}", "kl": f"{row['kl']:.3f}",
                              "vloss": f"{row['value_loss']:.3f}", "len": f"{row['response_length']:.0f}"})
-        if update % t.checkpoint_every == 0 or update == t.updates:
+        if stop_requested(world) or update % t.checkpoint_every == 0 or update == t.updates:
             extra = {"model_config": shape, "data": data_id, "stage": "ppo", "ptx_eval_start": start_eval,
                      "ptx": packer.state_dict() if packer is not None else None}
             checkpoint.save(run_dir, update, models, optimizer, extra=extra, keep_last=t.keep_last)
+        raise_if_stopped(update)
     if bar is not None:
         bar.close()
 
