@@ -63,3 +63,27 @@ def test_demo_runs_every_stage_and_the_tiny_recipe_learns(tmp_path, capsys):
     assert rlhf["rounds"]["1"]["fast"]["pairs"] >= 20
     model = load_checkpoint(tmp_path / "checkpoint-llama")
     assert model.config.vocab_size == 2048 and model.config.rope_theta == 1_000_000
+
+
+def test_model_stage_llama_copy_carries_the_tokenizer(tmp_path, capsys):
+    """The demo's Llama-format copy loads with AutoTokenizer and runs under `ilm generate --prompt`."""
+    from transformers import AutoTokenizer
+
+    from ilm.demo import stage_model
+    from ilm.model import build_model, get_preset
+    from ilm.model.hf import save_checkpoint
+    from ilm.tokenizer import train_tokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"def main(): return {i} # the quick brown fox {i * 7}" for i in range(300)))
+    tok = train_tokenizer([corpus], tmp_path / "tok", vocab_size=512)
+    model = build_model(get_preset("tiny", vocab_size=tok.vocab_size), seed=3).eval()
+    chat = save_checkpoint(model, tmp_path / "chat")  # no tokenizer files beside it: they come from `tok`
+    info = stage_model(tmp_path, chat, tok)
+    llama = Path(info["llama"])
+    hf_tok = AutoTokenizer.from_pretrained(llama)
+    assert hf_tok("the quick brown fox", add_special_tokens=False)["input_ids"] == tok.encode("the quick brown fox")
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(llama), "--prompt", "def main", "--max-new-tokens", "4",
+                 "--greedy"]) == 0
+    assert capsys.readouterr().out.strip()

@@ -14,7 +14,10 @@ against the working directory. Only the keys in PATH_KEYS hold paths.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -175,3 +178,66 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
 
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+# ----------------------------------------------------------------------------- writing a recipe back
+
+
+def to_toml(config: Any) -> str:
+    """Dataclass `config` as a TOML recipe that `load` reads back to an equal dataclass. None values are left
+    out (every field that may be None defaults to None); relative paths are written absolute, against the
+    working directory, which is what they meant to the run. (The standard library reads TOML but does not
+    write it: this covers what recipes hold, tables, arrays of tables, strings, numbers, booleans, arrays.)"""
+    data = resolve_paths(_without_none(dataclasses.asdict(config)), Path.cwd())
+    lines: list[str] = []
+    _toml_table(data, [], lines)
+    return "\n".join(lines).strip("\n") + "\n"
+
+
+def _without_none(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _without_none(v) for k, v in data.items() if v is not None}
+    if isinstance(data, (list, tuple)):
+        return [_without_none(v) for v in data]
+    return data
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
+    if isinstance(value, str):  # JSON's escapes are a subset of TOML's basic-string escapes
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) as TOML")
+
+
+def _toml_table(data: dict[str, Any], path: list[str], lines: list[str]) -> None:
+    """The keys of one table, then its sub-tables ([a.b]) and arrays of tables ([[a.b]])."""
+    def is_table_array(v: Any) -> bool:
+        return isinstance(v, (list, tuple)) and bool(v) and all(isinstance(x, dict) for x in v)
+
+    for key, value in data.items():
+        if not isinstance(value, dict) and not is_table_array(value):
+            lines.append(f"{_toml_key(str(key))} = {_toml_value(value)}")
+    for key, value in data.items():
+        name = ".".join(_toml_key(str(k)) for k in [*path, key])
+        if isinstance(value, dict):
+            lines += ["", f"[{name}]"]
+            _toml_table(value, [*path, key], lines)
+        elif is_table_array(value):
+            for item in value:
+                lines += ["", f"[[{name}]]"]
+                _toml_table(item, [*path, key], lines)

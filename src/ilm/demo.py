@@ -113,12 +113,20 @@ def stage_pretrain(out: Path, shards: dict, quick: bool) -> dict:
 
 
 def stage_model(out: Path, checkpoint: Path, tokenizer) -> dict:
-    """The chat model through both HF formats, then batched chat generation with the KV cache."""
+    """The chat model through both HF formats, then batched chat generation with the KV cache. The Llama
+    copy carries the tokenizer (and the checkpoint's other files), as `ilm model convert` does, so
+    AutoTokenizer and `ilm generate --prompt` work on it."""
+    import tempfile
+
     from ilm.model.generate import Sampling, generate
-    from ilm.model.hf import load_checkpoint, save_checkpoint
+    from ilm.model.hf import carried_files, load_checkpoint, save_checkpoint
 
     model = load_checkpoint(checkpoint).eval()
-    llama = save_checkpoint(model, out / "checkpoint-llama", fmt="llama")
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save(tmp)
+        files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+    files.update(carried_files(checkpoint))
+    llama = save_checkpoint(model, out / "checkpoint-llama", fmt="llama", extra_files=files)
     ids = torch.tensor([tokenizer.encode("def main():\n    return", bos=True)])
     with torch.no_grad():
         diff = (load_checkpoint(llama).eval()(ids) - model(ids)).abs().max().item()

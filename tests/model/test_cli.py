@@ -77,3 +77,32 @@ def test_generate_with_text_and_chat(tmp_path, capsys):
     chat_ids = tok.render([{"role": "user", "content": "hi"}], add_generation_prompt=True).ids
     expected = generate(model, [chat_ids], sampling)[0]
     assert capsys.readouterr().out.strip() == tok.decode(expected, skip_special=True).strip()
+
+
+def test_generate_stops_at_im_end_listed_in_the_export(tmp_path, capsys):
+    """An export with a tokenizer lists `</s>` and `<|im_end|>` in generation_config.json; `ilm generate --ids`
+    (the model's stop ids, no tokenizer) stops at `<|im_end|>`: a model that always predicts it emits one."""
+    import json
+
+    from ilm.tokenizer import train_tokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7}" for i in range(300)))
+    tok = train_tokenizer([corpus], tmp_path / "tok", vocab_size=512)
+    im_end = tok.control_ids["<|im_end|>"]
+    model = build_model(get_preset("tiny", vocab_size=tok.vocab_size), seed=5).eval()
+    with torch.no_grad():  # hidden dimension 0 dominates every position; only <|im_end|>'s head row reads it
+        model.model.tok_embeddings.weight[:, 0] = 1000.0
+        model.output.weight.zero_()
+        model.output.weight[im_end, 0] = 1.0
+    files = {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir()}
+    path = save_checkpoint(model, tmp_path / "ckpt", extra_files=files)
+    gen = json.loads((path / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == [tok.eos_id, im_end]
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(path), "--ids", "1,5,9", "--max-new-tokens", "6", "--greedy"]) == 0
+    assert capsys.readouterr().out.strip() == str(im_end)
+    for to in ("llama", "internlm2"):  # a conversion keeps both
+        converted = main(["model", "convert", str(path), str(tmp_path / to), "--to", to])
+        assert converted == 0
+        assert json.loads((tmp_path / to / "generation_config.json").read_text())["eos_token_id"] == [2, im_end]

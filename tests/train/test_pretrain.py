@@ -157,3 +157,33 @@ def test_activation_checkpointing_changes_memory_not_losses(corpus, tmp_path, he
     export_free = checkpoint.latest(tmp_path / "acTrue")
     names = checkpoint.saved_tensors(export_free)["model"]
     assert "model.layers.0.attention.wqkv.weight" in names  # plain names, no wrapper prefixes
+
+
+def test_rerunning_a_finished_run_keeps_its_export(corpus, tmp_path, helpers, capsys):
+    """Resuming a finished run (with or without a smaller max_steps) trains nothing and leaves the export
+    (last stage's RoPE, same weights) and summary.json (its held-out loss) as they were."""
+    from safetensors.torch import load_file
+
+    from ilm.train.run import stop_note
+
+    recipe = helpers.tiny_recipe(corpus, tmp_path / "run", checkpoint_every=100, eval_every=1000)
+    first = train(from_dict(PretrainConfig, recipe))
+    final = Path(first["export"])
+    config_before = json.loads((final / "config.json").read_text())
+    weights_before = load_file(final / "model.safetensors")
+    summary_before = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert config_before["rope_theta"] == 1_000_000 and config_before["max_position_embeddings"] == 64
+    assert summary_before["eval_loss"] is not None
+    for max_steps in (0, 100, 5):
+        again = train(from_dict(PretrainConfig, {**recipe, "train": {**recipe["train"], "max_steps": max_steps}}),
+                      resume="auto")
+        assert json.loads((final / "config.json").read_text()) == config_before
+        assert again["eval_loss"] == summary_before["eval_loss"] and again["steps"] == first["steps"]
+        weights = load_file(final / "model.safetensors")
+        assert all(torch.equal(weights[k], weights_before[k]) for k in weights_before)
+        assert json.loads((tmp_path / "run" / "summary.json").read_text())["eval_loss"] == summary_before["eval_loss"]
+        err = capsys.readouterr().err
+        if max_steps == 5:  # the command line's max_steps note says it (one line), not the trainer
+            assert "nothing to do" not in err and "already finished" in stop_note(again, max_steps)
+        else:
+            assert err.count("nothing to do") == 1

@@ -169,6 +169,14 @@ def test_train_resume_export_and_cli(tok, tmp_path, helpers):
     # the export is an HF InternLM2 checkpoint with the tokenizer beside it
     model = load_checkpoint(straight["export"])
     assert (Path(straight["export"]) / "tokenizer.json").exists() and model.config.vocab_size == 512
+    # generation stops at the end of a chat turn too, for transformers' generate and for ours
+    from transformers import GenerationConfig
+
+    stops = [tok.eos_id, tok.control_ids["<|im_end|>"]]
+    written = json.loads((Path(straight["export"]) / "generation_config.json").read_text())["eos_token_id"]
+    assert written == stops
+    assert GenerationConfig.from_pretrained(straight["export"]).eos_token_id == stops
+    assert list(model.config.stop_token_ids) == stops  # what `ilm generate --ids` stops at
     assert main(["sft", str(recipe), "--train.windw=3"]) == 2  # unknown keys are refused
 
 

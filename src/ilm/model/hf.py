@@ -233,7 +233,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        write_config_files(tmp, model.config, fmt, dtype)
+        write_config_files(tmp, model.config, fmt, dtype, extra_files)
         if len(shards) == 1:
             save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
         else:
@@ -256,9 +256,26 @@ def save_checkpoint(
     return path
 
 
-def write_config_files(directory: Path, config: ModelConfig, fmt: str, dtype: torch.dtype) -> None:
+def stop_token_ids(config: ModelConfig, files: dict[str, str | bytes] | None = None) -> list[int]:
+    """The ids generation stops at, for `generation_config.json`: `</s>` and `<|im_end|>` as numbered by the
+    tokenizer.json among `files` (the tokenizer saved with the checkpoint), then the config's own stop ids
+    that fit the vocabulary. Without both, transformers' `generate` runs past the end of a chat turn."""
+    from ilm.tokenizer.layout import EOS, IM_END
+
+    ids: list[int] = []
+    raw = (files or {}).get("tokenizer.json")
+    if raw is not None:
+        added = {t.get("content"): t.get("id") for t in json.loads(raw).get("added_tokens", [])}
+        ids = [added[name] for name in (EOS, IM_END) if isinstance(added.get(name), int)]
+    ids += [i for i in config.stop_token_ids if i not in ids and 0 <= i < config.vocab_size]
+    return ids
+
+
+def write_config_files(directory: Path, config: ModelConfig, fmt: str, dtype: torch.dtype,
+                       files: dict[str, str | bytes] | None = None) -> None:
     """`config.json` and `generation_config.json` of a checkpoint directory (+ the modeling code that
-    `auto_map` names, in the InternLM2 layout)."""
+    `auto_map` names, in the InternLM2 layout); `files`: the other files it will hold (the tokenizer's give
+    the stop ids)."""
     (directory / "config.json").write_text(json.dumps(config_to_hf(config, fmt, dtype), indent=2) + "\n")
     if fmt == "internlm2":
         from ilm.model.hf_remote import remote_code_files
@@ -266,7 +283,7 @@ def write_config_files(directory: Path, config: ModelConfig, fmt: str, dtype: to
         for name, text in remote_code_files().items():
             (directory / name).write_text(text)
     (directory / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": config.bos_token_id, "eos_token_id": list(config.stop_token_ids),
+        json.dumps({"bos_token_id": config.bos_token_id, "eos_token_id": stop_token_ids(config, files),
                     "pad_token_id": config.pad_token_id}, indent=2) + "\n"
     )
 
@@ -438,13 +455,18 @@ def load_checkpoint(
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
     """Checkpoint format conversion; other files in `src` (tokenizer, chat template) are carried over."""
     model = load_checkpoint(src)
+    return save_checkpoint(model, dst, fmt=to, max_shard_bytes=max_shard_bytes, extra_files=carried_files(src))
+
+
+def carried_files(src: str | os.PathLike) -> dict[str, bytes]:
+    """The files of checkpoint directory `src` that a copy in another format keeps as they are (tokenizer,
+    chat template, reward head): all but the weights, the two config files and the shipped modeling code
+    (written fresh for the target layout, none for Llama)."""
     from ilm.model.hf_remote import FILES as REMOTE_CODE
 
-    # the shipped modeling code is written fresh for the target layout (none for Llama), never carried over
     skip = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json", *REMOTE_CODE}
-    extras = {
+    return {
         p.name: p.read_bytes()
         for p in Path(src).iterdir()
         if p.is_file() and p.name not in skip and not p.name.endswith(".safetensors")
     }
-    return save_checkpoint(model, dst, fmt=to, max_shard_bytes=max_shard_bytes, extra_files=extras)

@@ -100,7 +100,7 @@ def export_hf(
         del tensors
     if main and error is None:
         try:
-            write_config_files(tmp, config, "internlm2", dtype)
+            write_config_files(tmp, config, "internlm2", dtype, extra_files)
             if len(groups) > 1:
                 weight_map = {k: n for group, n in zip(groups, names) for k in group}
                 index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": dict(sorted(weight_map.items()))}

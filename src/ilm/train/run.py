@@ -169,6 +169,26 @@ def fingerprint(lengths: Iterable[int]) -> str:
     return hashlib.sha256(np.asarray(list(lengths), dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
+RESOLVED_RECIPE = "config.toml"
+
+
+def save_recipe(cfg: Any) -> Path | None:
+    """`run_dir/config.toml`: the recipe this run was started with, overrides applied and paths absolute
+    (`ilm.config.load` reads it back), beside metrics.jsonl. Written by the main process, atomically; each
+    start (a resume too) writes the recipe it ran with."""
+    from ilm.config import to_toml
+
+    run_dir = getattr(cfg, "run_dir", None)
+    if not run_dir or os.environ.get("RANK", "0") != "0":
+        return None
+    path = Path(run_dir) / RESOLVED_RECIPE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(to_toml(cfg))
+    os.replace(tmp, path)
+    return path
+
+
 class Interrupted(Exception):
     """SIGINT / SIGTERM arrived during training: the step in progress finished and a checkpoint was saved."""
 
@@ -267,6 +287,7 @@ def run_recipe_cli(prog: str, config_cls: type, train: Callable[..., dict], reci
     ok = False
     try:
         cfg = load(config_cls, recipe, overrides, base_dir=opts.base_dir)
+        save_recipe(cfg)
         with stop_on_signals():
             summary = train(cfg, resume=opts.resume)
         ok = True
