@@ -246,7 +246,7 @@ def rounds_config(task: dict[str, str], run_dir: str | Path, rounds: int = 2, up
                 "optim": {"actor_lr": actor_lr, "critic_lr": 1e-3},
                 "train": {"seed": seed, "precision": "fp32", "device": "cpu", "deterministic": True,
                           "checkpoint_every": 4, "progress": False}},
-        "fast": {"top_k": 32, "min_pairs": 60, "max_pairs": 100, "replay_ratio": 1.0, "epochs": 8, "lr": 1e-3,
+        "fast": {"top_k": 32, "min_pairs": 60, "max_pairs": 100, "replay_ratio": 0.25, "epochs": 8, "lr": 1e-3,
                  "batch_tokens": 2048, "accuracy_margin": 0.05, "allow_drop": True, "check": [task["heldout"]],
                  **fast},
         "slow": {"export_size": 64},
