@@ -35,11 +35,13 @@ class InputError(RuntimeError):
 
 
 def list_inputs(paths: list[str | Path]) -> list[Path]:
-    """Expand files and folders into a sorted list of readable shards (one input file = one shard)."""
+    """Expand files and folders into a sorted list of readable shards (one input file = one shard); inside a
+    folder, names starting with `_` or `.` are a stage's own bookkeeping, not documents."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(q for q in sorted(p.rglob("*")) if q.is_file() and q.name.endswith(ALL_SUFFIXES))
+            out.extend(q for q in sorted(p.rglob("*")) if q.is_file() and q.name.endswith(ALL_SUFFIXES)
+                       and not q.name.startswith(("_", ".")))  # `_done.json`, `_mixture.json`: a stage's own records
         elif p.exists():
             out.append(p)
         else:

@@ -150,7 +150,7 @@ def test_bad_input_skipped_with_reason_and_every_file_accounted(tmp_path: Path) 
     assert z.text.index("requirements.txt") < z.text.index("pkg/core.py") < z.text.index("pkg/__init__.py")
     arch_s = next(s for s in samples if s.metadata["repo"] == "arch")
     assert arch_s.text.index("## b.py") < arch_s.text.index("## a.py")  # a imports b
-    mix = json.loads((out / "samples" / "mixture.json").read_text())
+    mix = json.loads((out / "samples" / "_mixture.json").read_text())
     assert all(t["epochs"] == {"high": 3.0, "medium": 1.0}[k] for k, t in mix["tiers"].items())
 
 

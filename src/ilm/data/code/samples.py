@@ -7,7 +7,7 @@ markdown block) and `path_comments` (each file preceded by one comment line nami
 file's own comment syntax). A file longer than a whole budget is cut at line boundaries into parts.
 
 A sample's tier is the lowest tier among its code files and it carries that tier's epoch multiplier;
-`mixture.json` sums samples, tokens and epoch-weighted tokens per tier for pretraining to honour.
+`_mixture.json` sums samples, tokens and epoch-weighted tokens per tier for pretraining to honour.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def repository_samples(repo: str, files: list[Document], budget: int = 32768, fm
 
 def write_samples(kept_dir: str | Path, out_dir: str | Path, budget: int = 32768, fmt: str = "markdown",
                   count: Callable[[str], int] = approx_tokens) -> dict[str, Any]:
-    """Build samples from a finished code run's kept/ folder into out_dir (samples.jsonl.zst, mixture.json)."""
+    """Build samples from a finished code run's kept/ folder into out_dir (samples.jsonl.zst, _mixture.json)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     repos: dict[str, list[Document]] = {}
@@ -125,5 +125,5 @@ def write_samples(kept_dir: str | Path, out_dir: str | Path, budget: int = 32768
     writer.close()
     summary = {"budget_tokens": budget, "format": fmt, "repos": len(repos), "tiers": dict(sorted(mix.items())),
                "samples": sum(int(t["samples"]) for t in mix.values())}
-    (out / "mixture.json").write_text(json.dumps(summary, indent=1))
+    (out / "_mixture.json").write_text(json.dumps(summary, indent=1))
     return summary
