@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -514,13 +513,10 @@ def _sync_rollout_copy(copy: InternLM2, actor: nn.Module) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    from ilm.data.io import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def load_true_reward(spec: str) -> TrueRewardFn:

@@ -111,13 +111,10 @@ class RoundsError(ValueError):
 
 
 def _write(path: Path, text: str) -> Path:
+    from ilm.data.io import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return path
 
 
