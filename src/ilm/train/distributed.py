@@ -45,8 +45,13 @@ def init_world(device: str = "auto") -> World:
 def shutdown_world(barrier: bool = True) -> None:
     """Leave the process group cleanly. A process that exits with gloo still up can abort in its
     destructor ("terminate called without an active exception"), so every launcher calls this at the end.
-    After a failure pass barrier=False: the other ranks may never arrive."""
+    After a failure pass barrier=False: the other ranks may never arrive. Reference cycles that still hold
+    collective state (a failed checkpoint write's traceback, DCP's planners) are collected first, while the
+    group is alive: freed after it is gone, they made gloo abort at exit now and then."""
     if dist.is_initialized():
+        import gc
+
+        gc.collect()
         if barrier:
             dist.barrier()
         dist.destroy_process_group()
