@@ -26,7 +26,7 @@ def test_report_writes_every_section_readme_names(tmp_path):
     for s in named:
         assert report[s]["seconds"] == seconds[s] and report[s]["number"] == sections[s]["number"]
         assert report["stage_seconds"][s] == seconds[s]
-    assert report["seconds"] == round(sum(seconds.values()), 1)
+    assert report["seconds"] == round(sum(seconds.values()), 3)
 
 
 def test_readme_states_the_demo_timing_that_report_json_carries():

@@ -172,10 +172,10 @@ def write_report(out: Path, sections: dict[str, dict], seconds: dict[str, float]
     missing = [s for s in SECTIONS if s not in sections or s not in seconds]
     if missing:
         raise ValueError(f"report.json needs every stage; missing {missing}")
-    report: dict = {"seconds": round(sum(seconds.values()), 1),
-                    "stage_seconds": {s: round(seconds[s], 1) for s in SECTIONS}}
+    report: dict = {"seconds": round(sum(seconds.values()), 3),
+                    "stage_seconds": {s: round(seconds[s], 3) for s in SECTIONS}}
     for s in SECTIONS:
-        report[s] = {**sections[s], "seconds": round(seconds[s], 1)}
+        report[s] = {**sections[s], "seconds": round(seconds[s], 3)}
     path = out / "report.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return path
