@@ -22,12 +22,13 @@ test: install
 demo: install
 	$(BIN)/ilm demo
 
-# TRL's PPO trainer (benchmarks/bench_ppo.py) was removed in trl 1.13; the dev extra's trl is newer, and one
-# environment holds one trl, so the last release with it goes into its own directory (its dependencies are
-# the dev extra's trl's, already installed), which the benchmark puts first on sys.path in a child process.
+# TRL's PPO trainer (benchmarks/bench_ppo.py) was removed in trl 1.13, so the last release with it goes into
+# its own directory (no other trl can shadow it there; its dependencies come from the `bench` extra), which
+# the benchmark puts first on sys.path in a child process.
 TRL_PPO := trl==1.12.0
 
 bench: install
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	test -d $(VENV)/trl-ppo/trl || $(BIN)/pip install -q --no-deps --target $(VENV)/trl-ppo $(TRL_PPO)
 	$(BIN)/python -m benchmarks.run
 
