@@ -94,6 +94,7 @@ from ilm.train.losses import gae, kl_penalty, masked_mean, policy_loss, value_lo
 from ilm.train.metrics import run_name
 from ilm.train.reward import DEFAULT_CONDITIONS, collate_sequences, encode_sequence
 from ilm.train.reward_model import RewardModel, load_reward_weights, reward_model_on_meta, save_reward_model
+from ilm.train.rlhf.queries import Query, demo_queries, generation_seed, load_queries, query_indices
 from ilm.train.rlhf.rollout import collate, gather_positions, sample, sequence_logprobs
 from ilm.train.run import (
     accumulate,
@@ -109,7 +110,6 @@ from ilm.train.run import (
     start,
     stop_requested,
 )
-from ilm.train.sft import read_jsonl
 
 __all__ = ["PPOConfig", "PPOData", "PPOModels", "PPOOptim", "PPOSection", "PPOTrain", "Query", "demo_queries",
            "load_queries", "query_indices", "train"]
@@ -237,87 +237,6 @@ def build_optimizer(models: PPOModels, cfg: PPOOptim) -> torch.optim.AdamW:
                                   "exp_avg": torch.zeros_like(q, memory_format=torch.preserve_format),
                                   "exp_avg_sq": torch.zeros_like(q, memory_format=torch.preserve_format)}
     return optimizer
-
-
-# ----------------------------------------------------------------------------- queries
-
-
-@dataclass
-class Query:
-    index: int  # line order among the kept queries
-    record: dict  # the jsonl object as read
-    prompt: list[int]  # rendered messages + the assistant header
-    domain: str  # the reward model's condition used
-    unknown_category: bool
-
-
-def load_queries(paths: list[str], tok: Any, conditions: dict[str, str], default_domain: str, max_tokens: int,
-                 ) -> tuple[list[Query], dict[str, Any]]:
-    """Read and render the query pool; every skip and fallback counted."""
-    skipped = {"invalid_json": 0, "bad_record": 0, "empty": 0, "too_long": 0}
-    report: dict[str, Any] = {"queries": 0, "kept": 0, "skipped": skipped, "unknown_category": 0,
-                              "unknown_categories": {}, "examples": []}
-    out: list[Query] = []
-
-    def skip(reason: str, where: str, detail: str) -> None:
-        skipped[reason] += 1
-        if len(report["examples"]) < 5:
-            report["examples"].append(f"{where}: {reason}: {detail:.120}")
-
-    for where, obj in read_jsonl(paths):
-        report["queries"] += 1
-        if isinstance(obj, json.JSONDecodeError):
-            skip("invalid_json", where, str(obj))
-            continue
-        msgs = obj.get("messages") if isinstance(obj, dict) else None
-        if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
-            skip("bad_record", where, "needs a `messages` list of message objects")
-            continue
-        if not any(str(m.get("content") or "").strip() for m in msgs):
-            skip("empty", where, "no message has any content")
-            continue
-        try:
-            prompt = tok.render(msgs, add_generation_prompt=True).ids
-        except (ValueError, TypeError, KeyError, AttributeError) as err:
-            skip("bad_record", where, str(err))
-            continue
-        if len(prompt) > max_tokens:
-            skip("too_long", where, f"{len(prompt)} tokens > data.max_query_tokens {max_tokens}")
-            continue
-        category = obj.get("category")
-        unknown = category not in conditions
-        if unknown:
-            report["unknown_category"] += 1
-            report["unknown_categories"][str(category)] = report["unknown_categories"].get(str(category), 0) + 1
-        out.append(Query(len(out), obj, prompt, default_domain if unknown else category, unknown))
-    report["kept"] = len(out)
-    return out, report
-
-
-def query_indices(pool: int, update: int, batch: int, seed: int) -> list[int]:
-    """The queries of update `update`: positions [u*batch, (u+1)*batch) of a walk through seeded permutations
-    of the pool, one per epoch. A pure function, so a resumed run takes the same queries."""
-    out: list[int] = []
-    pos = update * batch
-    while len(out) < batch:
-        epoch, offset = divmod(pos, pool)
-        perm = np.random.default_rng([seed, epoch]).permutation(pool)
-        take = min(batch - len(out), pool - offset)
-        out += perm[offset : offset + take].tolist()
-        pos += take
-    return out
-
-
-def generation_seed(seed: int, update: int, chunk: int) -> int:
-    return (seed * 1_000_003 + update * 10_007 + chunk) % (1 << 62)
-
-
-def demo_queries(n: int = 256, seed: int = 0) -> list[dict]:
-    """Queries for the tiny recipe: the prompts of the reward model's demo pairs, with their domain as category."""
-    from ilm.train.reward import demo_pairs
-
-    return [{"messages": [{"role": "user", "content": p["prompt"]}], "category": p["domain"]}
-            for p in demo_pairs(n=n, seed=seed + 1)]
 
 
 # ----------------------------------------------------------------------------- checks before any work

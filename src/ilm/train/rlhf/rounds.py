@@ -35,8 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from ilm.train.rlhf.detectors import (  # noqa: F401 - the detectors are part of this module's interface
+    DETECTORS,
+    Detector,
+    detectors_from_names,
+    length_detector,
+    repetition,
+    repetition_detector,
+    robust_z,
+)
 from ilm.train.rlhf.ppo import PPOConfig
 from ilm.train.rlhf.review import (
     FileReviewer,
@@ -52,7 +59,6 @@ from ilm.train.rlhf.review import (
 )
 
 PHASES = ("ppo", "fast", "rm", "slow", "done")
-Detector = Callable[[list[dict]], list[tuple[int, str]]]
 
 
 @dataclass
@@ -141,60 +147,9 @@ def round_dir(run_dir: str | Path, k: int) -> Path:
 # ----------------------------------------------------------------------------- detectors
 
 
-def robust_z(values: np.ndarray) -> np.ndarray:
-    """(x - median) / (1.4826 * MAD); a zero MAD falls back to the mean absolute deviation (or 1)."""
-    med = np.median(values)
-    mad = 1.4826 * np.median(np.abs(values - med))
-    if mad == 0:
-        mad = float(np.mean(np.abs(values - med))) or 1.0
-    return (values - med) / mad
-
-
-def repetition(text: str, n: int = 3) -> float:
-    """Fraction of repeated word n-grams (0: none repeated)."""
-    words = text.split()
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
-
-
-def _outliers(records: list[dict], feature: np.ndarray, name: str, quantile: float, z: float) -> list[tuple[int, str]]:
-    rewards = np.array([r["rm_score"] for r in records], dtype=float)
-    if len(records) < 4:
-        return []
-    high = rewards >= np.quantile(rewards, quantile)
-    zs = robust_z(feature.astype(float))
-    return [(int(i), f"{name} outlier (z {zs[i]:.1f}) with high reward {rewards[i]:.2f}")
-            for i in np.flatnonzero(high & (zs > z))]
-
-
-def length_detector(records: list[dict], quantile: float = 0.75, z: float = 3.0) -> list[tuple[int, str]]:
-    """Reward high while the response is unusually long."""
-    lengths = np.array([r.get("response_tokens", len(r["response"].split())) for r in records])
-    return _outliers(records, lengths, "length", quantile, z)
-
-
-def repetition_detector(records: list[dict], quantile: float = 0.75, z: float = 3.0) -> list[tuple[int, str]]:
-    """Reward high while the response repeats itself unusually much."""
-    return _outliers(records, np.array([repetition(r["response"]) for r in records]), "repetition", quantile, z)
-
-
-DETECTORS: dict[str, Callable[..., list[tuple[int, str]]]] = {"length": length_detector,
-                                                              "repetition": repetition_detector}
-
-
 def build_detectors(fast: FastPath) -> list[Detector]:
-    """Named built-ins get the recipe's quantile and z; a module:function is called with the records alone."""
-    out: list[Detector] = []
-    for name in fast.detectors:
-        if name in DETECTORS:
-            fn = DETECTORS[name]
-            out.append(lambda recs, fn=fn: fn(recs, fast.reward_quantile, fast.outlier_z))
-        elif ":" in name:
-            out.append(load_function(name))
-        else:
-            raise ValueError(f"fast.detectors: unknown detector {name!r}; built in: {sorted(DETECTORS)}, "
-                             "or give package.module:function")
-    return out
+    """The recipe's `fast.detectors`, with its quantile and z for the built-ins (`ilm.train.rlhf.detectors`)."""
+    return detectors_from_names(fast.detectors, fast.reward_quantile, fast.outlier_z)
 
 
 # ----------------------------------------------------------------------------- the fast path
