@@ -23,6 +23,10 @@ STAGES: dict[str, tuple[str, str]] = {
     "sft": ("ilm.train.cli_sft", "supervised fine-tuning on ChatML conversations (loss on assistant tokens)"),
     "rm": ("ilm.train.cli_rm", "conditional reward model: train (focal ranking + log barrier), score"),
     "rlhf": ("ilm.train.rlhf.cli", "online RLHF: PPO steered by the conditional reward model"),
+    "chat": ("ilm.agent.cli", "chat with a checkpoint in the terminal, with tools and a sandboxed code interpreter"),
+    "serve": ("ilm.serve.cli", "an OpenAI-compatible HTTP server with continuous batching"),
+    "eval": ("ilm.eval.cli", "evaluate a checkpoint: perplexity, tasks, Needle in a Haystack"),
+    "report": ("ilm.report.cli", "one self-contained HTML page of a run's evidence"),
 }
 
 
