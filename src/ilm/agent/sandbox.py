@@ -132,7 +132,7 @@ class Sandbox:
                "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8"}
         try:
             self._proc = subprocess.Popen(
-                [self.python, "-I", "-u", "-c", _WORKER.read_text(), json.dumps(cfg)],
+                [self.python, "-I", "-u", "-c", self.worker_source(), json.dumps(cfg)],
                 stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w, pass_fds=(cmd_r, reply_w),
                 cwd=self.workdir, env=env, start_new_session=True,
             )
@@ -163,6 +163,9 @@ class Sandbox:
             else:
                 self._stop()
                 return f"the interpreter refused to start: {message.get('error')}"
+
+    def worker_source(self) -> str:
+        return _WORKER.read_text()
 
     def close(self) -> None:
         self._stop()
