@@ -87,8 +87,11 @@ class Agent:
         action = self.tok.control_ids[ACTION_START]
         for token in self.model(ids, self.sampling):
             out.append(token)
-            if token == action:
+            if token == action and streaming:  # the call is shown parsed, not as text; flush what was held
                 streaming = False
+                text = self.tok.decode(out[:-1], skip_special=True)
+                if len(text) > len(shown):
+                    self.on_event(Event("text", text[len(shown):]))
             if streaming:  # decode the tail whole so multi-byte characters come out whole
                 text = self.tok.decode(out, skip_special=True)
                 if not text.endswith("\ufffd") and len(text) > len(shown):
@@ -96,6 +99,10 @@ class Agent:
                     shown = text
             if token in self.sampling.stop_ids:
                 break
+        if streaming:  # what was held back waiting for the rest of a character that never came
+            text = self.tok.decode(out, skip_special=True)
+            if len(text) > len(shown):
+                self.on_event(Event("text", text[len(shown):]))
         return out
 
     def run(self, messages: list[dict]) -> list[dict]:
