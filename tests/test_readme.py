@@ -53,6 +53,7 @@ SPEC: dict[str, tuple[str, list[dict[str, str]]]] = {
     'ilm generate --checkpoint DIR --prompt "def main():" --max-new-tokens 32': (
         "run", [{"DIR": "runs/demo/pretrain/final"}]),
     "ilm sft recipes/sft-tiny.toml": ("run", [{}]),
+    "ilm chat --checkpoint DIR --tools builtin --interpreter": ("parse", [{}]),  # run in tests/agent/test_cli.py
     "ilm rm train recipes/rm-tiny.toml": ("run", [{}]),
     "ilm rlhf ppo recipes/rlhf-tiny.toml": ("run", [{}]),
     "ilm rlhf run recipes/rlhf-rounds-tiny.toml": ("parse", [{}]),

@@ -170,7 +170,7 @@ def hint(exc, cfg):
     if code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EXDEV) and exc.filename:
         path = os.path.realpath(str(exc.filename))
         if not path.startswith(cfg["workdir"]):
-            return f"only the working directory {cfg['workdir']} is writable"
+            return f"only the working directory {cfg['workdir']} is writable (and not every file is readable)"
     if not cfg["allow_network"] and (
         code in (errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTUNREACH, errno.ECONNREFUSED, errno.EACCES,
                  errno.EPERM, errno.EADDRNOTAVAIL) or type(exc).__name__ == "gaierror"
@@ -233,6 +233,7 @@ def serve(cfg, cmd_in, cmd_out, in_pid_namespace):
     reader = os.fdopen(cmd_in, "r", encoding="utf-8")
     env = {"__name__": "__main__", "__builtins__": __builtins__}
     marker = cfg["marker"]
+    stdout, stderr = sys.stdout, sys.stderr
     for line in reader:
         request = json.loads(line)
         usage = resource.getrusage(resource.RUSAGE_SELF)  # this cell gets cpu_seconds from now (soft limit)
@@ -242,11 +243,12 @@ def serve(cfg, cmd_in, cmd_out, in_pid_namespace):
         if os.getpid() != main_pid:  # a forked child of the cell finished the cell's code: it ends here
             os._exit(1 if exc else 0)
         tidy(in_pid_namespace)
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except OSError:
-            pass
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001, S110 (a cell may have replaced or closed them)
+                pass
+        sys.stdout, sys.stderr = stdout, stderr
         os.write(1, marker.encode())
         reply = {"ok": exc is None, "error": None, "note": None}
         if exc is not None:
