@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -42,3 +45,20 @@ class ScriptedModel:
     def __call__(self, prompt_ids, sampling):
         self.prompts.append(list(prompt_ids))
         yield from output_ids(self.tok, self.replies.pop(0))
+
+
+def _kernel_confines() -> str | None:
+    """Why this system cannot confine the interpreter (checked without ilm's code), or None."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    if libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1)) < 1:
+        return "no Landlock in this kernel"
+    if not shutil.which("unshare"):
+        return "no unshare(1) to check for namespaces"
+    done = subprocess.run(["unshare", "--user", "--net", "--pid", "--fork", "--map-root-user", "true"],
+                          capture_output=True, check=False)
+    return None if done.returncode == 0 else "no user/network/PID namespaces here"
+
+
+_WHY = _kernel_confines()
+needs_confinement = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")

@@ -8,6 +8,8 @@ import pytest
 
 from ilm.cli import main
 
+from .conftest import needs_confinement
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tok):
@@ -54,6 +56,7 @@ def test_chat_streams_replies_keeps_history_and_obeys_commands(checkpoint, tok, 
     assert "never read" not in out
 
 
+@needs_confinement
 def test_chat_ends_at_end_of_input_with_tools_and_interpreter(checkpoint, monkeypatch, capsys):
     path, _ = checkpoint
     code, out, err = _chat(monkeypatch, capsys, [], "--checkpoint", str(path), "--tools", "builtin", "--interpreter")
@@ -76,3 +79,21 @@ def test_bad_checkpoints_are_one_line_errors(checkpoint, tok, tmp_path, monkeypa
         code, out, err = _chat(monkeypatch, capsys, ["hello"], "--checkpoint", str(directory))
         assert code == 2 and out == ""
         assert err.count("\n") == 1 and err.startswith("error: ") and said in err, err
+
+
+def test_chat_prints_tool_calls_and_results(checkpoint, tok, monkeypatch, capsys):
+    """With a scripted stand-in for the checkpoint's model: the call and its result are shown."""
+    from .conftest import ScriptedModel
+
+    path, _ = checkpoint
+    script = ScriptedModel(tok, [
+        ('Computing.<|action_start|><|plugin|>\n{"name": "calculator", "parameters": {"expression": "6 * 7"}}'
+         "<|action_end|><|im_end|>"),
+        "The answer is 42.<|im_end|>",
+    ])
+    monkeypatch.setattr("ilm.agent.loop.GenerateModel", lambda model: script)
+    code, out, err = _chat(monkeypatch, capsys, ["what is 6 * 7?"], "--checkpoint", str(path), "--tools", "builtin")
+    assert code == 0, err
+    assert out == ('Computing.\n[tool call] calculator({"expression": "6 * 7"})\n'
+                   "[environment plugin] 42\nThe answer is 42.\n")
+    assert '"name": "calculator"' in tok.decode(script.prompts[0])  # the builtin tools were declared

@@ -25,11 +25,29 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
 _WORKER = Path(__file__).with_name("_worker.py")
+
+
+def _cleanup(live: dict, workdir: str) -> None:
+    proc = live.get("proc")
+    if proc is not None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    for fd in live.get("fds", []):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    live.clear()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 SANDBOX_UID = 65534  # the outside uid a root host maps the sandbox's root to ("nobody")
@@ -110,6 +128,8 @@ class Sandbox:
         self._marker = ""
         self._pending = b""
         self._lost: str | None = None  # set after a kill: reported once by the next cell
+        self._live: dict = {}  # what a forgotten Sandbox's finalizer must kill and close
+        self._finalizer = weakref.finalize(self, _cleanup, self._live, str(self.workdir))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -143,6 +163,7 @@ class Sandbox:
         for fd in (cmd_r, reply_w, out_w):
             os.close(fd)
         self._cmd_w, self._reply_r, self._out_r = cmd_w, reply_r, out_r
+        self._live.update(proc=self._proc, fds=[cmd_w, reply_r, out_r])
         os.set_blocking(out_r, False)
         deadline = time.monotonic() + max(10.0, self.limits.wall_seconds)
         buffered = b""
@@ -168,8 +189,9 @@ class Sandbox:
         return _WORKER.read_text()
 
     def close(self) -> None:
+        """Kill the worker and delete the work directory (also done if the Sandbox is garbage-collected)."""
         self._stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self._finalizer()
 
     def __enter__(self) -> Self:
         return self
@@ -195,6 +217,7 @@ class Sandbox:
                     pass
         self._cmd_w = self._reply_r = self._out_r = -1
         self._proc, self._runner_pid = None, None
+        self._live.clear()
 
     # ------------------------------------------------------------------ cells
 
