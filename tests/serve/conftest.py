@@ -4,6 +4,7 @@ session) to call a `get_weather` tool; `serving(ckpt)` runs the server on a thre
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,3 +125,16 @@ def random_server(random_ckpt):
 def taught_server(taught_ckpt):
     with serving(taught_ckpt) as s:
         yield s
+
+
+def raw(url: str, method: str, path: str, body: bytes | dict | None = None,
+        headers: dict | None = None) -> tuple[int, dict]:
+    """One plain HTTP request (stdlib only) -> (status, JSON body)."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+    resp = conn.getresponse()
+    out = resp.status, json.loads(resp.read() or b"null")
+    conn.close()
+    return out
