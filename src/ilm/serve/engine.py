@@ -33,6 +33,8 @@ from ilm.model.attention import AttnBatch
 from ilm.model.generate import Sampling, sample_next
 from ilm.model.internlm2 import InternLM2
 
+DEFAULT_MAX_LEN = 4096
+
 
 class PromptTooLong(ValueError):
     """The prompt does not fit a cache slot (the server answers 400 context_length_exceeded)."""
@@ -221,7 +223,8 @@ class Engine:
         cfg = model.config
         self.model, self.tok = model.eval(), tokenizer
         limit = cfg.max_position_embeddings if model.rope.kind == "dynamic" else cfg.max_context
-        self.max_len = min(max_len or limit, limit)
+        # every slot reserves max_len positions up front: a 32k default would take tens of GB at 32 slots
+        self.max_len = min(max_len or DEFAULT_MAX_LEN, limit)
         self.max_batch = max_batch
         self.stop_ids = tuple(tokenizer.stop_ids) if tokenizer is not None else tuple(cfg.stop_token_ids)
         self.device = model.output.weight.device
