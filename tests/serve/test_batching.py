@@ -44,6 +44,7 @@ def test_32_concurrent_streams_share_decode_steps(random_ckpt):
     assert both == solo  # greedy: each output is its solo run
     assert tokens == seq_tokens
     seq_rate, rate = seq_tokens / seq_steps, tokens / steps
+    print(f"tokens per decode step: {rate:.2f} batched, {seq_rate:.2f} one after another")
     assert rate >= 3 * seq_rate, (rate, seq_rate, after)
     assert after["max_active"] >= 8
 
