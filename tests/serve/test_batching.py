@@ -85,3 +85,18 @@ def test_disconnect_frees_the_slot(random_ckpt):
         assert stats.tokens < 200  # the dropped stream did not run on to its max_tokens
         assert stats.slots_freed == stats.requests == 4
         assert stats.max_active == 2 and engine.active == 0
+
+
+def test_non_streamed_request_cancelled_when_the_client_leaves(random_ckpt):
+    with serving(random_ckpt, max_batch=2) as (url, engine):
+        host, port = url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "go"}], "max_tokens": 200, "temperature": 0}
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+        deadline = time.monotonic() + 60
+        while engine.stats.tokens < 3 and time.monotonic() < deadline:  # it is being decoded
+            time.sleep(0.005)
+        conn.close()
+        while engine.stats.cancelled < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.stats.cancelled == 1 and engine.stats.tokens < 200 and engine.active == 0

@@ -242,6 +242,23 @@ class Server:
             raise ApiError(503, str(err), kind="server_error") from None
         return req, queue
 
+    async def _collect(self, request: Request, req: Any, queue: asyncio.Queue) -> Event:
+        """Wait for a non-streamed request's last event; a client that leaves meanwhile cancels it."""
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            self.engine.cancel(req)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            async for ev in self._events(req, queue):
+                last = ev
+        finally:
+            watcher.cancel()
+            self.engine.cancel(req)
+        return last
+
     @staticmethod
     async def _events(req: Any, queue: asyncio.Queue) -> AsyncIterator[Event]:
         while True:
@@ -307,11 +324,7 @@ class Server:
         if stream:
             return StreamingResponse(self._chat_stream(req, queue, rid, created, prompt, prefix, tools, include_usage),
                                      media_type="text/event-stream")
-        try:
-            async for ev in self._events(req, queue):
-                last = ev
-        finally:
-            self.engine.cancel(req)
+        last = await self._collect(request, req, queue)
         if last.error:
             raise ApiError(500, last.error, kind="server_error")
         content, calls = self._reply(prefix, req.output, tools)
@@ -400,11 +413,7 @@ class Server:
                     self.engine.cancel(req)
 
             return StreamingResponse(events(), media_type="text/event-stream")
-        try:
-            async for ev in self._events(req, queue):
-                last = ev
-        finally:
-            self.engine.cancel(req)
+        last = await self._collect(request, req, queue)
         if last.error:
             raise ApiError(500, last.error, kind="server_error")
         out = data(self._completion_text(req), last.finish_reason)
