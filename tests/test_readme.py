@@ -59,6 +59,7 @@ SPEC: dict[str, tuple[str, list[dict[str, str]]]] = {
     "ilm rlhf run recipes/rlhf-rounds-tiny.toml": ("parse", [{}]),
     "ilm rlhf review export RUN_DIR --round 1 -o todo.jsonl": ("parse", [{}]),
     "ilm rlhf review import RUN_DIR done.jsonl": ("parse", [{}]),
+    "ilm serve --checkpoint DIR --port 8000 --api-key KEY": ("parse", [{}]),
 }
 
 # Sizes shrunk in the copied recipes (key = value lines; every one must be found).

@@ -1,0 +1,132 @@
+"""`ilm serve --checkpoint DIR`: the OpenAI-compatible server (see docs/serving.md).
+
+Also `ServerThread`: the same server on a thread of this process (tests, the demo, the benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Self
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True,
+                        help="HF checkpoint directory (InternLM2 or Llama layout) with tokenizer.json or tokenizer.model")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    parser.add_argument("--max-batch", type=int, default=32, help="requests decoded together (KV cache slots)")
+    parser.add_argument("--max-len", type=int, default=None,
+                        help="positions per slot (default: the model's context up to 4096; under dynamic NTK "
+                             "at most max_position_embeddings)")
+    parser.add_argument("--model-name", default=None, help="the model id clients send (default: the directory name)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.set_defaults(func=_serve)
+
+
+class StartError(ValueError):
+    """A problem with the command line or the checkpoint, told in one line."""
+
+
+def check_checkpoint(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise StartError(f"{path} is not a directory")
+    if not (path / "config.json").exists():
+        raise StartError(f"{path} holds no checkpoint (no config.json); point --checkpoint at an exported model")
+    if not (path / "tokenizer.json").exists() and not (path / "tokenizer.model").exists():
+        raise StartError(f"{path} has no tokenizer files (tokenizer.json or tokenizer.model); the server needs one "
+                         "to render chats; copy the tokenizer into the checkpoint directory")
+    return path
+
+
+def load_engine(checkpoint: str | Path, max_batch: int = 32, max_len: int | None = None,
+                device: str | None = None) -> Any:
+    """Checkpoint + tokenizer -> a started `Engine`."""
+    import torch
+
+    from ilm.model.hf import load_checkpoint
+    from ilm.serve.engine import Engine
+    from ilm.tokenizer import load_tokenizer
+
+    path = check_checkpoint(checkpoint)
+    if max_batch < 1:
+        raise StartError(f"--max-batch must be >= 1, got {max_batch}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tok = load_tokenizer(path)
+    model = load_checkpoint(path, device=device).eval()
+    if tok.vocab_size > model.config.vocab_size:
+        raise StartError(f"the tokenizer has {tok.vocab_size} tokens but the model only {model.config.vocab_size}")
+    return Engine(model, tok, max_batch=max_batch, max_len=max_len).start()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, or a one-line error (port in use, bad address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        reason = "the port is already in use" if err.errno in (98, 48) else err.strerror
+        raise StartError(f"cannot listen on {host}:{port}: {reason}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class ServerThread:
+    """uvicorn serving `app` from a thread of this process; `with ServerThread(app) as s: s.url`."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0):
+        import uvicorn
+
+        self.sock = bind(host, port)
+        self.host, self.port = host, self.sock.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ilm.serve.app import build_app
+
+    try:
+        check_checkpoint(args.checkpoint)
+        sock = bind(args.host, args.port)  # before loading weights: a taken port fails at once
+        engine = load_engine(args.checkpoint, args.max_batch, args.max_len, args.device)
+    except StartError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    name = args.model_name or Path(args.checkpoint).resolve().name
+    app = build_app(engine, name, args.api_key)
+    print(f"ilm serve: {name} on http://{args.host}:{sock.getsockname()[1]}/v1 (max batch {engine.max_batch}, "
+          f"context {engine.max_len}{', API key required' if args.api_key else ''})", flush=True)
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off")).run(sockets=[sock])
+    finally:
+        engine.stop()
+    return 0

@@ -1,0 +1,111 @@
+"""The demo's serving stage: `ilm serve` on the demo's chat model, driven by the official `openai` client.
+
+One streamed chat request, then one tool-call round trip (tools sent, `tool_calls` received, the tool run
+here, its result sent back as a `tool` message, the final answer received). The demo's chat model is tiny
+and briefly trained, so the round trip names the tool (`tool_choice`): the server writes the call header
+and the model writes the arguments; whether they parse as JSON is reported as it is, not assumed.
+Writes `out/serve/transcripts.json`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+# The tool the demo's SFT data teaches (same declaration as the SFT stage's conversations).
+DOC_TOOL = {"type": "function", "function": {
+    "name": "python_doc", "description": "Return the docstring of a Python standard-library function.",
+    "parameters": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}}
+SYSTEM = {"role": "system", "content": "You are a helpful assistant for Python programmers."}
+
+
+def python_doc(name: str) -> str:
+    """The tool itself: the docstring of `module.function` (an error message if there is none)."""
+    module, _, attr = str(name).strip("`").rpartition(".")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        return f"error: no such function {name!r} ({type(err).__name__})"
+    return (inspect.getdoc(fn) or "")[:1500]
+
+
+def _stream(client: Any, model: str, messages: list[dict], max_tokens: int, **kw: Any) -> dict:
+    t0 = time.perf_counter()
+    first = None
+    text, calls, finish, usage = "", [], None, None
+    stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}, **kw)
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage.model_dump()
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        if delta.content:
+            first = first or time.perf_counter()
+            text += delta.content
+        for tc in delta.tool_calls or []:
+            first = first or time.perf_counter()
+            calls.append({"id": tc.id, "type": "function",
+                          "function": {"name": tc.function.name, "arguments": tc.function.arguments}})
+        finish = chunk.choices[0].finish_reason or finish
+    end = time.perf_counter()
+    return {"messages": messages, "streamed_text": text, "tool_calls": calls, "finish_reason": finish,
+            "usage": usage, "seconds": round(end - t0, 4),
+            "time_to_first_token_s": round((first or end) - t0, 4)}
+
+
+def run(out: Path, checkpoint: Path, quick: bool = True) -> dict:
+    """Serve `checkpoint` on a free 127.0.0.1 port in this process, run the exchanges, stop the server.
+
+    Returns {"requests", "completion_tokens", "tool_call_parsed", "final_answer", "url"}.
+    """
+    import openai
+
+    from ilm.serve.app import build_app
+    from ilm.serve.cli import ServerThread, load_engine
+
+    out = Path(out) / "serve"
+    out.mkdir(parents=True, exist_ok=True)
+    max_tokens = 32 if quick else 96
+    engine = load_engine(checkpoint, max_batch=8, device="cpu")
+    exchanges: list[dict] = []
+    try:
+        with ServerThread(build_app(engine, "ilm-demo")) as srv:
+            client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=600)
+            question = [SYSTEM, {"role": "user", "content": "What does `json.dumps` do?"}]
+            exchanges.append({"kind": "streamed chat", **_stream(client, "ilm-demo", question, max_tokens)})
+
+            ask = [SYSTEM, {"role": "user", "content": "Look up `textwrap.dedent` and summarise it."}]
+            call = _stream(client, "ilm-demo", ask, max_tokens + 32, tools=[DOC_TOOL],
+                           tool_choice={"type": "function", "function": {"name": "python_doc"}})
+            exchanges.append({"kind": "tool call", **call})
+            parsed, answer = False, None
+            if call["tool_calls"]:
+                tc = call["tool_calls"][0]
+                args = json.loads(tc["function"]["arguments"])  # the server only reports calls that parsed
+                parsed = True
+                result = python_doc(args.get("name", "")) if isinstance(args, dict) else "error: arguments not an object"
+                follow = ask + [{"role": "assistant", "content": None, "tool_calls": [tc]},
+                                {"role": "tool", "tool_call_id": tc["id"], "content": result}]
+                final = _stream(client, "ilm-demo", follow, max_tokens, tools=[DOC_TOOL])
+                exchanges.append({"kind": "tool result -> final answer", **final})
+                answer = final["streamed_text"]
+            else:
+                exchanges[-1]["note"] = ("the model's arguments did not parse as a JSON call; the server reported "
+                                         "no tool_calls, so the round trip stopped here")
+            url = srv.url
+    finally:
+        engine.stop()
+    tokens = sum((e["usage"] or {}).get("completion_tokens", 0) for e in exchanges)
+    (out / "transcripts.json").write_text(json.dumps(exchanges, indent=2, ensure_ascii=False) + "\n")
+    summary = {"requests": len(exchanges), "completion_tokens": tokens, "tool_call_parsed": parsed,
+               "final_answer": answer, "url": url, "engine": engine.stats.as_dict()}
+    print(f"[serve] {len(exchanges)} requests through the openai client at {url}/v1, {tokens} tokens; "
+          f"streamed: {exchanges[0]['streamed_text'][:60]!r}; tool call parsed: {parsed}"
+          + (f"; final answer: {answer[:60]!r}" if answer is not None else ""))
+    return summary

@@ -1,0 +1,28 @@
+"""`ilm.serve.demo.run`: the demo's serving stage writes its transcripts and reports honestly."""
+
+from __future__ import annotations
+
+import json
+
+from ilm.serve.demo import python_doc, run
+
+
+def test_demo_run_writes_transcripts(tmp_path, taught_ckpt):
+    summary = run(tmp_path, taught_ckpt, quick=True)
+    transcripts = json.loads((tmp_path / "serve" / "transcripts.json").read_text())
+    assert summary["requests"] == len(transcripts) in (2, 3)
+    assert transcripts[0]["kind"] == "streamed chat" and transcripts[0]["usage"]["completion_tokens"] >= 1
+    assert summary["completion_tokens"] == sum(t["usage"]["completion_tokens"] for t in transcripts)
+    call = transcripts[1]
+    assert call["kind"] == "tool call" and call["messages"][-1]["role"] == "user"
+    assert summary["tool_call_parsed"] == bool(call["tool_calls"])
+    if summary["tool_call_parsed"]:  # the round trip carried the call and its environment result back
+        follow = transcripts[2]["messages"]
+        assert follow[-2]["tool_calls"] == call["tool_calls"] and follow[-1]["role"] == "tool"
+    else:
+        assert "note" in call and summary["final_answer"] is None
+
+
+def test_python_doc_tool():
+    assert python_doc("textwrap.dedent").startswith("Remove any common leading whitespace")
+    assert python_doc("nope.nothing").startswith("error:")

@@ -1,0 +1,38 @@
+"""Engine-level checks: dynamic NTK rows are refused past max_position_embeddings; sampling is per request."""
+
+from __future__ import annotations
+
+import pytest
+
+from ilm.model import build_model, get_preset
+from ilm.model.generate import Sampling, generate
+from ilm.serve.engine import Engine, Params, PromptTooLong
+
+
+def test_dynamic_ntk_rows_stop_at_max_position_embeddings(tok):
+    rope = {"type": "dynamic", "factor": 2.0}
+    model = build_model(get_preset("tiny", max_position_embeddings=64, rope_scaling=rope), seed=0).eval()
+    engine = Engine(model, tok, max_batch=2)
+    assert engine.max_len == 64  # not max_context (128): past 64 the RoPE base changes with every token
+    with pytest.raises(PromptTooLong, match="dynamic NTK"):
+        engine.check_prompt([1] * 70)
+    linear = build_model(get_preset("tiny", max_position_embeddings=64, rope_scaling=dict(rope, type="linear")))
+    assert Engine(linear, tok, max_batch=2).max_len == 128
+
+
+def test_rows_decode_as_alone_and_seeds_are_per_request(tok):
+    model = build_model(get_preset("tiny"), seed=1).eval()
+    engine = Engine(model, tok, max_batch=4).start()
+    try:
+        prompts = [tok.encode("a" * n, bos=True) for n in (3, 9, 17)]
+        greedy = [engine.generate(p, Params(max_tokens=12, temperature=0))[0] for p in prompts]
+        want = [generate(model, [p], Sampling(max_new_tokens=12, greedy=True, stop_ids=tok.stop_ids), keep_stop=True)[0]
+                for p in prompts]
+        assert greedy == want
+        sampled = Params(max_tokens=12, temperature=1.0, seed=5)
+        once = engine.generate(prompts[0], sampled)[0]
+        assert engine.generate(prompts[0], sampled)[0] == once
+        assert engine.generate(prompts[0], Params(max_tokens=12, temperature=1.0, seed=6))[0] != once
+    finally:
+        engine.stop()
+    assert engine.stats.prefill_calls == 6 and engine.stats.slots_freed == 6
