@@ -219,3 +219,20 @@ def test_checkpoint_without_a_tokenizer(tmp_path, capsys):
     assert run_cli(["--checkpoint", str(path), "--out", str(tmp_path / "o"), "--lengths", "96"]) == 2
     err = capsys.readouterr().err
     assert "has no tokenizer" in err and err.count("\n") == 1
+
+
+def test_demo_writes_a_small_heatmap_and_returns_its_summary(tmp_path, tok):
+    from ilm.model import build_model, get_preset
+    from ilm.model.hf import save_checkpoint
+
+    tok.save(tmp_path / "tok")
+    model = build_model(get_preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=192), seed=4)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir()}
+    ckpt = save_checkpoint(model, tmp_path / "ckpt", extra_files=files)
+    summary = niah.demo(tmp_path / "run", ckpt, quick=True)
+    assert summary["lengths"] == [96, 192, 384] and summary["depths"] == [0.0, 0.5, 1.0]
+    assert summary["trained_length"] == 192 and {"dynamic", "plain"} <= set(summary)
+    assert (tmp_path / "run" / "eval" / "niah.png").read_bytes()[:4] == b"\x89PNG"
+    data = json.loads((tmp_path / "run" / "eval" / "niah.json").read_text())
+    assert len(data["runs"]["dynamic"]["cells"]) == 9
+    json.dumps(summary)  # goes into the demo's report.json as is

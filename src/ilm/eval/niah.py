@@ -317,8 +317,12 @@ def ntk_runs(path: str | Path, compare: bool, factor: float | None) -> dict[str,
 
 def evaluate(checkpoint: str | Path, lengths: Sequence[int], depths: Sequence[float], out: str | Path | None = None,
              compare_ntk: bool = False, needle: str = DEFAULT_NEEDLE, max_new_tokens: int = 12, seed: int = 0,
-             trials: int = 1, ntk_factor: float | None = None, device: str = "cpu", verbose: bool = False) -> dict:
-    """NIAH on a checkpoint directory (weights + tokenizer): JSON and heatmaps in `out` when given."""
+             trials: int = 1, ntk_factor: float | None = None, device: str = "cpu", verbose: bool = False,
+             answer_room: int = 0) -> dict:
+    """NIAH on a checkpoint directory (weights + tokenizer): JSON and heatmaps in `out` when given.
+
+    `answer_room` > 0 makes each prompt that many tokens shorter than its length, so prompt + answer fit the
+    length (the passkey experiment: a model trained on sequences of at most W tokens is asked at W)."""
     checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").exists():
         raise NiahError(f"{checkpoint}: no config.json; is it an HF checkpoint directory?")
@@ -340,7 +344,7 @@ def evaluate(checkpoint: str | Path, lengths: Sequence[int], depths: Sequence[fl
                 print(f"[niah {name}] length {cell['length']} depth {cell['depth']:.2f}: "
                       f"{'hit ' if cell['hit'] else 'miss'} {cell['answer'][:40]!r}", file=sys.stderr, flush=True)
 
-        runs[name] = run_grid(answer, tokenizer, lengths, depths, needle, seed, trials, haystack, on_cell=show)
+        runs[name] = run_grid(answer, tokenizer, lengths, depths, needle, seed, trials, haystack, answer_room, show)
         runs[name]["rope_scaling"] = model.config.rope_scaling
     result = {"checkpoint": str(checkpoint), "runs": runs,
               "summary": summarise(runs, trained_length(checkpoint))}
