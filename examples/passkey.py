@@ -44,7 +44,8 @@ def build_tokenizer(out: Path, vocab_size: int = 1024):
 
 
 def make_batch(tok, haystack, rng: random.Random, batch: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`batch` rows of prompt + answer, random length in [window / 2, window] and random depth; right-padded
+    """`batch` rows of prompt + answer, random length in [window / 2, window] (longer
+    where the needle needs it) and random depth; right-padded
     to `window` (causal attention: padding after a row's end changes none of its logits); labels on the
     answer tokens only."""
     from ilm.eval.niah import build_prompt, make_needle
@@ -54,9 +55,11 @@ def make_batch(tok, haystack, rng: random.Random, batch: int, window: int) -> tu
     for r in range(batch):
         needle = make_needle(PASSKEY, rng)
         answer = tok.encode(" " + needle.value)
-        length = rng.randint(window // 2, window)
-        p = build_prompt(haystack, tok.encode(" " + needle.text), tok.encode(" " + needle.question), length,
-                         rng.random(), rng.randrange(len(haystack.texts)), answer_room=len(answer))
+        n_ids, q_ids = tok.encode(" " + needle.text), tok.encode(" " + needle.question)
+        shortest = 1 + 2 * len(n_ids) + len(q_ids) + len(answer)  # a haystack at least as long as the needle
+        length = rng.randint(min(max(window // 2, shortest), window), window)
+        p = build_prompt(haystack, n_ids, q_ids, length, rng.random(), rng.randrange(len(haystack.texts)),
+                         answer_room=len(answer))
         row = p.ids + answer
         ids[r, : len(row)] = torch.tensor(row)
         labels[r, len(p.ids) - 1 : len(row) - 1] = torch.tensor(answer)  # position t predicts token t + 1

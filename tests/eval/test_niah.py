@@ -236,3 +236,24 @@ def test_demo_writes_a_small_heatmap_and_returns_its_summary(tmp_path, tok):
     data = json.loads((tmp_path / "run" / "eval" / "niah.json").read_text())
     assert len(data["runs"]["dynamic"]["cells"]) == 9
     json.dumps(summary)  # goes into the demo's report.json as is
+
+
+def test_passkey_training_rows_put_the_labels_on_the_needle_digits(tok, haystack):
+    """examples/passkey.py: each row fits the window and is supervised on exactly its needle's digits."""
+    import importlib.util
+    import random
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "passkey.py"
+    spec = importlib.util.spec_from_file_location("passkey_example", path)
+    passkey = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(passkey)
+    ids, labels = passkey.make_batch(tok, haystack, random.Random(0), 6, 160)
+    assert ids.shape == labels.shape == (6, 160)
+    for row, lab in zip(ids.tolist(), labels.tolist()):
+        at = [i for i, t in enumerate(lab) if t != -100]
+        assert at == list(range(at[0], at[-1] + 1))
+        assert [lab[i] for i in at] == row[at[0] + 1:at[-1] + 2]  # position t is supervised with token t + 1
+        value = re.search(r"The pass key is (\d{5})\. Remember it\.", tok.decode(row)).group(1)
+        assert tok.decode([lab[i] for i in at]).strip() == value
+        assert tok.decode(row[:at[0] + 1]).endswith("What is the pass key? The pass key is")
