@@ -374,6 +374,14 @@ def heatmap(ax, run: dict, title: str, trained: int | None = None) -> None:
             ax.axvline(within - 0.5, color="black", linestyle="--", linewidth=1)
 
 
+def _label(name: str, rope: Any) -> str:
+    if name == "plain":
+        return "plain RoPE"
+    if isinstance(rope, dict) and rope.get("type") == "dynamic":
+        return f"dynamic NTK x{rope['factor']:g}"
+    return name
+
+
 def write_outputs(out: Path, result: dict) -> dict[str, Path]:
     """niah.json, niah.png (all runs side by side) and niah-<run>.png; written to a temporary name and
     renamed, so a reader never sees half a file."""
@@ -393,7 +401,7 @@ def write_outputs(out: Path, result: dict) -> dict[str, Path]:
     for key, names in figures.items():
         fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 2.6), squeeze=False)
         for ax, name in zip(axes[0], names):
-            heatmap(ax, runs[name], name, trained)
+            heatmap(ax, runs[name], _label(name, runs[name].get("rope_scaling")), trained)
         fig.tight_layout()
         path = out / ("niah.png" if key == "png" else f"niah-{names[0]}.png")
         tmp = path.with_name(f".{path.name}.tmp")
