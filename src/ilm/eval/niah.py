@@ -1,0 +1,498 @@
+"""`ilm eval niah`: Needle in a Haystack over context lengths x depths (docs/recipe.md, Long context).
+
+A haystack of real prose (Python's own documentation and docstrings, `ilm.data.corpus.real_texts`: nothing
+downloaded) is cut to the requested context length; a needle, by default a random fact ("The secret number
+of <word> is <5 digits>."), goes in at the requested depth on a sentence boundary, and the question that
+follows ends where the answer begins ("... The secret number of <word> is"). A cell is a hit when the
+needle's value appears in the greedy answer (exact retrieval).
+
+The scoring core (`run_grid`) takes any callable `prompt ids -> answer ids`, so the score itself is tested
+with stand-ins; `model_answerer` wraps an ilm model. `--compare-ntk` loads the same weights twice, with
+dynamic NTK (the checkpoint's factor, or `--ntk-factor`) and with plain RoPE (rope_scaling = null), and
+writes one heatmap per run and a summary split at the trained length (max_position_embeddings).
+
+Outputs in `--out`: niah.json (per cell: length, depth, hit, answer, and where the needle landed),
+niah.png (the heatmaps side by side) and niah-<run>.png per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+DEFAULT_NEEDLE = "The secret number of {key} is {value}."
+DEFAULT_NTK_FACTOR = 2.0  # the recipe's dynamic NTK factor (docs/recipe.md, Long context)
+KEYS = (
+    "apple", "river", "lantern", "falcon", "harbor", "violin", "glacier", "meadow", "compass", "orchid",
+    "thunder", "marble", "saddle", "walnut", "beacon", "canyon", "pepper", "quartz", "tulip", "anchor",
+    "blossom", "cobalt", "dolphin", "ember", "feather", "garnet", "hazel", "island", "jasmine", "kettle",
+)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+Answerer = Callable[[list[int]], Sequence[int]]  # prompt ids -> generated ids
+
+
+class NiahError(ValueError):
+    """A user's mistake in the NIAH inputs (the CLI prints it as one line)."""
+
+
+class Tokenizer(Protocol):
+    bos_id: int
+
+    def encode(self, text: str, *, bos: bool = False) -> list[int]: ...
+    def decode(self, ids: list[int], *, skip_special: bool = False) -> str: ...
+
+
+# ---------------------------------------------------------------- needle and haystack
+
+@dataclass(frozen=True)
+class Needle:
+    text: str  # the sentence(s) put into the haystack
+    value: str  # what the answer must contain
+    question: str  # follows the haystack; ends where the answer begins
+
+
+def make_needle(template: str, rng: random.Random) -> Needle:
+    """A needle from a template: `{key}` becomes a random word, `{value}` random 5 digits. A template
+    without `{value}` is literal and must read "<subject> is <value>." (the value is the word after "is")."""
+    text = template.replace("{key}", rng.choice(KEYS))
+    if "{value}" in text:
+        value = f"{rng.randrange(10**5):05d}"
+        at = text.index("{value}")
+        text = text.replace("{value}", value)
+    else:
+        m = re.search(r"\bis\s+([^\s.!?,;]+)", text)
+        if m is None:
+            raise NiahError(f"needle {template!r} must read '<subject> is <value>.' (or hold {{value}}), "
+                            f"e.g. {DEFAULT_NEEDLE!r}")
+        value, at = m.group(1), m.start(1)
+    prefix = _SENTENCE_END.split(text[:at])[-1].strip()  # the sentence holding the value, up to the value
+    if not prefix.endswith(" is"):
+        raise NiahError(f"needle {template!r}: the value must follow '<subject> is', e.g. {DEFAULT_NEEDLE!r}")
+    subject = prefix[: -len(" is")]
+    question = f"What is {subject[:1].lower()}{subject[1:]}? {prefix}"
+    return Needle(text=text, value=value, question=question)
+
+
+@lru_cache(maxsize=2)
+def haystack_text(max_docs: int = 2000) -> str:
+    """Real English prose available on every machine with Python: its docs and standard-library docstrings."""
+    from ilm.data.corpus import real_texts
+
+    return "\n\n".join(real_texts(min_words=60, max_docs=max_docs))
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text.replace("\n", " ")) if s.strip()]
+
+
+class Haystack:
+    """Haystack sentences, tokenized on demand (each with a leading space, so they concatenate as text does)."""
+
+    def __init__(self, tokenizer: Tokenizer, text: str | None = None):
+        self.tokenizer = tokenizer
+        self.texts = sentences(text if text is not None else haystack_text())
+        if not self.texts:
+            raise NiahError("the haystack text has no sentences")
+        self._ids: dict[int, list[int]] = {}
+
+    def ids(self, i: int) -> list[int]:
+        i %= len(self.texts)  # a context longer than the whole text wraps around to its start
+        if i not in self._ids:
+            self._ids[i] = self.tokenizer.encode(" " + self.texts[i])
+        return self._ids[i]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    ids: list[int]  # BOS + haystack with the needle + question
+    needle_at: int  # index in `ids` of the needle's first token
+    haystack_tokens: int  # haystack tokens around the needle
+    depth: float  # where the needle landed, as a fraction of the haystack
+
+
+def build_prompt(haystack: Haystack, needle_ids: list[int], question_ids: list[int], length: int, depth: float,
+                 offset: int = 0, answer_room: int = 0) -> Prompt:
+    """BOS + haystack + question of exactly `length - answer_room` tokens, the needle on the sentence boundary
+    nearest `depth` of the haystack (0: right after BOS, 1: right before the question).
+
+    The haystack is the sentences from `offset` on; its first sentence is cut at the front to make the length
+    exact, so every later boundary is a real sentence end.
+    """
+    room = length - answer_room - 1 - len(question_ids) - len(needle_ids)  # haystack tokens
+    if room < len(needle_ids):
+        raise NiahError(
+            f"the needle ({len(needle_ids)} tokens) is longer than the haystack left at context length {length} "
+            f"({max(room, 0)} tokens after BOS, the needle and the {len(question_ids)}-token question"
+            + (f" and {answer_room} for the answer" if answer_room else "") + "); use a longer length or a shorter needle")
+    parts: list[list[int]] = []
+    total = 0
+    i = offset
+    while total < room:
+        parts.append(haystack.ids(i))
+        total += len(parts[-1])
+        i += 1
+    excess = total - room  # cut from the front: the haystack may start mid-sentence, never end there
+    ends = [0]
+    for p in parts:
+        ends.append(ends[-1] + len(p))
+    bounds = [0] + [e - excess for e in ends if e - excess > 0]
+    cut = min(bounds, key=lambda e: (abs(e - depth * room), e))
+    flat = [t for p in parts for t in p][excess:]
+    ids = [haystack.tokenizer.bos_id, *flat[:cut], *needle_ids, *flat[cut:], *question_ids]
+    return Prompt(ids=ids, needle_at=1 + cut, haystack_tokens=room, depth=cut / room)
+
+
+# ---------------------------------------------------------------- the scoring core
+
+def parse_lengths(text: str) -> list[int]:
+    try:
+        lengths = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise NiahError(f"--lengths must be comma-separated positive integers, got {text!r}") from None
+    if not lengths or any(n <= 0 for n in lengths):
+        raise NiahError(f"--lengths must be comma-separated positive integers, got {text!r}")
+    return sorted(set(lengths))
+
+
+def parse_depths(text: str) -> list[float]:
+    try:
+        depths = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise NiahError(f"--depths must be comma-separated fractions in [0, 1], got {text!r}") from None
+    if not depths or any(not 0.0 <= d <= 1.0 for d in depths):  # also refuses nan
+        raise NiahError(f"--depths must be comma-separated fractions in [0, 1], got {text!r}")
+    return sorted(set(depths))
+
+
+def run_grid(answer: Answerer, tokenizer: Tokenizer, lengths: Sequence[int], depths: Sequence[float],
+             needle: str = DEFAULT_NEEDLE, seed: int = 0, trials: int = 1, haystack: Haystack | None = None,
+             answer_room: int = 0, on_cell: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Every (length, depth, trial) cell: build the prompt, ask `answer`, score exact retrieval.
+
+    Each trial draws its own needle and haystack start from `seed`, the same for every length and depth, so
+    two runs with the same seed (dynamic NTK vs plain RoPE) see identical prompts.
+    """
+    if trials < 1:
+        raise NiahError(f"--trials must be >= 1, got {trials}")
+    haystack = haystack or Haystack(tokenizer)
+    rng = random.Random(seed)
+    draws = [(make_needle(needle, rng), rng.randrange(len(haystack.texts))) for _ in range(trials)]
+    # refuse a needle too long for the shortest context before running anything
+    for n, _ in draws:
+        build_prompt(haystack, tokenizer.encode(" " + n.text), tokenizer.encode(" " + n.question), min(lengths),
+                     0.0, 0, answer_room)
+    cells = []
+    for length in lengths:
+        for depth in depths:
+            for t, (n, offset) in enumerate(draws):
+                p = build_prompt(haystack, tokenizer.encode(" " + n.text), tokenizer.encode(" " + n.question),
+                                 length, depth, offset, answer_room)
+                text = tokenizer.decode(list(answer(p.ids)), skip_special=True)
+                cell = {"length": length, "depth": depth, "trial": t, "hit": n.value in text, "answer": text,
+                        "value": n.value, "prompt_tokens": len(p.ids), "needle_token": p.needle_at,
+                        "needle_depth": round(p.depth, 4)}
+                cells.append(cell)
+                if on_cell is not None:
+                    on_cell(cell)
+    return {"lengths": list(lengths), "depths": list(depths), "trials": trials, "seed": seed, "needle": needle,
+            "cells": cells, "score": score_table(cells, lengths, depths)}
+
+
+def score_table(cells: list[dict], lengths: Sequence[int], depths: Sequence[float]) -> dict[str, Any]:
+    """Hit rate per (depth, length), per length, and overall."""
+    def rate(sel: list[dict]) -> float:
+        return sum(c["hit"] for c in sel) / len(sel) if sel else 0.0
+
+    grid = [[rate([c for c in cells if c["length"] == n and c["depth"] == d]) for n in lengths] for d in depths]
+    return {"grid": grid, "by_length": {str(n): rate([c for c in cells if c["length"] == n]) for n in lengths},
+            "overall": rate(cells)}
+
+
+def summarise(runs: dict[str, dict], trained_length: int | None) -> dict[str, Any]:
+    """Per run: overall hit rate, and within / past the trained length when it is known."""
+    out: dict[str, Any] = {"trained_length": trained_length}
+    for name, run in runs.items():
+        cells = run["cells"]
+        row: dict[str, Any] = {"overall": run["score"]["overall"], "by_length": run["score"]["by_length"]}
+        if trained_length is not None:
+            for part, sel in (("within", [c for c in cells if c["length"] <= trained_length]),
+                              ("beyond", [c for c in cells if c["length"] > trained_length])):
+                row[part] = sum(c["hit"] for c in sel) / len(sel) if sel else None
+        out[name] = row
+    return out
+
+
+# ---------------------------------------------------------------- models
+
+def greedy_full(model, prompt: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()) -> list[int]:
+    """Greedy decoding by a full forward per token (no cache, no length check): the fallback for prompts the
+    generator refuses. Under dynamic NTK every step then uses the base of its own length, as the generator
+    does past max_position_embeddings."""
+    import torch
+
+    seq = list(prompt)
+    device = model.output.weight.device
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            token = int(model(torch.tensor([seq], device=device), last_only=True)[0, -1].argmax())
+            seq.append(token)
+            if token in stop_ids:
+                break
+    return seq[len(prompt):]
+
+
+def model_answerer(model, max_new_tokens: int, stop_ids: Sequence[int]) -> Answerer:
+    """Greedy answers from an ilm model: the KV-cache generator where it takes the prompt whole, else
+    `greedy_full`. The generator refuses (or clips the answer of) prompts near `config.max_context` while it
+    has a hard cap; once it has none, every prompt goes through it and the fallback is never used."""
+    from ilm.model.generate import Sampling, generate
+
+    sampling = Sampling(max_new_tokens=max_new_tokens, greedy=True, stop_ids=tuple(stop_ids))
+    stops = set(stop_ids)
+
+    def answer(prompt: list[int]) -> list[int]:
+        try:
+            out = generate(model, [prompt], sampling, keep_stop=True)[0]
+        except ValueError:
+            if len(prompt) < getattr(model.config, "max_context", float("inf")):
+                raise  # not the length cap: a real error
+            return greedy_full(model, prompt, max_new_tokens, stop_ids)
+        if len(out) < max_new_tokens and not (out and out[-1] in stops):  # clipped at the cap
+            return greedy_full(model, prompt, max_new_tokens, stop_ids)
+        return out
+
+    return answer
+
+
+def load_model(path: str | Path, rope_scaling: Any = "keep", positions: int = 0, device: str = "cpu"):
+    """Load a checkpoint in float32, optionally with other RoPE scaling (the weights do not depend on it).
+
+    Plain RoPE (rope_scaling = null): the angles are position x inv_freq, and inv_freq depends on the base and
+    head size only, so max_position_embeddings changes no number; it only sets the generator's length
+    check. It is raised to `positions` so the KV-cache generator evaluates plain RoPE past the trained
+    length with the very logits the original config gives. Dynamic NTK is left alone: its base depends on
+    max_position_embeddings.
+    """
+    import torch
+
+    from ilm.model.hf import load_weights, read_config
+    from ilm.model.internlm2 import InternLM2
+
+    config, _ = read_config(path)
+    if rope_scaling != "keep":
+        config = config.replace(rope_scaling=rope_scaling)
+    if config.rope_scaling is None and positions > config.max_position_embeddings:
+        config = config.replace(max_position_embeddings=positions)
+    with torch.device("meta"):
+        model = InternLM2(config)
+    model = model.to(torch.float32).to_empty(device=device)
+    return load_weights(model, path).eval()
+
+
+def trained_length(path: str | Path) -> int:
+    from ilm.model.hf import read_config
+
+    return read_config(path)[0].max_position_embeddings
+
+
+def ntk_runs(path: str | Path, compare: bool, factor: float | None) -> dict[str, Any]:
+    """Run name -> rope_scaling to load with: the checkpoint's own, or dynamic NTK vs plain RoPE."""
+    from ilm.model.hf import read_config
+
+    config = read_config(path)[0]
+    if not compare:
+        return {"checkpoint": "keep"}
+    if factor is None:
+        factor = config.rope_scaling_factor if config.rope_scaling_type == "dynamic" else DEFAULT_NTK_FACTOR
+    return {"dynamic": {"type": "dynamic", "factor": float(factor)}, "plain": None}
+
+
+def evaluate(checkpoint: str | Path, lengths: Sequence[int], depths: Sequence[float], out: str | Path | None = None,
+             compare_ntk: bool = False, needle: str = DEFAULT_NEEDLE, max_new_tokens: int = 12, seed: int = 0,
+             trials: int = 1, ntk_factor: float | None = None, device: str = "cpu", verbose: bool = False,
+             answer_room: int = 0) -> dict:
+    """NIAH on a checkpoint directory (weights + tokenizer): JSON and heatmaps in `out` when given.
+
+    `answer_room` > 0 makes each prompt that many tokens shorter than its length, so prompt + answer fit the
+    length (the passkey experiment: a model trained on sequences of at most W tokens is asked at W)."""
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "config.json").exists():
+        raise NiahError(f"{checkpoint}: no config.json; is it an HF checkpoint directory?")
+    if not (checkpoint / "tokenizer.json").exists() and not (checkpoint / "tokenizer.model").exists():
+        raise NiahError(f"{checkpoint} has no tokenizer (tokenizer.json or tokenizer.model); NIAH needs text in and out")
+    if max_new_tokens < 1:
+        raise NiahError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    from ilm.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(checkpoint)
+    haystack = Haystack(tokenizer)
+    runs = {}
+    for name, rope in ntk_runs(checkpoint, compare_ntk, ntk_factor).items():
+        model = load_model(checkpoint, rope, positions=max(lengths) + max_new_tokens, device=device)
+        answer = model_answerer(model, max_new_tokens, tokenizer.stop_ids)
+
+        def show(cell: dict, name: str = name) -> None:
+            if verbose:
+                print(f"[niah {name}] length {cell['length']} depth {cell['depth']:.2f}: "
+                      f"{'hit ' if cell['hit'] else 'miss'} {cell['answer'][:40]!r}", file=sys.stderr, flush=True)
+
+        runs[name] = run_grid(answer, tokenizer, lengths, depths, needle, seed, trials, haystack, answer_room, show)
+        runs[name]["rope_scaling"] = model.config.rope_scaling
+    result = {"checkpoint": str(checkpoint), "runs": runs,
+              "summary": summarise(runs, trained_length(checkpoint))}
+    if out is not None:
+        write_outputs(Path(out), result)
+    return result
+
+
+# ---------------------------------------------------------------- outputs
+
+def heatmap(ax, run: dict, title: str, trained: int | None = None) -> None:
+    import numpy as np
+
+    grid = np.array(run["score"]["grid"], dtype=float)
+    ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(run["lengths"])), [str(n) for n in run["lengths"]], fontsize=7)
+    ax.set_yticks(range(len(run["depths"])), [f"{d:g}" for d in run["depths"]], fontsize=7)
+    ax.set_xlabel("context length (tokens)", fontsize=8)
+    ax.set_ylabel("needle depth", fontsize=8)
+    ax.set_title(f"{title}: {run['score']['overall']:.0%}", fontsize=9)
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, f"{v:.0%}" if run["trials"] > 1 else ("hit" if v else "-"), ha="center", va="center",
+                fontsize=6)
+    if trained is not None:  # a line after the last length within the trained window
+        within = sum(n <= trained for n in run["lengths"])
+        if 0 < within < len(run["lengths"]):
+            ax.axvline(within - 0.5, color="black", linestyle="--", linewidth=1)
+
+
+def _label(name: str, rope: Any) -> str:
+    if name == "plain":
+        return "plain RoPE"
+    if isinstance(rope, dict) and rope.get("type") == "dynamic":
+        return f"dynamic NTK x{rope['factor']:g}"
+    return name
+
+
+def write_outputs(out: Path, result: dict) -> dict[str, Path]:
+    """niah.json, niah.png (all runs side by side) and niah-<run>.png; written to a temporary name and
+    renamed, so a reader never sees half a file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ilm.data.io import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    trained = result["summary"].get("trained_length")
+    paths = {"json": out / "niah.json", "png": out / "niah.png"}
+    atomic_write_text(paths["json"], json.dumps(result, indent=1) + "\n")
+    runs = result["runs"]
+    figures = {"png": list(runs)} | {f"png-{n}": [n] for n in runs if len(runs) > 1}
+    for key, names in figures.items():
+        fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 2.6), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            heatmap(ax, runs[name], _label(name, runs[name].get("rope_scaling")), trained)
+        fig.tight_layout()
+        path = out / ("niah.png" if key == "png" else f"niah-{names[0]}.png")
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, dpi=90, format="png")
+        plt.close(fig)
+        tmp.replace(path)
+        paths[key] = path
+    return paths
+
+
+# ---------------------------------------------------------------- demo and CLI
+
+def demo(out: Path, checkpoint: Path, quick: bool = True) -> dict:
+    """`make demo`'s NIAH step: a small heatmap of `checkpoint` at half, one and two times its trained length
+    (seconds of CPU), dynamic NTK against plain RoPE, into out/eval/niah.png and niah.json.
+
+    Returns {"lengths", "depths", "trained_length", "dynamic": {...}, "plain": {...}, "json", "png"}, each run
+    with its overall hit rate, per length, and within / beyond the trained length.
+    """
+    trained = trained_length(checkpoint)
+    lengths = [trained // 2, trained, 2 * trained] + ([] if quick else [4 * trained])
+    depths = [0.0, 0.5, 1.0] if quick else [0.0, 0.25, 0.5, 0.75, 1.0]
+    result = evaluate(checkpoint, lengths, depths, Path(out) / "eval", compare_ntk=True, max_new_tokens=8)
+    summary = {"lengths": lengths, "depths": depths, **result["summary"],
+               "json": str(Path(out) / "eval" / "niah.json"), "png": str(Path(out) / "eval" / "niah.png")}
+    scores = ", ".join(f"{name} {result['summary'][name]['overall']:.0%}" for name in result["runs"])
+    print(f"[eval] NIAH {len(lengths)} lengths x {len(depths)} depths (trained length {trained}): {scores} "
+          f"-> {summary['png']}")
+    return summary
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="HF checkpoint directory with its tokenizer")
+    parser.add_argument("--lengths", default="256,512,1024", help="comma-separated context lengths in tokens")
+    parser.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="comma-separated needle depths in [0, 1]")
+    parser.add_argument("--out", required=True, help="output directory (niah.json, niah.png)")
+    parser.add_argument("--compare-ntk", action="store_true",
+                        help="run twice: dynamic NTK and plain RoPE (the same weights), two heatmaps and a summary")
+    parser.add_argument("--ntk-factor", type=float, default=None,
+                        help=f"dynamic NTK factor for --compare-ntk (default: the checkpoint's, else {DEFAULT_NTK_FACTOR})")
+    parser.add_argument("--needle", default=DEFAULT_NEEDLE,
+                        help="needle sentence; {key} = a random word, {value} = random 5 digits; a literal "
+                             "needle must read '<subject> is <value>.' (default %(default)r)")
+    parser.add_argument("--max-new-tokens", type=int, default=12, help="greedy answer length (default 12)")
+    parser.add_argument("--trials", type=int, default=1, help="needles per cell (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the needles and haystack starts")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    lengths, depths = parse_lengths(args.lengths), parse_depths(args.depths)
+    if args.ntk_factor is not None and not args.ntk_factor >= 1.0:
+        raise NiahError(f"--ntk-factor must be >= 1.0, got {args.ntk_factor}")
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = evaluate(args.checkpoint, lengths, depths, args.out, args.compare_ntk, args.needle, args.max_new_tokens,
+                      args.seed, args.trials, args.ntk_factor, device, verbose=True)
+    summary = result["summary"]
+    trained = summary["trained_length"]
+    print(f"NIAH {args.checkpoint} (trained length {trained}): {len(lengths)} lengths x {len(depths)} depths x "
+          f"{args.trials} trial(s)")
+    print(f"{'run':<11}" + "".join(f"{n:>8}" for n in lengths) + f"{'within':>8}{'beyond':>8}{'overall':>9}")
+    for name in result["runs"]:
+        row = summary[name]
+        cols = "".join(f"{row['by_length'][str(n)]:>8.0%}" for n in lengths)
+        part = "".join(f"{'-':>8}" if row[k] is None else f"{row[k]:>8.0%}" for k in ("within", "beyond"))
+        print(f"{name:<11}{cols}{part}{row['overall']:>9.0%}")
+    print(f"wrote {Path(args.out) / 'niah.json'} and {Path(args.out) / 'niah.png'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ilm.eval.niah ...`, with the one-line errors of `ilm`."""
+    from ilm.cli import user_error
+
+    parser = argparse.ArgumentParser(prog="ilm eval niah", description=__doc__.split("\n")[0])
+    register(parser)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as err:
+        message = user_error(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
