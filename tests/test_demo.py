@@ -40,7 +40,7 @@ def test_demo_runs_every_stage_and_the_tiny_recipe_learns(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for tag in ("[data]", "[code]", "[tokenizer]", "[shards]", "[pretrain]", "[sft]", "[rm]", "[model] chat sample",
-                "[rlhf] round 1 fast path", "[rlhf] reward and KL curves"):
+                "[rlhf] round 1 fast path", "[rlhf] reward and KL curves", "[eval]", "[serve]"):
         assert tag in out
     report = json.loads((tmp_path / "report.json").read_text())
     for s in readme_demo_sections():  # every section README names, with its wall time
@@ -61,6 +61,13 @@ def test_demo_runs_every_stage_and_the_tiny_recipe_learns(tmp_path, capsys):
     rlhf = report["rlhf"]  # two rounds of PPO with the fast path; the curves plotted
     assert [c["round"] for c in rlhf["curves"]] == [1, 2] and (tmp_path / "rlhf-rounds" / "curves.png").exists()
     assert rlhf["rounds"]["1"]["fast"]["pairs"] >= 20
+    ev = report["eval"]  # perplexity and a task through ilm eval; NIAH dynamic NTK vs plain RoPE
+    assert (tmp_path / "eval" / "results.json").exists() and (tmp_path / "eval" / "niah.png").exists()
+    assert set(ev["niah"]["dynamic"]) >= {"overall", "beyond"} and set(ev["niah"]["plain"]) >= {"overall", "beyond"}
+    serve = report["serve"]  # the RLHF model, through the server, with the openai client
+    assert serve["checkpoint"] == rlhf["actor"] and serve["requests"] >= 2
+    transcripts = json.loads((tmp_path / "serve" / "transcripts.json").read_text())
+    assert transcripts[0]["streamed_text"] and transcripts[0]["usage"]["completion_tokens"] > 0
     model = load_checkpoint(tmp_path / "checkpoint-llama")
     assert model.config.vocab_size == 2048 and model.config.rope_theta == 1_000_000
 

@@ -10,9 +10,15 @@ did, and returns what later stages need:
   pretrain   the tiny recipe's three stages (recipes/tiny.toml) -> an HF InternLM2 checkpoint
   sft        ChatML conversations built from real docstrings (tool use included) -> a chat checkpoint
   rm         the conditional reward model on preference pairs in three domains -> accuracy per domain
-  rlhf       rounds of PPO on a task with a planted reward-model loophole: the fast path at work, and the
-             reward and KL curves (recipes/rlhf-rounds-tiny.toml)
   model      round trip through both HF formats; batched generation with the KV cache
+  rlhf       rounds of PPO on a task with a planted reward-model loophole: the fast path at work, and the
+             reward and KL curves (recipes/rlhf-rounds-tiny.toml); the policy also learns a weather tool
+  eval       held-out perplexity and a shipped task (ilm eval), Needle in a Haystack (dynamic NTK vs plain)
+  serve      the RLHF model behind `ilm serve`: a streamed chat and a tool-call round trip through the
+             official `openai` client
+
+report.json is rewritten after every stage (a run that stops early still has one), and `ilm report` turns
+the run directory into one HTML page, whose path the demo prints last.
 """
 
 from __future__ import annotations
@@ -145,39 +151,65 @@ def stage_model(out: Path, checkpoint: Path, tokenizer) -> dict:
 
 # The sections of report.json, in the order the demo runs them; README's "What `make demo` does" names the same
 # ones (a test holds the two together). Each carries its key numbers and its wall time in seconds.
-SECTIONS = ("data", "code", "tokenizer", "shards", "pretrain", "sft", "rm", "model", "rlhf")
+SECTIONS = ("data", "code", "tokenizer", "shards", "pretrain", "sft", "rm", "model", "rlhf", "eval", "serve")
 
 
-def summarise(data: dict, code: dict, tok, shards: dict, model: dict) -> dict[str, dict]:
-    """The key numbers of the stages whose return values are not summaries already (data .. shards, model)."""
+def data_section(data: dict) -> dict:
+    ledger = data["ledger"]
+    return {"input_docs": ledger["input_docs"], "kept_docs": ledger["kept_docs"],
+            "removed_docs": ledger["removed_docs"], "balanced": ledger["balanced"], "ledger": ledger}
+
+
+def code_section(code: dict) -> dict:
+    c = code["ledger"]
+    return {"files": c["code"]["ingest"]["files"], "repos": c["code"]["ingest"]["repos"],
+            "kept_docs": c["kept_docs"], "removed_docs": c["removed_docs"], "kept_tiers": c["code"]["kept_tiers"],
+            "samples": c["code"]["samples"]["samples"], "balanced": c["balanced"]}
+
+
+def shards_section(shards: dict) -> dict:
     from ilm.data.shards import TokenShards
 
-    ledger, c = data["ledger"], code["ledger"]
     counts = {name: TokenShards(path) for name, path in shards.items()}
-    return {
-        "data": {"input_docs": ledger["input_docs"], "kept_docs": ledger["kept_docs"],
-                 "removed_docs": ledger["removed_docs"], "balanced": ledger["balanced"], "ledger": ledger},
-        "code": {"files": c["code"]["ingest"]["files"], "repos": c["code"]["ingest"]["repos"],
-                 "kept_docs": c["kept_docs"], "removed_docs": c["removed_docs"], "kept_tiers": c["code"]["kept_tiers"],
-                 "samples": c["code"]["samples"]["samples"], "balanced": c["balanced"]},
-        "tokenizer": {"vocab_size": tok.vocab_size, "stop_ids": list(tok.stop_ids)},
-        "shards": {name: {"documents": sh.num_docs, "tokens": sh.num_tokens, "path": str(shards[name])}
-                   for name, sh in counts.items()},
-        "model": model,
-    }
+    return {name: {"documents": sh.num_docs, "tokens": sh.num_tokens, "path": str(shards[name])}
+            for name, sh in counts.items()}
 
 
-def write_report(out: Path, sections: dict[str, dict], seconds: dict[str, float]) -> Path:
-    """report.json: one section per stage (SECTIONS order) with its `seconds`, and the total wall time."""
+def stage_eval(out: Path, checkpoint: Path, quick: bool) -> dict:
+    """`ilm eval` on the pretrained model (held-out perplexity, a shipped task) and its NIAH heatmap."""
+    from ilm.eval import demo as eval_demo
+    from ilm.eval import niah
+
+    return {**eval_demo.run(out, checkpoint, quick), "niah": niah.demo(out, checkpoint, quick)}
+
+
+def stage_serve(out: Path, actor: Path, quick: bool) -> dict:
+    """The RLHF model behind the server: a task question streamed, then a weather tool-call round trip
+    (the tool it learned in its SFT data; `tool_choice` auto, so the call is the model's own)."""
+    from ilm.serve import demo as serve_demo
+    from ilm.train.rlhf.synthetic import WEATHER_TOOL, query, weather
+
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    summary = serve_demo.run(out, actor, quick, chat=query(42)["messages"], ask=ask, tool=WEATHER_TOOL,
+                             tool_fn=weather, tool_choice="auto")
+    return {**summary, "checkpoint": str(actor)}
+
+
+def write_report(out: Path, sections: dict[str, dict], seconds: dict[str, float], complete: bool = True) -> Path:
+    """report.json: one section per stage (SECTIONS order) with its `seconds`, and the total wall time.
+    `complete=False` writes the stages run so far (the others are absent: not run)."""
     missing = [s for s in SECTIONS if s not in sections or s not in seconds]
-    if missing:
+    if missing and complete:
         raise ValueError(f"report.json needs every stage; missing {missing}")
-    report: dict = {"seconds": round(sum(seconds.values()), 3),
-                    "stage_seconds": {s: round(seconds[s], 3) for s in SECTIONS}}
-    for s in SECTIONS:
+    done = [s for s in SECTIONS if s not in missing]
+    report: dict = {"seconds": round(sum(seconds[s] for s in done), 3),
+                    "stage_seconds": {s: round(seconds[s], 3) for s in done}}
+    for s in done:
         report[s] = {**sections[s], "seconds": round(seconds[s], 3)}
     path = out / "report.json"
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    tmp.replace(path)
     return path
 
 
@@ -185,29 +217,36 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
+    sections: dict[str, dict] = {}
 
-    def timed(name: str, fn, *a):
+    def timed(name: str, fn, *a, section=lambda result: result):
         t0 = time.perf_counter()
         result = fn(*a)
         seconds[name] = time.perf_counter() - t0
+        sections[name] = section(result)
+        print(f"[{name}] stage done in {seconds[name]:.1f}s", flush=True)
+        write_report(out, sections, seconds, complete=False)
         return result
 
     from ilm.train import reward, sft
     from ilm.train.rlhf import synthetic
 
-    data = timed("data", stage_data, out)
-    code = timed("code", stage_code, out)
-    tok = timed("tokenizer", stage_tokenizer, out, data["texts"])["tokenizer"]
-    shards = timed("shards", stage_shards, out, data["texts"], code["samples"])
+    data = timed("data", stage_data, out, section=data_section)
+    code = timed("code", stage_code, out, section=code_section)
+    tok = timed("tokenizer", stage_tokenizer, out, data["texts"],
+                section=lambda r: {"vocab_size": r["tokenizer"].vocab_size, "stop_ids": list(r["tokenizer"].stop_ids)})
+    tok = tok["tokenizer"]
+    shards = timed("shards", stage_shards, out, data["texts"], code["samples"], section=shards_section)
     pre = timed("pretrain", stage_pretrain, out, shards, args.quick)
     chat = timed("sft", sft.demo, out, pre["export"], out / "tokenizer", args.quick)
-    rm = timed("rm", reward.demo, out, chat["export"], out / "tokenizer", args.quick)
-    model = timed("model", stage_model, out, Path(chat["export"]), tok)
+    timed("rm", reward.demo, out, chat["export"], out / "tokenizer", args.quick)
+    timed("model", stage_model, out, Path(chat["export"]), tok)
     rlhf = timed("rlhf", synthetic.demo, out, args.quick)
-    sections = {**summarise(data, code, tok, shards, model), "pretrain": pre, "sft": chat, "rm": rm, "rlhf": rlhf}
+    timed("eval", stage_eval, out, Path(pre["export"]), args.quick)
+    timed("serve", stage_serve, out, Path(rlhf["actor"]), args.quick)
     write_report(out, sections, seconds)
     print(f"\ndemo finished in {sum(seconds.values()):.1f}s (per stage: "
           + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())
-          + f"); outputs in {out}/ (report.json, pretrain/training.png, "
-          f"data/ledger.json, rm/ reward histograms, rlhf-rounds/curves.png)")
+          + f"); outputs in {out}/ (report.json, pretrain/training.png, data/ledger.json, rm/ reward histograms, "
+          "rlhf-rounds/curves.png, eval/niah.png, serve/transcripts.json)")
     return 0

@@ -13,6 +13,7 @@ import importlib
 import inspect
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,17 @@ def python_doc(name: str) -> str:
     except (ImportError, AttributeError, ValueError) as err:
         return f"error: no such function {name!r} ({type(err).__name__})"
     return (inspect.getdoc(fn) or "")[:1500]
+
+
+def _call(fn: Callable[..., Any], args: Any) -> str:
+    """Run the tool on the model's arguments; a mistake in them is the tool's answer, as in the agent loop."""
+    if not isinstance(args, dict):
+        return "error: arguments not an object"
+    try:
+        result = fn(**args)
+    except TypeError as err:
+        return f"error: {err}"
+    return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
 
 
 def _stream(client: Any, model: str, messages: list[dict], max_tokens: int, **kw: Any) -> dict:
@@ -59,10 +71,15 @@ def _stream(client: Any, model: str, messages: list[dict], max_tokens: int, **kw
             "time_to_first_token_s": round((first or end) - t0, 4)}
 
 
-def run(out: Path, checkpoint: Path, quick: bool = True) -> dict:
+def run(out: Path, checkpoint: Path, quick: bool = True, *, chat: list[dict] | None = None,
+        ask: list[dict] | None = None, tool: dict = DOC_TOOL, tool_fn: Callable[..., Any] = python_doc,
+        tool_choice: str | dict | None = None) -> dict:
     """Serve `checkpoint` on a free 127.0.0.1 port in this process, run the exchanges, stop the server.
 
-    Returns {"requests", "completion_tokens", "tool_call_parsed", "final_answer", "url"}.
+    `chat` is the streamed request's messages, `ask` the tool round trip's, `tool` the declaration sent
+    and `tool_fn(**arguments)` what runs the call; `tool_choice` defaults to naming the tool (the server
+    writes the call header), "auto" leaves the call to the model. The defaults are the demo SFT model's
+    `python_doc` tool. Returns {"requests", "completion_tokens", "tool_call_parsed", "final_answer", "url"}.
     """
     import openai
 
@@ -77,22 +94,23 @@ def run(out: Path, checkpoint: Path, quick: bool = True) -> dict:
     try:
         with ServerThread(build_app(engine, "ilm-demo")) as srv:
             client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=600)
-            question = [SYSTEM, {"role": "user", "content": "What does `json.dumps` do?"}]
+            question = chat or [SYSTEM, {"role": "user", "content": "What does `json.dumps` do?"}]
             exchanges.append({"kind": "streamed chat", **_stream(client, "ilm-demo", question, max_tokens)})
 
-            ask = [SYSTEM, {"role": "user", "content": "Look up `textwrap.dedent` and summarise it."}]
-            call = _stream(client, "ilm-demo", ask, max_tokens + 32, tools=[DOC_TOOL],
-                           tool_choice={"type": "function", "function": {"name": "python_doc"}})
+            ask = ask or [SYSTEM, {"role": "user", "content": "Look up `textwrap.dedent` and summarise it."}]
+            name = tool["function"]["name"]
+            choice = tool_choice or {"type": "function", "function": {"name": name}}
+            call = _stream(client, "ilm-demo", ask, max_tokens + 32, tools=[tool], tool_choice=choice)
             exchanges.append({"kind": "tool call", **call})
             parsed, answer = False, None
             if call["tool_calls"]:
                 tc = call["tool_calls"][0]
                 args = json.loads(tc["function"]["arguments"])  # the server only reports calls that parsed
                 parsed = True
-                result = python_doc(args.get("name", "")) if isinstance(args, dict) else "error: arguments not an object"
+                result = _call(tool_fn, args)
                 follow = ask + [{"role": "assistant", "content": None, "tool_calls": [tc]},
                                 {"role": "tool", "tool_call_id": tc["id"], "content": result}]
-                final = _stream(client, "ilm-demo", follow, max_tokens, tools=[DOC_TOOL])
+                final = _stream(client, "ilm-demo", follow, max_tokens, tools=[tool])
                 exchanges.append({"kind": "tool result -> final answer", **final})
                 answer = final["streamed_text"]
             else:

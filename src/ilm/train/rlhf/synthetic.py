@@ -130,6 +130,41 @@ def heldout_pairs(n: int, seed: int = 1) -> list[dict[str, Any]]:
     return out
 
 
+# A tool the demo's policy learns to call, in the OpenAI `tools` format the server receives: the SFT data
+# renders its declaration byte for byte as a client's request will (ilm.tokenizer.chat), so the served
+# RLHF model meets the same text it was taught on.
+WEATHER_TOOL: dict[str, Any] = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+CITIES = ("Paris", "Berlin", "Tokyo", "Lima", "Oslo", "Cairo", "Delhi", "Rome")
+
+
+def weather(city: str) -> dict[str, Any]:
+    """The demo tool's answer: a fixed temperature per city (deterministic, no network)."""
+    import zlib
+
+    return {"city": city, "temperature": 5 + zlib.crc32(city.encode()) % 30}
+
+
+def weather_conversations(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Tool-use chats: the user asks for a city's weather, the assistant calls `get_weather`, reads the
+    environment's result and answers with its temperature (a copy, as the task's answers are)."""
+    import json
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        city = rng.choice(CITIES)
+        temp = rng.randint(LOW, HIGH)  # the taught answer copies whatever the tool returned
+        out.append({"tools": [WEATHER_TOOL], "messages": [
+            {"role": "user", "content": f"What is the weather in {city}?"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": city}}}]},
+            {"role": "tool", "content": json.dumps({"city": city, "temperature": temp})},
+            {"role": "assistant", "content": f"It is {temp} degrees in {city}."}]})
+    return out
+
+
 def tokenizer_corpus(n: int = 4000, seed: int = 0) -> list[str]:
     """Lines for training a small tokenizer that covers the task's text."""
     rng = random.Random(seed)
@@ -144,14 +179,18 @@ def tokenizer_corpus(n: int = 4000, seed: int = 0) -> list[str]:
 
 
 def build_task(out: str | Path, n_sft: int = 4000, n_rm: int = 3200, n_queries: int = 256, sft_epochs: int = 8,
-               rm_epochs: int = 4, seed: int = 0) -> dict[str, str]:
+               rm_epochs: int = 4, seed: int = 0, n_tool: int = 0) -> dict[str, str]:
     """Tokenizer, SFT policy and loophole reward model for the task, from scratch on CPU in minutes.
+
+    `n_tool` > 0 adds that many `get_weather` tool-call chats to the SFT data (the demo serves the RLHF
+    policy and makes a tool-call round trip with it); their declaration needs a 256-token window.
 
     Returns paths: tokenizer, sft (HF checkpoint), rm (reward-model export), queries (jsonl), rm_train (the
     RM's earlier data, which the fast path replays), heldout (pairs for the patched-RM check).
     Reuses what an earlier call left in `out` (each piece is checked by its final file).
     """
     from ilm.tokenizer import train_tokenizer
+    from ilm.tokenizer.chat import render_text
     from ilm.train.optim import OptimConfig
     from ilm.train.pretrain import ModelSection
     from ilm.train.reward import RMConfig, RMData, RMTrain
@@ -164,11 +203,15 @@ def build_task(out: str | Path, n_sft: int = 4000, n_rm: int = 3200, n_queries: 
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
         corpus = out / "tokenizer-corpus.txt"
-        corpus.write_text("\n".join(tokenizer_corpus(seed=seed) + _stdlib_text()) + "\n")
+        tool_text = [render_text(c["messages"], c["tools"]) for c in weather_conversations(min(n_tool, 400), seed)]
+        corpus.write_text("\n".join(tokenizer_corpus(seed=seed) + _stdlib_text() + tool_text) + "\n")
         train_tokenizer([corpus], tok_dir, vocab_size=512)
-    model = ModelSection("tiny", {"max_position_embeddings": 128})
+    window = 256 if n_tool else 128
+    model = ModelSection("tiny", {"max_position_embeddings": window})
     data = out / "data"
-    sft_train = write_jsonl(data / "sft.jsonl", sft_conversations(n_sft, seed))
+    chats = sft_conversations(n_sft, seed) + weather_conversations(n_tool, seed + 5)
+    random.Random(seed).shuffle(chats)
+    sft_train = write_jsonl(data / "sft.jsonl", chats)
     rm_train = write_jsonl(data / "rm-train.jsonl", rm_pairs(n_rm, seed + 1))
     heldout = write_jsonl(data / "heldout.jsonl", heldout_pairs(200, seed + 2))
     rm_eval = write_jsonl(data / "rm-eval.jsonl", rm_pairs(200, seed + 4))
@@ -178,7 +221,7 @@ def build_task(out: str | Path, n_sft: int = 4000, n_rm: int = 3200, n_queries: 
         train_sft(SFTConfig(
             run_dir=str(sft_dir), tokenizer=str(tok_dir), model=model, data=SFTData(train=[str(sft_train)]),
             optim=OptimConfig(lr=3e-3, warmup_steps=10, final_lr_fraction=0.1, weight_decay=0.0),
-            train=SFTTrain(window=128, batch_rows=16, micro_batch_rows=16, epochs=sft_epochs, precision="fp32",
+            train=SFTTrain(window=window, batch_rows=16, micro_batch_rows=16, epochs=sft_epochs, precision="fp32",
                            device="cpu", checkpoint_every=10_000, eval_every=10_000, progress=False, seed=seed)),
             resume="never")
     rm_dir = out / "rm"
@@ -320,9 +363,14 @@ def curves_figure(plt, curves: list[dict[str, Any]], title: str):
     return fig
 
 
+DEMO_TOOL_CHATS = 600  # get_weather chats in the demo policy's SFT data: the served RLHF model calls the tool
+
+
 def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
     """The demo's RLHF stage: the loophole task, then recipes/rlhf-rounds-tiny.toml (two rounds of PPO, the
-    fast path with the true-reward verifier, the slow path's export); prints the reward and KL curves."""
+    fast path with the true-reward verifier, the slow path's export); prints the reward and KL curves.
+    The policy also learns to call `get_weather` (WEATHER_TOOL), so the final actor (`actor` in the returned
+    summary) is the tool-using chat model the demo serves."""
     import json
 
     from ilm.config import load
@@ -330,7 +378,7 @@ def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
     from ilm.train.sft import RECIPES
 
     out = Path(out)
-    task = build_task(out / "rlhf-task", **({"n_sft": 1500, "sft_epochs": 3} if quick else {}))
+    task = build_task(out / "rlhf-task", **({"n_sft": 1500, "sft_epochs": 3} if quick else {}), n_tool=DEMO_TOOL_CHATS)
     q = json.dumps
     overrides = [f"--run_dir={q(str(out / 'rlhf-rounds'))}", f"--rm_data=[{q(task['rm_train'])}]",
                  f"--rm_eval=[{q(task['rm_eval'])}]", f"--ppo.tokenizer={q(task['tokenizer'])}",
@@ -355,4 +403,4 @@ def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
               f"by the verifier -> {fast['pairs']} pairs; reward model patched: {rm.get('patched')}{check}")
     print(f"[rlhf] reward and KL curves: {plot}")
     return {**summary, "curves": [{k: v for k, v in c.items() if k != "per_update"} for c in curves],
-            "plot": str(plot)}
+            "plot": str(plot), "actor": summary["actors"][str(cfg.rounds + 1)]}
