@@ -168,12 +168,15 @@ def summarise(data: dict, code: dict, tok, shards: dict, model: dict) -> dict[st
 
 
 def write_report(out: Path, sections: dict[str, dict], seconds: dict[str, float]) -> Path:
-    """report.json: one section per stage (SECTIONS order) with its `seconds`, and the total wall time."""
+    """report.json: one section per stage (SECTIONS order) with its `seconds`, the total wall time, and the
+    machine (`ilm.report.machine_info`)."""
     missing = [s for s in SECTIONS if s not in sections or s not in seconds]
     if missing:
         raise ValueError(f"report.json needs every stage; missing {missing}")
+    from ilm.report import machine_info
+
     report: dict = {"seconds": round(sum(seconds.values()), 3),
-                    "stage_seconds": {s: round(seconds[s], 3) for s in SECTIONS}}
+                    "stage_seconds": {s: round(seconds[s], 3) for s in SECTIONS}, "machine": machine_info()}
     for s in SECTIONS:
         report[s] = {**sections[s], "seconds": round(seconds[s], 3)}
     path = out / "report.json"
@@ -210,4 +213,7 @@ def run(args: argparse.Namespace) -> int:
           + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())
           + f"); outputs in {out}/ (report.json, pretrain/training.png, "
           f"data/ledger.json, rm/ reward histograms, rlhf-rounds/curves.png)")
+    from ilm.report import build_report
+
+    print(f"report: {build_report(out)}")
     return 0
