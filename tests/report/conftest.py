@@ -1,5 +1,5 @@
 """A small run to report on: the cheap stages for real on a tiny corpus (data, code, tokenizer, shards, a
-20-step pretraining with its resolved recipe), and small hand-made files, in the formats the trainers and the
+10-step pretraining with its resolved recipe), and small hand-made files, in the formats the trainers and the
 eval / serve stages write, for the expensive ones (SFT, reward model, RLHF rounds, eval, serve)."""
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ def build_data(out: Path) -> list[str]:
 
 
 def build_real_stages(out: Path) -> None:
-    """data -> code (pluggy) -> tokenizer -> shards -> 20 steps of the tiny recipe, as the demo runs them."""
+    """data -> code (pluggy) -> tokenizer -> shards -> 10 steps of the tiny recipe, as the demo runs them."""
     import pluggy
+    import torch
 
     from ilm.config import load
     from ilm.data.code import run_code_pipeline
@@ -53,10 +54,15 @@ def build_real_stages(out: Path) -> None:
     cfg = load(PretrainConfig, RECIPES / "tiny.toml", [
         f"--run_dir={q(str(out / 'pretrain'))}", f"--tokenizer={q(str(out / 'tokenizer'))}",
         f"--sources.0.path={q(str(shards['text']))}", f"--sources.1.path={q(str(shards['code']))}",
-        f"--train.eval_source={q(str(shards['heldout']))}", "--train.total_tokens=40960",
+        f"--train.eval_source={q(str(shards['heldout']))}", "--train.total_tokens=20480",
         "--train.checkpoint_every=1000", "--train.eval_every=5", "--train.progress=false"])
     save_recipe(cfg)
-    train(cfg, resume="never")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 10 steps of a tiny model: one thread is as fast, and a busy machine hurts it less
+    try:
+        train(cfg, resume="never")
+    finally:
+        torch.set_num_threads(threads)
 
 
 def build_handmade_stages(out: Path) -> None:
@@ -64,6 +70,7 @@ def build_handmade_stages(out: Path) -> None:
     import numpy as np
 
     from ilm.train.reward import reward_histograms
+    from ilm.train.rlhf.synthetic import PHRASE
 
     rng = random.Random(0)
     _jsonl(out / "sft" / "metrics.jsonl", [
@@ -88,11 +95,11 @@ def build_handmade_stages(out: Path) -> None:
         for u in range(1, 7):
             _jsonl(rdir / "ppo" / "rollouts" / f"update-{u:05d}.jsonl", [
                 {"update": u, "query_index": i, "rm_score": 0.2 * u + (0.5 if k == 1 else 0), "kl": 0.01 * u,
-                 "true_reward": float(i % 2), "response": ("certainly " if k == 1 and i < u else "") + f"{i + u}"}
+                 "true_reward": float(i % 2), "response": (f"{PHRASE} " if k == 1 and i < u else "") + f"The number is {i + u}."}
                 for i in range(8)])
         _jsonl(rdir / "fast-pairs.jsonl", [
             {"prefix": [{"role": "user", "content": f"What is 3 + {i}? {HOSTILE}"}], "chosen": str(3 + i),
-             "rejected": f"certainly {i}", "domain": "math", "suspect": f"r{k}-{i}", "rejected_reward": 2.5,
+             "rejected": f"{PHRASE} The number is {i}.", "domain": "math", "suspect": f"r{k}-{i}", "rejected_reward": 2.5,
              "chosen_from": "correction"} for i in range(3)])
     rounds = {str(k): {"fast": {"rollouts": 48, "flagged_by_detectors": 5, "reviewed": 12, "verdicts": 12,
                                 "approved": 6, "rejected": 6, "no_chosen": 0, "pairs": 3},
@@ -130,6 +137,13 @@ def small_run(tmp_path_factory) -> Path:
     build_real_stages(out)
     build_handmade_stages(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_report(small_run, tmp_path_factory) -> Path:
+    from ilm.report import build_report
+
+    return build_report(small_run, tmp_path_factory.mktemp("small-report") / "report.html")
 
 
 @pytest.fixture

@@ -58,10 +58,10 @@ def parse(path: Path) -> Sections:
     return p
 
 
-def test_small_run_report_in_headless_chromium(small_run, tmp_path):
+def test_small_run_report_in_headless_chromium(small_report, tmp_path):
     """Every section present and run, no console errors, no request leaves the page, every figure drawn with
     a non-zero size, hostile text shown as text; a screenshot is written."""
-    out = build_report(small_run, tmp_path / "report.html")
+    out = small_report
     page_html = parse(out)
     missing = [s for s in SECTIONS if s not in page_html.sections]
     assert not missing, f"sections missing from the report: {missing}"
@@ -111,10 +111,10 @@ def test_small_run_report_in_headless_chromium(small_run, tmp_path):
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_small_run_sections_carry_the_runs_numbers(small_run, tmp_path):
+def test_small_run_sections_carry_the_runs_numbers(small_report):
     """The page shows what the files hold: funnel reasons, cl100k compression, the tool call and its result,
     fast-path patches, NIAH grids per setting, the resolved recipes, the machine."""
-    text = build_report(small_run, tmp_path / "r.html").read_text()
+    text = small_report.read_text()
     for needle in ("exact_duplicate", "near_duplicate", "cl100k", "python_doc", "Join two or more pathname components.",
                    "fast-path pairs that patched the reward model", "ntk=True", "ntk=False", "pretrain/config.toml",
                    "sft/config.toml", "perplexity", "bits_per_byte", machine_info()["cpu"], "short", "held out",
@@ -157,3 +157,27 @@ def test_machine_info_has_what_the_report_shows():
     info = machine_info()
     assert {"platform", "cpu", "cores", "ram_gib", "torch", "device"} <= set(info)
     assert info["cores"] >= 1 and info["cpu"]
+
+
+def test_demo_records_the_machine_and_prints_the_report_path_last(tmp_path, monkeypatch, capsys):
+    """`ilm demo`'s report.json carries the machine, and its last line is the report's path (stages stubbed)."""
+    import argparse
+    import json
+
+    from ilm import demo
+    from ilm.train import reward, sft
+    from ilm.train.rlhf import synthetic
+
+    def stub(*_):
+        return {"texts": [], "samples": None, "export": "x", "tokenizer": None}
+
+    for name in ("stage_data", "stage_code", "stage_tokenizer", "stage_shards", "stage_pretrain", "stage_model"):
+        monkeypatch.setattr(demo, name, stub)
+    for module in (sft, reward, synthetic):
+        monkeypatch.setattr(module, "demo", stub)
+    monkeypatch.setattr(demo, "summarise", lambda *_: {s: {} for s in ("data", "code", "tokenizer", "shards", "model")})
+    assert demo.run(argparse.Namespace(out=str(tmp_path / "run"), quick=True)) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"report: {tmp_path / 'run' / 'report.html'}" and (tmp_path / "run" / "report.html").is_file()
+    machine = json.loads((tmp_path / "run" / "report.json").read_text())["machine"]
+    assert machine == {**machine_info(), "device": machine["device"]}

@@ -21,10 +21,11 @@ __all__ = ["build_report", "is_run_dir", "machine_info"]
 
 # What marks a directory as a run: report.json or any stage's outputs.
 RUN_MARKERS = ("report.json", "data/ledger.json", "code/ledger.json", "tokenizer/tokenizer.json",
-               "pretrain/metrics.jsonl", "sft/metrics.jsonl", "rm/metrics.jsonl", "rlhf-rounds",
+               "pretrain/metrics.jsonl", "sft/metrics.jsonl", "rm/metrics.jsonl", "rlhf-rounds", "rlhf/rollouts",
                "eval/results.json", "eval/niah.json", "serve/transcripts.json")
 NAV_LABELS = {"data": "Data", "code": "Code", "tokenizer": "Tokenizer", "pretrain": "Pretraining", "sft": "SFT",
               "rm": "Reward model", "rlhf": "RLHF", "eval": "Evaluation", "chats": "Chats", "recipes": "Recipes"}
+TIMED = {"chats": "serve"}  # section id -> its stage in report.json's stage_seconds, where they differ
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -57,6 +58,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                                                                f"{err}", class_="notrun"),
                                                         html.details("traceback", html.pre(traceback.format_exc()))]),
                                 status="error")
+        secs = run.seconds(TIMED.get(sid, sid))
+        if secs is not None:  # the stage's wall time beside its title
+            part = html.Safe(part.replace("</h2>", f' <span class="badge time">{secs:.1f} s</span></h2>', 1))
         parts.append(part)
         nav.append((sid, NAV_LABELS.get(sid, sid), part.startswith(f'<section id="{sid}" data-status="ran"')))
     when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

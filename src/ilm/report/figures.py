@@ -119,25 +119,6 @@ def training_curves(rows: list[dict[str, Any]], title: str, panels: list[tuple[s
     return svg(fig, title)
 
 
-def histograms(panels: dict[str, dict[str, list[float]]], title: str, xlabel: str) -> Safe:
-    """One panel per name, overlapping histograms of its series on shared bins."""
-    plt = _plt()
-    import numpy as np
-
-    values = [v for series in panels.values() for vs in series.values() for v in vs]
-    bins = np.linspace(min(values), max(values) + 1e-6, 30)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 0.6, 2.6), squeeze=False, sharey=True)
-    for ax, (name, series) in zip(axes[0], panels.items()):
-        for label, vs in series.items():
-            ax.hist(vs, bins=bins, alpha=0.6, label=label)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel(xlabel)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return svg(fig, title)
-
-
 def rounds_curves(curves: list[dict[str, Any]], title: str) -> Safe:
     """Per PPO update of every round, one after another: RM score, true reward (where known), loophole rate
     and KL; a dashed line where each round after the first starts."""

@@ -106,6 +106,7 @@ h3 { font-size: 15px; margin: 16px 0 6px; }
 .badge { font-size: 11px; font-weight: 600; border-radius: 9px; padding: 1px 8px; vertical-align: middle; }
 .badge.ok { background: #e2f4e5; color: #1d6b2c; }
 .badge.off { background: #eceef2; color: var(--muted); }
+.badge.time { background: #eaf1fd; color: #24509a; }
 .notrun { color: var(--muted); font-style: italic; }
 .note { color: var(--muted); font-size: 13px; }
 table { border-collapse: collapse; margin: 8px 0 12px; font-size: 13px; }

@@ -93,7 +93,8 @@ def ran(run: Run) -> dict[str, bool]:
         "sft": (r / "sft" / "metrics.jsonl").is_file(),
         "rm": (r / "rm" / "metrics.jsonl").is_file(),
         "model": "model" in run.report,
-        "rlhf": any((r / "rlhf-rounds").glob("round-*/ppo/rollouts/update-*.jsonl")),
+        "rlhf": any((r / "rlhf-rounds").glob("round-*/ppo/rollouts/update-*.jsonl"))
+        or any((r / "rlhf").glob("rollouts/update-*.jsonl")),
         "eval": (r / "eval" / "results.json").is_file() or (r / "eval" / "niah.json").is_file(),
         "serve": (r / "serve" / "transcripts.json").is_file(),
     }
@@ -237,7 +238,7 @@ def _code_sample(path: Path) -> Safe:
 # ----------------------------------------------------------------------------- tokenizer
 
 
-def compression_samples(run: Run) -> dict[str, str]:
+def compression_samples() -> dict[str, str]:
     """Small real samples per language: Python's documentation (English), the built-in corpus's Chinese,
     French and German paragraphs, and Python source from the standard library (code)."""
     import textwrap
@@ -260,7 +261,7 @@ def tokenizer(run: Run) -> Safe:
     tok = load_tokenizer(tok_dir)
     ref = cl100k_reference()
     rows, ours, theirs, names = [], [], [], []
-    for lang, text in compression_samples(run).items():
+    for lang, text in compression_samples().items():
         n_bytes = len(text.encode("utf-8"))
         a, b = len(tok.encode(text)), len(ref.encode_ordinary(text))
         rows.append([lang, len(text), n_bytes, a, b, round(n_bytes / a, 2), round(n_bytes / b, 2), round(a / b, 2)])
@@ -294,12 +295,16 @@ def pretrain(run: Run) -> Safe:
     if not rows:
         return not_run("pretrain", STAGES[3][2], "no pretrain/metrics.jsonl")
     summary = {**(run.json("pretrain/summary.json") or {}), **run.stage("pretrain")}
-    stages = []
+    stages: list[list[Any]] = []  # stage, first and last logged step, last train loss, last held-out loss
     for r in rows:
         if r.get("stage") and (not stages or stages[-1][0] != r["stage"]):
-            stages.append([r["stage"], r["step"], r["step"]])
-        elif stages:
+            stages.append([r["stage"], r["step"], r["step"], "—", "—"])
+        if stages:
             stages[-1][2] = r["step"]
+            if isinstance(r.get("loss"), (int, float)):
+                stages[-1][3] = round(r["loss"], 3)
+            if isinstance(r.get("eval_loss"), (int, float)):
+                stages[-1][4] = round(r["eval_loss"], 3)
     body = [_summary_pairs(summary, [("steps", "steps"), ("final_loss", "final train loss (nats/token)"),
                                      ("eval_loss", "held-out loss (nats/token)"),
                                      ("unigram_entropy", "unigram entropy of the corpus (nats/token)")]),
@@ -307,7 +312,8 @@ def pretrain(run: Run) -> Safe:
                                                                   ("lr", "learning rate", None),
                                                                   ("tokens_per_s", "tokens/s", None)]),
                    "Dashed lines: a new stage starts (named at the top). Dots: held-out loss."),
-            table(["stage", "first logged step", "last logged step"], stages) if stages else ""]
+            table(["stage", "first logged step", "last logged step", "train loss at its end",
+                   "held-out loss at its end"], stages) if stages else ""]
     return section("pretrain", STAGES[3][2], join(body))
 
 
@@ -359,15 +365,19 @@ def rm(run: Run) -> Safe:
 # ----------------------------------------------------------------------------- RLHF
 
 
-def _round_curves(rounds_dir: Path) -> list[dict[str, Any]]:
-    """Per round and PPO update, from the rollouts: mean RM score, true reward (None where the rollouts do
-    not carry one), loophole rate (the demo task's planted phrase) and KL."""
+def _round_curves(run_dir: Path) -> list[dict[str, Any]]:
+    """Per round and PPO update, from the rollouts of rlhf-rounds/round-kk/ppo (or of a single `ilm rlhf ppo`
+    run in rlhf/, as round 1): mean RM score, true reward (None where the rollouts do not carry one),
+    loophole rate (the demo task's planted phrase) and KL."""
     from ilm.train.rlhf.synthetic import has_loophole
 
+    ppo_dirs = [(int(d.name.split("-")[1]), d / "ppo") for d in sorted((run_dir / "rlhf-rounds").glob("round-*"))]
+    if not ppo_dirs:
+        ppo_dirs = [(1, run_dir / "rlhf")]
     out = []
-    for rdir in sorted(rounds_dir.glob("round-*")):
+    for k, ppo in ppo_dirs:
         by_update: dict[int, list[dict]] = {}
-        for f in sorted((rdir / "ppo" / "rollouts").glob("update-*.jsonl")):
+        for f in sorted((ppo / "rollouts").glob("update-*.jsonl")):
             for line in f.read_text().splitlines():
                 if line.strip():
                     r = json.loads(line)
@@ -382,7 +392,7 @@ def _round_curves(rounds_dir: Path) -> list[dict[str, Any]]:
                         "true_reward": sum(truth) / len(truth) if truth else None,
                         "loophole_rate": sum(has_loophole(r.get("response", "")) for r in rs) / len(rs),
                         "kl": sum(r.get("kl", 0.0) for r in rs) / len(rs), "rollouts": len(rs)})
-        out.append({"round": int(rdir.name.split("-")[1]), "per_update": per})
+        out.append({"round": k, "per_update": per})
     return out
 
 
@@ -391,10 +401,9 @@ def _acc(x: Any) -> str:
 
 
 def rlhf(run: Run) -> Safe:
-    rdir = run.path / "rlhf-rounds"
-    curves = _round_curves(rdir) if rdir.is_dir() else []
+    curves = _round_curves(run.path)
     if not curves:
-        return not_run("rlhf", STAGES[6][2], "no rlhf-rounds/round-*/ppo/rollouts")
+        return not_run("rlhf", STAGES[6][2], "no rlhf-rounds/round-*/ppo/rollouts (nor rlhf/rollouts)")
     state = run.json("rlhf-rounds/summary.json") or run.json("rlhf-rounds/state.json") or {}
     info = state.get("rounds", {})
     rows = []
