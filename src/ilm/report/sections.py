@@ -158,9 +158,9 @@ def _removed_examples(path: Path, limit: int = 160) -> Safe:
 def _dedup(glob: dict[str, Any]) -> Safe:
     if not glob:
         return Safe("")
-    keys = sorted({k for v in glob.values() for k in v})
+    keys = sorted({k for v in glob.values() for k in v})  # one row per figure: the steps' keys differ
     return join([tag("h3", "Deduplication"),
-                 table(["step", *keys], [[name, *(v.get(k, "—") for k in keys)] for name, v in glob.items()])])
+                 table(["", *glob], [[k.replace("_", " "), *(v.get(k, "—") for v in glob.values())] for k in keys])])
 
 
 def data(run: Run) -> Safe:
@@ -226,8 +226,9 @@ def _code_sample(path: Path) -> Safe:
         return Safe("")
     if not docs:
         return Safe("")
-    # the first sample that holds several whole files shows the order best
-    d = next((d for d in docs if len(_sample_files(d.text)) >= 3 and "(part " not in d.text[:400]), docs[0])
+    # the sample with the most whole files (none cut into parts) shows the order best
+    whole = [d for d in docs if not any("(part " in f for f in _sample_files(d.text))] or docs
+    d = max(whole, key=lambda d: len(_sample_files(d.text)))
     files = _sample_files(d.text)
     return join([tag("h3", f"A dependency-ordered sample: {d.id}"),
                  p(f"{len(files)} files, in the order they appear (a file comes after the files it imports):"),
@@ -325,7 +326,7 @@ def sft(run: Run) -> Safe:
     d = summary.get("data") if isinstance(summary.get("data"), dict) else {}
     pairs = [("steps", summary.get("steps")), ("final train loss", summary.get("final_loss")),
              ("held-out assistant-token loss", summary.get("eval_loss"))]
-    pairs += [(f"conversations {k}", v if not isinstance(v, dict) else ", ".join(f"{a} {b}" for a, b in v.items())
+    pairs += [(f"data: {k.replace('_', ' ')}", v if not isinstance(v, dict) else ", ".join(f"{a} {b}" for a, b in v.items())
                or "0") for k, v in d.items() if isinstance(v, (int, float, dict))]
     body = [kv([(k, v) for k, v in pairs if v is not None]),
             figure(figures.training_curves(rows, "SFT", [("loss", "loss (assistant tokens)", "eval_loss"),
