@@ -104,23 +104,29 @@ def overview(run: Run, status: dict[str, bool], machine_now: Callable[[], dict])
     """Every stage with its status and wall time, the total, and the machine the run recorded."""
     order = ["data", "code", "tokenizer", "shards", "pretrain", "sft", "rm", "model", "rlhf", "eval", "serve"]
     order += [s for s in (run.report.get("stage_seconds") or {}) if s not in order]
+    total = run.report.get("seconds")
     rows = []
     for s in order:
         secs = run.seconds(s)
+        share = f"{secs / total:.0%}" if secs is not None and isinstance(total, (int, float)) and total > 0 else "—"
         rows.append([s, "ran" if status.get(s) or secs is not None else "not run",
-                     f"{secs:.1f}" if secs is not None else "—"])
-    total = run.report.get("seconds")
-    body = [table(["stage", "status", "seconds"], rows)]
+                     f"{secs:.1f}" if secs is not None else "—", share])
+    body = [table(["stage", "status", "seconds", "share of the run"], rows)]
     if isinstance(total, (int, float)):
         body.append(p(f"Total wall time: {total:.1f} s ({total / 60:.1f} min)."))
     machine = run.report.get("machine")
     if isinstance(machine, dict):
-        body += [tag("h3", "Machine (as recorded by the run)"), kv(machine.items())]
+        body += [tag("h3", "Machine (as recorded by the run)"), _machine(machine)]
     else:
         body += [tag("h3", "Machine"),
                  p("The run did not record its machine (report.json has no \"machine\"); this is the machine "
-                   "that built the report:", class_="note"), kv(machine_now().items())]
+                   "that built the report:", class_="note"), _machine(machine_now())]
     return section("overview", "Run overview: stages, times, machine", join(body))
+
+
+def _machine(info: dict[str, Any]) -> Safe:
+    labels = {"usable_cores": "usable cores", "ram_gib": "RAM (GiB)", "cpu": "CPU"}
+    return kv((labels.get(k, k), v) for k, v in info.items())
 
 
 # ----------------------------------------------------------------------------- data
@@ -617,8 +623,8 @@ def recipes(run: Run) -> Safe:
                     *run.path.glob("*/*/*/config.toml")})
     title = "Resolved recipes"
     if not found:
-        return section("recipes", title, p("No stage of this run wrote a resolved recipe (config.toml).",
-                                           class_="notrun"), status="not run")
+        return section("recipes", title, p("No stage of this run wrote a resolved recipe (config.toml); the "
+                                           "training commands write one beside metrics.jsonl.", class_="notrun"), status="not run")
     body = [p(f"{len(found)} config.toml files: each stage's recipe with its overrides applied and paths resolved.")]
     for f in found:
         rel = f.relative_to(run.path)
