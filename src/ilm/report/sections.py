@@ -140,14 +140,25 @@ def _funnel_table(steps: list[dict[str, Any]]) -> Safe:
     return table(["step", "documents in", "removed", "bytes removed", "removal reasons"], rows)
 
 
+def _documents(path: Path, cap: int) -> list[Any]:
+    """The first `cap` documents of a pipeline output folder (a real run's folders are far too big to read)."""
+    from ilm.data.io import list_inputs, read_documents
+
+    out: list[Any] = []
+    try:
+        for f in list_inputs([path]):
+            for d in read_documents(f):
+                out.append(d)
+                if len(out) >= cap:
+                    return out
+    except Exception:  # noqa: BLE001 - examples are a courtesy; the tables stand without them
+        return out
+    return out
+
+
 def _removed_examples(path: Path, limit: int = 160) -> Safe:
     """One removed document per reason, its first characters, so a reader sees what a reason means."""
-    from ilm.data.io import read_all
-
-    try:
-        docs = read_all(path)
-    except Exception:  # noqa: BLE001 - examples are a courtesy; the funnel stands without them
-        return Safe("")
+    docs = _documents(path, cap=5000) if path.is_dir() else []
     seen: dict[str, list[Any]] = {}
     for d in docs:
         why = (d.metadata.get("removed") or {})
@@ -222,14 +233,7 @@ def code(run: Run) -> Safe:
 
 def _code_sample(path: Path) -> Safe:
     """The first repository's first sample: its files in dependency order and its beginning."""
-    if not path.is_dir():
-        return Safe("")
-    from ilm.data.io import read_all
-
-    try:
-        docs = read_all(path)
-    except Exception:  # noqa: BLE001 - the tier table stands without the sample
-        return Safe("")
+    docs = _documents(path, cap=200) if path.is_dir() else []
     if not docs:
         return Safe("")
     # the sample with the most whole files (none cut into parts) shows the order best
