@@ -135,7 +135,7 @@ def _machine(info: dict[str, Any]) -> Safe:
 def _funnel_table(steps: list[dict[str, Any]]) -> Safe:
     rows = []
     for s in steps:
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.get("reasons", {}).items(), key=lambda kv: -kv[1]))
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.get("reasons", {}).items(), key=lambda item: -item[1]))
         rows.append([s["step"], s["docs_in"], s["removed_docs"], s.get("removed_bytes", 0), reasons or "—"])
     return table(["step", "documents in", "removed", "bytes removed", "removal reasons"], rows)
 
