@@ -60,6 +60,7 @@ SPEC: dict[str, tuple[str, list[dict[str, str]]]] = {
     "ilm rlhf review export RUN_DIR --round 1 -o todo.jsonl": ("parse", [{}]),
     "ilm rlhf review import RUN_DIR done.jsonl": ("parse", [{}]),
     "ilm serve --checkpoint DIR --port 8000 --api-key KEY": ("parse", [{}]),
+    "ilm report RUN_DIR [--out FILE]": ("run", [{"RUN_DIR": "runs/demo", "FILE": "runs/demo/report.html"}]),
 }
 
 # Sizes shrunk in the copied recipes (key = value lines; every one must be found).

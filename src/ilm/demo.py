@@ -197,13 +197,16 @@ def stage_serve(out: Path, actor: Path, quick: bool) -> dict:
 
 def write_report(out: Path, sections: dict[str, dict], seconds: dict[str, float], complete: bool = True) -> Path:
     """report.json: one section per stage (SECTIONS order) with its `seconds`, and the total wall time.
-    `complete=False` writes the stages run so far (the others are absent: not run)."""
+    `complete=False` writes the stages run so far (the others are absent: not run). The machine comes from
+    `ilm.report.machine_info`."""
     missing = [s for s in SECTIONS if s not in sections or s not in seconds]
     if missing and complete:
         raise ValueError(f"report.json needs every stage; missing {missing}")
+    from ilm.report import machine_info
+
     done = [s for s in SECTIONS if s not in missing]
     report: dict = {"seconds": round(sum(seconds[s] for s in done), 3),
-                    "stage_seconds": {s: round(seconds[s], 3) for s in done}}
+                    "stage_seconds": {s: round(seconds[s], 3) for s in done}, "machine": machine_info()}
     for s in done:
         report[s] = {**sections[s], "seconds": round(seconds[s], 3)}
     path = out / "report.json"
@@ -249,4 +252,7 @@ def run(args: argparse.Namespace) -> int:
           + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())
           + f"); outputs in {out}/ (report.json, pretrain/training.png, data/ledger.json, rm/ reward histograms, "
           "rlhf-rounds/curves.png, eval/niah.png, serve/transcripts.json)")
+    from ilm.report import build_report
+
+    print(f"report: {build_report(out)}")
     return 0

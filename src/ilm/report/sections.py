@@ -1,0 +1,643 @@
+"""One function per section of the report. Each reads what its stage left in the run directory and returns
+the section's HTML, or a "not run" section when the stage left nothing.
+
+Files read (all optional; a missing one means the stage did not run):
+
+  report.json                  the demo's summary: stage_seconds, each stage's key numbers, "machine"
+  data/ledger.json, data/removed/      the text pipeline's funnel, dedup figures, removed documents
+  code/ledger.json, code/samples/      the code pipeline, tiers, dependency-ordered repository samples
+  tokenizer/                   the run's tokenizer (compared with cl100k on small real samples)
+  pretrain/, sft/, rm/         metrics.jsonl, summary.json, config.toml; rm/reward_hist.png
+  rlhf-rounds/                 summary.json or state.json, round-kk/ppo/rollouts/*.jsonl, round-kk/fast-pairs.jsonl
+  eval/results.json            tasks and their metrics: {"task": {"metric": value}}, [{"task": .., ..}] or
+                               {"results": either of those}
+  eval/niah.json               NIAH cells: {"lengths": [..], "depths": [..], "scores": [[..]]} or records
+                               with length/depth/score keys (one grid per value of any other key, e.g. ntk),
+                               alone, in a list, or under "results"/"cells"/"grid"; eval/niah.png otherwise
+  serve/transcripts.json       exchanges: {"messages": [...], "streamed_text": .., timings}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ilm.report import figures
+from ilm.report.html import Safe, details, esc, figure, join, kv, not_run, num, p, pre, section, table, tag
+
+# (stage key in report.json, section id, title); the page shows them in this order.
+STAGES: tuple[tuple[str, str, str], ...] = (
+    ("data", "data", "Data: funnel, removal reasons, dedup"),
+    ("code", "code", "Code: tiers and a dependency-ordered sample"),
+    ("tokenizer", "tokenizer", "Tokenizer: compression against cl100k"),
+    ("pretrain", "pretrain", "Pretraining: loss per stage"),
+    ("sft", "sft", "SFT: loss"),
+    ("rm", "rm", "Reward model: accuracy per domain, reward histograms"),
+    ("rlhf", "rlhf", "Online RLHF: PPO rounds and the fast path"),
+    ("eval", "eval", "Evaluation: tasks and Needle in a Haystack"),
+    ("serve", "chats", "Sample chats through the server"),
+)
+
+
+class Run:
+    """A run directory and readers that return None for what is missing or unreadable."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.report: dict[str, Any] = self.json("report.json") or {}
+
+    def file(self, rel: str) -> Path | None:
+        f = self.path / rel
+        return f if f.exists() else None
+
+    def json(self, rel: str) -> Any:
+        f = self.path / rel
+        try:
+            return json.loads(f.read_text()) if f.is_file() else None
+        except (OSError, ValueError):
+            return None
+
+    def jsonl(self, rel: str | Path) -> list[dict[str, Any]]:
+        f = self.path / rel
+        rows = []
+        if f.is_file():
+            for line in f.read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue
+        return rows
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self.report.get(name) if isinstance(self.report.get(name), dict) else {}
+
+    def seconds(self, name: str) -> float | None:
+        s = (self.report.get("stage_seconds") or {}).get(name, self.stage(name).get("seconds"))
+        return float(s) if isinstance(s, (int, float)) else None
+
+
+# ----------------------------------------------------------------------------- overview
+
+
+def ran(run: Run) -> dict[str, bool]:
+    """Which stages left their outputs."""
+    r = run.path
+    return {
+        "data": (r / "data" / "ledger.json").is_file(),
+        "code": (r / "code" / "ledger.json").is_file(),
+        "tokenizer": (r / "tokenizer" / "tokenizer.json").is_file(),
+        "shards": (r / "tokens").is_dir(),
+        "pretrain": (r / "pretrain" / "metrics.jsonl").is_file(),
+        "sft": (r / "sft" / "metrics.jsonl").is_file(),
+        "rm": (r / "rm" / "metrics.jsonl").is_file(),
+        "model": "model" in run.report,
+        "rlhf": any((r / "rlhf-rounds").glob("round-*/ppo/rollouts/update-*.jsonl"))
+        or any((r / "rlhf").glob("rollouts/update-*.jsonl")),
+        "eval": (r / "eval" / "results.json").is_file() or (r / "eval" / "niah.json").is_file(),
+        "serve": (r / "serve" / "transcripts.json").is_file(),
+    }
+
+
+def overview(run: Run, status: dict[str, bool], machine_now: Callable[[], dict]) -> Safe:
+    """Every stage with its status and wall time, the total, and the machine the run recorded."""
+    order = ["data", "code", "tokenizer", "shards", "pretrain", "sft", "rm", "model", "rlhf", "eval", "serve"]
+    order += [s for s in (run.report.get("stage_seconds") or {}) if s not in order]
+    total = run.report.get("seconds")
+    rows = []
+    for s in order:
+        secs = run.seconds(s)
+        share = f"{secs / total:.0%}" if secs is not None and isinstance(total, (int, float)) and total > 0 else "—"
+        rows.append([s, "ran" if status.get(s) or secs is not None else "not run",
+                     f"{secs:.1f}" if secs is not None else "—", share])
+    body = [table(["stage", "status", "seconds", "share of the run"], rows)]
+    if isinstance(total, (int, float)):
+        body.append(p(f"Total wall time: {total:.1f} s ({total / 60:.1f} min)."))
+    machine = run.report.get("machine")
+    if isinstance(machine, dict):
+        body += [tag("h3", "Machine (as recorded by the run)"), _machine(machine)]
+    else:
+        body += [tag("h3", "Machine"),
+                 p("The run did not record its machine (report.json has no \"machine\"); this is the machine "
+                   "that built the report:", class_="note"), _machine(machine_now())]
+    return section("overview", "Run overview: stages, times, machine", join(body))
+
+
+def _machine(info: dict[str, Any]) -> Safe:
+    labels = {"usable_cores": "usable cores", "ram_gib": "RAM (GiB)", "cpu": "CPU"}
+    return kv((labels.get(k, k), v) for k, v in info.items())
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _funnel_table(steps: list[dict[str, Any]]) -> Safe:
+    rows = []
+    for s in steps:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.get("reasons", {}).items(), key=lambda item: -item[1]))
+        rows.append([s["step"], s["docs_in"], s["removed_docs"], s.get("removed_bytes", 0), reasons or "—"])
+    return table(["step", "documents in", "removed", "bytes removed", "removal reasons"], rows)
+
+
+def _documents(path: Path, cap: int) -> list[Any]:
+    """The first `cap` documents of a pipeline output folder (a real run's folders are far too big to read)."""
+    from ilm.data.io import list_inputs, read_documents
+
+    out: list[Any] = []
+    try:
+        for f in list_inputs([path]):
+            for d in read_documents(f):
+                out.append(d)
+                if len(out) >= cap:
+                    return out
+    except Exception:  # noqa: BLE001 - examples are a courtesy; the tables stand without them
+        return out
+    return out
+
+
+def _removed_examples(path: Path, limit: int = 160) -> Safe:
+    """One removed document per reason, its first characters, so a reader sees what a reason means."""
+    docs = _documents(path, cap=5000) if path.is_dir() else []
+    seen: dict[str, list[Any]] = {}
+    for d in docs:
+        why = (d.metadata.get("removed") or {})
+        key = f"{why.get('step', '?')}: {why.get('reason', '?')}"
+        if key not in seen:
+            text = " ".join(d.text.split())
+            seen[key] = [key, d.id, text[:limit] + ("…" if len(text) > limit else "")]
+    if not seen:
+        return Safe("")
+    return details(f"One removed document per reason ({len(seen)} reasons)",
+                   table(["step: reason", "document", "beginning of its text"], list(seen.values())))
+
+
+def _dedup(glob: dict[str, Any]) -> Safe:
+    if not glob:
+        return Safe("")
+    keys = sorted({k for v in glob.values() for k in v})  # one row per figure: the steps' keys differ
+    return join([tag("h3", "Deduplication"),
+                 table(["", *glob], [[k.replace("_", " "), *(v.get(k, "—") for v in glob.values())] for k in keys])])
+
+
+def data(run: Run) -> Safe:
+    ledger = run.json("data/ledger.json")
+    if not ledger:
+        return not_run("data", STAGES[0][2], "no data/ledger.json")
+    steps = ledger.get("funnel", [])
+    body = [kv([("documents in", ledger.get("input_docs")), ("kept", ledger.get("kept_docs")),
+                ("removed", ledger.get("removed_docs")), ("bytes in", ledger.get("input_bytes")),
+                ("bytes kept", ledger.get("kept_bytes")), ("ledger balanced", ledger.get("balanced"))])]
+    if steps:
+        body += [figure(figures.funnel(steps, "Text pipeline: documents through each step"),
+                        "Blue: documents that passed the step; orange: removed by it (count on the right)."),
+                 _funnel_table(steps)]
+    body += [_removed_examples(run.path / "data" / "removed"), _dedup(ledger.get("global", {}))]
+    return section("data", STAGES[0][2], join(body))
+
+
+# ----------------------------------------------------------------------------- code
+
+
+def _sample_files(text: str) -> list[str]:
+    return [line[3:] for line in text.splitlines() if line.startswith("## ")]
+
+
+def code(run: Run) -> Safe:
+    ledger = run.json("code/ledger.json")
+    if not ledger:
+        return not_run("code", STAGES[1][2], "no code/ledger.json")
+    c = ledger.get("code", {})
+    ingest, samples = c.get("ingest", {}), c.get("samples", {})
+    body = [kv([("repositories", ingest.get("repos")), ("files", ingest.get("files")),
+                ("skipped at input", ", ".join(f"{k} {v}" for k, v in ingest.get("skipped_at_input", {}).items())
+                 or "—"), ("kept files", ledger.get("kept_docs")), ("removed files", ledger.get("removed_docs")),
+                ("repository samples", samples.get("samples")), ("sample format", samples.get("format")),
+                ("token budget per sample", samples.get("budget_tokens"))])]
+    tiers = samples.get("tiers", {})
+    kept = c.get("kept_tiers", {})
+    if tiers or kept:
+        names = [t for t in ("high", "medium", "low") if t in tiers or t in kept]
+        names += sorted((set(tiers) | set(kept)) - set(names))
+        body += [tag("h3", "Quality tiers"),
+                 table(["tier", "kept files", "samples", "tokens", "epochs", "epoch-weighted tokens"],
+                       [[t, kept.get(t, 0), tiers.get(t, {}).get("samples", 0), tiers.get(t, {}).get("tokens", 0),
+                         tiers.get(t, {}).get("epochs", "—"), tiers.get(t, {}).get("epoch_tokens", 0)]
+                        for t in names])]
+    if ledger.get("funnel"):
+        body += [tag("h3", "Code funnel"), _funnel_table(ledger["funnel"])]
+    body.append(_dedup(ledger.get("global", {})))
+    body.append(_code_sample(run.path / "code" / "samples"))
+    return section("code", STAGES[1][2], join(body))
+
+
+def _code_sample(path: Path) -> Safe:
+    """The first repository's first sample: its files in dependency order and its beginning."""
+    docs = _documents(path, cap=200) if path.is_dir() else []
+    if not docs:
+        return Safe("")
+    # the sample with the most whole files (none cut into parts) shows the order best
+    whole = [d for d in docs if not any("(part " in f for f in _sample_files(d.text))] or docs
+    d = max(whole, key=lambda d: len(_sample_files(d.text)))
+    files = _sample_files(d.text)
+    return join([tag("h3", f"A dependency-ordered sample: {d.id}"),
+                 p(f"{len(files)} files, in the order they appear (a file comes after the files it imports):"),
+                 tag("ol", join(tag("li", tag("code", f)) for f in files[:60]), class_="files"),
+                 details("The sample's text (beginning)", pre(d.text, 5000))])
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def compression_samples() -> dict[str, str]:
+    """Small real samples per language: Python's documentation (English), the built-in corpus's Chinese,
+    French and German paragraphs, and Python source from the standard library (code)."""
+    import textwrap
+
+    from ilm.data.corpus import OTHER_LANG, ZH_TEXTS, real_texts
+
+    english = "\n\n".join(real_texts(max_docs=30))[:30_000]
+    code_text = Path(textwrap.__file__).read_text("utf-8")[:30_000]
+    return {"English": english, "Chinese": "\n".join(ZH_TEXTS), "French": OTHER_LANG[0],
+            "German": OTHER_LANG[1], "Python code": code_text}
+
+
+def tokenizer(run: Run) -> Safe:
+    tok_dir = run.path / "tokenizer"
+    if not (tok_dir / "tokenizer.json").is_file():
+        return not_run("tokenizer", STAGES[2][2], "no tokenizer/tokenizer.json")
+    from ilm.tokenizer import load_tokenizer
+    from ilm.tokenizer.base import cl100k_reference
+
+    tok = load_tokenizer(tok_dir)
+    ref = cl100k_reference()
+    rows, ours, theirs, names = [], [], [], []
+    for lang, text in compression_samples().items():
+        n_bytes = len(text.encode("utf-8"))
+        a, b = len(tok.encode(text)), len(ref.encode_ordinary(text))
+        rows.append([lang, len(text), n_bytes, a, b, round(n_bytes / a, 2), round(n_bytes / b, 2), round(a / b, 2)])
+        names.append(lang)
+        ours.append(n_bytes / a)
+        theirs.append(n_bytes / b)
+    meta = run.json("tokenizer/ilm_tokenizer.json") or {}
+    layout = meta.get("layout", {})
+    body = [kv([("vocabulary", tok.vocab_size), ("from cl100k", layout.get("n_base")),
+                ("Chinese tokens", layout.get("n_chinese")), ("spare", layout.get("n_spare")),
+                ("stop ids", ", ".join(map(str, tok.stop_ids)))]),
+            figure(figures.grouped_bars(names, {f"this run ({tok.vocab_size:,} tokens)": ours,
+                                                "cl100k (100k tokens)": theirs},
+                                        "Compression: UTF-8 bytes per token (higher is better)", "bytes / token"),
+                   "Real samples: Python's documentation (English), the built-in corpus's Chinese, French and "
+                   "German paragraphs, and textwrap.py from the standard library."),
+            table(["sample", "characters", "bytes", "tokens (run)", "tokens (cl100k)", "bytes/token (run)",
+                   "bytes/token (cl100k)", "tokens run / cl100k"], rows)]
+    return section("tokenizer", STAGES[2][2], join(body))
+
+
+# ----------------------------------------------------------------------------- training stages
+
+
+def _summary_pairs(summary: dict[str, Any], keys: list[tuple[str, str]]) -> Safe:
+    return kv([(label, summary.get(k)) for k, label in keys if summary.get(k) is not None])
+
+
+def pretrain(run: Run) -> Safe:
+    rows = run.jsonl("pretrain/metrics.jsonl")
+    if not rows:
+        return not_run("pretrain", STAGES[3][2], "no pretrain/metrics.jsonl")
+    summary = {**(run.json("pretrain/summary.json") or {}), **run.stage("pretrain")}
+    stages: list[list[Any]] = []  # stage, first and last logged step, last train loss, last held-out loss
+    for r in rows:
+        if r.get("stage") and (not stages or stages[-1][0] != r["stage"]):
+            stages.append([r["stage"], r["step"], r["step"], "—", "—"])
+        if stages:
+            stages[-1][2] = r["step"]
+            if isinstance(r.get("loss"), (int, float)):
+                stages[-1][3] = round(r["loss"], 3)
+            if isinstance(r.get("eval_loss"), (int, float)):
+                stages[-1][4] = round(r["eval_loss"], 3)
+    body = [_summary_pairs(summary, [("steps", "steps"), ("final_loss", "final train loss (nats/token)"),
+                                     ("eval_loss", "held-out loss (nats/token)"),
+                                     ("unigram_entropy", "unigram entropy of the corpus (nats/token)")]),
+            figure(figures.training_curves(rows, "Pretraining", [("loss", "loss", "eval_loss"),
+                                                                  ("lr", "learning rate", None),
+                                                                  ("tokens_per_s", "tokens/s", None)]),
+                   "Dashed lines: a new stage starts (named at the top). Dots: held-out loss."),
+            table(["stage", "first logged step", "last logged step", "train loss at its end",
+                   "held-out loss at its end"], stages) if stages else ""]
+    return section("pretrain", STAGES[3][2], join(body))
+
+
+def sft(run: Run) -> Safe:
+    rows = run.jsonl("sft/metrics.jsonl")
+    if not rows:
+        return not_run("sft", STAGES[4][2], "no sft/metrics.jsonl")
+    summary = {**(run.json("sft/summary.json") or {}), **run.stage("sft")}
+    d = summary.get("data") if isinstance(summary.get("data"), dict) else {}
+    pairs = [("steps", summary.get("steps")), ("final train loss", summary.get("final_loss")),
+             ("held-out assistant-token loss", summary.get("eval_loss"))]
+    pairs += [(f"data: {k.replace('_', ' ')}", v if not isinstance(v, dict) else ", ".join(f"{a} {b}" for a, b in v.items())
+               or "0") for k, v in d.items() if isinstance(v, (int, float, dict))]
+    body = [kv([(k, v) for k, v in pairs if v is not None]),
+            figure(figures.training_curves(rows, "SFT", [("loss", "loss (assistant tokens)", "eval_loss"),
+                                                          ("lr", "learning rate", None)]),
+                   "Loss on assistant tokens only; dots: held-out conversations.")]
+    return section("sft", STAGES[4][2], join(body))
+
+
+def rm(run: Run) -> Safe:
+    rows = run.jsonl("rm/metrics.jsonl")
+    if not rows:
+        return not_run("rm", STAGES[5][2], "no rm/metrics.jsonl")
+    summary = {**(run.json("rm/summary.json") or {}), **run.stage("rm")}
+    ev = summary.get("eval") or {}
+    by_dom = summary.get("accuracy_by_domain") or ev.get("accuracy_by_domain") or {}
+    body = [kv([("steps", summary.get("steps")), ("held-out accuracy", ev.get("accuracy")),
+                ("mean margin (chosen - rejected)", ev.get("mean_margin")),
+                ("reward range", f"{num(ev.get('reward_min'))} .. {num(ev.get('reward_max'))}" if ev else None)])]
+    if by_dom:
+        doms = list(by_dom)
+        body += [figure(figures.grouped_bars(doms, {"held-out accuracy": [by_dom[d] for d in doms]},
+                                             "Reward model: held-out pair accuracy per domain", "accuracy",
+                                             ylim=(0, 1.08), fmt="{:.0%}")),
+                 table(["domain", "held-out pairs", "accuracy"],
+                       [[d, (ev.get("pairs_by_domain") or {}).get(d, "—"), f"{by_dom[d]:.1%}"] for d in doms])]
+    body.append(figure(figures.training_curves(rows, "Reward model training",
+                                               [("loss", "loss", None), ("accuracy", "pair accuracy", "eval_accuracy")]),
+                       "Batch pair accuracy while training; dots: held-out accuracy."))
+    hist = run.file("rm/reward_hist.png")
+    if hist:
+        body.append(figure(figures.png_file(hist, "reward histograms"),
+                           "Chosen vs rejected rewards on the held-out pairs, per domain (the trainer's figure: "
+                           "the per-pair rewards are not kept in the run directory)."))
+    return section("rm", STAGES[5][2], join(body))
+
+
+# ----------------------------------------------------------------------------- RLHF
+
+
+def _round_curves(run_dir: Path) -> list[dict[str, Any]]:
+    """Per round and PPO update, from the rollouts of rlhf-rounds/round-kk/ppo (or of a single `ilm rlhf ppo`
+    run in rlhf/, as round 1): mean RM score, true reward (None where the rollouts do not carry one),
+    loophole rate (the demo task's planted phrase) and KL."""
+    from ilm.train.rlhf.synthetic import has_loophole
+
+    ppo_dirs = [(int(d.name.split("-")[1]), d / "ppo") for d in sorted((run_dir / "rlhf-rounds").glob("round-*"))]
+    if not ppo_dirs:
+        ppo_dirs = [(1, run_dir / "rlhf")]
+    out = []
+    for k, ppo in ppo_dirs:
+        by_update: dict[int, list[dict]] = {}
+        for f in sorted((ppo / "rollouts").glob("update-*.jsonl")):
+            for line in f.read_text().splitlines():
+                if line.strip():
+                    r = json.loads(line)
+                    by_update.setdefault(r.get("update", 0), []).append(r)
+        if not by_update:
+            continue
+        per = []
+        for u in sorted(by_update):
+            rs = by_update[u]
+            truth = [r["true_reward"] for r in rs if isinstance(r.get("true_reward"), (int, float))]
+            per.append({"update": u, "rm_score": sum(r.get("rm_score", 0.0) for r in rs) / len(rs),
+                        "true_reward": sum(truth) / len(truth) if truth else None,
+                        "loophole_rate": sum(has_loophole(r.get("response", "")) for r in rs) / len(rs),
+                        "kl": sum(r.get("kl", 0.0) for r in rs) / len(rs), "rollouts": len(rs)})
+        out.append({"round": k, "per_update": per})
+    return out
+
+
+def _acc(x: Any) -> str:
+    return f"{x['accuracy']:.0%}" if isinstance(x, dict) and isinstance(x.get("accuracy"), (int, float)) else "—"
+
+
+def rlhf(run: Run) -> Safe:
+    curves = _round_curves(run.path)
+    if not curves:
+        return not_run("rlhf", STAGES[6][2], "no rlhf-rounds/round-*/ppo/rollouts (nor rlhf/rollouts)")
+    state = run.json("rlhf-rounds/summary.json") or run.json("rlhf-rounds/state.json") or {}
+    info = state.get("rounds", {})
+    rows = []
+    for c in curves:
+        first, last = c["per_update"][0], c["per_update"][-1]
+        rows.append([c["round"], len(c["per_update"]), *(f"{num(first[k])} → {num(last[k])}" for k in
+                                                         ("rm_score", "true_reward", "loophole_rate", "kl"))])
+    body = [figure(figures.rounds_curves(curves, "Online RLHF: PPO updates, round after round"),
+                   "Means over each update's rollouts. True reward: the task's verifier (where the rollouts carry "
+                   "it); loophole rate: responses with the phrase the reward model was planted to over-reward."),
+            table(["round", "updates", "RM score (first → last)", "true reward", "loophole rate", "KL"], rows)]
+    fast_rows, patches = [], []
+    for k in sorted(info, key=int):
+        f, r = info[k].get("fast") or {}, info[k].get("rm") or {}
+        before, after = r.get("before") or {}, r.get("after") or {}
+        fast_rows.append([int(k), f.get("rollouts", "—"), f.get("flagged_by_detectors", "—"), f.get("reviewed", "—"),
+                          f.get("rejected", "—"), f.get("pairs", "—"), "yes" if r.get("patched", "export" in r) else "no",
+                          f"{_acc(before.get('earlier'))} → {_acc(after.get('earlier'))}",
+                          f"{_acc(before.get('check'))} → {_acc(after.get('check'))}"])
+        pairs = run.jsonl(f"rlhf-rounds/round-{int(k):02d}/fast-pairs.jsonl")
+        if pairs:
+            patches.append(details(f"Round {k}: the {len(pairs)} fast-path pairs that patched the reward model",
+                                   table(["prompt", "rejected (reviewed suspect)", "RM score", "chosen", "chosen from"],
+                                         [[_prompt(x.get("prefix")), x.get("rejected", ""), x.get("rejected_reward", "—"),
+                                           x.get("chosen", ""), x.get("chosen_from", "")] for x in pairs[:40]])))
+    if fast_rows:
+        body += [tag("h3", "Fast path: reviewed suspects and reward-model patches"),
+                 table(["round", "rollouts", "flagged by detectors", "reviewed", "rejected", "pairs", "RM patched",
+                        "RM accuracy on earlier data", "RM accuracy on held-out loophole pairs"], fast_rows), *patches]
+    return section("rlhf", STAGES[6][2], join(body))
+
+
+def _prompt(prefix: Any) -> str:
+    if isinstance(prefix, list):
+        users = [m.get("content", "") for m in prefix if isinstance(m, dict) and m.get("role") == "user"]
+        return users[-1] if users else json.dumps(prefix)[:200]
+    return str(prefix or "")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _result_rows(res: Any) -> tuple[list[str], list[list[Any]]]:
+    """A results table from {"task": {"metric": v}}, [{"task": .., metric: v}] or {"results": ...}."""
+    if isinstance(res, dict) and isinstance(res.get("results"), (dict, list)):
+        res = res["results"]
+    rows: list[dict[str, Any]] = []
+    if isinstance(res, dict):
+        for name, v in res.items():
+            rows.append({"task": name, **(v if isinstance(v, dict) else {"value": v})})
+    elif isinstance(res, list):
+        rows = [r for r in res if isinstance(r, dict)]
+    first = next((k for k in ("task", "name", "dataset") if any(k in r for r in rows)), None)
+    keys = [first] if first else []
+    for r in rows:
+        keys += [k for k, v in r.items() if k not in keys and not isinstance(v, (dict, list))]
+    return keys, [[r.get(k, "—") for k in keys] for r in rows]
+
+
+def _niah_grids(data: Any) -> list[tuple[str, list[Any], list[Any], list[list[Any]]]]:
+    """(name, depths, lengths, grid[depth][length]) for every grid found in niah.json."""
+    if isinstance(data, dict) and isinstance(data.get("lengths"), list) and isinstance(data.get("scores"), list):
+        grid = data["scores"]
+        depths = data.get("depths") or list(range(len(grid)))
+        return [(str(data.get("name", "")), depths, data["lengths"], grid)]
+    if isinstance(data, dict):
+        for key in ("results", "cells", "grid", "records"):
+            if isinstance(data.get(key), list):
+                return _niah_grids(data[key])
+        grids = []
+        for name, v in data.items():
+            if isinstance(v, (dict, list)):
+                grids += [(f"{name} {g[0]}".strip(), *g[1:]) for g in _niah_grids(v)]
+        return grids
+    if not isinstance(data, list) or not data:
+        return []
+    if all(isinstance(x, dict) and "lengths" in x for x in data):
+        return [g for x in data for g in _niah_grids(x)]
+
+    def pick(r: dict, names: tuple[str, ...]) -> str | None:
+        return next((k for k in names if k in r), None)
+
+    recs = [r for r in data if isinstance(r, dict)]
+    if not recs:
+        return []
+    lk = pick(recs[0], ("length", "context_length", "context", "tokens", "len"))
+    dk = pick(recs[0], ("depth", "depth_percent", "position", "depth_pct"))
+    sk = pick(recs[0], ("score", "accuracy", "correct", "exact", "retrieved", "value"))
+    if not (lk and dk and sk):
+        return []
+    other = [k for k in recs[0] if k not in (lk, dk, sk) and not isinstance(recs[0][k], (dict, list, float))
+             and len({json.dumps(r.get(k)) for r in recs}) <= 8 and len({json.dumps(r.get(k)) for r in recs}) > 1]
+    groups: dict[str, list[dict]] = {}
+    for r in recs:
+        groups.setdefault(", ".join(f"{k}={r.get(k)}" for k in other), []).append(r)
+    out = []
+    for name, rs in groups.items():
+        lengths = sorted({r[lk] for r in rs})
+        depths = sorted({r[dk] for r in rs})
+        cells: dict[tuple, list[float]] = {}
+        for r in rs:
+            cells.setdefault((r[dk], r[lk]), []).append(float(r[sk]))
+        grid = [[sum(cells[(d, n)]) / len(cells[(d, n)]) if (d, n) in cells else None for n in lengths]
+                for d in depths]
+        out.append((name, depths, lengths, grid))
+    return out
+
+
+def evaluation(run: Run) -> Safe:
+    res, niah = run.json("eval/results.json"), run.json("eval/niah.json")
+    if res is None and niah is None:
+        return not_run("eval", STAGES[7][2], "no eval/results.json or eval/niah.json")
+    body = []
+    if res is not None:
+        keys, rows = _result_rows(res)
+        body += [tag("h3", "Results"), table(keys, rows) if rows else pre(json.dumps(res, indent=2))]
+    else:
+        body.append(p("No eval/results.json.", class_="notrun"))
+    if niah is not None:
+        grids = _niah_grids(niah)
+        body.append(tag("h3", "Needle in a Haystack"))
+        if grids:
+            body.append(tag("div", join(figure(figures.heatmap(g, depths, lengths,
+                                                               f"NIAH retrieval{': ' + name if name else ''}",
+                                                               "context length (tokens)", "needle depth"))
+                                        for name, depths, lengths, g in grids), class_="grid"))
+        elif run.file("eval/niah.png"):
+            body.append(figure(figures.png_file(run.path / "eval" / "niah.png", "NIAH heatmap"),
+                               "The evaluation's own heatmap (niah.json has no grid this report reads)."))
+        if isinstance(niah, dict):
+            scalars = [(k, v) for k, v in niah.items() if isinstance(v, (int, float, str, bool))]
+            if scalars:
+                body.append(kv(scalars))
+    return section("eval", STAGES[7][2], join(body))
+
+
+# ----------------------------------------------------------------------------- chats
+
+
+def _content(m: dict[str, Any]) -> str:
+    c = m.get("content")
+    if isinstance(c, list):  # OpenAI content parts
+        return "".join(x.get("text", "") if isinstance(x, dict) else str(x) for x in c)
+    return "" if c is None else str(c)
+
+
+def _message(m: dict[str, Any]) -> Safe:
+    role = str(m.get("role", "?"))
+    head = role + (f" · {m['name']}" if m.get("name") else "") + (
+        f" · result of {m['tool_call_id']}" if m.get("tool_call_id") else "")
+    parts = [tag("div", head, class_="role")]
+    text = _content(m)
+    if text:
+        parts.append(pre(text, 3000) if role in ("tool", "environment") or "\n" in text else tag("div", text))
+    for call in m.get("tool_calls") or []:
+        fn = call.get("function", call) if isinstance(call, dict) else {}
+        args = fn.get("arguments")
+        if isinstance(args, str):
+            try:
+                args = json.dumps(json.loads(args), ensure_ascii=False)
+            except ValueError:
+                pass
+        elif args is not None:
+            args = json.dumps(args, ensure_ascii=False)
+        parts.append(tag("div", join(["tool call: ", tag("code", f"{fn.get('name', '?')}({args or ''})")]),
+                         class_="call"))
+    return tag("div", join(parts), class_=f"msg {role}")
+
+
+def chats(run: Run) -> Safe:
+    data = run.json("serve/transcripts.json")
+    if data is None:
+        body = [p("Not run: no serve/transcripts.json.", class_="notrun")]
+        samples = run.stage("model").get("chat_samples")
+        if samples:
+            body += [tag("h3", "Direct generation from the SFT model (the demo's model stage, no server)"),
+                     table(["reply"], [[s] for s in samples])]
+        return section("chats", STAGES[8][2], join(body), status="not run")
+    exchanges = data if isinstance(data, list) else data.get("exchanges", []) if isinstance(data, dict) else []
+    body = []
+    for i, ex in enumerate(exchanges):
+        if not isinstance(ex, dict):
+            continue
+        msgs = [m for m in ex.get("messages", []) if isinstance(m, dict)]
+        parts = [join(_message(m) for m in msgs)]
+        if ex.get("streamed_text") is not None:
+            parts.append(tag("div", join([tag("div", "streamed reply (deltas joined)", class_="role"),
+                                          tag("div", ex["streamed_text"])]), class_="msg assistant"))
+        facts = [(k, v) for k, v in ex.items() if k not in ("messages", "streamed_text", "title", "name")
+                 and isinstance(v, (int, float, str, bool))]
+        for k, v in ex.items():
+            if isinstance(v, dict) and k != "messages":
+                facts += [(f"{k}.{a}", b) for a, b in v.items() if isinstance(b, (int, float, str, bool))]
+        if facts:
+            parts.append(kv(facts))
+        title = ex.get("title") or ex.get("name") or f"Exchange {i + 1}"
+        kinds = " (tool call and its result)" if any(m.get("tool_calls") for m in msgs) else ""
+        body.append(tag("div", join([tag("h3", f"{title}{kinds}"), *parts]), class_="chat"))
+    if not body:
+        body = [p("serve/transcripts.json holds no exchanges.", class_="notrun")]
+    return section("chats", STAGES[8][2], join(body))
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+def recipes(run: Run) -> Safe:
+    """Every resolved recipe (config.toml) the run's stages wrote, three levels deep at most."""
+    found = sorted({*run.path.glob("*/config.toml"), *run.path.glob("*/*/config.toml"),
+                    *run.path.glob("*/*/*/config.toml")})
+    title = "Resolved recipes"
+    if not found:
+        return section("recipes", title, p("No stage of this run wrote a resolved recipe (config.toml); the "
+                                           "training commands write one beside metrics.jsonl.", class_="notrun"), status="not run")
+    body = [p(f"{len(found)} config.toml files: each stage's recipe with its overrides applied and paths resolved.")]
+    for f in found:
+        rel = f.relative_to(run.path)
+        body.append(details(str(rel), pre(f.read_text(errors="replace"), 20_000)))
+    return section("recipes", title, join(body))
+
+
+SECTION_BUILDERS: tuple[tuple[str, Callable[[Run], Safe]], ...] = (
+    ("data", data), ("code", code), ("tokenizer", tokenizer), ("pretrain", pretrain), ("sft", sft), ("rm", rm),
+    ("rlhf", rlhf), ("eval", evaluation), ("chats", chats), ("recipes", recipes),
+)
+__all__ = ["SECTION_BUILDERS", "STAGES", "Run", "esc", "overview", "ran"]
