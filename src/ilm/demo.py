@@ -111,6 +111,9 @@ def stage_pretrain(out: Path, shards: dict, quick: bool) -> dict:
     if quick:
         overrides += ["--train.total_tokens=40960", "--train.checkpoint_every=10", "--train.eval_every=10"]
     cfg = load(PretrainConfig, RECIPES / "tiny.toml", overrides)
+    from ilm.train.run import save_recipe
+
+    save_recipe(cfg)  # RUN_DIR/config.toml, as `ilm pretrain` writes it (ilm report shows it)
     summary = train(cfg, resume="never")
     entropy = unigram_entropy(TokenShards(shards["text"]))
     print(f"[pretrain] {summary['steps']} steps over 3 stages; held-out loss {summary['eval_loss']:.3f} nats/token "

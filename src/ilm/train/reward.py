@@ -565,6 +565,9 @@ def demo(out: str | Path, init: str | Path, tokenizer: str | Path, quick: bool =
     if quick:
         overrides.append("--train.epochs=1")
     cfg = load(RMConfig, RECIPES / "rm-tiny.toml", overrides)
+    from ilm.train.run import save_recipe
+
+    save_recipe(cfg)  # RUN_DIR/config.toml, as `ilm rm train` writes it
     summary = train(cfg, resume="never")
     ev = summary["eval"]
     per = ", ".join(f"{d} {a:.0%} ({ev['pairs_by_domain'][d]} pairs)" for d, a in summary["accuracy_by_domain"].items())

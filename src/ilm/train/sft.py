@@ -461,6 +461,9 @@ def demo(out: str | Path, init: str | Path, tokenizer: str | Path, quick: bool =
                  f"--init={json.dumps(str(init))}", f"--data.train=[{json.dumps(str(train_file))}]",
                  f"--data.eval=[{json.dumps(str(eval_file))}]", "--train.progress=false"]
     cfg = load(SFTConfig, RECIPES / "sft-tiny.toml", overrides)
+    from ilm.train.run import save_recipe
+
+    save_recipe(cfg)  # RUN_DIR/config.toml, as `ilm sft` writes it
     summary = train(cfg, resume="never")
     d = summary["data"]
     print(f"[sft] {d['kept']} conversations ({d['truncated']} truncated to {cfg.train.window} tokens, "

@@ -387,6 +387,9 @@ def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
     if quick:
         overrides += ["--updates_per_round=4"]
     cfg = load(RoundsConfig, RECIPES / "rlhf-rounds-tiny.toml", overrides)
+    from ilm.train.run import save_recipe
+
+    save_recipe(cfg)  # RUN_DIR/config.toml, as `ilm rlhf run` writes it
     summary = run(cfg, resume="never")
     curves = round_curves(cfg.run_dir, cfg.rounds)
     plot = plot_curves(curves, Path(cfg.run_dir) / "curves.png")
