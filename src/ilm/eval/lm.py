@@ -44,19 +44,20 @@ class EvalModel:
     """An ilm checkpoint plus its tokenizer, answering the three kinds of request of an evaluation."""
 
     def __init__(self, checkpoint: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32,
-                 batch_size: int = 8, max_length: int | None = None):
+                 batch_size: int = 8, max_length: int | None = None, tokenizer: str | Path | None = None):
         from ilm.model.hf import load_checkpoint
         from ilm.tokenizer import load_tokenizer
 
         checkpoint = Path(checkpoint)
         if not checkpoint.is_dir():
             raise FileNotFoundError(2, "No such file or directory", str(checkpoint))
-        if not (checkpoint / "tokenizer.json").is_file() and not (checkpoint / "tokenizer.model").is_file():
-            raise ValueError(f"{checkpoint}: checkpoint has no tokenizer (tokenizer.json); copy the tokenizer files "
-                             "beside the weights (`ilm model convert` and the demo do)")
+        tokenizer = Path(tokenizer) if tokenizer is not None else checkpoint
+        if not (tokenizer / "tokenizer.json").is_file() and not (tokenizer / "tokenizer.model").is_file():
+            raise ValueError(f"{tokenizer}: no tokenizer (tokenizer.json) in the checkpoint directory; copy the "
+                             "tokenizer files beside the weights (`ilm model convert` and the demo's Llama copy do)")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = load_checkpoint(checkpoint, device=self.device, dtype=dtype).eval()
-        self.tokenizer = load_tokenizer(checkpoint)
+        self.tokenizer = load_tokenizer(tokenizer)
         self.bos = int(self.tokenizer.bos_id)
         self.bos_text = self.tokenizer.decode([self.bos], skip_special=False)
         self.eos = int(self.tokenizer.eos_id)

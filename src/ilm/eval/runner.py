@@ -105,12 +105,13 @@ def table(results: list[dict]) -> str:
 
 def run(checkpoint: str | Path, tasks: list[Task], num_fewshot: int | None = None, batch_size: int = 8,
         limit: int | None = None, device: str | None = None, max_length: int | None = None,
-        seed: int = 1234) -> dict[str, Any]:
+        seed: int = 1234, tokenizer: str | Path | None = None) -> dict[str, Any]:
     for task in tasks:  # every task file is read and checked before the model loads
         task.eval_docs()
         if task.fewshot_split and (num_fewshot if num_fewshot is not None else task.num_fewshot):
             task.docs(task.fewshot_split)
-    lm = EvalModel(checkpoint, device=device, batch_size=batch_size, max_length=max_length)
+    lm = EvalModel(checkpoint, device=device, batch_size=batch_size, max_length=max_length,
+                   tokenizer=tokenizer)
     results = [evaluate_task(lm, t, num_fewshot, limit, seed) for t in tasks]
     return {"checkpoint": str(checkpoint), "max_length": lm.max_length, "batch_size": batch_size,
             "fewshot_seed": seed, "results": results}
