@@ -18,13 +18,15 @@ LIMITS = {"ilm_stdlib_mc": 12, "ilm_license_ppl": 3, "ilm_stdlib_arith": 2, "few
 
 
 def _fewshot_yamls(tmp_path):
-    """Few-shot variants over the shipped data: MC with lm-eval's seeded sampler (not first_n), and
-    generation with 2 shots; absolute data_files, no custom loader."""
+    """Few-shot variants over the shipped data: MC with lm-eval's seeded sampler (not first_n) and a prompt
+    ending in a space (which moves to the continuation), and generation with 2 shots; absolute data_files,
+    no custom loader."""
     data = SHIPPED.parent
     mc = (SHIPPED / "ilm_stdlib_mc.yaml").read_text()
     mc = (mc.replace("task: ilm_stdlib_mc", "task: fewshot_mc").replace("sampler: first_n", "sampler: default")
           .replace("num_fewshot: 0", "num_fewshot: 3").replace("custom_dataset: !function ilm_local.load_json\n", "")
-          .replace("../stdlib_mc", f"{data}/stdlib_mc"))
+          .replace("../stdlib_mc", f"{data}/stdlib_mc").replace('Answer:"', 'Answer: "')
+          .replace("output_type:", 'target_delimiter: ""\noutput_type:'))
     ar = (SHIPPED / "ilm_stdlib_arith.yaml").read_text()
     ar = (ar.replace("task: ilm_stdlib_arith", "task: fewshot_arith").replace("num_fewshot: 0", "num_fewshot: 2")
           .replace("custom_dataset: !function ilm_local.load_json\n", "").replace("max_gen_toks: 64", "max_gen_toks: 24")
