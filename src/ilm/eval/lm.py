@@ -88,30 +88,30 @@ class EvalModel:
 
         Requests with the same input (context + continuation minus its last token, as truncated) share one
         forward pass: multiple choice with one-token answers costs one pass per question."""
-        inputs: dict[tuple[int, ...], list[int]] = {}
+        need: dict[tuple[int, ...], int] = {}  # input -> how many of its last positions are scored
         plan = []
         for ctx, cont in requests:
             if not cont:
                 raise ValueError("an empty continuation cannot be scored")
             inp = tuple((ctx + cont)[-(self.max_length + 1):][:-1])
-            inputs.setdefault(inp, []).append(len(plan))
+            need[inp] = max(need.get(inp, 0), len(cont))
             plan.append((inp, cont))
         logprobs: dict[tuple[int, ...], torch.Tensor] = {}
-        order = sorted(inputs, key=lambda t: -len(t))
+        order = sorted(need, key=lambda t: -len(t))
+        head = self.model.head_weight()
         for i in range(0, len(order), self.batch_size):
             chunk = order[i : i + self.batch_size]
-            width = len(chunk[0])
-            ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            ids = torch.zeros(len(chunk), len(chunk[0]), dtype=torch.long)
             for row, inp in enumerate(chunk):
                 ids[row, : len(inp)] = torch.tensor(inp)
-            logits = self.model(ids.to(self.device)).float()
+            hidden = self.model(ids.to(self.device), return_hidden=True)  # the vocabulary only where scored
             self.forwards += 1
-            lp = F.log_softmax(logits, dim=-1)
             for row, inp in enumerate(chunk):
-                logprobs[inp] = lp[row, : len(inp)]
+                h = hidden[row, len(inp) - need[inp] : len(inp)]
+                logprobs[inp] = F.log_softmax(F.linear(h, head).float(), dim=-1)
         out = []
         for inp, cont in plan:
-            lp = logprobs[inp][len(inp) - len(cont):]
+            lp = logprobs[inp][need[inp] - len(cont):]
             target = torch.tensor(cont, device=lp.device)
             ll = lp.gather(1, target[:, None]).sum().item()
             greedy = bool((lp.argmax(dim=-1) == target).all())
