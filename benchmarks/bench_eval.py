@@ -79,7 +79,7 @@ def main() -> dict:
             elif "bits_per_byte" in mine["metrics"]:
                 agree = math.isclose(theirs["bits_per_byte,none"], mine["metrics"]["bits_per_byte"], rel_tol=1e-4)
             else:
-                agree = theirs["exact_match,flexible-extract"] == mine["metrics"]["exact_match"]
+                agree = bool(theirs["exact_match,flexible-extract"] == mine["metrics"]["exact_match"])
             out["tasks"][name] = {"samples": mine["samples_n"], "ilm_samples_per_s": best["ilm"],
                                   "lm_eval_samples_per_s": best["lm_eval"], "ratio": best["ilm"] / best["lm_eval"],
                                   "metrics_agree": agree}

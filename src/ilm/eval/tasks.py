@@ -141,7 +141,7 @@ class Task:
                 shots = [d for d in rng.sample(pool, n + 1) if d != doc][:n]
             else:
                 shots = rng.sample(pool, n)
-            parts = [self.description]
+            parts = [str(_render(self.description, doc)) if self.description else ""]  # a template, as in lm-eval
             for s in shots:
                 parts.append(self.text(s) + self.target_delimiter + self.answer_text(s) + self.fewshot_delimiter)
             parts.append(self.text(doc))
