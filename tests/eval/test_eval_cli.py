@@ -100,3 +100,21 @@ def test_demo_step_writes_results(tiny_llama, tmp_path):
     assert [r["task"] for r in res["results"]] == ["ilm_license_ppl", "ilm_stdlib_mc"]
     assert summary["ppl_docs"] == 4 and summary["mc_questions"] == 40
     assert 0 < summary["bits_per_byte"] < 16 and 0.0 <= summary["mc_acc"] <= 1.0
+
+
+def test_niah_subcommand_is_registered_from_its_module(monkeypatch, capsys):
+    """`ilm eval niah` comes from ilm.eval.niah when that module exists (a stand-in here)."""
+    import sys
+    import types
+
+    calls = []
+    stub = types.ModuleType("ilm.eval.niah")
+
+    def register(parser):
+        parser.add_argument("--checkpoint", required=True)
+        parser.set_defaults(func=lambda args: calls.append(args.checkpoint) or 0)
+
+    stub.register = register
+    monkeypatch.setitem(sys.modules, "ilm.eval.niah", stub)
+    assert main(["eval", "niah", "--checkpoint", "X"]) == 0
+    assert calls == ["X"]
