@@ -173,10 +173,15 @@ def _env():
     return _ENV
 
 
+_COMPILED: dict[str, Any] = {}
+
+
 def _render(t: str, doc: dict) -> Any:
     if _is_field(t) and t in doc:
         return doc[t]
-    return _env().from_string(t).render(**doc)
+    if t not in _COMPILED:  # compiling a template costs far more than rendering it
+        _COMPILED[t] = _env().from_string(t)
+    return _COMPILED[t].render(**doc)
 
 
 def read_jsonl(path: Path, required: list[str]) -> list[dict]:
