@@ -84,7 +84,7 @@ def test_ilm_eval_agrees_with_lm_eval_harness(tiny_llama, tmp_path):
     mine = ours["ilm_license_ppl"]
     assert max(m["tokens"] for m in mine["samples"]) > 2 * 256  # rolling windows were needed
     for s, m in zip(samples, mine["samples"]):
-        assert math.isclose(s["resps"][0][0], m["loglikelihood"], rel_tol=1e-5, abs_tol=1e-4)
+        assert math.isclose(s["resps"][0][0], m["loglikelihood"], rel_tol=1e-6, abs_tol=1e-4)  # sums of ~3k tokens
     for metric in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
         assert math.isclose(res[f"{metric},none"], mine["metrics"][metric], rel_tol=1e-4), metric
 
