@@ -118,3 +118,25 @@ def test_niah_subcommand_is_registered_from_its_module(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ilm.eval.niah", stub)
     assert main(["eval", "niah", "--checkpoint", "X"]) == 0
     assert calls == ["X"]
+
+
+def test_scoring_shares_prefixes_and_matches_a_plain_forward(tiny_llama):
+    """Choices whose inputs are prefixes of one another share one forward pass, with the same numbers as
+    scoring each request alone from full logits."""
+    import torch
+
+    from ilm.eval.lm import EvalModel
+
+    lm = EvalModel(tiny_llama, device="cpu", batch_size=1)
+    ctx = lm.encode("Which module does the work? Answer: the quick brown fox module.")
+    requests = [(ctx, [40]), (ctx, [41]), (ctx, [42, 43]), (ctx, [42, 44, 45]), (ctx[:3], [7, 8])]
+    got = lm.score_tokens(requests)
+    assert len(ctx) > 12 and lm.forwards == 2  # the first four inputs are prefixes of ctx + [42, 44]
+    lm.batch_size = 4  # one padded batch: the same numbers
+    assert max(abs(a[0] - b[0]) for a, b in zip(lm.score_tokens(requests), got)) < 1e-5
+    for (c, x), (ll, greedy) in zip(requests, got):
+        with torch.no_grad():
+            lp = torch.log_softmax(lm.model(torch.tensor([c + x]))[0, :-1].float(), dim=-1)[len(c) - 1:]
+        want = lp.gather(1, torch.tensor(x)[:, None]).sum().item()
+        assert abs(ll - want) < 1e-5
+        assert greedy == bool((lp.argmax(-1) == torch.tensor(x)).all())

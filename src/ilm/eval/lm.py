@@ -40,6 +40,24 @@ def rolling_windows(tokens: list[int], prefix: int, max_len: int) -> list[tuple[
     return out
 
 
+_SHARE = 8
+
+
+def _hosts(inputs: set[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[int, ...]]:
+    """Each input -> the input whose forward pass serves it: itself, or a longer one it is a prefix of (by
+    at most `_SHARE` tokens)."""
+    host: dict[tuple[int, ...], tuple[int, ...]] = {}
+    for x in sorted(inputs, key=len, reverse=True):
+        if x in host:
+            continue
+        host[x] = x
+        for k in range(1, min(_SHARE, len(x) - 1) + 1):
+            p = x[:-k]
+            if p in inputs and p not in host:
+                host[p] = x
+    return host
+
+
 class EvalModel:
     """An ilm checkpoint plus its tokenizer, answering the three kinds of request of an evaluation."""
 
@@ -87,15 +105,19 @@ class EvalModel:
         """(sum of log p(continuation | context), whether greedy decoding would produce the continuation).
 
         Requests with the same input (context + continuation minus its last token, as truncated) share one
-        forward pass: multiple choice with one-token answers costs one pass per question."""
-        need: dict[tuple[int, ...], int] = {}  # input -> how many of its last positions are scored
+        forward pass, and so does an input that is a prefix of another, shorter by at most `_SHARE` tokens (a
+        causal model's outputs at a prefix do not depend on what follows): the choices of a question usually
+        cost one pass together."""
         plan = []
         for ctx, cont in requests:
             if not cont:
                 raise ValueError("an empty continuation cannot be scored")
-            inp = tuple((ctx + cont)[-(self.max_length + 1):][:-1])
-            need[inp] = max(need.get(inp, 0), len(cont))
-            plan.append((inp, cont))
+            plan.append((tuple((ctx + cont)[-(self.max_length + 1):][:-1]), cont))
+        host = _hosts({inp for inp, _ in plan})
+        need: dict[tuple[int, ...], int] = {}  # host input -> how many of its positions are scored, from the end
+        for inp, cont in plan:
+            h = host[inp]
+            need[h] = max(need.get(h, 0), len(h) - len(inp) + len(cont))
         logprobs: dict[tuple[int, ...], torch.Tensor] = {}
         order = sorted(need, key=lambda t: -len(t))
         head = self.model.head_weight()
@@ -111,7 +133,9 @@ class EvalModel:
                 logprobs[inp] = F.log_softmax(F.linear(h, head).float(), dim=-1)
         out = []
         for inp, cont in plan:
-            lp = logprobs[inp][need[inp] - len(cont):]
+            h = host[inp]
+            end = need[h] - (len(h) - len(inp))  # this input's last position within the host's scored rows
+            lp = logprobs[h][end - len(cont) : end]
             target = torch.tensor(cont, device=lp.device)
             ll = lp.gather(1, target[:, None]).sum().item()
             greedy = bool((lp.argmax(dim=-1) == target).all())
