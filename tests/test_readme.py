@@ -52,6 +52,8 @@ SPEC: dict[str, tuple[str, list[dict[str, str]]]] = {
         "run", [{"SRC": "runs/demo/pretrain/final", "DST": "runs/demo/checkpoint-llama"}]),
     'ilm generate --checkpoint DIR --prompt "def main():" --max-new-tokens 32': (
         "run", [{"DIR": "runs/demo/pretrain/final"}]),
+    "ilm eval run --checkpoint DIR --tasks ilm_stdlib_mc ilm_license_ppl --limit 8": (
+        "run", [{"DIR": "runs/demo/checkpoint-llama"}]),
     "ilm sft recipes/sft-tiny.toml": ("run", [{}]),
     "ilm chat --checkpoint DIR --tools builtin --interpreter": ("parse", [{}]),  # run in tests/agent/test_cli.py
     "ilm rm train recipes/rm-tiny.toml": ("run", [{}]),

@@ -1,0 +1,142 @@
+"""`ilm eval run|list` on local task files, the pieces it is made of, its bad-input errors and the demo step."""
+
+import json
+import shutil
+
+import pytest
+
+from ilm.cli import main
+from ilm.eval.lm import rolling_windows
+from ilm.eval.runner import extract_number
+from ilm.eval.tasks import load_task
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 16, 17, 30])
+def test_rolling_windows_are_lm_eval_s(n):
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    tokens = list(range(100, 100 + n))
+    theirs = [make_disjoint_window(w) for w in get_rolling_token_windows(tokens, prefix_token=1, max_seq_len=8,
+                                                                          context_len=1)]
+    ours = rolling_windows(tokens, 1, 8)
+    assert ours == [tuple(w) for w in theirs]
+    assert [t for _, pred in ours for t in pred] == tokens  # every token predicted once
+    assert all(len(c) + len(p) <= 9 for c, p in ours)
+
+
+def test_gsm8k_answers_are_extracted():
+    assert extract_number("12 + 3 = <<12+3=15>>15 apples.\n#### 1,015") == "1015"
+    assert extract_number("so she has 15.50 dollars.") == "15.5"
+    assert extract_number("The answer is 42.") == "42"
+    assert extract_number("no number here") is None
+
+
+def test_mmlu_and_ceval_jsonl_files_run_and_report_opencompass_names(tiny_llama, tmp_path, capsys):
+    rows = [{"question": f"Which number is {i}?", "choices": [str(i), str(i + 1), str(i + 2), str(i + 3)],
+             "answer": "ABCD"[i % 4]} for i in range(6)]
+    mmlu = tmp_path / "mmlu_numbers.jsonl"
+    mmlu.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "mmlu_numbers.dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    ceval = tmp_path / "ceval_numbers.jsonl"
+    ceval.write_text("".join(json.dumps({"question": "一加一等于几？", "A": "1", "B": "2", "C": "3", "D": "4",
+                                         "answer": "B"}) + "\n" for _ in range(2)))
+    task = load_task(str(mmlu))
+    assert [task.gold(d) for d in task.eval_docs()] == [0, 1, 2, 3, 0, 1]  # letters -> indices
+    assert task.contexts(task.eval_docs()[:1], num_fewshot=2)[0].count("Answer:") == 3
+    out = tmp_path / "res" / "results.json"
+    assert main(["eval", "run", "--checkpoint", str(tiny_llama), "--tasks", str(mmlu), str(ceval),
+                 "--num-fewshot", "0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "lukaemon_mmlu_numbers" in printed and "ceval-numbers" in printed
+    res = json.loads(out.read_text())
+    assert [r["samples_n"] for r in res["results"]] == [6, 2]
+    acc = res["results"][0]["metrics"]["acc"]
+    assert acc == sum(s["pred"] == s["gold"] for s in res["results"][0]["samples"]) / 6
+
+
+def test_list_names_the_shipped_tasks(capsys):
+    assert main(["eval", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("ilm_stdlib_mc", "ilm_stdlib_arith", "ilm_license_ppl"):
+        assert name in out
+
+
+def test_malformed_task_lines_are_named_and_counted(tiny_llama, tmp_path, capsys):
+    bad = tmp_path / "gsm8k_bad.jsonl"
+    bad.write_text('{"question": "1+1?", "answer": "#### 2"}\n{not json\n{"question": "2+2?"}\n'
+                   '{"question": "3+3?", "answer": "#### 6"}\n[1, 2]\n')
+    assert main(["eval", "run", "--checkpoint", str(tiny_llama), "--tasks", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert str(bad) in err and "3 bad line(s) of 5" in err
+    assert "line 2: not JSON" in err and "line 3: missing field 'answer'" in err and "line 5" in err
+
+
+def test_checkpoint_without_tokenizer_is_one_line(tiny_llama, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_llama / name, bare / name)
+    assert main(["eval", "run", "--checkpoint", str(bare), "--tasks", "ilm_stdlib_mc", "--limit", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "no tokenizer" in err and len(err.splitlines()) == 1
+
+
+def test_unknown_task_and_bad_yaml_are_one_line(tmp_path, capsys):
+    assert main(["eval", "run", "--checkpoint", str(tmp_path), "--tasks", "no_such_task"]) == 2
+    assert "unknown task 'no_such_task'" in capsys.readouterr().err
+    y = tmp_path / "t.yaml"
+    y.write_text("task: t\ndataset_path: cais/mmlu\noutput_type: multiple_choice\n")
+    assert main(["eval", "run", "--checkpoint", str(tmp_path), "--tasks", str(y)]) == 2
+    assert "local data only" in capsys.readouterr().err
+
+
+def test_demo_step_writes_results(tiny_llama, tmp_path):
+    from ilm.eval.demo import run
+
+    summary = run(tmp_path, tiny_llama, quick=True)
+    res = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert summary["results"] == str(tmp_path / "eval" / "results.json")
+    assert [r["task"] for r in res["results"]] == ["ilm_license_ppl", "ilm_stdlib_mc"]
+    assert summary["ppl_docs"] == 4 and summary["mc_questions"] == 40
+    assert 0 < summary["bits_per_byte"] < 16 and 0.0 <= summary["mc_acc"] <= 1.0
+
+
+def test_niah_subcommand_is_registered_from_its_module(monkeypatch, capsys):
+    """`ilm eval niah` comes from ilm.eval.niah when that module exists (a stand-in here)."""
+    import sys
+    import types
+
+    calls = []
+    stub = types.ModuleType("ilm.eval.niah")
+
+    def register(parser):
+        parser.add_argument("--checkpoint", required=True)
+        parser.set_defaults(func=lambda args: calls.append(args.checkpoint) or 0)
+
+    stub.register = register
+    monkeypatch.setitem(sys.modules, "ilm.eval.niah", stub)
+    assert main(["eval", "niah", "--checkpoint", "X"]) == 0
+    assert calls == ["X"]
+
+
+def test_scoring_shares_prefixes_and_matches_a_plain_forward(tiny_llama):
+    """Choices whose inputs are prefixes of one another share one forward pass, with the same numbers as
+    scoring each request alone from full logits."""
+    import torch
+
+    from ilm.eval.lm import EvalModel
+
+    lm = EvalModel(tiny_llama, device="cpu", batch_size=1)
+    ctx = lm.encode("Which module does the work? Answer: the quick brown fox module.")
+    requests = [(ctx, [40]), (ctx, [41]), (ctx, [42, 43]), (ctx, [42, 44, 45]), (ctx[:3], [7, 8])]
+    got = lm.score_tokens(requests)
+    assert len(ctx) > 12 and lm.forwards == 2  # the first four inputs are prefixes of ctx + [42, 44]
+    lm.batch_size = 4  # one padded batch: the same numbers
+    assert max(abs(a[0] - b[0]) for a, b in zip(lm.score_tokens(requests), got)) < 1e-5
+    for (c, x), (ll, greedy) in zip(requests, got):
+        with torch.no_grad():
+            lp = torch.log_softmax(lm.model(torch.tensor([c + x]))[0, :-1].float(), dim=-1)[len(c) - 1:]
+        want = lp.gather(1, torch.tensor(x)[:, None]).sum().item()
+        assert abs(ll - want) < 1e-5
+        assert greedy == bool((lp.argmax(-1) == torch.tensor(x)).all())
