@@ -33,6 +33,9 @@ class AttnBatch:
     max_seqlen: int = 0
     # a FlexAttention BlockMask, for "flex"
     block_mask: object | None = None
+    # "flex" only: shapes change from call to call (prefill chunks of growing key length), so on GPU use the
+    # FlexAttention compiled with dynamic shapes rather than recompiling for every shape
+    dynamic: bool = False
 
 
 def doc_ids_from_lens(doc_lens: list[list[int]], device: torch.device | None = None) -> torch.Tensor:
@@ -112,7 +115,45 @@ def default_backend(device: torch.device) -> str:
     return "blocks"
 
 
+def prefill_chunk_batch(valid: torch.Tensor, start: int, end: int, backend: str = "sdpa",
+                        kv_len: int | None = None) -> AttnBatch:
+    """Attention of query slots [start, end) over key slots [0, kv_len) (default `end`) of left-padded rows.
+
+    `valid` (B, >= end) marks the slots that hold real tokens. A query sees the real keys at or before its
+    own slot; a pad query sees itself only, so no softmax row is empty. This is one chunk of a chunked
+    prefill (keys already in the KV cache plus the chunk's own). Backends: "sdpa" takes the boolean
+    (B, 1, end - start, kv_len) mask; "flex" (the GPU path: it skips masked blocks and keeps no mask) takes
+    a block mask of the same pattern, over the whole preallocated cache when `kv_len` is its length.
+    """
+    kv_len = kv_len or end
+    B, dev = valid.shape[0], valid.device
+    keys = torch.zeros(B, kv_len, dtype=torch.bool, device=dev)
+    keys[:, :end] = valid[:, :end]
+    if backend == "flex":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def chunk_causal(b, h, q, kv):
+            slot = q + start
+            return (kv <= slot) & (keys[b, kv] | (kv == slot))
+
+        block = create_block_mask(chunk_causal, B, None, end - start, kv_len, device=dev)
+        return AttnBatch("flex", block_mask=block, dynamic=True)
+    if backend != "sdpa":
+        raise ValueError(f"prefill chunks take the 'sdpa' or 'flex' backend, not {backend!r}")
+    q = torch.arange(start, end, device=dev)[:, None]
+    k = torch.arange(kv_len, device=dev)[None, :]
+    mask = ((k <= q)[None] & keys[:, None, :]) | (k == q)[None]
+    return AttnBatch("sdpa", mask=mask[:, None])
+
+
+def prefill_backend(device: torch.device) -> str:
+    """The backend for prefill chunks: FlexAttention on GPU (block-sparse, no materialised mask, any length),
+    masked SDPA on CPU (its fused CPU kernel keeps no score matrix; the mask is chunk x keys booleans)."""
+    return "flex" if device.type == "cuda" else "sdpa"
+
+
 _FLEX = None
+_FLEX_DYNAMIC = None
 
 
 def _flex():
@@ -123,6 +164,16 @@ def _flex():
 
         _FLEX = torch.compile(flex_attention, dynamic=False) if torch.cuda.is_available() else flex_attention
     return _FLEX
+
+
+def _flex_dynamic():
+    """FlexAttention compiled once for shapes that vary (prefill chunks); eager on CPU."""
+    global _FLEX_DYNAMIC
+    if _FLEX_DYNAMIC is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX_DYNAMIC = torch.compile(flex_attention, dynamic=True) if torch.cuda.is_available() else flex_attention
+    return _FLEX_DYNAMIC
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: AttnBatch) -> torch.Tensor:
@@ -142,7 +193,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: AttnBatch) 
             ))
         return torch.cat(rows, dim=0)
     if batch.backend == "flex":
-        return _flex()(q, k, v, block_mask=batch.block_mask, enable_gqa=gqa)
+        flex = _flex_dynamic() if batch.dynamic else _flex()
+        return flex(q, k, v, block_mask=batch.block_mask, enable_gqa=gqa)
     if batch.backend == "flash":
         from flash_attn import flash_attn_varlen_func
 
