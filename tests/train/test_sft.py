@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import math
 import sysconfig
 from pathlib import Path
 
@@ -207,3 +208,21 @@ def test_demo_data_is_the_same_in_every_process():
         for seed in ("1", "2")
     }
     assert len(digests) == 1
+
+
+def test_window_past_max_context_trains_when_memory_allows(tok, tmp_path, monkeypatch):
+    """train.window 256 > max_position_embeddings 64 x factor 2: no constant cap, only the memory estimate."""
+    from ilm.model import memory
+
+    tok.save(tmp_path / "tok")
+    recipe = _recipe(tmp_path, tmp_path / "long", max_steps=1)
+    recipe["model"]["overrides"] = {"vocab_size": 512, "max_position_embeddings": 64,
+                                    "rope_scaling": {"type": "dynamic", "factor": 2.0}}
+    summary = train(from_dict(SFTConfig, recipe), resume="never")
+    assert summary["steps"] == 1 and math.isfinite(_losses(tmp_path / "long")[1])
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**20)
+    recipe["run_dir"] = str(tmp_path / "refused")
+    with pytest.raises(memory.ContextMemoryError,
+                       match=r"SFT with train.window 256 x 1 row\(s\) needs an estimated [\d.]+ GiB \(weights .*"
+                             r"activations [\d.]+ GiB\) but only 0.00 GiB is available on cpu"):
+        train(from_dict(SFTConfig, recipe), resume="never")

@@ -42,6 +42,10 @@ class Estimate:
         """What must still be allocated."""
         return self.total - self.resident
 
+    def __add__(self, other: Estimate) -> Estimate:
+        return Estimate(*(getattr(self, f) + getattr(other, f) for f in
+                          ("weights", "optimizer", "kv_cache", "activations", "resident")))
+
     def describe(self) -> str:
         parts = [(n, getattr(self, n)) for n in ("weights", "optimizer", "kv_cache", "activations")]
         return ", ".join(f"{n.replace('_', ' ')} {gib(b)}" for n, b in parts if b)
@@ -139,3 +143,15 @@ def check_fits(estimate: Estimate, device: torch.device | str, what: str, hint: 
             f"{'; weights already loaded' if estimate.resident else ''}) but only {gib(free)} is available on "
             f"{torch.device(device).type}{'; ' + hint if hint else ''}"
         )
+
+
+def check_training(
+    config: ModelConfig, rows: int, window: int, device: torch.device | str, precision: str, shards: int,
+    what: str, hint: str = "lower the window or micro-batch rows, or use more processes",
+) -> Estimate:
+    """`training_estimate` for a trainer's micro-batch (fp32 master weights; bf16 activations under bf16),
+    checked against the free memory of `device`; returns the estimate."""
+    compute = torch.bfloat16 if precision == "bf16" else torch.float32
+    est = training_estimate(config, rows, window, torch.float32, compute, max(shards, 1))
+    check_fits(est, device, what, hint)
+    return est

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ilm.model import build_model, get_preset, packed_batch, positions_from_doc_ids
+from ilm.model.memory import check_training
 from ilm.train import checkpoint
 from ilm.train.distributed import (
     World,
@@ -296,8 +297,10 @@ def _train(cfg: SFTConfig, resume: str) -> dict[str, Any]:
 
     model = base_model(cfg.init, cfg.model)  # on the meta device: weights come per shard
     check_vocab(tok, model.config.vocab_size)
-    if t.window > model.config.max_context:
-        raise ValueError(f"train.window {t.window} exceeds the model's context {model.config.max_context}")
+    # no cap at max_position_embeddings x factor: a longer window extrapolates RoPE (dynamic NTK's base holds at
+    # any length); what limits it is memory (ilm.model.memory)
+    check_training(model.config, t.micro_batch_rows, t.window, world.device, t.precision,
+                   world.size if t.fsdp else 1, f"SFT with train.window {t.window:,} x {t.micro_batch_rows} row(s)")
     shape = model_shape(model.config)
     prepare(model, t, world)
     materialise(model, world, t.seed, cfg.init)
