@@ -226,3 +226,44 @@ def test_window_past_max_context_trains_when_memory_allows(tok, tmp_path, monkey
                        match=r"SFT with train.window 256 x 1 row\(s\) needs an estimated [\d.]+ GiB \(weights .*"
                              r"activations [\d.]+ GiB\) but only 0.00 GiB is available on cpu"):
         train(from_dict(SFTConfig, recipe), resume="never")
+
+
+def test_long_context_samples_train_with_the_loss_on_the_answer(tok, tmp_path):
+    """[data.long_context]: stdlib repositories packed to the window, a question only the context answers; the
+    trained tokens are exactly the answer and its <|im_end|>; the run trains on them alone."""
+    import sysconfig
+
+    from ilm.train.sft import LongContextData, long_context_conversations
+
+    repo = str(Path(sysconfig.get_paths()["stdlib"]) / "json")
+    lc = LongContextData(repos=[repo], reserve=160)  # this 512-token vocabulary spends ~70 tokens on a question
+    convs, report = long_context_conversations(lc, tok, 512)
+    assert report["window"] == 352 and report["max"] <= 352 and report["over_window"] == 0
+    assert report["kept"] == len(convs) > 0.9 * report["samples"] > 3 and report["split_files"] >= 1
+    from ilm.data import longctx
+
+    built = longctx.build([repo], [], 352, lambda s: len(tok.encode(s)))[1]
+    answers = {b["messages"][1]["content"].strip() for b in built}
+    for c in convs:
+        assert len(c.ids) <= 512
+        answer = tok.decode(c.ids[c.mask.astype(bool)].tolist())
+        assert answer.endswith("<|im_end|>") and answer.removesuffix("<|im_end|>").strip() in answers
+        assert c.mask.sum() < 100 < len(c.ids)  # the context is long, the trained part is the short answer
+    tok.save(tmp_path / "tok")
+    recipe = _recipe(tmp_path, tmp_path / "lc", window=512, max_steps=1)
+    recipe["data"] = {"train": [], "long_context": {"repos": [repo], "reserve": 160}}
+    summary = train(from_dict(SFTConfig, recipe), resume="never")
+    assert summary["steps"] == 1 and summary["data"]["long_context"]["kept"] == report["kept"]
+    with pytest.raises(ValueError, match=r"data.long_context.window 600 \+ reserve 64 must fit in train.window 512"):
+        long_context_conversations(LongContextData(repos=[repo], window=600, reserve=64), tok, 512)
+
+
+def test_long_context_recipes_load_and_point_at_real_inputs():
+    from ilm.config import load
+
+    root = Path(__file__).resolve().parents[2]
+    tiny = load(SFTConfig, root / "recipes" / "sft-longctx-tiny.toml")
+    assert tiny.train.window == 1024 and tiny.data.long_context.reserve == 256
+    assert all(Path(p).exists() for p in tiny.data.long_context.repos + tiny.data.long_context.documents)
+    big = load(SFTConfig, root / "recipes" / "sft-internlm2-7b.toml")
+    assert big.data.long_context.window + big.data.long_context.reserve == big.train.window == 32768
