@@ -137,8 +137,9 @@ PREFILL_BACKEND: str | None = None  # None: `prefill_backend(device)`; tests set
 def check_memory(model: InternLM2, batch: int, total: int, chunk: int) -> None:
     """Refuse, naming the estimate and the free memory, a request whose KV cache + chunk activations do not fit."""
     device = model.output.weight.device
-    backend = PREFILL_BACKEND or prefill_backend(device)
-    est = generation_estimate(model.config, batch, total, chunk, model.output.weight.dtype, mask_keys=backend == "sdpa")
+    # both prefill backends hold a chunk x keys boolean pattern at some point (SDPA's mask; FlexAttention's
+    # block mask is built from one), so the estimate counts it either way
+    est = generation_estimate(model.config, batch, total, chunk, model.output.weight.dtype)
     check_fits(est, device, f"generating {batch} row(s) of up to {total:,} positions",
                "shorten the prompt, lower max_new_tokens, the batch size or prefill_chunk")
 

@@ -64,7 +64,8 @@ def available_bytes(device: torch.device | str) -> int:
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        # blocks PyTorch's caching allocator holds but no tensor uses are free to this process too
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     try:
         import psutil
 
@@ -113,13 +114,15 @@ def generation_estimate(
 def training_estimate(
     config: ModelConfig, rows: int, window: int, param_dtype: torch.dtype = torch.float32,
     compute_dtype: torch.dtype = torch.float32, shards: int = 1, dense_mask: bool = False,
+    checkpointing: bool = False,
 ) -> Estimate:
     """One training micro-batch of `rows` x `window` tokens with AdamW.
 
     Weights, gradients and two AdamW moments are sharded over `shards` processes (FSDP); activations kept for
     the backward are about 12 hidden-sized + 4 FFN-sized + 2 qkv-sized tensors per token per layer, plus the
     output head's logits for one 4096-row loss chunk (`ilm.train.losses.lm_loss`) and, for the plain masked
-    SDPA backend only, a window x window boolean mask per row (the document-mask kernels keep none).
+    SDPA backend only, a window x window boolean mask per row (the document-mask kernels keep none). With
+    activation `checkpointing` each layer keeps only its input, and one layer's activations live at a time.
     """
     pb, cb = dtype_bytes(param_dtype), dtype_bytes(compute_dtype)
     n = config.num_params()
@@ -128,7 +131,11 @@ def training_estimate(
     tokens = rows * window
     qkv = (config.num_heads + 2 * config.num_kv_heads) * config.head_dim
     per_layer = tokens * (12 * config.hidden_size + 4 * config.intermediate_size + 2 * qkv) * cb
-    act = config.num_layers * per_layer + tokens * config.hidden_size * 4 * 2
+    if checkpointing:
+        act = config.num_layers * tokens * config.hidden_size * cb + per_layer
+    else:
+        act = config.num_layers * per_layer
+    act += tokens * config.hidden_size * 4 * 2
     act += min(tokens, 4096) * config.vocab_size * 4 * 2
     act += rows * window * window if dense_mask else 0
     return Estimate(weights=weights, optimizer=optimizer, activations=int(act * ACTIVATION_SAFETY))
@@ -147,11 +154,12 @@ def check_fits(estimate: Estimate, device: torch.device | str, what: str, hint: 
 
 def check_training(
     config: ModelConfig, rows: int, window: int, device: torch.device | str, precision: str, shards: int,
-    what: str, hint: str = "lower the window or micro-batch rows, or use more processes",
+    what: str, hint: str = "lower the window or micro-batch rows, turn on activation_checkpointing, or use more "
+                           "processes", checkpointing: bool = False,
 ) -> Estimate:
     """`training_estimate` for a trainer's micro-batch (fp32 master weights; bf16 activations under bf16),
     checked against the free memory of `device`; returns the estimate."""
     compute = torch.bfloat16 if precision == "bf16" else torch.float32
-    est = training_estimate(config, rows, window, torch.float32, compute, max(shards, 1))
+    est = training_estimate(config, rows, window, torch.float32, compute, max(shards, 1), checkpointing=checkpointing)
     check_fits(est, device, what, hint)
     return est

@@ -361,7 +361,8 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
     # no cap at the model's max_position_embeddings x factor: the limit is memory for one batch_tokens row
     check_training(backbone.config, 1, t.batch_tokens, world.device, t.precision, world.size if t.fsdp else 1,
                    f"reward model training with batch_tokens {t.batch_tokens:,} (data.max_length "
-                   f"{cfg.data.max_length:,})", "lower train.batch_tokens and data.max_length, or use more processes")
+                   f"{cfg.data.max_length:,})", "lower train.batch_tokens and data.max_length, or use more processes",
+                   checkpointing=t.activation_checkpointing)
     shape = model_shape(backbone.config)
     model = RewardModel(backbone, t.head_init_std, t.seed)
     prepare(model, t, world, backbone=backbone)

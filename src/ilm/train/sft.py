@@ -341,7 +341,8 @@ def _train(cfg: SFTConfig, resume: str) -> dict[str, Any]:
     # no cap at max_position_embeddings x factor: a longer window extrapolates RoPE (dynamic NTK's base holds at
     # any length); what limits it is memory (ilm.model.memory)
     check_training(model.config, t.micro_batch_rows, t.window, world.device, t.precision,
-                   world.size if t.fsdp else 1, f"SFT with train.window {t.window:,} x {t.micro_batch_rows} row(s)")
+                   world.size if t.fsdp else 1, f"SFT with train.window {t.window:,} x {t.micro_batch_rows} row(s)",
+                   checkpointing=t.activation_checkpointing)
     shape = model_shape(model.config)
     prepare(model, t, world)
     materialise(model, world, t.seed, cfg.init)

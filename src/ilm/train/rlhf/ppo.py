@@ -494,7 +494,8 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
     seq = longest + p.max_new_tokens
     shards = world.size if t.fsdp else 1
     est = training_estimate(actor_config, p.micro_batch_rows, seq, shards=shards,
-                            compute_dtype=torch.bfloat16 if t.precision == "bf16" else torch.float32)
+                            compute_dtype=torch.bfloat16 if t.precision == "bf16" else torch.float32,
+                            checkpointing=t.activation_checkpointing)
     gen = generation_estimate(actor_config, p.generation_batch, seq, 2048, weights_loaded=False)
     frozen_weights = Estimate(weights=2 * actor_config.num_params() * 4 // shards)
     check_fits(est + est + frozen_weights + Estimate(kv_cache=gen.kv_cache, activations=gen.activations), dev,
