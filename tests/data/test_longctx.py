@@ -128,3 +128,14 @@ def test_packing_policy_holds_for_any_units(spec, window):
 def test_bad_window():
     with pytest.raises(ValueError, match="window"):
         pack_samples([Unit("r", "a.py", "x\n")], 0)
+
+
+def test_cli_writes_samples_conversations_queries_and_report(tmp_path, capsys):
+    from ilm.cli import main
+
+    assert main(["data", "longctx", "--repos", str(STDLIB / "json"), "--window", "1024", "-o", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["window"] == 1024 and report["max"] <= 1024 and report["samples"] > 1
+    assert "samples of <= 1,024 tokens" in capsys.readouterr().out
+    assert main(["data", "longctx", "-o", str(tmp_path)]) != 0
+    assert capsys.readouterr().err.strip() == "error: give --repos and/or --documents"

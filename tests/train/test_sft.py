@@ -267,3 +267,18 @@ def test_long_context_recipes_load_and_point_at_real_inputs():
     assert all(Path(p).exists() for p in tiny.data.long_context.repos + tiny.data.long_context.documents)
     big = load(SFTConfig, root / "recipes" / "sft-internlm2-7b.toml")
     assert big.data.long_context.window + big.data.long_context.reserve == big.train.window == 32768
+
+
+def test_long_context_queries_feed_ppo(tok, tmp_path):
+    """The same samples without the answer are PPO queries (RLHF's long-context data)."""
+    import sysconfig
+
+    from ilm.data import longctx
+    from ilm.train.rlhf.queries import load_queries
+
+    samples, convs, report = longctx.build([Path(sysconfig.get_paths()["stdlib"]) / "json"], [], 400,
+                                           lambda s: len(tok.encode(s)))
+    paths = longctx.write(tmp_path, samples, convs, report)
+    queries, qreport = load_queries([str(paths["queries"])], tok, {"default": "You are helpful."}, "default", 1024)
+    assert qreport["kept"] == len(queries) == len(convs) > 0
+    assert all(len(q.prompt) <= 1024 for q in queries) and max(len(q.prompt) for q in queries) > 400
