@@ -228,3 +228,20 @@ def test_static_decode_step_equals_the_dynamic_one(tiny, monkeypatch):
     monkeypatch.setattr(gen._GraphedDecode, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
     assert generate(tiny, PROMPTS, GREEDY) == expected
     assert len(calls) == GREEDY.max_new_tokens - 1
+
+
+def test_flex_prefill_path_end_to_end(tiny, monkeypatch):
+    """The GPU path (FlexAttention chunks over the whole preallocated cache, then the static decode step that CUDA
+    graphs replay) run eagerly on CPU: the same tokens as full recompute, with dynamic NTK past the cap too."""
+    import ilm.model.generate as gen
+    from ilm.model.attention import prefill_backend
+
+    assert prefill_backend(torch.device("cuda")) == "flex" and prefill_backend(torch.device("cpu")) == "sdpa"
+    monkeypatch.setattr(gen, "PREFILL_BACKEND", "flex")
+    monkeypatch.setattr(gen, "_STATIC_ON_CPU", True)
+    chunked = Sampling(max_new_tokens=12, greedy=True, stop_ids=(), prefill_chunk=3)
+    assert generate(tiny, PROMPTS, chunked) == [greedy_recompute(tiny, p, 12) for p in PROMPTS]
+    model = _sharp_dynamic_model()
+    prompts = [[1] + list(range(40, 70)), [1, 5, 6]]
+    out = generate(model, prompts, Sampling(max_new_tokens=8, greedy=True, stop_ids=(), prefill_chunk=7))
+    assert out == [greedy_recompute(model, p, 8) for p in prompts]
