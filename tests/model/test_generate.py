@@ -161,7 +161,8 @@ def _padded(prompts, pad=2):
 
 @pytest.mark.parametrize("scaling", [None, {"type": "dynamic", "factor": 2.0}])
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])
-def test_chunked_prefill_equals_one_prefill(scaling, backend):
+@pytest.mark.parametrize("lengths", [(40, 11, 26), (40, 40, 40)])
+def test_chunked_prefill_equals_one_prefill(scaling, backend, lengths):
     """Chunked prefill (padded batch, rows longer than max_position_embeddings) gives each row's logits of one
     full forward over it alone, and leaves the same KV cache; flex is the GPU path, run eagerly here."""
     from ilm.model.generate import prefill
@@ -171,7 +172,8 @@ def test_chunked_prefill_equals_one_prefill(scaling, backend):
         for layer in model.model.layers:
             layer.attention.wqkv.weight.mul_(8)
     g = torch.Generator().manual_seed(0)
-    prompts = [[1] + torch.randint(3, 500, (n,), generator=g).tolist() for n in (40, 11, 26)]
+    # a padded batch (masked chunks), and an unpadded one (sdpa: the mask-free prefix + causal-square split)
+    prompts = [[1] + torch.randint(3, 500, (n,), generator=g).tolist() for n in lengths]
     tokens, valid = _padded(prompts)
     ref_cache = KVCache(model.config, 3, 41, torch.device("cpu"), torch.float32)
     ref = prefill(model, tokens, valid, ref_cache, chunk=4096, backend="sdpa")
