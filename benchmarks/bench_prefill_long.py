@@ -5,7 +5,8 @@ run the same function), exported as a Llama checkpoint and loaded with `AutoMode
 benchmarks do. One prompt of T tokens is prefilled into a KV cache and the last position's logits are
 produced:
 - ilm, chunked: `ilm.model.generate.prefill` with 2,048-token chunks (what `generate` runs: bounded activation
-  memory at any length; each chunk attends to the cache under a chunk x keys mask);
+  memory at any length; with no padding each chunk attends to the cached prefix and to its own causal square,
+  two unmasked fused SDPA calls merged by log-sum-exp);
 - ilm, one forward: the whole prompt in one causal forward into the cache (what a short prompt gets);
 - transformers: `model(input_ids, use_cache=True, logits_to_keep=1)` (a DynamicCache is filled).
 Pairs run interleaved and the best round of each is kept, so background load hits all alike. The logits of
