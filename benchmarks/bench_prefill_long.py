@@ -9,8 +9,8 @@ produced:
   two unmasked fused SDPA calls merged by log-sum-exp);
 - ilm, one forward: the whole prompt in one causal forward into the cache (what a short prompt gets);
 - transformers: `model(input_ids, use_cache=True, logits_to_keep=1)` (a DynamicCache is filled).
-They run interleaved, 3 rounds (2 at 32k), and the best round of each is kept, so background load hits all alike. The logits of
-the three agree (checked at the first length). ILM_BENCH_QUICK=1 runs 1k and 2k only.
+They run interleaved, 3 rounds (2 at 32k), and the best round of each is kept, so background load hits all
+alike. The logits of the three agree (checked at the first length). ILM_BENCH_QUICK=1 runs 1k and 2k only.
 """
 
 from __future__ import annotations
