@@ -125,7 +125,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 # Recipe keys whose values (a string or a list of strings) are file-system paths, in every stage's config.
 PATH_KEYS = frozenset({
     "run_dir", "tokenizer", "init", "actor", "reward_model", "critic", "path", "eval_source", "train", "eval",
-    "queries", "ptx", "ptx_eval", "check", "inbox", "rm_data", "rm_eval",
+    "queries", "ptx", "ptx_eval", "check", "inbox", "rm_data", "rm_eval", "repos", "documents",
 })
 # Tables whose keys are names chosen by the user (domains, sources), never config keys: not searched for paths.
 _FREE_TABLES = frozenset({"conditions", "mixture", "overrides"})

@@ -106,3 +106,18 @@ def test_generate_stops_at_im_end_listed_in_the_export(tmp_path, capsys):
         converted = main(["model", "convert", str(path), str(tmp_path / to), "--to", to])
         assert converted == 0
         assert json.loads((tmp_path / to / "generation_config.json").read_text())["eos_token_id"] == [2, im_end]
+
+
+def test_generate_past_the_memory_estimate_is_one_line(tmp_path, capsys, monkeypatch):
+    from ilm.model import memory
+
+    model = build_model(get_preset("tiny"), seed=13).eval()
+    path = save_checkpoint(model, tmp_path / "ckpt")
+    ids = ",".join(["7"] * 600)  # past max_position_embeddings 256: runs (chunked) while memory allows
+    assert main(["generate", "--checkpoint", str(path), "--ids", ids, "--max-new-tokens", "3", "--greedy",
+                 "--prefill-chunk", "128"]) == 0
+    assert len(capsys.readouterr().out.strip().split(",")) == 3
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**20)
+    assert main(["generate", "--checkpoint", str(path), "--ids", ids, "--max-new-tokens", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: generating 1 row(s) of up to 603 positions needs an estimated") and "\n" not in err

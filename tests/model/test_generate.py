@@ -40,15 +40,23 @@ def _sharp_dynamic_model():
     return model
 
 
-def test_dynamic_ntk_generation_stays_correct_across_max_positions():
+@pytest.mark.parametrize("new, chunk", [(19, 2048), (40, 5)])
+def test_dynamic_ntk_generation_stays_correct_across_max_positions(new, chunk):
+    """(19, 2048): below max_context; (40, 5): past max_position_embeddings x factor = 32 (no cap any more),
+    every re-prefill chunked by 5 and still rotating with the base of the full length."""
     model = _sharp_dynamic_model()
     prompts = [[1] + list(range(40, 52)), [1, 5], [1, 300, 301, 302, 303]]
-    seen = []  # the last-position logits of every forward the generator runs
-    hook = model.output.register_forward_hook(lambda mod, inp, out: seen.append(out[:, -1].clone()))
-    out = generate(model, prompts, Sampling(max_new_tokens=19, greedy=True, stop_ids=()))
-    hook.remove()
+    seen = []  # each step's (B, V) logits
+    sampling = Sampling(max_new_tokens=new, greedy=True, stop_ids=(), prefill_chunk=chunk)
+    out = [[] for _ in prompts]
+    for step in generate_stream(model, prompts, sampling, on_step=lambda logits, tok: seen.append(logits.clone())):
+        for row, t in zip(out, step):
+            row.append(t)
+    assert len(seen) == new
+    if new == 40:
+        assert 13 + new > model.config.max_context == 32
     # every row crosses max_position_embeddings=16 and still equals decoding it alone by full recompute
-    assert out == [greedy_recompute(model, p, 19) for p in prompts]
+    assert out == [greedy_recompute(model, p, new) for p in prompts]
     with torch.no_grad():
         for row, (p, o) in enumerate(zip(prompts, out)):
             for step, logits in enumerate(seen):
@@ -112,15 +120,93 @@ def test_top_k_and_top_p_only_sample_allowed_tokens(k, p, seed):
         assert higher < p + 1e-6  # t is inside the smallest set whose mass reaches p
 
 
-def test_prompt_longer_than_the_model_can_take(tiny):
-    too_long = [1] * tiny.config.max_context
-    with pytest.raises(ValueError, match=r"prompt 1 has 256 tokens, but the model takes at most 256"):
-        generate(tiny, [[1, 2], too_long], GREEDY)
+def test_plain_rope_generates_past_max_context_with_a_warning(tiny):
+    """No length cap: a prompt longer than max_position_embeddings runs (plain RoPE extrapolates, badly)."""
+    prompt = [1] + [7] * tiny.config.max_context
+    with pytest.warns(UserWarning, match="past the 256 it was built for"):
+        out = generate(tiny, [[1, 2], prompt], GREEDY)
+    assert [len(o) for o in out] == [12, 12]
+    assert out[1] == greedy_recompute(tiny, prompt, 12)
 
 
-def test_generation_stops_at_max_context(tiny):
-    prompt = [1] * (tiny.config.max_context - 5)
-    assert len(generate(tiny, [prompt], GREEDY)[0]) == 5
+def test_kv_cache_is_sized_to_the_request(tiny, monkeypatch):
+    import ilm.model.generate as gen
+
+    sizes = []
+    monkeypatch.setattr(gen, "KVCache", lambda cfg, b, n, *a: sizes.append((b, n)) or KVCache(cfg, b, n, *a))
+    generate(tiny, PROMPTS, GREEDY)
+    assert sizes == [(3, 9 + 12)]  # longest prompt + max_new_tokens, not max_context (256)
+    generate(tiny, [[1] * 300], Sampling(max_new_tokens=4, greedy=True, stop_ids=()))
+    assert sizes[-1] == (1, 304)
+
+
+def test_a_context_beyond_the_memory_estimate_is_refused_naming_it(tiny, monkeypatch):
+    from ilm.model import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 10 * 2**20)
+    with pytest.raises(memory.ContextMemoryError,
+                       match=r"generating 1 row\(s\) of up to 1,000,004 positions needs an estimated [\d.]+ GiB "
+                             r"\(weights .*kv cache .* GiB, activations .*\) but only 0.01 GiB is available on cpu"):
+        generate(tiny, [[1] * 1_000_000], Sampling(max_new_tokens=4, greedy=True))
+    # the same request fits when memory allows; short requests are not affected by the small budget
+    assert len(generate(tiny, [[1, 2, 3]], GREEDY)[0]) == 12
+
+
+def _padded(prompts, pad=2):
+    P = max(map(len, prompts))
+    tokens = torch.tensor([[pad] * (P - len(p)) + p for p in prompts])
+    valid = torch.tensor([[False] * (P - len(p)) + [True] * len(p) for p in prompts])
+    return tokens, valid
+
+
+@pytest.mark.parametrize("scaling", [None, {"type": "dynamic", "factor": 2.0}])
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+@pytest.mark.parametrize("lengths", [(40, 11, 26), (40, 40, 40)])
+def test_chunked_prefill_equals_one_prefill(scaling, backend, lengths):
+    """Chunked prefill (padded batch, rows longer than max_position_embeddings) gives each row's logits of one
+    full forward over it alone, and leaves the same KV cache; flex is the GPU path, run eagerly here."""
+    from ilm.model.generate import prefill
+
+    model = build_model(get_preset("tiny", max_position_embeddings=16, rope_scaling=scaling), seed=3).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.attention.wqkv.weight.mul_(8)
+    g = torch.Generator().manual_seed(0)
+    # a padded batch (masked chunks), and an unpadded one (sdpa: the mask-free prefix + causal-square split)
+    prompts = [[1] + torch.randint(3, 500, (n,), generator=g).tolist() for n in lengths]
+    tokens, valid = _padded(prompts)
+    ref_cache = KVCache(model.config, 3, 41, torch.device("cpu"), torch.float32)
+    ref = prefill(model, tokens, valid, ref_cache, chunk=4096, backend="sdpa")
+    with torch.no_grad():
+        alone = torch.stack([model(torch.tensor([p]))[0, -1] for p in prompts])
+    assert (ref - alone).abs().max().item() <= 1e-4
+    for chunk in (1, 7, 16):
+        cache = KVCache(model.config, 3, 41, torch.device("cpu"), torch.float32)
+        got = prefill(model, tokens, valid, cache, chunk=chunk, backend=backend)
+        assert (got - alone).abs().max().item() <= 1e-4, chunk
+        assert cache.length == 41
+        for k, rk, v, rv in zip(cache.k, ref_cache.k, cache.v, ref_cache.v):
+            assert (k[valid[:, None, :, None].expand_as(k)] - rk[valid[:, None, :, None].expand_as(rk)]).abs().max() <= 1e-4
+            assert (v[valid[:, None, :, None].expand_as(v)] - rv[valid[:, None, :, None].expand_as(rv)]).abs().max() <= 1e-4
+
+
+def test_rope_len_is_what_makes_a_dynamic_chunk_right():
+    """Control: a chunk rotated with its own (shorter) length under dynamic NTK differs from the full forward."""
+    from ilm.model.attention import prefill_chunk_batch
+
+    model = _sharp_dynamic_model()
+    seq = torch.randint(3, 500, (1, 40))
+    valid = torch.ones(1, 40, dtype=torch.bool)
+
+    def chunked(rope_len):
+        cache = KVCache(model.config, 1, 40, torch.device("cpu"), torch.float32)
+        model(seq[:, :20], cache=cache, rope_len=rope_len)
+        return model(seq[:, 20:], batch=prefill_chunk_batch(valid, 20, 40), cache=cache, rope_len=rope_len)[0, -1]
+
+    with torch.no_grad():
+        full = model(seq)[0, -1]
+        assert (chunked(torch.tensor([40])) - full).abs().max().item() <= 1e-4
+        assert (chunked(None) - full).abs().max().item() > 1e-3  # the first chunk rotated with base(20)
 
 
 def test_bad_prompts_are_rejected(tiny):
@@ -144,3 +230,20 @@ def test_static_decode_step_equals_the_dynamic_one(tiny, monkeypatch):
     monkeypatch.setattr(gen._GraphedDecode, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
     assert generate(tiny, PROMPTS, GREEDY) == expected
     assert len(calls) == GREEDY.max_new_tokens - 1
+
+
+def test_flex_prefill_path_end_to_end(tiny, monkeypatch):
+    """The GPU path (FlexAttention chunks over the whole preallocated cache, then the static decode step that CUDA
+    graphs replay) run eagerly on CPU: the same tokens as full recompute, with dynamic NTK past the cap too."""
+    import ilm.model.generate as gen
+    from ilm.model.attention import prefill_backend
+
+    assert prefill_backend(torch.device("cuda")) == "flex" and prefill_backend(torch.device("cpu")) == "sdpa"
+    monkeypatch.setattr(gen, "PREFILL_BACKEND", "flex")
+    monkeypatch.setattr(gen, "_STATIC_ON_CPU", True)
+    chunked = Sampling(max_new_tokens=12, greedy=True, stop_ids=(), prefill_chunk=3)
+    assert generate(tiny, PROMPTS, chunked) == [greedy_recompute(tiny, p, 12) for p in PROMPTS]
+    model = _sharp_dynamic_model()
+    prompts = [[1] + list(range(40, 70)), [1, 5, 6]]
+    out = generate(model, prompts, Sampling(max_new_tokens=8, greedy=True, stop_ids=(), prefill_chunk=7))
+    assert out == [greedy_recompute(model, p, 8) for p in prompts]

@@ -257,3 +257,18 @@ def test_demo_pairs_from_real_material():
     m = next(r for r in rows if r["domain"] == "math" and "math.gcd" in r["prompt"])
     a, b = map(int, m["prompt"].split("(")[1].split(")")[0].split(", "))
     assert m["chosen"].endswith(f"returns {math.gcd(a, b)}.")
+
+
+def test_max_length_past_max_context_trains_when_memory_allows(setup, tmp_path, monkeypatch):
+    """data.max_length 256 > max_position_embeddings 32: no constant cap, only the memory estimate."""
+    from ilm.model import memory
+
+    recipe = rm_recipe(setup, tmp_path / "long", max_steps=1)
+    recipe["model"]["overrides"]["max_position_embeddings"] = 32
+    summary = train(from_dict(RMConfig, recipe), resume="never")
+    assert summary["steps"] == 1
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**20)
+    recipe["run_dir"] = str(tmp_path / "refused")
+    with pytest.raises(memory.ContextMemoryError, match=r"reward model training with batch_tokens 2,048 \(data.max_length "
+                                                        r"256\) needs an estimated [\d.]+ GiB .* but only 0.00 GiB"):
+        train(from_dict(RMConfig, recipe), resume="never")

@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import math
 import sysconfig
 from pathlib import Path
 
@@ -207,3 +208,77 @@ def test_demo_data_is_the_same_in_every_process():
         for seed in ("1", "2")
     }
     assert len(digests) == 1
+
+
+def test_window_past_max_context_trains_when_memory_allows(tok, tmp_path, monkeypatch):
+    """train.window 256 > max_position_embeddings 64 x factor 2: no constant cap, only the memory estimate."""
+    from ilm.model import memory
+
+    tok.save(tmp_path / "tok")
+    recipe = _recipe(tmp_path, tmp_path / "long", max_steps=1)
+    recipe["model"]["overrides"] = {"vocab_size": 512, "max_position_embeddings": 64,
+                                    "rope_scaling": {"type": "dynamic", "factor": 2.0}}
+    summary = train(from_dict(SFTConfig, recipe), resume="never")
+    assert summary["steps"] == 1 and math.isfinite(_losses(tmp_path / "long")[1])
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**20)
+    recipe["run_dir"] = str(tmp_path / "refused")
+    with pytest.raises(memory.ContextMemoryError,
+                       match=r"SFT with train.window 256 x 1 row\(s\) needs an estimated [\d.]+ GiB \(weights .*"
+                             r"activations [\d.]+ GiB\) but only 0.00 GiB is available on cpu"):
+        train(from_dict(SFTConfig, recipe), resume="never")
+
+
+def test_long_context_samples_train_with_the_loss_on_the_answer(tok, tmp_path):
+    """[data.long_context]: stdlib repositories packed to the window, a question only the context answers; the
+    trained tokens are exactly the answer and its <|im_end|>; the run trains on them alone."""
+    import sysconfig
+
+    from ilm.train.sft import LongContextData, long_context_conversations
+
+    repo = str(Path(sysconfig.get_paths()["stdlib"]) / "json")
+    lc = LongContextData(repos=[repo], reserve=160)  # this 512-token vocabulary spends ~70 tokens on a question
+    convs, report = long_context_conversations(lc, tok, 512)
+    assert report["window"] == 352 and report["max"] <= 352 and report["over_window"] == 0
+    assert report["kept"] == len(convs) > 0.9 * report["samples"] > 3 and report["split_files"] >= 1
+    from ilm.data import longctx
+
+    built = longctx.build([repo], [], 352, lambda s: len(tok.encode(s)))[1]
+    answers = {b["messages"][1]["content"].strip() for b in built}
+    for c in convs:
+        assert len(c.ids) <= 512
+        answer = tok.decode(c.ids[c.mask.astype(bool)].tolist())
+        assert answer.endswith("<|im_end|>") and answer.removesuffix("<|im_end|>").strip() in answers
+        assert c.mask.sum() < 100 < len(c.ids)  # the context is long, the trained part is the short answer
+    tok.save(tmp_path / "tok")
+    recipe = _recipe(tmp_path, tmp_path / "lc", window=512, max_steps=1)
+    recipe["data"] = {"train": [], "long_context": {"repos": [repo], "reserve": 160}}
+    summary = train(from_dict(SFTConfig, recipe), resume="never")
+    assert summary["steps"] == 1 and summary["data"]["long_context"]["kept"] == report["kept"]
+    with pytest.raises(ValueError, match=r"data.long_context.window 600 \+ reserve 64 must fit in train.window 512"):
+        long_context_conversations(LongContextData(repos=[repo], window=600, reserve=64), tok, 512)
+
+
+def test_long_context_recipes_load_and_point_at_real_inputs():
+    from ilm.config import load
+
+    root = Path(__file__).resolve().parents[2]
+    tiny = load(SFTConfig, root / "recipes" / "sft-longctx-tiny.toml")
+    assert tiny.train.window == 1024 and tiny.data.long_context.reserve == 256
+    assert all(Path(p).exists() for p in tiny.data.long_context.repos + tiny.data.long_context.documents)
+    big = load(SFTConfig, root / "recipes" / "sft-internlm2-7b.toml")
+    assert big.data.long_context.window + big.data.long_context.reserve == big.train.window == 32768
+
+
+def test_long_context_queries_feed_ppo(tok, tmp_path):
+    """The same samples without the answer are PPO queries (RLHF's long-context data)."""
+    import sysconfig
+
+    from ilm.data import longctx
+    from ilm.train.rlhf.queries import load_queries
+
+    samples, convs, report = longctx.build([Path(sysconfig.get_paths()["stdlib"]) / "json"], [], 400,
+                                           lambda s: len(tok.encode(s)))
+    paths = longctx.write(tmp_path, samples, convs, report)
+    queries, qreport = load_queries([str(paths["queries"])], tok, {"default": "You are helpful."}, "default", 1024)
+    assert qreport["kept"] == len(queries) == len(convs) > 0
+    assert all(len(q.prompt) <= 1024 for q in queries) and max(len(q.prompt) for q in queries) > 400

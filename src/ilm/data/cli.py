@@ -110,6 +110,25 @@ def _longtext_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _longctx(args: argparse.Namespace) -> int:
+    from ilm.data import longctx
+
+    if not args.repos and not args.documents:
+        raise ValueError("give --repos and/or --documents")
+    count = longctx.approx_tokens
+    if args.tokenizer:
+        from ilm.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(args.tokenizer)
+        count = lambda s: len(tok.encode(s))
+    samples, convs, report = longctx.build(args.repos, args.documents, args.window, count, args.seed)
+    paths = longctx.write(args.out, samples, convs, report)
+    print(f"{report['samples']} samples of <= {args.window:,} tokens (mean {report['mean']:,.0f}, max {report['max']:,}); "
+          f"split files {report['split_files']}, split documents {report['split_documents']}")
+    print(f"SFT conversations: {paths['sft']}; PPO queries: {paths['queries']}; report: {paths['report']}")
+    return 0
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
     p = sub.add_parser("run", help="run (or resume) a pipeline recipe over input files/folders")
@@ -156,6 +175,16 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["md", "html"], default="md")
     p.add_argument("-n", type=int, default=5, help="documents per side of each threshold")
     p.set_defaults(func=_longtext_report)
+
+    p = sub.add_parser("longctx", help="long-context samples (repository files in dependency order, long documents) "
+                                       "for SFT and PPO")
+    p.add_argument("--repos", nargs="*", default=[], help="repository folders or code pipeline outputs")
+    p.add_argument("--documents", nargs="*", default=[], help="long documents: text files, jsonl/parquet shards")
+    p.add_argument("--window", type=int, default=32768, help="tokens per sample (default 32,768)")
+    p.add_argument("--tokenizer", default=None, help="count tokens with this tokenizer (default ~4 bytes per token)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", "-o", required=True, help="folder for samples.jsonl, sft.jsonl, queries.jsonl, report.json")
+    p.set_defaults(func=_longctx)
 
     from ilm.data.code.cli import register_code_verbs
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("sdpa", "blocks", "flex", "flash")
+BACKENDS = ("sdpa", "blocks", "flex", "flash")  # + "prefix_causal", for prefill chunks only (prefill_chunk_batch)
 
 
 @dataclass
@@ -33,6 +33,11 @@ class AttnBatch:
     max_seqlen: int = 0
     # a FlexAttention BlockMask, for "flex"
     block_mask: object | None = None
+    # "prefix_causal": queries are the last T of prefix + T keys (an unpadded prefill chunk over the cache)
+    prefix: int = 0
+    # "flex" only: shapes change from call to call (prefill chunks of growing key length), so on GPU use the
+    # FlexAttention compiled with dynamic shapes rather than recompiling for every shape
+    dynamic: bool = False
 
 
 def doc_ids_from_lens(doc_lens: list[list[int]], device: torch.device | None = None) -> torch.Tensor:
@@ -112,7 +117,47 @@ def default_backend(device: torch.device) -> str:
     return "blocks"
 
 
+def prefill_chunk_batch(valid: torch.Tensor, start: int, end: int, backend: str = "sdpa",
+                        kv_len: int | None = None) -> AttnBatch:
+    """Attention of query slots [start, end) over key slots [0, kv_len) (default `end`) of left-padded rows.
+
+    `valid` (B, >= end) marks the slots that hold real tokens. A query sees the real keys at or before its
+    own slot; a pad query sees itself only, so no softmax row is empty. This is one chunk of a chunked
+    prefill (keys already in the KV cache plus the chunk's own). Backends: "sdpa" takes the boolean
+    (B, 1, end - start, kv_len) mask (or, with no padding, none: "prefix_causal"); "flex" (the GPU path: it skips masked blocks and keeps no mask) takes
+    a block mask of the same pattern, over the whole preallocated cache when `kv_len` is its length.
+    """
+    kv_len = kv_len or end
+    B, dev = valid.shape[0], valid.device
+    if backend == "sdpa" and kv_len == end and bool(valid[:, :end].all()):
+        return AttnBatch("prefix_causal", prefix=start)  # no padding: no mask needed
+    keys = torch.zeros(B, kv_len, dtype=torch.bool, device=dev)
+    keys[:, :end] = valid[:, :end]
+    if backend == "flex":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def chunk_causal(b, h, q, kv):
+            slot = q + start
+            return (kv <= slot) & (keys[b, kv] | (kv == slot))
+
+        block = create_block_mask(chunk_causal, B, None, end - start, kv_len, device=dev)
+        return AttnBatch("flex", block_mask=block, dynamic=True)
+    if backend != "sdpa":
+        raise ValueError(f"prefill chunks take the 'sdpa' or 'flex' backend, not {backend!r}")
+    q = torch.arange(start, end, device=dev)[:, None]
+    k = torch.arange(kv_len, device=dev)[None, :]
+    mask = ((k <= q)[None] & keys[:, None, :]) | (k == q)[None]
+    return AttnBatch("sdpa", mask=mask[:, None])
+
+
+def prefill_backend(device: torch.device) -> str:
+    """The backend for prefill chunks: FlexAttention on GPU (block-sparse, no materialised mask, any length),
+    masked SDPA on CPU (its fused CPU kernel keeps no score matrix; the mask is chunk x keys booleans)."""
+    return "flex" if device.type == "cuda" else "sdpa"
+
+
 _FLEX = None
+_FLEX_DYNAMIC = None
 
 
 def _flex():
@@ -125,6 +170,41 @@ def _flex():
     return _FLEX
 
 
+def _flex_dynamic():
+    """FlexAttention compiled once for shapes that vary (prefill chunks); eager on CPU."""
+    global _FLEX_DYNAMIC
+    if _FLEX_DYNAMIC is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX_DYNAMIC = torch.compile(flex_attention, dynamic=True) if torch.cuda.is_available() else flex_attention
+    return _FLEX_DYNAMIC
+
+
+def _prefix_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: int) -> torch.Tensor:
+    """Queries at key slots [prefix, prefix + T) over keys [0, prefix + T), causal.
+
+    Every query sees the whole prefix and is causal inside its own chunk: on CPU, two unmasked fused calls
+    (the prefix, then the chunk's causal square) merged by their log-sum-exp beat one masked call (~25%,
+    docs/benchmarks.md, Long context). Elsewhere, or where the CPU kernel is missing, one masked SDPA call.
+    """
+    gqa = q.shape[1] != k.shape[1]
+    T, S = q.shape[2], k.shape[2]
+    if prefix == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
+    kernel = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if kernel is None or q.device.type != "cpu" or torch.is_grad_enabled() and q.requires_grad:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    if gqa:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    out_p, lse_p = kernel(q, k[:, :, :prefix], v[:, :, :prefix])
+    out_c, lse_c = kernel(q, k[:, :, prefix:], v[:, :, prefix:], is_causal=True)
+    lse = torch.logaddexp(lse_p, lse_c)
+    out = out_p.float() * (lse_p - lse).exp()[..., None] + out_c.float() * (lse_c - lse).exp()[..., None]
+    return out.to(q.dtype)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: AttnBatch) -> torch.Tensor:
     """q: (B, H, T, D); k, v: (B, KV, S, D) -> (B, H, T, D). GQA is handled by the kernels."""
     gqa = q.shape[1] != k.shape[1]
@@ -132,6 +212,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: AttnBatch) 
         if batch.mask is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=gqa)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=batch.mask, enable_gqa=gqa)
+    if batch.backend == "prefix_causal":
+        return _prefix_causal(q, k, v, batch.prefix)
     if batch.backend == "blocks":  # split / cat (not slice assignment): autograd stays cheap
         rows = []
         for b, lens in enumerate(batch.doc_lens):
@@ -142,7 +224,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: AttnBatch) 
             ))
         return torch.cat(rows, dim=0)
     if batch.backend == "flex":
-        return _flex()(q, k, v, block_mask=batch.block_mask, enable_gqa=gqa)
+        flex = _flex_dynamic() if batch.dynamic else _flex()
+        return flex(q, k, v, block_mask=batch.block_mask, enable_gqa=gqa)
     if batch.backend == "flash":
         from flash_attn import flash_attn_varlen_func
 

@@ -20,6 +20,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (recipe rollout default 0.9)")
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--prefill-chunk", type=int, default=2048, help="prompt tokens per prefill forward (long prompts)")
     parser.set_defaults(func=_generate)
 
 
@@ -50,7 +51,7 @@ def _generate(args: argparse.Namespace) -> int:
             return 2
     sampling = Sampling(
         max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
-        top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop_ids=stop_ids,
+        top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop_ids=stop_ids, prefill_chunk=args.prefill_chunk,
     )
     try:
         stream = generate_stream(model, [ids], sampling)

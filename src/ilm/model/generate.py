@@ -1,20 +1,26 @@
 """Batched generation with a preallocated KV cache: greedy, temperature, top-k, top-p, stop ids, streaming.
 
 Prompts of different lengths are left-padded into one batch; padded keys are masked out and positions
-count real tokens only, so every row decodes exactly as it would alone. The recipe's rollout default is
+count real tokens only, so every row decodes exactly as it would alone. There is no length cap: the KV
+cache is sized to the request (prompt + max_new_tokens), long prompts are prefilled in chunks of
+`Sampling.prefill_chunk` tokens, and the limit is a memory estimate (`ilm.model.memory`) checked before
+anything is allocated. Dynamic NTK extrapolates at any length; plain or linear RoPE past the trained context
+runs too (extrapolation experiments compare against it), with a warning. The recipe's rollout default is
 top_p = 0.9 (docs/recipe.md, Online RLHF); generation stops at `</s>` or `<|im_end|>` (the config's stop ids).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from ilm.model.attention import AttnBatch
+from ilm.model.attention import AttnBatch, prefill_backend, prefill_chunk_batch
 from ilm.model.cache import KVCache
 from ilm.model.internlm2 import InternLM2
+from ilm.model.memory import check_fits, generation_estimate
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,7 @@ class Sampling:
     stop_ids: tuple[int, ...] | None = None  # None = the model config's stop ids
     seed: int | None = None
     cuda_graph: bool = True  # on CUDA, replay the decode step as one CUDA graph (no effect on CPU)
+    prefill_chunk: int = 2048  # prompt tokens per prefill forward (bounds activation memory on long prompts)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -37,6 +44,8 @@ class Sampling:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
 
 
 def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
@@ -60,16 +69,9 @@ def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Gener
 def _check_prompts(model: InternLM2, prompts: Sequence[Sequence[int]]) -> None:
     if not prompts:
         raise ValueError("no prompts given")
-    limit = model.config.max_context
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty; start it with the BOS id {model.config.bos_token_id}")
-        if len(p) >= limit:
-            raise ValueError(
-                f"prompt {i} has {len(p)} tokens, but the model takes at most {limit} "
-                f"(max_position_embeddings={model.config.max_position_embeddings}, "
-                f"rope_scaling={model.config.rope_scaling}); shorten it to leave room to generate"
-            )
         bad = [t for t in p if not 0 <= t < model.config.vocab_size]
         if bad:
             raise ValueError(f"prompt {i} has token ids outside [0, {model.config.vocab_size}): {bad[:5]}")
@@ -129,16 +131,52 @@ class _GraphedDecode:
         return self.logits
 
 
-def _prefill_batch(valid: torch.Tensor) -> tuple[AttnBatch, torch.Tensor]:
-    """Attention pattern and positions for left-padded rows, given which slots hold real tokens."""
-    T = valid.shape[1]
+PREFILL_BACKEND: str | None = None  # None: `prefill_backend(device)`; tests set "flex" to run the GPU path on CPU
+
+
+def check_memory(model: InternLM2, batch: int, total: int, chunk: int) -> None:
+    """Refuse, naming the estimate and the free memory, a request whose KV cache + chunk activations do not fit."""
+    device = model.output.weight.device
+    # both prefill backends hold a chunk x keys boolean pattern at some point (SDPA's mask; FlexAttention's
+    # block mask is built from one), so the estimate counts it either way
+    est = generation_estimate(model.config, batch, total, chunk, model.output.weight.dtype)
+    check_fits(est, device, f"generating {batch} row(s) of up to {total:,} positions",
+               "shorten the prompt, lower max_new_tokens, the batch size or prefill_chunk")
+
+
+@torch.inference_mode()
+def prefill(
+    model: InternLM2, tokens: torch.Tensor, valid: torch.Tensor, cache: KVCache, chunk: int,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Run left-padded rows `tokens` (B, T) into an empty `cache`, `chunk` slots per forward; (B, V) last logits.
+
+    Positions count real tokens only. Every chunk rotates with the RoPE base of the whole length each row has
+    here (`rope_len`), so under dynamic NTK the result equals one full forward over the T slots, not a series
+    of shorter sequences with smaller bases.
+    """
+    cache.reset()
+    T = tokens.shape[1]
+    backend = backend or PREFILL_BACKEND or prefill_backend(tokens.device)
     positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
-    if bool(valid.all()):
-        return AttnBatch(), positions
-    causal = torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
-    # causal over real keys; a pad query may see itself so no softmax row is empty
-    mask = (causal & valid[:, None, :]) | torch.eye(T, dtype=torch.bool, device=valid.device)
-    return AttnBatch(mask=mask[:, None]), positions
+    rope_len = valid.sum(dim=1)
+    whole = bool(valid.all()) and T <= chunk
+    logits = None
+    for start in range(0, T, chunk):
+        end = min(start + chunk, T)
+        if whole:  # one unpadded chunk: plain causal attention, the fastest kernel everywhere
+            batch = AttnBatch()
+        elif backend == "flex":  # attend over the whole preallocated cache: one key length per request
+            batch = prefill_chunk_batch(valid, start, end, "flex", cache.max_len)
+            cache.index = torch.arange(start, end, device=tokens.device)
+        else:
+            batch = prefill_chunk_batch(valid, start, end, "sdpa")
+        try:
+            logits = model(tokens[:, start:end], positions[:, start:end], batch, cache, last_only=True,
+                           rope_len=rope_len)[:, -1]
+        finally:
+            cache.index = None
+    return logits
 
 
 @torch.inference_mode()
@@ -148,10 +186,10 @@ def generate_stream(
 ) -> Iterator[list[int | None]]:
     """Yield, per decoding step, one new token id per prompt (None once that prompt has stopped).
 
-    A row stops after emitting a stop id (which is yielded) or at `max_new_tokens`; generation never runs
-    past the model's `max_context`. Under dynamic NTK, once a row passes `max_position_embeddings` every
-    step is a fresh prefill (the base changes with the length; see `ilm.model.cache`), so the output equals
-    decoding by full recompute at every length.
+    A row stops after emitting a stop id (which is yielded) or at `max_new_tokens`; there is no length cap
+    beyond memory (`check_memory`: a clear error before anything is allocated). Under dynamic NTK, once a row
+    passes `max_position_embeddings` every step is a fresh (chunked) prefill (the base changes with the
+    length; see `ilm.model.cache`), so the output equals decoding by full recompute at every length.
 
     `on_step(logits, tokens)`, if given, sees each step's (B, V) logits and the (B,) ids drawn from them
     (rows already stopped hold the pad id) before the step is yielded: RLHF rollouts read the sampled
@@ -162,8 +200,13 @@ def generate_stream(
     device = model.output.weight.device
     stop_ids = torch.tensor(sampling.stop_ids if sampling.stop_ids is not None else cfg.stop_token_ids, device=device)
     B, P = len(prompts), max(len(p) for p in prompts)
-    steps = min(sampling.max_new_tokens, cfg.max_context - P)
-    total = P + steps
+    steps = sampling.max_new_tokens
+    total = P + steps  # the KV cache holds exactly the request
+    check_memory(model, B, total, sampling.prefill_chunk)
+    if model.rope.kind != "dynamic" and total > cfg.max_context:
+        warnings.warn(f"generating up to {total} positions with {model.rope.kind or 'plain'} RoPE, past the "
+                      f"{cfg.max_context} it was built for: expect degraded output (dynamic NTK extrapolates)",
+                      stacklevel=2)
     tokens = torch.full((B, total), cfg.pad_token_id, dtype=torch.long, device=device)
     valid = torch.zeros(B, total, dtype=torch.bool, device=device)
     for i, p in enumerate(prompts):
@@ -174,12 +217,10 @@ def generate_stream(
     generator = torch.Generator(device=device).manual_seed(sampling.seed) if sampling.seed is not None else None
     dynamic = model.rope.kind == "dynamic"
 
-    def prefill(end: int) -> torch.Tensor:
-        cache.reset()
-        batch, positions = _prefill_batch(valid[:, :end])
-        return model(tokens[:, :end], positions, batch, cache, last_only=True)[:, -1]
+    def refill(end: int) -> torch.Tensor:
+        return prefill(model, tokens[:, :end], valid[:, :end], cache, sampling.prefill_chunk)
 
-    logits = prefill(P)
+    logits = refill(P)
     padded = bool((~valid[:, :P]).any())
     graphed = None
     if steps > 1 and not dynamic and (sampling.cuda_graph and device.type == "cuda" or _STATIC_ON_CPU):
@@ -199,7 +240,7 @@ def generate_stream(
         valid[:, end - 1] = True
         lengths = lengths + 1
         if dynamic and bool((lengths > cfg.max_position_embeddings).any()):
-            logits = prefill(end)
+            logits = refill(end)
             continue
         if graphed is not None:
             logits = graphed(token[:, None], (lengths - 1)[:, None], valid)

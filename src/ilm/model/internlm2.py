@@ -133,20 +133,23 @@ class InternLM2(nn.Module):
         last_only: bool = False,
         return_hidden: bool = False,
         labels: torch.Tensor | None = None,
+        rope_len: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids (B, T) -> logits (B, T, V), or (B, 1, V) with `last_only`.
 
         `positions` restart per document for packed rows (see `ilm.model.attention`); `batch` carries the
         attention pattern (default: causal over each row); `cache` makes this a prefill or decode step.
         With `labels`, returns the mean next-token loss instead, computed inside the forward so that a
-        sharded (FSDP) output head is gathered while it is used.
+        sharded (FSDP) output head is gathered while it is used. `rope_len` (B,): the full length of each
+        row's sequence, for dynamic NTK's base when this forward covers only part of it (a prefill chunk);
+        default: the largest position + 1.
         """
         B, T = input_ids.shape
         if positions is None:
             start = cache.length if cache is not None else 0
             positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
         h = self.model.tok_embeddings(input_ids)
-        cos, sin = self.rope.cos_sin(positions, h.dtype)
+        cos, sin = self.rope.cos_sin(positions, h.dtype, rope_len)
         batch = batch or AttnBatch()
         for i, layer in enumerate(self.model.layers):
             h = layer(h, cos, sin, batch, cache, i)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ilm.model import packed_batch, positions_from_doc_ids
+from ilm.model.memory import check_training
 from ilm.train import checkpoint
 from ilm.train.distributed import (
     World,
@@ -357,8 +358,11 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
 
     backbone = base_model(cfg.init, cfg.model)  # on the meta device: weights come per shard
     check_vocab(tok, backbone.config.vocab_size)
-    if cfg.data.max_length > backbone.config.max_context:
-        raise ValueError(f"data.max_length {cfg.data.max_length} exceeds the model's context {backbone.config.max_context}")
+    # no cap at the model's max_position_embeddings x factor: the limit is memory for one batch_tokens row
+    check_training(backbone.config, 1, t.batch_tokens, world.device, t.precision, world.size if t.fsdp else 1,
+                   f"reward model training with batch_tokens {t.batch_tokens:,} (data.max_length "
+                   f"{cfg.data.max_length:,})", "lower train.batch_tokens and data.max_length, or use more processes",
+                   checkpointing=t.activation_checkpointing)
     shape = model_shape(backbone.config)
     model = RewardModel(backbone, t.head_init_std, t.seed)
     prepare(model, t, world, backbone=backbone)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ilm.model import build_model, get_preset, packed_batch, positions_from_doc_ids
+from ilm.model.memory import check_training
 from ilm.train import checkpoint
 from ilm.train.distributed import (
     World,
@@ -55,10 +56,25 @@ TRUNCATION = ("truncate", "drop")
 
 
 @dataclass
+class LongContextData:
+    """Long-context conversations built at startup (`ilm.data.longctx`, docs/recipe.md, Long context and tools):
+    repository files in dependency order and long documents concatenated to samples of `window` tokens, each
+    followed by a question only the context answers; the loss is on the answer (the assistant part)."""
+
+    repos: list[str] = field(default_factory=list)  # repository folders, or code pipeline outputs
+    documents: list[str] = field(default_factory=list)  # long documents: text files, jsonl/parquet shards
+    window: int = 0  # context tokens per sample; 0 = train.window - reserve
+    reserve: int = 256  # tokens left for the question, the answer and the chat markup
+    min_document_chars: int = 0
+    seed: int = 0
+
+
+@dataclass
 class SFTData:
     train: list[str] = field(default_factory=list)  # jsonl files: {"messages": [...], "tools": [...]?}
     eval: list[str] = field(default_factory=list)  # held-out conversations (loss only)
     truncation: str = "truncate"  # conversations longer than the window: "truncate" or "drop"
+    long_context: LongContextData = field(default_factory=LongContextData)
 
 
 @dataclass
@@ -125,6 +141,13 @@ def encode_conversations(
     paths: Iterable[str | Path], tok: Any, window: int, truncation: str = "truncate"
 ) -> tuple[list[Encoded], dict[str, Any]]:
     """Render each conversation (ids + assistant mask), apply the truncation policy, count every drop."""
+    return encode_records(read_jsonl(paths), tok, window, truncation)
+
+
+def encode_records(
+    records: Iterable[tuple[str, Any]], tok: Any, window: int, truncation: str = "truncate"
+) -> tuple[list[Encoded], dict[str, Any]]:
+    """`encode_conversations` over (where, parsed record) pairs."""
     if truncation not in TRUNCATION:
         raise ValueError(f"data.truncation must be one of {TRUNCATION}, got {truncation!r}")
     out: list[Encoded] = []
@@ -138,7 +161,7 @@ def encode_conversations(
         if len(report["examples"]) < 5:
             report["examples"].append(f"{where}: {reason}: {detail:.120}")
 
-    for where, obj in read_jsonl(paths):
+    for where, obj in records:
         report["conversations"] += 1
         if isinstance(obj, json.JSONDecodeError):
             drop("invalid_json", where, str(obj))
@@ -221,6 +244,21 @@ def collate_rows(convs: list[Encoded], rows: list[list[int]], window: int, pad_i
     return {"ids": ids_t, "doc_ids": doc_t, "labels": labels}
 
 
+def long_context_conversations(lc: LongContextData, tok: Any, window: int) -> tuple[list[Encoded], dict[str, Any]]:
+    """The `[data.long_context]` conversations, encoded; the samples' length report with what was kept."""
+    from ilm.data import longctx
+
+    context = lc.window or window - lc.reserve
+    if context < 1 or context + lc.reserve > window:
+        raise ValueError(f"data.long_context.window {context} + reserve {lc.reserve} must fit in train.window {window}")
+    _, convs, report = longctx.build(lc.repos, lc.documents, context, lambda s: len(tok.encode(s)), lc.seed,
+                                     lc.min_document_chars)
+    records = ((f"long_context:{i}", c) for i, c in enumerate(convs))
+    encoded, enc = encode_records(records, tok, window, "drop")  # an answer is never truncated away
+    report["kept"], report["dropped"] = enc["kept"], enc["dropped"]
+    return encoded, report
+
+
 # ----------------------------------------------------------------------------- setup shared with the RM stage
 
 
@@ -280,10 +318,14 @@ def _train(cfg: SFTConfig, resume: str) -> dict[str, Any]:
     if t.batch_rows % (t.micro_batch_rows * world.size):
         raise ValueError(f"train.batch_rows {t.batch_rows} is not a multiple of micro_batch_rows x processes "
                          f"= {t.micro_batch_rows * world.size}")
-    if not cfg.data.train:
-        raise ValueError("the recipe has no data.train files")
+    lc = cfg.data.long_context
+    if not cfg.data.train and not (lc.repos or lc.documents):
+        raise ValueError("the recipe has no data.train files (nor data.long_context inputs)")
     tok = load_tokenizer(cfg.tokenizer)
     convs, report = encode_conversations(cfg.data.train, tok, t.window, cfg.data.truncation)
+    if lc.repos or lc.documents:
+        long_convs, report["long_context"] = long_context_conversations(lc, tok, t.window)
+        convs += long_convs
     if not convs:
         raise ValueError(f"no usable conversations in {cfg.data.train}: {report['dropped']}")
     eval_convs = encode_conversations(cfg.data.eval, tok, t.window, cfg.data.truncation)[0] if cfg.data.eval else []
@@ -296,8 +338,11 @@ def _train(cfg: SFTConfig, resume: str) -> dict[str, Any]:
 
     model = base_model(cfg.init, cfg.model)  # on the meta device: weights come per shard
     check_vocab(tok, model.config.vocab_size)
-    if t.window > model.config.max_context:
-        raise ValueError(f"train.window {t.window} exceeds the model's context {model.config.max_context}")
+    # no cap at max_position_embeddings x factor: a longer window extrapolates RoPE (dynamic NTK's base holds at
+    # any length); what limits it is memory (ilm.model.memory)
+    check_training(model.config, t.micro_batch_rows, t.window, world.device, t.precision,
+                   world.size if t.fsdp else 1, f"SFT with train.window {t.window:,} x {t.micro_batch_rows} row(s)",
+                   checkpointing=t.activation_checkpointing)
     shape = model_shape(model.config)
     prepare(model, t, world)
     materialise(model, world, t.seed, cfg.init)

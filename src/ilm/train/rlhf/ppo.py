@@ -88,6 +88,7 @@ from torch import nn
 
 from ilm.model import InternLM2, build_model, packed_batch, positions_from_doc_ids
 from ilm.model.hf import read_config
+from ilm.model.memory import Estimate, check_fits, generation_estimate, training_estimate
 from ilm.train import checkpoint
 from ilm.train.distributed import World, apply_fsdp, init_world
 from ilm.train.losses import gae, kl_penalty, masked_mean, policy_loss, value_loss, whiten
@@ -488,9 +489,18 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
     actor_config = read_config(cfg.actor)[0]
     check_vocab(tok, actor_config.vocab_size)
     longest = max(len(q.prompt) for q in queries)
-    if longest + p.max_new_tokens > actor_config.max_context:
-        raise ValueError(f"queries of up to {longest} tokens + ppo.max_new_tokens {p.max_new_tokens} exceed the "
-                         f"actor's context {actor_config.max_context}; lower data.max_query_tokens or max_new_tokens")
+    # no cap at the actor's max_position_embeddings x factor: the limit is memory -- actor and critic in training,
+    # the frozen reference and reward model, and one generation batch's KV cache (ilm.model.memory)
+    seq = longest + p.max_new_tokens
+    shards = world.size if t.fsdp else 1
+    est = training_estimate(actor_config, p.micro_batch_rows, seq, shards=shards,
+                            compute_dtype=torch.bfloat16 if t.precision == "bf16" else torch.float32,
+                            checkpointing=t.activation_checkpointing)
+    gen = generation_estimate(actor_config, p.generation_batch, seq, 2048, weights_loaded=False)
+    frozen_weights = Estimate(weights=2 * actor_config.num_params() * 4 // shards)
+    check_fits(est + est + frozen_weights + Estimate(kv_cache=gen.kv_cache, activations=gen.activations), dev,
+               f"PPO with queries of up to {longest:,} tokens + max_new_tokens {p.max_new_tokens:,}",
+               "lower data.max_query_tokens, ppo.max_new_tokens, micro_batch_rows or generation_batch")
     # the frozen ones are kept in bf16 when training in bf16 on GPU (see the memory plan above)
     frozen = torch.bfloat16 if t.precision == "bf16" and dev.type == "cuda" else torch.float32
     actor = build_model(actor_config, device="meta")
