@@ -57,6 +57,8 @@ def test_demo_runs_every_stage_and_the_tiny_recipe_learns(tmp_path, capsys):
     assert pre["steps"] == pre["total_steps"] == 500
     # the tiny recipe's held-out loss ends well below the default corpus's unigram entropy
     assert pre["eval_loss"] < pre["unigram_entropy"] - 1.0, (pre["eval_loss"], pre["unigram_entropy"])
+    long = report["sft"]["data"]["long_context"]  # long-context samples in the SFT data (scaled-down window)
+    assert long["kept"] > 0 and long["max"] <= long["window"] and long["by_kind"]["file"] > 0
     assert set(report["rm"]["accuracy_by_domain"]) >= {"helpful", "code", "math"}
     rlhf = report["rlhf"]  # two rounds of PPO with the fast path; the curves plotted
     assert [c["round"] for c in rlhf["curves"]] == [1, 2] and (tmp_path / "rlhf-rounds" / "curves.png").exists()

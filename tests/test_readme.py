@@ -38,6 +38,7 @@ SPEC: dict[str, tuple[str, list[dict[str, str]]]] = {
     "ilm --help": ("run", [{}]),
     "ilm data run recipes/data/internlm2.toml -i INPUT... -o DIR": (
         "run", [{"INPUT...": "raw/docs.jsonl", "DIR": "data"}]),
+    "ilm data longctx --repos DIR... --documents FILE... -o DIR": ("parse", [{}]),  # tests/data/test_longctx.py
     "ilm tokenizer build --out DIR [--vocab-size N]": (
         "run", [{"DIR": "runs/demo/tokenizer", "N": "2048"}]),
     "ilm tokenizer render --tokenizer DIR CONVERSATION.json": (
@@ -54,6 +55,8 @@ SPEC: dict[str, tuple[str, list[dict[str, str]]]] = {
         "run", [{"DIR": "runs/demo/pretrain/final"}]),
     "ilm eval run --checkpoint DIR --tasks ilm_stdlib_mc ilm_license_ppl --limit 8": (
         "run", [{"DIR": "runs/demo/checkpoint-llama"}]),
+    "ilm eval niah --checkpoint DIR --lengths 128,256 --depths 0,0.5,1 --out DIR --compare-ntk": (
+        "run", [{"--checkpoint DIR": "--checkpoint runs/demo/pretrain/final", "--out DIR": "--out runs/niah"}]),
     "ilm sft recipes/sft-tiny.toml": ("run", [{}]),
     "ilm chat --checkpoint DIR --tools builtin --interpreter": ("parse", [{}]),  # run in tests/agent/test_cli.py
     "ilm rm train recipes/rm-tiny.toml": ("run", [{}]),

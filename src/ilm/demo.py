@@ -244,7 +244,8 @@ def run(args: argparse.Namespace) -> int:
     tok = tok["tokenizer"]
     shards = timed("shards", stage_shards, out, data["texts"], code["samples"], section=shards_section)
     pre = timed("pretrain", stage_pretrain, out, shards, args.quick)
-    chat = timed("sft", sft.demo, out, pre["export"], out / "tokenizer", args.quick)
+    chat = timed("sft", sft.demo, out, pre["export"], out / "tokenizer", args.quick, 80 if args.quick else 1200,
+                 [str(out / "code" / "kept")], [str(out / "data" / "kept")])
     timed("rm", reward.demo, out, chat["export"], out / "tokenizer", args.quick)
     timed("model", stage_model, out, Path(chat["export"]), tok)
     rlhf = timed("rlhf", synthetic.demo, out, args.quick)

@@ -489,8 +489,13 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 
 
-def demo(out: str | Path, init: str | Path, tokenizer: str | Path, quick: bool = False, n: int = 1200) -> dict[str, Any]:
+def demo(out: str | Path, init: str | Path, tokenizer: str | Path, quick: bool = False, n: int = 1200,
+         long_repos: list[str] | None = None, long_documents: list[str] | None = None) -> dict[str, Any]:
     """The demo's SFT stage: stdlib conversations -> recipes/sft-tiny.toml from `init` -> HF checkpoint.
+
+    `long_repos` / `long_documents` (code pipeline and data pipeline outputs) add long-context conversations
+    (`[data.long_context]`): at the demo's 256-token window a "long" context is 192 tokens, the recipe's
+    32k scaled down as the pretraining windows are.
 
     Writes `out/sft-data/{train,eval}.jsonl`, trains into `out/sft`, prints one line and returns the summary
     (its "export" is the fine-tuned checkpoint for the reward model).
@@ -505,6 +510,10 @@ def demo(out: str | Path, init: str | Path, tokenizer: str | Path, quick: bool =
     overrides = [f"--run_dir={json.dumps(str(out / 'sft'))}", f"--tokenizer={json.dumps(str(tokenizer))}",
                  f"--init={json.dumps(str(init))}", f"--data.train=[{json.dumps(str(train_file))}]",
                  f"--data.eval=[{json.dumps(str(eval_file))}]", "--train.progress=false"]
+    if long_repos or long_documents:
+        overrides += [f"--data.long_context.repos={json.dumps([str(p) for p in long_repos or []])}",
+                      f"--data.long_context.documents={json.dumps([str(p) for p in long_documents or []])}",
+                      "--data.long_context.window=192", "--data.long_context.reserve=64"]
     cfg = load(SFTConfig, RECIPES / "sft-tiny.toml", overrides)
     from ilm.train.run import save_recipe
 
@@ -514,4 +523,9 @@ def demo(out: str | Path, init: str | Path, tokenizer: str | Path, quick: bool =
     print(f"[sft] {d['kept']} conversations ({d['truncated']} truncated to {cfg.train.window} tokens, "
           f"dropped {sum(d['dropped'].values())}) in {d['rows']} packed rows; {summary['steps']} steps; "
           f"held-out assistant-token loss {summary['eval_loss']:.3f}; HF checkpoint: {summary.get('export')}")
+    lc = d.get("long_context")
+    if lc:
+        print(f"[sft] long-context samples: {lc.get('kept')} conversations of up to {cfg.data.long_context.window} "
+              f"context tokens (files in dependency order; {lc.get('split_files', 0)} files and {lc.get('split_documents', 0)} documents "
+              f"longer than that split)")
     return summary
