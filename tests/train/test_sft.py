@@ -256,6 +256,11 @@ def test_long_context_samples_train_with_the_loss_on_the_answer(tok, tmp_path):
     assert summary["steps"] == 1 and summary["data"]["long_context"]["kept"] == report["kept"]
     with pytest.raises(ValueError, match=r"data.long_context.window 600 \+ reserve 64 must fit in train.window 512"):
         long_context_conversations(LongContextData(repos=[repo], window=600, reserve=64), tok, 512)
+    few, few_report = long_context_conversations(LongContextData(repos=[repo], reserve=160, max_conversations=3),
+                                                 tok, 512)  # a data-mix knob: a seeded subset, in order
+    full_ids = [c.ids.tolist() for c in convs]
+    assert len(few) == few_report["sampled"] == 3 and all(c.ids.tolist() in full_ids for c in few)
+    assert [full_ids.index(c.ids.tolist()) for c in few] == sorted(full_ids.index(c.ids.tolist()) for c in few)
 
 
 def test_long_context_recipes_load_and_point_at_real_inputs():

@@ -66,6 +66,7 @@ class LongContextData:
     window: int = 0  # context tokens per sample; 0 = train.window - reserve
     reserve: int = 256  # tokens left for the question, the answer and the chat markup
     min_document_chars: int = 0
+    max_conversations: int = 0  # 0 = every sample; else this many, drawn evenly by the seed (a data-mix knob)
     seed: int = 0
 
 
@@ -253,7 +254,13 @@ def long_context_conversations(lc: LongContextData, tok: Any, window: int) -> tu
         raise ValueError(f"data.long_context.window {context} + reserve {lc.reserve} must fit in train.window {window}")
     _, convs, report = longctx.build(lc.repos, lc.documents, context, lambda s: len(tok.encode(s)), lc.seed,
                                      lc.min_document_chars)
-    records = ((f"long_context:{i}", c) for i, c in enumerate(convs))
+    picked = range(len(convs))
+    if 0 < lc.max_conversations < len(convs):
+        import random
+
+        picked = sorted(random.Random(lc.seed).sample(range(len(convs)), lc.max_conversations))
+        report["sampled"] = lc.max_conversations
+    records = ((f"long_context:{i}", convs[i]) for i in picked)
     encoded, enc = encode_records(records, tok, window, "drop")  # an answer is never truncated away
     report["kept"], report["dropped"] = enc["kept"], enc["dropped"]
     return encoded, report
@@ -513,7 +520,8 @@ def demo(out: str | Path, init: str | Path, tokenizer: str | Path, quick: bool =
     if long_repos or long_documents:
         overrides += [f"--data.long_context.repos={json.dumps([str(p) for p in long_repos or []])}",
                       f"--data.long_context.documents={json.dumps([str(p) for p in long_documents or []])}",
-                      "--data.long_context.window=192", "--data.long_context.reserve=64"]
+                      "--data.long_context.window=192", "--data.long_context.reserve=64",
+                      f"--data.long_context.max_conversations={40 if quick else 240}"]
     cfg = load(SFTConfig, RECIPES / "sft-tiny.toml", overrides)
     from ilm.train.run import save_recipe
 
