@@ -595,6 +595,10 @@ def chats(run: Run) -> Safe:
         return section("chats", STAGES[8][2], join(body), status="not run")
     exchanges = data if isinstance(data, list) else data.get("exchanges", []) if isinstance(data, dict) else []
     body = []
+    served = run.stage("serve").get("checkpoint")
+    if served:  # the demo serves the RLHF policy (rlhf.actor): say which model these replies came from
+        rlhf = run.stage("rlhf").get("actor")
+        body.append(p(f"Model behind the server: {served}" + (" (the final RLHF policy)" if served == rlhf else "")))
     for i, ex in enumerate(exchanges):
         if not isinstance(ex, dict):
             continue
