@@ -137,3 +137,6 @@ def test_defaults_pinned_here():
     assert PPOSection().kl_coef == 0.01 and Sampling().top_p == 0.9
     assert RoundsConfig().rounds == 3
     assert (FastPath().min_pairs, FastPath().max_pairs) == (20, 100)
+    from ilm.data.longctx import DEFAULT_WINDOW
+
+    assert DEFAULT_WINDOW == 32_768
