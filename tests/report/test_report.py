@@ -168,14 +168,17 @@ def test_demo_records_the_machine_and_prints_the_report_path_last(tmp_path, monk
     from ilm.train import reward, sft
     from ilm.train.rlhf import synthetic
 
-    def stub(*_):
-        return {"texts": [], "samples": None, "export": "x", "tokenizer": None}
+    from types import SimpleNamespace
 
-    for name in ("stage_data", "stage_code", "stage_tokenizer", "stage_shards", "stage_pretrain", "stage_model"):
+    def stub(*_):
+        return {"texts": [], "samples": None, "export": "x", "actor": "x",
+                "tokenizer": SimpleNamespace(vocab_size=1, stop_ids=[])}
+
+    for name in ("stage_data", "stage_code", "stage_tokenizer", "stage_shards", "stage_pretrain", "stage_model",
+                 "stage_eval", "stage_serve", "data_section", "code_section", "shards_section"):
         monkeypatch.setattr(demo, name, stub)
     for module in (sft, reward, synthetic):
         monkeypatch.setattr(module, "demo", stub)
-    monkeypatch.setattr(demo, "summarise", lambda *_: {s: {} for s in ("data", "code", "tokenizer", "shards", "model")})
     assert demo.run(argparse.Namespace(out=str(tmp_path / "run"), quick=True)) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == f"report: {tmp_path / 'run' / 'report.html'}" and (tmp_path / "run" / "report.html").is_file()
