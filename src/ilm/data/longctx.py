@@ -30,7 +30,7 @@ from typing import Any
 from ilm.data.code.deps import order_repository
 from ilm.data.code.format import to_markdown
 from ilm.data.code.repo import IngestConfig, read_directory
-from ilm.data.code.samples import approx_tokens
+from ilm.data.code.samples import approx_tokens, split_lines
 from ilm.data.io import JSONL_SUFFIXES, atomic_write_text, list_inputs, read_documents
 
 DEFAULT_WINDOW = 32_768
@@ -120,15 +120,7 @@ def _cut(text: str, budget: int, count: Count) -> list[str]:
     if len(lines) == 1:
         half = len(text) // 2
         return _cut(text[:half], budget, count) + _cut(text[half:], budget, count)
-    parts, cur, n = [], [], 0
-    for line in lines:
-        k = count(line)
-        if cur and n + k > budget:
-            parts.append("".join(cur))
-            cur, n = [], 0
-        cur.append(line)
-        n += k
-    parts.append("".join(cur))
+    parts = split_lines(text, budget, count)  # the code pipeline's cut at line ends
     return [q for p in parts for q in _cut(p, budget, count)]  # re-counted: counts need not add up
 
 

@@ -37,7 +37,7 @@ def _piece(path: str, language: str, code: str, fmt: str) -> str:
     return f"{path_comment(path, language)}\n{code}"
 
 
-def _split_lines(code: str, budget: int, count: Callable[[str], int]) -> list[str]:
+def split_lines(code: str, budget: int, count: Callable[[str], int]) -> list[str]:
     """Cut code at line boundaries into parts of at most ~budget tokens (a single huge line stays whole)."""
     parts, cur, n = [], [], 0
     for line in code.splitlines(keepends=True):
@@ -81,7 +81,7 @@ def repository_samples(repo: str, files: list[Document], budget: int = 32768, fm
     samples: list[tuple[str, list[tuple[str, str, float, str]]]] = []
     text, members, used = prefix, [], base
     for path, lang, code, tier, epochs, fid in code_files:
-        chunks = [code] if count(code) <= room else _split_lines(code, room - 64, count)
+        chunks = [code] if count(code) <= room else split_lines(code, room - 64, count)
         for k, chunk in enumerate(chunks):
             name = path if len(chunks) == 1 else f"{path} (part {k + 1}/{len(chunks)})"
             piece = _piece(name, lang, chunk if chunk.endswith("\n") else chunk + "\n", fmt) + "\n"
