@@ -279,8 +279,8 @@ def test_a_person_as_reviewer_the_run_waits_for_the_import_then_continues(loop_s
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    """The loophole task: tokenizer, SFT policy, loophole RM (the RM is what these tests use; about 40 s)."""
-    return S.build_task(tmp_path_factory.mktemp("task"), n_sft=1500, sft_epochs=3)  # the demo's quick policy
+    """The loophole task: tokenizer, SFT policy, loophole RM (about a minute and a half on one CPU core)."""
+    return S.build_task(tmp_path_factory.mktemp("task"))
 
 
 def test_the_task_plants_a_loophole_the_first_reward_model_takes(task):
