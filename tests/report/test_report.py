@@ -163,12 +163,11 @@ def test_demo_records_the_machine_and_prints_the_report_path_last(tmp_path, monk
     """`ilm demo`'s report.json carries the machine, and its last line is the report's path (stages stubbed)."""
     import argparse
     import json
+    from types import SimpleNamespace
 
     from ilm import demo
     from ilm.train import reward, sft
     from ilm.train.rlhf import synthetic
-
-    from types import SimpleNamespace
 
     def stub(*_):
         return {"texts": [], "samples": None, "export": "x", "actor": "x",
