@@ -380,6 +380,7 @@ def _round_curves(run_dir: Path) -> list[dict[str, Any]]:
     """Per round and PPO update, from the rollouts of rlhf-rounds/round-kk/ppo (or of a single `ilm rlhf ppo`
     run in rlhf/, as round 1): mean RM score, true reward (None where the rollouts do not carry one),
     loophole rate (the demo task's planted phrase) and KL."""
+    from ilm.train.rlhf.rounds import read_rollouts
     from ilm.train.rlhf.synthetic import has_loophole
 
     ppo_dirs = [(int(d.name.split("-")[1]), d / "ppo") for d in sorted((run_dir / "rlhf-rounds").glob("round-*"))]
@@ -388,11 +389,8 @@ def _round_curves(run_dir: Path) -> list[dict[str, Any]]:
     out = []
     for k, ppo in ppo_dirs:
         by_update: dict[int, list[dict]] = {}
-        for f in sorted((ppo / "rollouts").glob("update-*.jsonl")):
-            for line in f.read_text().splitlines():
-                if line.strip():
-                    r = json.loads(line)
-                    by_update.setdefault(r.get("update", 0), []).append(r)
+        for r in read_rollouts(ppo):
+            by_update.setdefault(r.get("update", 0), []).append(r)
         if not by_update:
             continue
         per = []

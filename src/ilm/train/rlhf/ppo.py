@@ -93,10 +93,11 @@ from ilm.train import checkpoint
 from ilm.train.distributed import World, apply_fsdp, init_world
 from ilm.train.losses import gae, kl_penalty, masked_mean, policy_loss, value_loss, whiten
 from ilm.train.metrics import run_name
-from ilm.train.reward import DEFAULT_CONDITIONS, collate_sequences, encode_sequence
+from ilm.train.reward import DEFAULT_CONDITIONS
 from ilm.train.reward_model import RewardModel, load_reward_weights, reward_model_on_meta, save_reward_model
 from ilm.train.rlhf.queries import Query, demo_queries, generation_seed, load_queries, query_indices
-from ilm.train.rlhf.rollout import collate, gather_positions, sample, sequence_logprobs
+from ilm.train.rlhf.rollout import collate, sample, sequence_logprobs
+from ilm.train.rlhf.scoring import chunks, critic_values, forward_rows, rm_sequences, score_rows
 from ilm.train.run import (
     accumulate,
     autocast_for,
@@ -289,60 +290,6 @@ def check_inputs(cfg: PPOConfig, world_size: int) -> str:
     if not (Path(cfg.reward_model) / "reward_config.json").exists():
         raise FileNotFoundError(f"{cfg.reward_model}: no reward_config.json; is this an `ilm rm train` export?")
     return str(tok_dir)
-
-
-# ----------------------------------------------------------------------------- scoring one rank's rows
-
-
-def _chunks(n: int, size: int) -> list[range]:
-    return [range(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-def rm_sequences(tok: Any, queries: list[Query], responses: list[list[int]], meta: dict, conditions: dict[str, str],
-                 stop_ids: set[int]) -> tuple[list[np.ndarray], int]:
-    """The reward model's input per row (`ilm rm`'s conditional encoding); returns how many were cut to fit."""
-    reward_id, max_length = meta["reward_token_id"], meta["max_length"]
-    seqs, cut_count = [], 0
-    for q, r in zip(queries, responses):
-        text = tok.decode([t for t in r if t not in stop_ids])
-        ids, head, _ = encode_sequence(tok, conditions[q.domain], q.record["messages"],
-                                           [{"role": "assistant", "content": text}], reward_id)
-        cut = len(ids) - max_length
-        if cut > 0:  # the oldest conversation tokens go first (as `ilm rm`), then the response's start
-            cut_count += 1
-            ids = ids[:head] + ids[head + cut :]
-        seqs.append(np.asarray(ids, dtype=np.int64))
-    return seqs, cut_count
-
-
-@torch.no_grad()
-def score_rows(rm, seqs: list[np.ndarray], rows: int, device: torch.device, autocast, pad_id: int) -> list[float]:
-    out: list[float] = []
-    for chunk in _chunks(len(seqs), rows):
-        b = collate_sequences([seqs[i] for i in chunk], pad_id=pad_id)
-        doc = b["doc_ids"].to(device)
-        with autocast():
-            r = rm(b["ids"].to(device), b["reward_index"].to(device), positions_from_doc_ids(doc), packed_batch(doc))
-        out += r.float().cpu().tolist()
-    return out
-
-
-@torch.no_grad()
-def forward_rows(fn, prompts: list[list[int]], responses: list[list[int]], rows: int, pad_id: int, autocast
-                 ) -> list[list[float]]:
-    """Per-row response-token numbers from `fn(batch) -> (B, R)`, micro-batched."""
-    out: list[list[float]] = []
-    for chunk in _chunks(len(prompts), rows):
-        b = collate([prompts[i] for i in chunk], [responses[i] for i in chunk], pad_id)
-        with autocast():
-            x = fn(b).float().cpu()
-        out += [x[j, : len(responses[i])].tolist() for j, i in enumerate(chunk)]
-    return out
-
-
-def critic_values(critic: nn.Module, b: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
-    """V of the state before each response token: the critic read where the actor predicts that token."""
-    return gather_positions(critic(b["ids"].to(device)), b["index"].to(device))
 
 
 def _all_gather(obj: Any, world: World) -> list[Any]:
@@ -629,13 +576,13 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
                 # (`run.accumulate`); gradients are reduced once, in each model's last backward of the step
                 batch_rows = perm[k * per_mini : (k + 1) * per_mini]
                 my_rows = batch_rows[world.rank :: world.size].tolist()
-                micro = [[my_rows[j] for j in chunk] for chunk in _chunks(len(my_rows), p.micro_batch_rows)]
+                micro = [[my_rows[j] for j in chunk] for chunk in chunks(len(my_rows), p.micro_batch_rows)]
                 accumulate(models, micro, [int(mask[ix].sum()) for ix in micro], ppo_loss, world)
                 if actor_trains and packer is not None:
                     ids, doc = packer.next_batch(p.ptx_rows)
                     labels = packed_labels(ids, doc)
                     my = list(range(world.rank, p.ptx_rows, world.size))
-                    rows_ptx = [[my[j] for j in chunk] for chunk in _chunks(len(my), p.micro_batch_rows)]
+                    rows_ptx = [[my[j] for j in chunk] for chunk in chunks(len(my), p.micro_batch_rows)]
                     accumulate(actor, [(ids[ix], doc[ix], labels[ix]) for ix in rows_ptx],
                                [int((labels[ix] != -100).sum()) for ix in rows_ptx], ptx_loss, world)
                 if actor_trains:
