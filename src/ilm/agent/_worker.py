@@ -81,7 +81,7 @@ def hint(exc, cfg):
         return f"the working directory's disk limit is {cfg['disk_bytes']} bytes"
     if code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EXDEV, errno.ENOENT) and exc.filename:
         path = os.path.realpath(str(exc.filename))
-        if not path.startswith(cfg["workdir"]):
+        if path != cfg["workdir"] and not path.startswith(cfg["workdir"].rstrip("/") + "/"):
             return f"only the working directory {cfg['workdir']} is writable, and little else is visible"
     if not cfg["allow_network"] and (
         code in (errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTUNREACH, errno.ECONNREFUSED, errno.EACCES,
@@ -145,11 +145,15 @@ def kernel(cfg, code_r, report_w):
             pending += chunk
         line, _, pending = pending.partition(b"\n")
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        request = json.loads(line)
+        try:
+            code = json.loads(line)["code"]
+        except (ValueError, KeyError, TypeError):  # not from the supervisor: a second report tells it so
+            send(report_w, {"ok": False, "error": "malformed request", "note": None})
+            continue
         usage = resource.getrusage(resource.RUSAGE_SELF)  # this cell gets cpu_seconds from now (soft limit)
         soft = min(int(usage.ru_utime + usage.ru_stime) + cfg["cpu_seconds"] + 1, cfg["session_cpu_seconds"])
         resource.setrlimit(resource.RLIMIT_CPU, (soft, cfg["session_cpu_seconds"]))
-        exc = run_cell(request["code"], env)
+        exc = run_cell(code, env)
         if os.getpid() != main_pid:  # a forked child of the cell finished the cell's code: it ends here
             os._exit(1 if exc else 0)
         for stream in (sys.stdout, sys.stderr):

@@ -156,7 +156,8 @@ def bwrap_argv(bwrap: str, binds: list[tuple[str, str]], *, allow_network: bool,
     argv += [] if allow_network else ["--unshare-net"]
     for key, value in env.items():
         argv += ["--setenv", key, value]
-    argv += ["--ro-bind", "/usr", "/usr"]
+    # the tmpfs first: a bind below /tmp (a host temp directory) then lands inside it, read-only
+    argv += ["--perms", "1777", "--size", str(int(disk_bytes)), "--tmpfs", JAIL_TMP, "--ro-bind", "/usr", "/usr"]
     for path, target in system_links():
         argv += ["--symlink", target, path] if target else ["--ro-bind", path, path]
     for source, dest in binds:
@@ -164,9 +165,7 @@ def bwrap_argv(bwrap: str, binds: list[tuple[str, str]], *, allow_network: bool,
     if allow_network:
         for path in NETWORK_FILES:
             argv += ["--ro-bind-try", path, path]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
-             "--perms", "1777", "--size", str(int(disk_bytes)), "--tmpfs", JAIL_TMP,
-             "--remount-ro", "/", "--chdir", JAIL_TMP, "--seccomp", str(seccomp_fd), "--info-fd", str(info_fd),
+    argv += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", JAIL_TMP, "--seccomp", str(seccomp_fd), "--info-fd", str(info_fd),
              "--", *command]
     return argv
 
