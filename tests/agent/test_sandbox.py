@@ -74,6 +74,23 @@ def test_network_is_unreachable(sandbox):
     _survives(sandbox)
 
 
+@needs_jail
+def test_allow_network_shares_the_hosts_network():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(10)
+    port = server.getsockname()[1]
+    try:
+        with Sandbox(LIMITS, allow_network=True) as sb:
+            result = sb.run(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'hi')")
+            assert result.ok, result.text
+            assert server.accept()[0].recv(2) == b"hi"
+            assert any("network allowed" in n for n in sb.confinement)
+    finally:
+        server.close()
+
+
 def test_the_work_directory_is_writable_and_the_rest_is_not(sandbox, tmp_path):
     sandbox.run("x = 41")
     result = sandbox.run(f"open({str(tmp_path / 'escaped.txt')!r}, 'w').write('x')")
