@@ -319,9 +319,12 @@ def test_jail_facts(monkeypatch):
     with Sandbox(LIMITS) as sb:
         got = sb.run("import os, time\nstatus = open('/proc/self/status').read()\n"
                      "print([l.split()[1] for l in status.splitlines() if l.startswith(('CapEff', 'CapBnd', 'Seccomp:'))])\n"
-                     "print('s3cret' in repr(os.environ), len(os.listdir('/proc/self/fd')))")
-        assert got.output.splitlines() == ["['0000000000000000', '0000000000000000', '2']",
-                                           "False 6"], got.text  # stdio, the kernel's two pipes, listdir's
+                     "print('s3cret' in repr(os.environ), len(os.listdir('/proc/self/fd')))\n"
+                     "os.kill(1, 2)\nos.kill(1, 9)\nos.listdir('/proc/1/fd')")
+        assert got.output.splitlines()[:2] == ["['0000000000000000', '0000000000000000', '2']",
+                                               "False 6"], got.text  # stdio, the kernel's two pipes, listdir's
+        assert "PermissionError: [Errno 13] Permission denied: '/proc/1/fd'" in got.text  # the supervisor's
+        survives(sb)  # and signals to it did nothing
         uids = set()
         for pid in _jail_pids(sb):
             status = Path(f"/proc/{pid}/status").read_text()

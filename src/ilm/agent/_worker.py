@@ -125,6 +125,7 @@ def reap_children(*_):
 def kernel(cfg, code_r, report_w):
     """Run cells forever (the host's channel is already closed here)."""
     libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # so the supervisor, not dumpable itself, may read our /proc
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         set_limits(cfg)
     except (OSError, ValueError) as e:
@@ -304,6 +305,7 @@ def main():
     close_other_fds({cmd_in, reply_out})
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no process of the jail may open our fds or memory
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans of the cell become ours, to kill and reap
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as PID 1 we get only the signals we handle: none
     code_r, code_w = os.pipe()
     report_r, report_w = os.pipe()
     pid = os.fork()
