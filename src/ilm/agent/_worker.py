@@ -31,7 +31,7 @@ import sys
 import time
 import traceback
 
-PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 1, 4, 36
 READ_SYSCALL = {"x86_64": 0, "aarch64": 63}.get(platform.machine())  # /proc/PID/syscall's number for read
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -125,6 +125,7 @@ def reap_children(*_):
 def kernel(cfg, code_r, report_w):
     """Run cells forever (the host's channel is already closed here)."""
     libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # so the supervisor, not dumpable itself, may read our /proc
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # unconfined, nothing else would end us
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         set_limits(cfg)

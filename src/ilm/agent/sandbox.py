@@ -32,7 +32,7 @@ from ilm.agent import jail
 _WORKER = Path(__file__).with_name("_worker.py")
 
 
-def _cleanup(live: dict, workdir: str | None) -> None:
+def _cleanup(live: dict, workdir: str) -> None:
     proc = live.get("proc")
     if proc is not None:
         try:
