@@ -39,7 +39,7 @@ DTYPE_ATTACK = _build_on(_global("torch", "float32"), "is_floating_point", b"N")
 
 
 def _plain_load(data: bytes, then: str) -> subprocess.CompletedProcess:
-    code = f"import pickle, sys, pathlib, torch, torch.serialization\ntry:\n    pickle.loads({data!r})\nexcept Exception as e:\n    print('load failed', type(e).__name__)\n{then}"
+    code = f"import pickle, pathlib\ntry:\n    pickle.loads({data!r})\nexcept Exception as e:\n    print('load failed', type(e).__name__)\n{then}"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
 
 
@@ -72,7 +72,7 @@ def test_every_failure_is_one_resume_error_line(tmp_path, name, data, said):
 
 
 def test_the_layout_cache_attack_works_with_plain_pickle():
-    poisoned = _plain_load(LAYOUT_ATTACK, "print(torch.serialization._get_layout('torch.strided'))")
+    poisoned = _plain_load(LAYOUT_ATTACK, "import torch.serialization\nprint(torch.serialization._get_layout('torch.strided'))")
     assert poisoned.stdout.strip() == "None"  # the cache was replaced: torch.strided now loads as None
 
 
