@@ -45,6 +45,9 @@ from ilm.serve.detok import TextTracker
 DEFAULT_MAX_LEN = 4096
 # Below this a temperature is greedy: logits / 1e-45 overflow to inf and the softmax turns into NaN.
 MIN_TEMPERATURE = 1e-4
+# Below this a top_p is greedy too (only the likeliest token is left): 1e-300 rounds to 0 in float32, which
+# would drop every token and leave the softmax nothing.
+MIN_TOP_P = 1e-8
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 
@@ -62,7 +65,7 @@ class Stopped(RuntimeError):
 
 @dataclass(frozen=True)
 class Params:
-    """Per-request sampling: temperature 0 (or below MIN_TEMPERATURE) = greedy; `stop` strings end the text
+    """Per-request sampling: temperature 0 (or below MIN_TEMPERATURE, or top_p below MIN_TOP_P) = greedy; `stop` strings end the text
     before them. `mode` "chat" reads the output as the chat format (tool calls are not text), "plain" keeps
     every ordinary id; `prefix` ids were written by the server before the output (a forced call header)."""
 
@@ -90,7 +93,7 @@ class Params:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature < MIN_TEMPERATURE
+        return self.temperature < MIN_TEMPERATURE or self.top_p < MIN_TOP_P
 
     def sampling(self) -> Sampling:
         return Sampling(max_new_tokens=self.max_tokens, greedy=self.greedy,
