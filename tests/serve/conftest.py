@@ -110,7 +110,9 @@ def serving(ckpt: Path, max_batch: int = 32, api_key: str | None = None, name: s
     """(base_url, engine) of a server on a free 127.0.0.1 port, stopped afterwards."""
     engine = load_engine(ckpt, max_batch=max_batch, device="cpu", **engine_kw)
     try:
-        with ServerThread(build_app(engine, name, api_key)) as srv:
+        app = build_app(engine, name, api_key)
+        engine.server = app.state.server  # (tests only: the HTTP side, to reach its event loop)
+        with ServerThread(app) as srv:
             yield srv.url, engine
     finally:
         engine.stop()
