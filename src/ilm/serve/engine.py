@@ -201,6 +201,7 @@ class Stats:
     rejected: int = 0  # refused because the queue was full
     prefill_calls: int = 0  # prefill forwards (a batch of prompts, or one chunk of a long one)
     prefill_rows: int = 0  # prompts prefilled
+    prefill_max_rows: int = 0  # most prompts prefilled in one forward
     decode_steps: int = 0
     decode_rows: int = 0  # sum over decode steps of the rows in the step
     tokens: int = 0  # output tokens produced
@@ -499,6 +500,7 @@ class Engine:
         logits = prefill(self.model, tokens, valid, cache, chunk)
         self.stats.prefill_calls += math.ceil(T / chunk)
         self.stats.prefill_rows += B
+        self.stats.prefill_max_rows = max(self.stats.prefill_max_rows, B)
         for i, req in enumerate(group):
             P = len(req.prompt)
             for layer in range(cfg.num_layers):
