@@ -71,6 +71,42 @@ def _client_probe(request: Request) -> tuple[Callable[[], bool] | None, Callable
     return alive, sock.close
 
 
+class _Sink:
+    """Where a request's events go: its handler's asyncio queue, on that handler's loop."""
+
+    __slots__ = ("loop", "queue")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
+        self.loop, self.queue = loop, queue
+
+    def __call__(self, ev: Event) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, ev)
+
+
+def deliver(items: list[tuple[Any, Event]]) -> None:
+    """The engine's events of one step -> one call per event loop (not one wake-up per token)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, asyncio.Queue, Event]]] = {}
+    for req, ev in items:
+        if isinstance(req.sink, _Sink):
+            by_loop.setdefault(req.sink.loop, []).append((req, req.sink.queue, ev))
+            continue
+        try:
+            req.sink(ev)
+        except Exception:  # noqa: BLE001 (its loop is closed: the client is gone)
+            req.cancelled = True
+    for loop, batch in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, batch)
+        except RuntimeError:  # the loop is closed
+            for req, _, _ in batch:
+                req.cancelled = True
+
+
+def _put_all(batch: list[tuple[Any, asyncio.Queue, Event]]) -> None:
+    for _, queue, ev in batch:
+        queue.put_nowait(ev)
+
+
 class Server:
     """State shared by the routes: the engine, the tokenizer, the served model's name, the API key."""
 
@@ -138,14 +174,15 @@ class Server:
                       top_p=V.number(body, "top_p", 1.0, 0, 1, lo_open=True), stop=V.stop(body), seed=V.seed(body),
                       mode=mode, prefix=tuple(prefix))
 
-    def _submit(self, request: Request, prompt: list[int], params: Params) -> tuple[Any, asyncio.Queue, Callable]:
-        """Queue the request -> (engine request, its event queue, done()); done() must run when it ends."""
+    def _submit(self, request: Request, prompt: list[int], params: Params,
+                stream: bool) -> tuple[Any, asyncio.Queue, Callable]:
+        """Queue the request -> (engine request, its event queue, done()); done() must run when it ends.
+        A non-streamed request gets only its final event."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
         alive, close = _client_probe(request)
         try:
-            req = self.engine.submit(prompt, params, lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev),
-                                     alive)
+            req = self.engine.submit(prompt, params, _Sink(loop, queue), alive, per_token=stream)
         except PromptTooLong as err:
             close()
             raise ApiError(400, str(err), "messages", "context_length_exceeded") from None
@@ -234,7 +271,7 @@ class Server:
         params = self._params(body, None, "chat", prefix)
         stream = bool(V.get(body, "stream", bool, False))
         include_usage = bool(V.options(body, "stream_options").get("include_usage")) if stream else False
-        req, queue, done = self._submit(request, prompt, params)
+        req, queue, done = self._submit(request, prompt, params, stream)
         rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
         if stream:
             return StreamingResponse(self._chat_stream(req, queue, done, rid, created, prompt, prefix, tools,
@@ -312,7 +349,7 @@ class Server:
         body, prompt = await run_in_threadpool(self._completion_prompt, await self._read(request))
         params = self._params(body, 16, "plain")
         stream = bool(V.get(body, "stream", bool, False))
-        req, queue, done = self._submit(request, prompt, params)
+        req, queue, done = self._submit(request, prompt, params, stream)
         rid, created = "cmpl-" + uuid.uuid4().hex, int(time.time())
 
         def data(text: str, finish: str | None) -> dict:
@@ -360,6 +397,7 @@ def _usage(prompt: int, completion: int) -> dict:
 def build_app(engine: Engine, model_name: str = "ilm", api_key: str | None = None,
               max_body: int = DEFAULT_MAX_BODY) -> Starlette:
     server = Server(engine, model_name, api_key, max_body)
+    engine.deliver = deliver
 
     def wrap(fn: Any) -> Any:
         async def endpoint(request: Request) -> Any:

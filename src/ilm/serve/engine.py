@@ -20,7 +20,8 @@ holds more than `max_position_embeddings` positions, and a longer prompt is refu
 One request never stops the loop: whatever raises while a request is set up, prefilled (a group that fails
 is retried row by row), decoded (a batch that fails is retried row by row) or sampled fails that request
 only (`finish_reason` "error"); the loop goes on. All model work runs on one background thread; results go
-back through each request's `sink` (the HTTP layer passes one that hands events to its asyncio loop).
+back through each request's `sink`, gathered per step and handed to `deliver` (the HTTP layer's hands each
+step's events to its asyncio loop in one call, not one wake-up per token).
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ class Request:
     params: Params
     sink: Callable[[Event], None]
     alive: Callable[[], bool] | None = None  # False once the client is gone (checked before every step)
+    per_token: bool = True  # an event per token (streaming); False: only the final event
     id: int = field(default_factory=_ids.__next__)
     output: list[int] = field(default_factory=list)
     finish_reason: str | None = None
@@ -249,6 +251,9 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None  # set only if the loop itself died (a bug)
         self.last_error: str | None = None  # the latest request failure, for /health
+        # called once per step with that step's (request, event) pairs; None: each request's sink in turn
+        self.deliver: Callable[[list[tuple[Request, Event]]], None] | None = None
+        self._outbox: list[tuple[Request, Event]] = []
 
     # ------------------------------------------------------------------ public
     def check_prompt(self, prompt: Sequence[int]) -> None:
@@ -264,10 +269,11 @@ class Engine:
             raise ValueError(f"prompt token ids outside [0, {self.model.config.vocab_size}): {bad[:5]}")
 
     def submit(self, prompt: Sequence[int], params: Params, sink: Callable[[Event], None],
-               alive: Callable[[], bool] | None = None) -> Request:
-        """Queue a request (ValueError: a bad prompt; QueueFull; Stopped)."""
+               alive: Callable[[], bool] | None = None, per_token: bool = True) -> Request:
+        """Queue a request (ValueError: a bad prompt; QueueFull; Stopped). `sink` gets an event per token
+        (`per_token`) and a final one; `alive()` False means the client left."""
         self.check_prompt(prompt)
-        req = Request(list(prompt), params, sink, alive)
+        req = Request(list(prompt), params, sink, alive, per_token)
         timeout = params.timeout if params.timeout is not None else self.timeout
         if timeout is not None:
             req.deadline = req.submitted + timeout
@@ -353,6 +359,7 @@ class Engine:
                 self._waiting.clear()
             for req in left:
                 self._release(req, "error", "the server is shutting down", "shutting_down")
+            self._flush()
 
     def _admit(self) -> list[Request]:
         """(Under the lock) waiting requests that get a slot now; expired or cancelled ones end here."""
@@ -383,6 +390,8 @@ class Engine:
         except Exception as err:  # noqa: BLE001 (the loop must go on; the requests hear why)
             for req in [*admit, *self._active.values()]:
                 self._fail(req, err)
+        finally:
+            self._flush()
 
     def _drop_gone(self) -> None:
         now = time.perf_counter()
@@ -438,12 +447,21 @@ class Engine:
             self.stats.finished += 1
         self._send(req, Event(None, tail, reason, error, code))
 
-    @staticmethod
-    def _send(req: Request, event: Event) -> None:
-        try:
-            req.sink(event)
-        except Exception:  # noqa: BLE001 (the receiving event loop is closed: the client is gone)
-            req.cancelled = True
+    def _send(self, req: Request, event: Event) -> None:
+        if event.finish_reason is not None or req.per_token:
+            self._outbox.append((req, event))
+
+    def _flush(self) -> None:
+        """Hand this step's events over (`deliver`, else sink by sink)."""
+        items, self._outbox = self._outbox, []
+        if items and self.deliver is not None:
+            self.deliver(items)
+            return
+        for req, event in items:
+            try:
+                req.sink(event)
+            except Exception:  # noqa: BLE001 (the receiving event loop is closed: the client is gone)
+                req.cancelled = True
 
     # ------------------------------------------------------------------ prefill
     def _setup(self, req: Request) -> None:
@@ -507,8 +525,7 @@ class Engine:
                 self.cache.store(req.slot, layer, cache.k[layer][i, :, T - P:], cache.v[layer][i, :, T - P:])
             req.length = P
             self._active[req.slot] = req
-        for i, req in enumerate(group):
-            self._take(req, logits[i : i + 1])
+        self._take_all(group, logits)
 
     # ------------------------------------------------------------------ decode
     def _decode(self, reqs: list[Request]) -> None:
@@ -522,9 +539,9 @@ class Engine:
             for req in reqs:
                 self._decode([req])
             return
-        for i, req in enumerate(reqs):
+        for req in reqs:
             req.length += 1
-            self._take(req, logits[i : i + 1])
+        self._take_all(reqs, logits)
 
     def _forward(self, reqs: list[Request]) -> torch.Tensor:
         slots = [r.slot for r in reqs]
@@ -545,13 +562,22 @@ class Engine:
         self.stats.decode_rows += len(reqs)
         return logits
 
-    def _take(self, req: Request, logits: torch.Tensor) -> None:
-        """Sample this request's next token from its (1, V) logits, send it, end the request if done."""
+    def _take_all(self, reqs: list[Request], logits: torch.Tensor) -> None:
+        """Each row's next token: greedy rows by one argmax over the batch, sampled ones with their own
+        generators."""
+        greedy = logits.argmax(dim=-1).tolist() if any(r.sampling.greedy for r in reqs) else None
+        for i, req in enumerate(reqs):
+            self._take(req, logits[i : i + 1], greedy[i] if greedy is not None and req.sampling.greedy else None)
+
+    def _take(self, req: Request, logits: torch.Tensor, token: int | None = None) -> None:
+        """Sample this request's next token from its (1, V) logits (or take `token`, its argmax), send it,
+        end the request if done."""
         if req.cancelled:
             self._release(req, "cancelled")
             return
         try:
-            token = int(sample_next(logits, req.sampling, req.generator)[0])
+            if token is None:
+                token = int(sample_next(logits, req.sampling, req.generator)[0])
             text, hit = ("", False) if token in req.stops else req.tracker.push(token)
         except Exception as err:  # noqa: BLE001
             self._fail(req, err)
