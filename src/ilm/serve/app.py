@@ -235,6 +235,17 @@ class Server:
                 return
 
     @staticmethod
+    async def _batches(queue: asyncio.Queue) -> AsyncIterator[list[Event]]:
+        """The events that have arrived, as a list (a streamed response writes each list in one send)."""
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty() and batch[-1].finish_reason is None:
+                batch.append(queue.get_nowait())
+            yield batch
+            if batch[-1].finish_reason is not None:
+                return
+
+    @staticmethod
     def _error_event(ev: Event) -> str:
         err = {"error": {"message": ev.error, "type": "server_error", "param": None, "code": ev.code}}
         return f"data: {json.dumps(err)}\n\n"
@@ -267,7 +278,7 @@ class Server:
 
     async def chat(self, request: Request) -> Any:
         self._auth(request)
-        body, prompt, prefix, tools = await run_in_threadpool(self._chat_prompt, await self._read(request))
+        body, prompt, prefix, tools = await _off_loop(self._chat_prompt, await self._read(request))
         params = self._params(body, None, "chat", prefix)
         stream = bool(V.get(body, "stream", bool, False))
         include_usage = bool(V.options(body, "stream_options").get("include_usage")) if stream else False
@@ -300,28 +311,28 @@ class Server:
                 data["usage"] = None
             return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
+        def end(ev: Event) -> list[str]:
+            if ev.error:
+                return [self._error_event(ev)]
+            calls = self._calls(prefix, req.output, tools)
+            out, finish = [], ev.finish_reason
+            if calls:
+                out.append(chunk({"tool_calls": [dict(c, index=i) for i, c in enumerate(calls)]}))
+                finish = "tool_calls"
+            out.append(chunk({}, finish))
+            if include_usage:
+                data = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.model_name,
+                        "choices": [], "usage": _usage(len(prompt) - len(prefix), len(prefix) + len(req.output))}
+                out.append(f"data: {json.dumps(data)}\n\n")
+            return [*out, "data: [DONE]\n\n"]
+
         try:
             yield chunk({"role": "assistant", "content": ""})
-            async for ev in self._events(queue):
-                if ev.text:
-                    yield chunk({"content": ev.text})
-                if ev.finish_reason is None:
-                    continue
-                if ev.error:
-                    yield self._error_event(ev)
-                    return
-                calls = self._calls(prefix, req.output, tools)
-                finish = ev.finish_reason
-                if calls:
-                    yield chunk({"tool_calls": [dict(c, index=i) for i, c in enumerate(calls)]})
-                    finish = "tool_calls"
-                yield chunk({}, finish)
-                if include_usage:
-                    data = {"id": rid, "object": "chat.completion.chunk", "created": created,
-                            "model": self.model_name, "choices": [],
-                            "usage": _usage(len(prompt) - len(prefix), len(prefix) + len(req.output))}
-                    yield f"data: {json.dumps(data)}\n\n"
-                yield "data: [DONE]\n\n"
+            async for batch in self._batches(queue):  # one SSE chunk per token, one send per batch
+                out = [chunk({"content": ev.text}) for ev in batch if ev.text]
+                if batch[-1].finish_reason is not None:
+                    out += end(batch[-1])
+                yield "".join(out)
         finally:  # a client that went away mid-stream frees its slot before the next decode step
             done()
 
@@ -346,7 +357,7 @@ class Server:
 
     async def completions(self, request: Request) -> Any:
         self._auth(request)
-        body, prompt = await run_in_threadpool(self._completion_prompt, await self._read(request))
+        body, prompt = await _off_loop(self._completion_prompt, await self._read(request))
         params = self._params(body, 16, "plain")
         stream = bool(V.get(body, "stream", bool, False))
         req, queue, done = self._submit(request, prompt, params, stream)
@@ -359,13 +370,14 @@ class Server:
         if stream:
             async def events() -> AsyncIterator[str]:
                 try:
-                    async for ev in self._events(queue):
-                        if ev.error:
-                            yield self._error_event(ev)
-                            return
-                        if ev.text or ev.finish_reason:
-                            yield f"data: {json.dumps(data(ev.text, ev.finish_reason), ensure_ascii=False)}\n\n"
-                    yield "data: [DONE]\n\n"
+                    async for batch in self._batches(queue):
+                        out = [f"data: {json.dumps(data(ev.text, ev.finish_reason), ensure_ascii=False)}\n\n"
+                               for ev in batch if (ev.text or ev.finish_reason) and not ev.error]
+                        if batch[-1].error:
+                            out.append(self._error_event(batch[-1]))
+                        elif batch[-1].finish_reason is not None:
+                            out.append("data: [DONE]\n\n")
+                        yield "".join(out)
                 finally:
                     done()
 
@@ -388,6 +400,12 @@ class Server:
                              "max_batch": e.max_batch, "max_queue": e.max_queue, "context": e.max_len,
                              "last_error": e.last_error, "stats": e.stats.as_dict()},
                             status_code=200 if ok else 503)
+
+
+async def _off_loop(fn: Callable[[bytes], Any], data: bytes) -> Any:
+    """`fn(data)` on a worker thread when the body is large (parsing and tokenising megabytes would stall every
+    stream on the event loop); inline when small (a thread hop costs more than the work)."""
+    return await run_in_threadpool(fn, data) if len(data) > 64 * 1024 else fn(data)
 
 
 def _usage(prompt: int, completion: int) -> dict:
