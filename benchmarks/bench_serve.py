@@ -1,12 +1,13 @@
 """Serving: `ilm serve` side by side with `transformers serve --continuous-batching` on the same exported Llama
 checkpoint, on CPU, interleaved.
 
-Both servers run as subprocesses for the whole benchmark (the load generator, the official `openai`
-client's `AsyncOpenAI`, runs in this process and is the same for both), with the same torch thread count
-(OMP_NUM_THREADS). Every request is a chat completion, greedy, `max_tokens` 64, a short distinct prompt;
+Both servers run as subprocesses for the whole benchmark, with the same torch thread count (OMP_NUM_THREADS).
+The load generator runs in this process and is the same for both: plain asyncio HTTP/1.0 requests in the
+OpenAI chat format, server-sent events parsed line by line (the official `openai` client's per-chunk
+objects cost enough CPU, on cores it shares with the servers, to cap what a fast server can show). Every request is a chat completion, greedy, `max_tokens` 64, a short distinct prompt;
 N clients each send requests back to back. For every client count (1 / 8 / 32 / 64) and both modes
-(streamed, non-streamed), after a warm-up of each server, the two servers take turns A, B, B, A (ROUNDS
-rounds each, the order flipped every round) on the same requests; we report per server the median output
+(streamed, non-streamed), after a warm-up of each server, the two servers take turns A, B, B, A, A, B, B, A
+(4 rounds each of max(8, 2 x clients) requests, the order flipped every round) on the same requests; we report per server the median output
 tokens/s over its rounds and the p50/p99 time to the first token (streamed: to the first content chunk;
 non-streamed: to the whole answer, which is when a non-streamed client sees its first token), pooled over
 its rounds; and the ratio ilm / transformers of output tokens/s per round pair (median and range). Output
@@ -16,12 +17,14 @@ The machine's load average is recorded at every round.
 The checkpoint is the `small` preset (7M parameters) with random weights in the Llama layout, float32, and
 a 2,048-id tokenizer in the InternLM2 layout whose chat template both servers apply. transformers serve runs
 with HF_HUB_OFFLINE=1 on the local directory and its continuous-batching defaults; if it cannot start, the
-reason is recorded instead of its numbers. `ILM_BENCH_QUICK=1`: 1 and 8 clients, one round, 16 tokens.
+reason is recorded instead of its numbers. `ILM_BENCH_QUICK=1`: 1 and 8 clients, one round, 16 tokens;
+`ILM_BENCH_LEVELS=32,64` picks the client counts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -35,8 +38,9 @@ from pathlib import Path
 
 QUICK = os.environ.get("ILM_BENCH_QUICK") == "1"
 MAX_TOKENS = 16 if QUICK else 64
-LEVELS = (1, 8) if QUICK else (1, 8, 32, 64)
-ROUNDS = 1 if QUICK else 2  # per server, per (clients, mode): A, B, B, A
+LEVELS = tuple(int(x) for x in os.environ["ILM_BENCH_LEVELS"].split(",")) if os.environ.get("ILM_BENCH_LEVELS") \
+    else (1, 8) if QUICK else (1, 8, 32, 64)
+ROUNDS = 1 if QUICK else 4  # per server, per (clients, mode): A, B, B, A, A, B, B, A
 MAX_BATCH = 64
 THREADS = str(os.cpu_count() or 1)
 
@@ -57,40 +61,57 @@ def _prompts(n: int, offset: int) -> list[str]:
     return [f"Tell me about {topics[i % len(topics)]}, item {offset + i}." for i in range(n)]
 
 
-async def _one(client, model: str, prompt: str, stream: bool) -> dict:
+async def _one(port: int, model: str, prompt: str, stream: bool) -> dict:
+    """One chat completion over a fresh HTTP/1.0 connection (so the body comes unframed until the server
+    closes), read with asyncio streams: a load generator as light as it gets in Python, since it shares the
+    machine's cores with the server it measures."""
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": MAX_TOKENS,
+            "temperature": 0}
+    if stream:
+        body.update(stream=True, stream_options={"include_usage": True})
+    data = json.dumps(body).encode()
     t0 = time.perf_counter()
-    kw = dict(model=model, messages=[{"role": "user", "content": prompt}], max_tokens=MAX_TOKENS, temperature=0)
-    if not stream:
-        r = await client.chat.completions.create(**kw)
-        end = time.perf_counter()
-        tokens = r.usage.completion_tokens if r.usage is not None else None
-        return {"ttft": end - t0, "tokens": tokens, "seconds": end - t0}
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    await writer.drain()
+    status = int((await reader.readline()).split()[1])
+    while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+        pass
     first, chunks, usage = None, 0, None
-    async for ch in await client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw):
-        if getattr(ch, "usage", None) is not None:
-            usage = ch.usage.completion_tokens
-        if ch.choices and ch.choices[0].delta.content:
-            first = first or time.perf_counter()
-            chunks += 1
+    if not stream or status != 200:
+        payload = json.loads(await reader.read())
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {payload}")
+        usage = payload["usage"]["completion_tokens"]
+    else:
+        while line := await reader.readline():
+            if not line.startswith(b"data: {"):
+                continue
+            event = json.loads(line[6:])
+            if event.get("usage"):
+                usage = event["usage"]["completion_tokens"]
+            choices = event.get("choices")
+            if choices and choices[0].get("delta", {}).get("content"):
+                first = first or time.perf_counter()
+                chunks += 1
+    writer.close()
     end = time.perf_counter()
     return {"ttft": (first or end) - t0, "tokens": usage if usage is not None else chunks, "seconds": end - t0}
 
 
 async def _round(url: str, model: str, clients: int, requests: int, stream: bool, offset: int) -> dict:
-    import openai
-
-    c = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=3600)
+    port = int(url.rsplit(":", 1)[1])
     queue = _prompts(requests, offset)
     results: list[dict] = []
 
     async def worker() -> None:
         while queue:
-            results.append(await _one(c, model, queue.pop(), stream))
+            results.append(await _one(port, model, queue.pop(), stream))
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))
     wall = time.perf_counter() - t0
-    await c.close()
     tokens = sum(r["tokens"] or 0 for r in results)
     return {"seconds": wall, "tokens": tokens, "ttft": [r["ttft"] for r in results],
             "output_tokens_per_s": tokens / wall, "load": os.getloadavg()[0]}
@@ -160,7 +181,7 @@ def _servers(ckpt: Path) -> tuple[Proc, Proc | None, str | None]:
 
 def _summary(rounds: list[dict]) -> dict:
     ttft = sorted(t for r in rounds for t in r["ttft"])
-    pct = lambda q: ttft[min(len(ttft) - 1, int(q * len(ttft)))]  # noqa: E731
+    pct = lambda q: ttft[min(len(ttft) - 1, int(q * len(ttft)))]
     rates = [r["output_tokens_per_s"] for r in rounds]
     return {"output_tokens_per_s": round(statistics.median(rates), 1), "rounds_tokens_per_s": [round(x, 1) for x in rates],
             "ttft_p50_s": round(pct(0.5), 4), "ttft_p99_s": round(pct(0.99), 4),
@@ -194,7 +215,7 @@ def main() -> dict:
             offset = 0
             for stream in (True, False):
                 for clients in LEVELS:
-                    requests = max(4, clients)
+                    requests = max(8, 2 * clients)
                     for side in sides:  # warm-up
                         asyncio.run(_round(side.url, side.model, clients, min(clients, 4), stream, 10_000))
                     got: dict[str, list[dict]] = {s.name: [] for s in sides}
@@ -223,8 +244,8 @@ def main() -> dict:
 
 
 def _table(results: dict) -> str:
-    lines = ["| mode | clients | server | output tokens/s (median) | TTFT p50 (s) | TTFT p99 (s) | ilm / transformers "
-             "tokens/s (median, range) |", "|---|---:|---|---:|---:|---:|---|"]
+    lines = [("| mode | clients | server | output tokens/s (median) | TTFT p50 (s) | TTFT p99 (s) | ilm / transformers "
+              "tokens/s (median, range) |"), "|---|---:|---|---:|---:|---:|---|"]
     for row in results.get("rows", []):
         ratio = row.get("ratio_tokens_per_s")
         for name in ("ilm serve", "transformers serve"):

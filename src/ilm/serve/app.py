@@ -311,6 +311,10 @@ class Server:
                 data["usage"] = None
             return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
+        # a token's chunk is this request's fixed JSON around the text: serialise the fixed part once
+        mark = json.dumps("\x00", ensure_ascii=False)
+        head, tail = chunk({"content": "\x00"}).split(mark)
+
         def end(ev: Event) -> list[str]:
             if ev.error:
                 return [self._error_event(ev)]
@@ -329,7 +333,7 @@ class Server:
         try:
             yield chunk({"role": "assistant", "content": ""})
             async for batch in self._batches(queue):  # one SSE chunk per token, one send per batch
-                out = [chunk({"content": ev.text}) for ev in batch if ev.text]
+                out = [head + json.dumps(ev.text, ensure_ascii=False) + tail for ev in batch if ev.text]
                 if batch[-1].finish_reason is not None:
                     out += end(batch[-1])
                 yield "".join(out)
