@@ -6,13 +6,16 @@ The load generator runs in this process and is the same for both: plain asyncio 
 OpenAI chat format, server-sent events parsed line by line (the official `openai` client's per-chunk
 objects cost enough CPU, on cores it shares with the servers, to cap what a fast server can show). Every request is a chat completion, greedy, `max_tokens` 64, a short distinct prompt;
 N clients each send requests back to back. For every client count (1 / 8 / 32 / 64) and both modes
-(streamed, non-streamed), after a warm-up of each server, the two servers take turns A, B, B, A, A, B, B, A
-(4 rounds each of max(8, 2 x clients) requests, the order flipped every round) on the same requests; we report per server the median output
+(streamed, non-streamed), after a warm-up of each server, the two servers take turns A, B, B, A, A, B, ...
+(6 rounds each of max(8, 2 x clients) requests, the order flipped every round) on the same requests; we report per server the median output
 tokens/s over its rounds and the p50/p99 time to the first token (streamed: to the first content chunk;
 non-streamed: to the whole answer, which is when a non-streamed client sees its first token), pooled over
 its rounds; and the ratio ilm / transformers of output tokens/s per round pair (median and range). Output
 tokens are the `usage.completion_tokens` each server reports (for streams without usage: content chunks).
-The machine's load average is recorded at every round.
+The machine's load average is recorded at every round. On a shared, loaded machine the wall-clock rates
+swing by 3-10x from one round to the next (the same server, same requests), so we also report each server's
+CPU time (user + system, all threads of its process and of the processes it spawned, from /proc) per
+output token: the work it spent, which other jobs on the machine do not inflate nearly as much.
 
 The checkpoint is the `small` preset (7M parameters) with random weights in the Llama layout, float32, and
 a 2,048-id tokenizer in the InternLM2 layout whose chat template both servers apply. transformers serve runs
@@ -40,7 +43,7 @@ QUICK = os.environ.get("ILM_BENCH_QUICK") == "1"
 MAX_TOKENS = 16 if QUICK else 64
 LEVELS = tuple(int(x) for x in os.environ["ILM_BENCH_LEVELS"].split(",")) if os.environ.get("ILM_BENCH_LEVELS") \
     else (1, 8) if QUICK else (1, 8, 32, 64)
-ROUNDS = 1 if QUICK else 4  # per server, per (clients, mode): A, B, B, A, A, B, B, A
+ROUNDS = 1 if QUICK else 6  # per server, per (clients, mode): A, B, B, A, A, B, ...
 MAX_BATCH = 64
 THREADS = str(os.cpu_count() or 1)
 
@@ -117,6 +120,39 @@ async def _round(url: str, model: str, clients: int, requests: int, stream: bool
             "output_tokens_per_s": tokens / wall, "load": os.getloadavg()[0]}
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of a process and all its descendants (all threads), from /proc:
+    `transformers serve --continuous-batching` runs its model in a child process it spawns."""
+    stats: dict[int, tuple[int, float]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(d.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    tree, total = {pid}, 0.0
+    changed = True
+    while changed:
+        changed = False
+        for p, (ppid, _) in stats.items():
+            if ppid in tree and p not in tree:
+                tree.add(p)
+                changed = True
+    for p in tree:
+        total += stats.get(p, (0, 0.0))[1]
+    return total
+
+
+def _measured(side: Proc, clients: int, requests: int, stream: bool, offset: int) -> dict:
+    """One round against one server, with the CPU time the server process spent on it."""
+    before = _cpu_seconds(side.proc.pid)
+    out = asyncio.run(_round(side.url, side.model, clients, requests, stream, offset))
+    out["server_cpu_s"] = _cpu_seconds(side.proc.pid) - before
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -183,7 +219,9 @@ def _summary(rounds: list[dict]) -> dict:
     ttft = sorted(t for r in rounds for t in r["ttft"])
     pct = lambda q: ttft[min(len(ttft) - 1, int(q * len(ttft)))]
     rates = [r["output_tokens_per_s"] for r in rounds]
+    cpu = [1000 * r["server_cpu_s"] / max(r["tokens"], 1) for r in rounds]
     return {"output_tokens_per_s": round(statistics.median(rates), 1), "rounds_tokens_per_s": [round(x, 1) for x in rates],
+            "server_cpu_ms_per_token": round(statistics.median(cpu), 3),
             "ttft_p50_s": round(pct(0.5), 4), "ttft_p99_s": round(pct(0.99), 4),
             "tokens_per_round": [r["tokens"] for r in rounds], "load": [round(r["load"], 1) for r in rounds]}
 
@@ -221,8 +259,7 @@ def main() -> dict:
                     got: dict[str, list[dict]] = {s.name: [] for s in sides}
                     for r in range(ROUNDS):
                         for side in (sides if r % 2 == 0 else sides[::-1]):
-                            got[side.name].append(asyncio.run(_round(side.url, side.model, clients, requests,
-                                                                     stream, offset)))
+                            got[side.name].append(_measured(side, clients, requests, stream, offset))
                         offset += requests  # a round's prompts are new to both servers
                     row = {"mode": "streamed" if stream else "non-streamed", "clients": clients,
                            "requests_per_round": requests, **{s.name: _summary(got[s.name]) for s in sides}}
@@ -231,6 +268,11 @@ def main() -> dict:
                                   for a, b in zip(got[ilm.name], got[other.name])]
                         row["ratio_tokens_per_s"] = {"median": round(statistics.median(ratios), 2),
                                                      "range": [round(min(ratios), 2), round(max(ratios), 2)]}
+                        cpu = [(b["server_cpu_s"] / max(b["tokens"], 1)) / max(a["server_cpu_s"] / max(a["tokens"], 1),
+                                                                              1e-9)
+                               for a, b in zip(got[ilm.name], got[other.name])]
+                        row["ratio_cpu_per_token"] = {"median": round(statistics.median(cpu), 2),
+                                                      "range": [round(min(cpu), 2), round(max(cpu), 2)]}
                     rows.append(row)
                     print(row, flush=True)
             results["rows"] = rows
@@ -244,17 +286,23 @@ def main() -> dict:
 
 
 def _table(results: dict) -> str:
-    lines = [("| mode | clients | server | output tokens/s (median) | TTFT p50 (s) | TTFT p99 (s) | ilm / transformers "
-              "tokens/s (median, range) |"), "|---|---:|---|---:|---:|---:|---|"]
+    lines = [("| mode | clients | server | output tokens/s (median) | TTFT p50 (s) | TTFT p99 (s) | server CPU ms / "
+              "token | ilm / transformers: tokens/s | transformers / ilm: CPU per token |"),
+             "|---|---:|---|---:|---:|---:|---:|---|---|"]
+
+    def rng(r: dict | None) -> str:
+        return f"{r['median']}x ({r['range'][0]}-{r['range'][1]})" if r else ""
+
     for row in results.get("rows", []):
-        ratio = row.get("ratio_tokens_per_s")
         for name in ("ilm serve", "transformers serve"):
             s = row.get(name)
             if s is None:
                 continue
-            r = f"{ratio['median']}x ({ratio['range'][0]}-{ratio['range'][1]})" if ratio and name == "ilm serve" else ""
+            first = name == "ilm serve"
             lines.append(f"| {row['mode']} | {row['clients']} | {name} | {s['output_tokens_per_s']} | "
-                         f"{s['ttft_p50_s']} | {s['ttft_p99_s']} | {r} |")
+                         f"{s['ttft_p50_s']} | {s['ttft_p99_s']} | {s['server_cpu_ms_per_token']} | "
+                         f"{rng(row.get('ratio_tokens_per_s')) if first else ''} | "
+                         f"{rng(row.get('ratio_cpu_per_token')) if first else ''} |")
     return "\n".join(lines)
 
 

@@ -37,7 +37,8 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from ilm.serve import validate as V
-from ilm.serve.engine import Engine, Event, Params, PromptTooLong, QueueFull, Stopped
+from ilm.serve.engine import Engine
+from ilm.serve.request import Event, Params, PromptTooLong, QueueFull, Stopped
 from ilm.serve.validate import ApiError, error_response
 from ilm.tokenizer.chat import call_header_ids, parse_reply
 

@@ -41,6 +41,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="seconds a request may take from arrival to its last token (default 600; 0 = none)")
     parser.add_argument("--max-request-mb", type=float, default=8.0,
                         help="largest request body in MiB (default 8); larger ones get 413")
+    parser.add_argument("--stream-interval", type=float, default=0.02,
+                        help="seconds streamed tokens may gather before they are sent (default 0.02; first "
+                             "tokens and ends go at once; 0 = every decode step)")
     parser.set_defaults(func=_serve)
 
 
@@ -152,12 +155,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         key, warning = api_key(args)
-        if args.max_queue < 0 or args.request_timeout < 0 or args.max_request_mb <= 0:
-            raise StartError("--max-queue and --request-timeout must be >= 0 and --max-request-mb > 0")
+        if min(args.max_queue, args.request_timeout, args.stream_interval) < 0 or args.max_request_mb <= 0:
+            raise StartError("--max-queue, --request-timeout and --stream-interval must be >= 0 and "
+                             "--max-request-mb > 0")
         check_checkpoint(args.checkpoint)
         sock = bind(args.host, args.port)  # before loading weights: a taken port fails at once
         engine = load_engine(args.checkpoint, args.max_batch, args.max_len, args.device, max_queue=args.max_queue,
-                             timeout=args.request_timeout or None)
+                             timeout=args.request_timeout or None, stream_interval=args.stream_interval)
     except (StartError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -20,133 +20,41 @@ holds more than `max_position_embeddings` positions, and a longer prompt is refu
 One request never stops the loop: whatever raises while a request is set up, prefilled (a group that fails
 is retried row by row), decoded (a batch that fails is retried row by row) or sampled fails that request
 only (`finish_reason` "error"); the loop goes on. All model work runs on one background thread; results go
-back through each request's `sink`, gathered per step and handed to `deliver` (the HTTP layer's hands each
-step's events to its asyncio loop in one call, not one wake-up per token).
+back through each request's `sink`, gathered and handed to `deliver` at most every `stream_interval` (20 ms)
+except first tokens and ends, which go at once (the HTTP layer's `deliver` hands them to its asyncio loop in
+one call, not one wake-up per token).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ilm.model.attention import AttnBatch
 from ilm.model.cache import KVCache
-from ilm.model.generate import Sampling, prefill, sample_next
+from ilm.model.generate import prefill, sample_next
 from ilm.model.internlm2 import InternLM2
 from ilm.serve.detok import TextTracker
+from ilm.serve.request import (  # noqa: F401 (re-exported: the engine's API)
+    MIN_TEMPERATURE,
+    MIN_TOP_P,
+    SEED_RANGE,
+    Event,
+    Params,
+    PromptTooLong,
+    QueueFull,
+    Request,
+    Stats,
+    Stopped,
+)
 
 DEFAULT_MAX_LEN = 4096
-# Below this a temperature is greedy: logits / 1e-45 overflow to inf and the softmax turns into NaN.
-MIN_TEMPERATURE = 1e-4
-# Below this a top_p is greedy too (only the likeliest token is left): 1e-300 rounds to 0 in float32, which
-# would drop every token and leave the softmax nothing.
-MIN_TOP_P = 1e-8
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
-
-
-class PromptTooLong(ValueError):
-    """The prompt does not fit a cache slot (the server answers 400 context_length_exceeded)."""
-
-
-class QueueFull(RuntimeError):
-    """`max_queue` requests already wait (the server answers 429 with Retry-After)."""
-
-
-class Stopped(RuntimeError):
-    """The engine is stopping or stopped (the server answers 503)."""
-
-
-@dataclass(frozen=True)
-class Params:
-    """Per-request sampling: temperature 0 (or below MIN_TEMPERATURE, or top_p below MIN_TOP_P) = greedy; `stop` strings end the text
-    before them. `mode` "chat" reads the output as the chat format (tool calls are not text), "plain" keeps
-    every ordinary id; `prefix` ids were written by the server before the output (a forced call header)."""
-
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    stop_ids: tuple[int, ...] | None = None  # None = the engine's (tokenizer's) stop ids
-    seed: int | None = None
-    mode: str = "chat"
-    prefix: tuple[int, ...] = ()
-    timeout: float | None = None  # seconds from submission; None = the engine's
-
-    def __post_init__(self) -> None:
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
-        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
-            raise ValueError(f"seed must be in [-2**63, 2**64 - 1], got {self.seed}")
-        if self.mode not in ("chat", "plain"):
-            raise ValueError(f"mode must be 'chat' or 'plain', got {self.mode!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature < MIN_TEMPERATURE or self.top_p < MIN_TOP_P
-
-    def sampling(self) -> Sampling:
-        return Sampling(max_new_tokens=self.max_tokens, greedy=self.greedy,
-                        temperature=1.0 if self.greedy else self.temperature, top_p=self.top_p, seed=self.seed)
-
-
-@dataclass
-class Event:
-    """One new token for a request (`token` None on the final event), the text it adds, and the end.
-    `code` says why a request failed: "engine_error", "timeout" or "shutting_down"."""
-
-    token: int | None
-    text: str = ""
-    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
-    error: str | None = None
-    code: str | None = None
-
-
-_ids = itertools.count()
-
-
-@dataclass
-class Request:
-    prompt: list[int]
-    params: Params
-    sink: Callable[[Event], None]
-    alive: Callable[[], bool] | None = None  # False once the client is gone (checked before every step)
-    per_token: bool = True  # an event per token (streaming); False: only the final event
-    id: int = field(default_factory=_ids.__next__)
-    output: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
-    cancelled: bool = False
-    submitted: float = field(default_factory=time.perf_counter)
-    deadline: float = math.inf
-    first_token: float | None = None
-    # engine-side state
-    slot: int = -1
-    length: int = 0  # tokens written into the slot's cache
-    budget: int = 0  # tokens this request may still produce
-    generator: torch.Generator | None = None
-    sampling: Sampling | None = None
-    tracker: TextTracker | None = None
-    stops: frozenset[int] = frozenset()
-
-    @property
-    def text(self) -> str:
-        """The visible text so far (before any stop string), as sent."""
-        return self.tracker.text if self.tracker is not None else ""
-
-    @property
-    def stopped_by_string(self) -> bool:
-        return self.tracker is not None and self.tracker.stopped
 
 
 class SlotCache:
@@ -191,45 +99,19 @@ class SlotCache:
         pass
 
 
-@dataclass
-class Stats:
-    """Counters the tests read instead of wall time."""
-
-    requests: int = 0
-    finished: int = 0
-    cancelled: int = 0
-    errors: int = 0  # requests failed inside the engine (the loop went on)
-    timed_out: int = 0
-    rejected: int = 0  # refused because the queue was full
-    prefill_calls: int = 0  # prefill forwards (a batch of prompts, or one chunk of a long one)
-    prefill_rows: int = 0  # prompts prefilled
-    prefill_max_rows: int = 0  # most prompts prefilled in one forward
-    decode_steps: int = 0
-    decode_rows: int = 0  # sum over decode steps of the rows in the step
-    tokens: int = 0  # output tokens produced
-    slots_freed: int = 0
-    max_active: int = 0
-    max_waiting: int = 0
-
-    @property
-    def forward_calls(self) -> int:
-        return self.prefill_calls + self.decode_steps
-
-    def as_dict(self) -> dict:
-        d = dict(self.__dict__)
-        d["forward_calls"] = self.forward_calls
-        return d
-
-
 class Engine:
     """The batching loop. `submit` is thread-safe; call `start` once and `stop` at the end.
 
     `max_queue` bounds the requests waiting for a slot; `timeout` (seconds, None = none) is each request's
-    default deadline from submission; `prefill_tokens` bounds the padded tokens of one prefill forward.
+    default deadline from submission; `prefill_tokens` bounds the padded tokens of one prefill forward;
+    `stream_interval` (seconds) is how long streamed tokens may gather before they are handed to the HTTP
+    side (first tokens and ends go at once): every hand-over wakes the event loop's thread and passes the
+    GIL back and forth, which on a busy machine costs more than a small model's whole decode step.
     """
 
     def __init__(self, model: InternLM2, tokenizer: Any, max_batch: int = 32, max_len: int | None = None,
-                 max_queue: int = 256, timeout: float | None = None, prefill_tokens: int = 2048):
+                 max_queue: int = 256, timeout: float | None = None, prefill_tokens: int = 2048,
+                 stream_interval: float = 0.02):
         cfg = model.config
         self.model, self.tok = model.eval(), tokenizer
         limit = cfg.max_position_embeddings if model.rope.kind == "dynamic" else cfg.max_context
@@ -239,6 +121,7 @@ class Engine:
             raise ValueError(f"need max_batch >= 1, max_queue >= 0, prefill_tokens >= 1; got {max_batch}, "
                              f"{max_queue}, {prefill_tokens}")
         self.max_batch, self.max_queue, self.timeout, self.prefill_tokens = max_batch, max_queue, timeout, prefill_tokens
+        self.stream_interval = stream_interval
         self.stop_ids = tuple(tokenizer.stop_ids) if tokenizer is not None else tuple(cfg.stop_token_ids)
         self.device = model.output.weight.device
         self.cache = SlotCache(model, max_batch, self.max_len)
@@ -254,6 +137,8 @@ class Engine:
         # called once per step with that step's (request, event) pairs; None: each request's sink in turn
         self.deliver: Callable[[list[tuple[Request, Event]]], None] | None = None
         self._outbox: list[tuple[Request, Event]] = []
+        self._urgent = False
+        self._last_flush = 0.0
 
     # ------------------------------------------------------------------ public
     def check_prompt(self, prompt: Sequence[int]) -> None:
@@ -373,6 +258,9 @@ class Engine:
                 self._time_out(req)
         while self._waiting and self._free:
             req = self._waiting.popleft()
+            if not self._client_alive(req):  # left while it waited: no prefill for nobody
+                self._finish(req, "cancelled")
+                continue
             req.slot = self._free.pop()
             admit.append(req)
         return admit
@@ -391,7 +279,7 @@ class Engine:
             for req in [*admit, *self._active.values()]:
                 self._fail(req, err)
         finally:
-            self._flush()
+            self._flush(force=not self._active)
 
     def _drop_gone(self) -> None:
         now = time.perf_counter()
@@ -450,9 +338,16 @@ class Engine:
     def _send(self, req: Request, event: Event) -> None:
         if event.finish_reason is not None or req.per_token:
             self._outbox.append((req, event))
+            # an end or a first token goes out with this step; other tokens may wait for stream_interval
+            self._urgent = self._urgent or event.finish_reason is not None or len(req.output) == 1
 
-    def _flush(self) -> None:
-        """Hand this step's events over (`deliver`, else sink by sink)."""
+    def _flush(self, force: bool = True) -> None:
+        """Hand the gathered events over (`deliver`, else sink by sink): now if `force`, an event is urgent,
+        or `stream_interval` has passed since the last hand-over; else keep gathering."""
+        now = time.perf_counter()
+        if not self._outbox or not (force or self._urgent or now - self._last_flush >= self.stream_interval):
+            return
+        self._last_flush, self._urgent = now, False
         items, self._outbox = self._outbox, []
         if items and self.deliver is not None:
             self.deliver(items)

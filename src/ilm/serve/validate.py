@@ -17,7 +17,7 @@ from typing import Any
 import jsonschema
 from starlette.responses import JSONResponse
 
-from ilm.serve.engine import MIN_TEMPERATURE, SEED_RANGE
+from ilm.serve.request import MIN_TEMPERATURE, SEED_RANGE
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool",
          "environment": "environment"}
