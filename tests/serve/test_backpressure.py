@@ -115,7 +115,7 @@ def test_non_streamed_request_cancelled_within_a_step_or_two(random_ckpt):
         deadline = time.monotonic() + 60
         while engine.stats.tokens < 3 and time.monotonic() < deadline:  # it is being decoded
             time.sleep(0.002)
-        loop = next(iter(engine.server._inflight.values()))[0]
+        loop = next(iter(engine.server._inflight)).loop
         busy = threading.Event()
         loop.call_soon_threadsafe(lambda: (busy.set(), time.sleep(2.0)))
         busy.wait(timeout=60)

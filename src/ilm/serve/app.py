@@ -26,6 +26,7 @@ import secrets
 import socket
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -75,7 +76,7 @@ def _client_probe(request: Request) -> tuple[Callable[[], bool] | None, Callable
 class _Sink:
     """Where a request's events go: its handler's asyncio queue, on that handler's loop."""
 
-    __slots__ = ("loop", "queue")
+    __slots__ = ("__weakref__", "loop", "queue")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
         self.loop, self.queue = loop, queue
@@ -116,14 +117,16 @@ class Server:
         self.engine, self.tok, self.model_name, self.api_key = engine, engine.tok, model_name, api_key
         self.max_body = max_body
         self.created = int(time.time())
-        self._inflight: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        # the sinks of requests in flight; weak: a request whose handler never ran its cleanup (a stream the
+        # client dropped before it started) leaves once the engine lets go of it
+        self._inflight: weakref.WeakSet[_Sink] = weakref.WeakSet()
 
     def abort_all(self, message: str = "the server is shutting down") -> None:
-        """Answer every request in flight with an error now (at shutdown; safe in a signal handler)."""
+        """Answer every request in flight with an error now (at shutdown)."""
         ev = Event(None, "", "error", message, "shutting_down")
-        for loop, queue in list(self._inflight.values()):
+        for sink in list(self._inflight):
             try:
-                loop.call_soon_threadsafe(queue.put_nowait, ev)
+                sink(ev)
             except RuntimeError:  # its loop is closed
                 pass
 
@@ -183,7 +186,8 @@ class Server:
         queue: asyncio.Queue[Event] = asyncio.Queue()
         alive, close = _client_probe(request)
         try:
-            req = self.engine.submit(prompt, params, _Sink(loop, queue), alive, per_token=stream)
+            sink = _Sink(loop, queue)
+            req = self.engine.submit(prompt, params, sink, alive, per_token=stream)
         except PromptTooLong as err:
             close()
             raise ApiError(400, str(err), "messages", "context_length_exceeded") from None
@@ -197,10 +201,10 @@ class Server:
         except Stopped as err:
             close()
             raise ApiError(503, str(err), kind="server_error") from None
-        self._inflight[req.id] = (loop, queue)
+        self._inflight.add(sink)
 
         def done() -> None:
-            self._inflight.pop(req.id, None)
+            self._inflight.discard(sink)
             self.engine.cancel(req)
             close()
 

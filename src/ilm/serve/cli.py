@@ -184,12 +184,17 @@ def _serve(args: argparse.Namespace) -> int:
 def _stopping_server(config: Any, engine: Any, server: Any) -> Any:
     """A uvicorn.Server whose SIGTERM / SIGINT also fails the requests in flight at once (503, or an error
     event when streamed), so shutdown never waits on them; the engine thread stops after its current step."""
+    import asyncio
+
     import uvicorn
 
     class Stopping(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
-            engine.begin_stop()
-            server.abort_all()
+            engine.begin_stop()  # a flag: safe in a signal handler
+            try:  # the requests in flight are told on the event loop, not inside the handler
+                asyncio.get_running_loop().call_soon_threadsafe(server.abort_all)
+            except RuntimeError:
+                pass
             super().handle_exit(sig, frame)
 
     return Stopping(config)
