@@ -1,7 +1,8 @@
 """Serving: `ilm serve` side by side with `transformers serve --continuous-batching` on the same exported Llama
 checkpoint, on CPU, interleaved.
 
-Both servers run as subprocesses for the whole benchmark, with the same torch thread count (OMP_NUM_THREADS).
+Both servers run as subprocesses for the whole benchmark, with the same torch thread count (OMP_NUM_THREADS,
+1 unless ILM_BENCH_THREADS says otherwise).
 The load generator runs in this process and is the same for both: plain asyncio HTTP/1.0 requests in the
 OpenAI chat format, server-sent events parsed line by line (the official `openai` client's per-chunk
 objects cost enough CPU, on cores it shares with the servers, to cap what a fast server can show). Every request is a chat completion, greedy, `max_tokens` 64, a short distinct prompt;
@@ -45,7 +46,10 @@ LEVELS = tuple(int(x) for x in os.environ["ILM_BENCH_LEVELS"].split(",")) if os.
     else (1, 8) if QUICK else (1, 8, 32, 64)
 ROUNDS = 1 if QUICK else 6  # per server, per (clients, mode): A, B, B, A, A, B, ...
 MAX_BATCH = 64
-THREADS = str(os.cpu_count() or 1)
+# torch threads per server: 1 by default; for a 7M-parameter model on shared cores intra-op threads cost more
+# than they give (A/B on this machine, ilm serve: 1 thread 1,071 / 2,370 tokens/s at 8 / 32 streamed clients,
+# 2 threads 854 / 1,881, and more CPU per token)
+THREADS = os.environ.get("ILM_BENCH_THREADS", "1")
 
 
 def make_checkpoint(root: Path) -> Path:
