@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ilm.model import build_model, get_preset
@@ -36,3 +38,36 @@ def test_rows_decode_as_alone_and_seeds_are_per_request(tok):
     finally:
         engine.stop()
     assert engine.stats.prefill_calls == 6 and engine.stats.slots_freed == 6
+
+
+@pytest.mark.parametrize("prefill_tokens", [2048, 40])
+def test_prompts_admitted_together_are_prefilled_together(tok, prefill_tokens):
+    """Six prompts waiting when the loop starts: prefilled in one left-padded forward (2,048-token budget) or
+    a few grouped and chunked ones (40), never one by one; each output is the one it gets alone."""
+    model = build_model(get_preset("tiny"), seed=2).eval()
+    prompts = [tok.encode("b" * n + " river town", bos=True) for n in (1, 4, 9, 2, 17)]
+    prompts.insert(4, tok.encode(" ".join(f"{i}x" for i in range(30)), bos=True))
+    assert len(prompts[4]) > 40  # prefilled in chunks under the 40-token budget
+    alone = Engine(model, tok, max_batch=1).start()
+    try:
+        want = [alone.generate(p, Params(max_tokens=10, temperature=0))[0] for p in prompts]
+    finally:
+        alone.stop()
+    assert alone.stats.prefill_rows == alone.stats.prefill_calls == len(prompts)
+    engine = Engine(model, tok, max_batch=8, prefill_tokens=prefill_tokens)
+    events: list[list] = [[] for _ in prompts]
+    reqs = [engine.submit(p, Params(max_tokens=10, temperature=0), events[i].append) for i, p in enumerate(prompts)]
+    engine.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not all(r.finish_reason for r in reqs) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        engine.stop()
+    assert [r.output for r in reqs] == want
+    assert engine.stats.prefill_rows == len(prompts)
+    if prefill_tokens == 2048:
+        assert engine.stats.prefill_calls == 1 and engine.stats.prefill_max_rows == len(prompts)
+    else:  # groups of <= 40 padded tokens; the long prompt alone, in chunks of 40
+        assert engine.stats.prefill_max_rows >= 2
+    print(f"prefill budget {prefill_tokens}: {engine.stats.prefill_calls} prefill forwards for {len(prompts)} prompts")
