@@ -8,11 +8,13 @@ loads without renaming. Parallelism, compilation and checkpoint conversion are a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ilm.model.attention import AttnBatch, attend
+from ilm.model.attention import AttnBatch, attend, attend_shifted
 from ilm.model.cache import KVCache
 from ilm.model.config import ModelConfig
 from ilm.model.init import init_normal_, local_part
@@ -48,16 +50,24 @@ class Attention(nn.Module):
         batch: AttnBatch,
         cache: KVCache | None = None,
         layer: int = 0,
+        keys: tuple | None = None,
     ) -> torch.Tensor:
+        """`keys`: (cos, sin, shift, key positions) when the keys rotate differently from the queries (dynamic NTK with a
+        cache: keys with the trained base, re-rotated by `shift` inside the attention; `Rope.causal`)."""
         B, T, _ = x.shape
         qkv = self.wqkv(x).view(B, T, self.n_kv, self.group + 2, self.head_dim)
         q = qkv[:, :, :, : self.group].reshape(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = qkv[:, :, :, self.group].transpose(1, 2)
         v = qkv[:, :, :, self.group + 1].transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        cos_k, sin_k, shift = keys[:3] if keys is not None else (cos, sin, None)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos_k, sin_k)
         if cache is not None:
             k, v = cache.append(layer, k, v)
-        out = attend(q, k, v, batch)
+        if shift is None:
+            out = attend(q, k, v, batch)
+        else:
+            key_pos = keys[3] if isinstance(keys[3], torch.Tensor) else keys[3](k.shape[2])
+            out = attend_shifted(q, k, v, batch, shift, key_pos.expand(k.shape[0], -1))
         return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -80,8 +90,8 @@ class DecoderLayer(nn.Module):
         self.attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, batch, cache=None, layer=0):
-        x = x + self.attention(self.attention_norm(x), cos, sin, batch, cache, layer)
+    def forward(self, x, cos, sin, batch, cache=None, layer=0, keys=None):
+        x = x + self.attention(self.attention_norm(x), cos, sin, batch, cache, layer, keys)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -134,6 +144,7 @@ class InternLM2(nn.Module):
         return_hidden: bool = False,
         labels: torch.Tensor | None = None,
         rope_len: torch.Tensor | None = None,
+        causal_ntk: bool = False,
     ) -> torch.Tensor:
         """input_ids (B, T) -> logits (B, T, V), or (B, 1, V) with `last_only`.
 
@@ -142,17 +153,30 @@ class InternLM2(nn.Module):
         With `labels`, returns the mean next-token loss instead, computed inside the forward so that a
         sharded (FSDP) output head is gathered while it is used. `rope_len` (B,): the full length of each
         row's sequence, for dynamic NTK's base when this forward covers only part of it (a prefill chunk);
-        default: the largest position + 1.
+        default: the largest position + 1. With right-padded rows, pass each row's real length: its scores
+        then do not depend on its batch neighbours.
+
+        Dynamic NTK with a `cache` and no `rope_len`, or with `causal_ntk`, follows the causal rule (each query
+        with the base of its own position + 1, `ilm.model.rope`): exact over a cache at any length, so this is
+        the generator's rule; `causal_ntk` without a cache is its full recompute. Within
+        `max_position_embeddings` every rule is plain RoPE.
         """
         B, T = input_ids.shape
         if positions is None:
             start = cache.length if cache is not None else 0
             positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
         h = self.model.tok_embeddings(input_ids)
-        cos, sin = self.rope.cos_sin(positions, h.dtype, rope_len)
+        keys = None
+        if self.rope.kind == "dynamic" and (cache is not None or causal_ntk):
+            cos, sin, cos_k, sin_k, shift = self.rope.causal(positions, h.dtype, None if causal_ntk else rope_len)
+            if shift is not None:
+                key_pos = positions if cache is None else _key_positions(cache)
+                keys = (cos_k, sin_k, shift, key_pos)
+        else:
+            cos, sin = self.rope.cos_sin(positions, h.dtype, rope_len)
         batch = batch or AttnBatch()
         for i, layer in enumerate(self.model.layers):
-            h = layer(h, cos, sin, batch, cache, i)
+            h = layer(h, cos, sin, batch, cache, i, keys)
         if cache is not None:
             cache.advance(T)
         if last_only:
@@ -163,6 +187,16 @@ class InternLM2(nn.Module):
         if return_hidden:
             return h
         return F.linear(h, self.head_weight()) if self.config.norm_head else self.output(h)
+
+
+def _key_positions(cache) -> Callable[[int], torch.Tensor]:
+    """S -> (B, S) positions of the key slots the cache hands back (known once it has appended a forward's
+    keys): the cache's own `key_positions`, else slot j = position j (the server's slots)."""
+    own = getattr(cache, "key_positions", None)
+    if own is not None:
+        return own
+    device = cache.k[0].device
+    return lambda S: torch.arange(S, device=device)[None]
 
 
 def build_model(
