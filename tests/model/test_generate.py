@@ -71,7 +71,7 @@ def test_dynamic_ntk_generation_stays_correct_across_max_positions(new, chunk, n
 def test_a_plain_cache_would_drift_past_max_positions(monkeypatch):
     """Control for the tests above: cached keys that are not re-rotated to each query's base (the shift
     dropped) are exact up to max_position_embeddings and drift past it."""
-    import ilm.model.internlm2 as internlm2
+    from ilm.model import internlm2
     from ilm.model.attention import attend
 
     model = _sharp_dynamic_model()

@@ -24,7 +24,6 @@ from ilm.model.cache import KVCache
 from ilm.model.internlm2 import InternLM2
 from ilm.model.memory import check_fits, generation_estimate
 
-
 NTK_MODES = ("cached", "recompute")
 
 

@@ -23,7 +23,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=32, help="requests decoded together (KV cache slots)")
     parser.add_argument("--max-len", type=int, default=None,
                         help="positions per slot (default: the model's context up to 4096; under dynamic NTK "
-                             "at most max_position_embeddings)")
+                             "any length that fits memory)")
     parser.add_argument("--model-name", default=None, help="the model id clients send (default: the directory name)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.set_defaults(func=_serve)
@@ -112,13 +112,14 @@ class ServerThread:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from ilm.model.memory import ContextMemoryError
     from ilm.serve.app import build_app
 
     try:
         check_checkpoint(args.checkpoint)
         sock = bind(args.host, args.port)  # before loading weights: a taken port fails at once
         engine = load_engine(args.checkpoint, args.max_batch, args.max_len, args.device)
-    except StartError as err:
+    except (StartError, ContextMemoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     name = args.model_name or Path(args.checkpoint).resolve().name

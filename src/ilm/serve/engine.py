@@ -8,10 +8,9 @@ stop string, max_tokens, end of its slot) or is cancelled (client gone) leaves b
 slot is free for the next waiting request at once.
 
 Greedy output is the same as decoding the request alone: prefill is the solo prefill, and a decode row
-sees exactly its own keys. Dynamic NTK changes the RoPE base of a row once it passes
-`max_position_embeddings`, which no cache can follow (see `ilm.model.cache`); a slot therefore never
-holds more than `max_position_embeddings` positions, and a longer prompt is refused (the server answers
-400). Linear and no scaling have no such limit beyond `max_context`.
+sees exactly its own keys. Under dynamic NTK a row past `max_position_embeddings` decodes from the cache
+by the causal rule (`ilm.model.rope`), exactly as `generate` does, so a slot may hold any `max_len` that
+fits memory (checked when the engine starts). Linear and no scaling are capped at `max_context`.
 
 All model work runs on one background thread; results go back through each request's `sink` (the HTTP
 layer passes one that hands events to its asyncio loop).
@@ -19,6 +18,7 @@ layer passes one that hands events to its asyncio loop).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -32,6 +32,7 @@ import torch
 from ilm.model.attention import AttnBatch
 from ilm.model.generate import Sampling, sample_next
 from ilm.model.internlm2 import InternLM2
+from ilm.model.memory import check_fits, generation_estimate
 
 DEFAULT_MAX_LEN = 4096
 
@@ -222,9 +223,12 @@ class Engine:
     def __init__(self, model: InternLM2, tokenizer: Any, max_batch: int = 32, max_len: int | None = None):
         cfg = model.config
         self.model, self.tok = model.eval(), tokenizer
-        limit = cfg.max_position_embeddings if model.rope.kind == "dynamic" else cfg.max_context
+        limit = max(max_len or 0, cfg.max_context) if model.rope.kind == "dynamic" else cfg.max_context
         # every slot reserves max_len positions up front: a 32k default would take tens of GB at 32 slots
         self.max_len = min(max_len or DEFAULT_MAX_LEN, limit)
+        one = generation_estimate(cfg, 1, self.max_len, self.max_len, model.output.weight.dtype)  # a solo prefill
+        check_fits(dataclasses.replace(one, kv_cache=one.kv_cache * max_batch), model.output.weight.device,
+                   f"{max_batch} slots of {self.max_len:,} positions", "lower --max-len or --max-batch")
         self.max_batch = max_batch
         self.stop_ids = tuple(tokenizer.stop_ids) if tokenizer is not None else tuple(cfg.stop_token_ids)
         self.device = model.output.weight.device
@@ -243,10 +247,8 @@ class Engine:
         if not prompt:
             raise ValueError("the prompt is empty")
         if len(prompt) >= self.max_len:
-            extra = (" (dynamic NTK: rows past max_position_embeddings are not served; the RoPE base would change"
-                     " every token)" if self.model.rope.kind == "dynamic" else "")
             raise PromptTooLong(f"the prompt has {len(prompt)} tokens, but this server's context is {self.max_len} "
-                                f"tokens{extra}; shorten it to leave room for the reply")
+                                f"tokens; shorten it to leave room for the reply")
         bad = [t for t in prompt if not 0 <= t < self.model.config.vocab_size]
         if bad:
             raise ValueError(f"prompt token ids outside [0, {self.model.config.vocab_size}): {bad[:5]}")
