@@ -270,10 +270,10 @@ def attend_shifted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Att
 
     B, H, T, D = q.shape
     KV, S = k.shape[1], k.shape[2]
-    allowed = allowed_keys(batch, B, T, S, q.device)
-    if shift.per_row():
+    if shift.per_row():  # one base per row (a decode step, or the whole-sequence rule): rotate once, same pattern
         cos, sin = shift.cos_sin(key_pos, 0, 1, k.dtype)
-        return attend(q, apply_rope(k, cos, sin), v, AttnBatch(mask=allowed[:, None]))
+        return attend(q, apply_rope(k, cos, sin), v, batch)
+    allowed = allowed_keys(batch, B, T, S, q.device)
     G = H // KV
     out = torch.empty_like(q)
     k_half = rotate_half(k)

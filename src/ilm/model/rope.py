@@ -19,7 +19,7 @@ flash-attention kernel takes only one dtype for all three (and HF InternLM2 rota
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -115,6 +115,8 @@ class KeyShift:
     `dw` (B, Tq, dim/2): w_q - w_0 per query (Tq = T) or per row (Tq = 1)."""
 
     dw: torch.Tensor
+    # per row: the tables of the last key positions seen (every layer of one forward has the same keys)
+    _memo: tuple | None = field(default=None, repr=False)
 
     def per_row(self) -> bool:
         return self.dw.shape[1] == 1
@@ -122,9 +124,15 @@ class KeyShift:
     def cos_sin(self, key_pos: torch.Tensor, start: int, end: int, dtype: torch.dtype
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries [start, end) x key positions (B, S) -> cos, sin of shape (B, end - start, S, dim)."""
+        memo = self.per_row() and self._memo
+        if memo and memo[0].shape == key_pos.shape and bool(torch.equal(memo[0], key_pos)) and memo[1] == dtype:
+            return memo[2], memo[3]
         ang = key_pos[:, None, :, None].float() * self.dw[:, start:end, None, :]
         ang = torch.cat((ang, ang), dim=-1)
-        return ang.cos().to(dtype), ang.sin().to(dtype)
+        cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+        if self.per_row():
+            self._memo = (key_pos, dtype, cos, sin)
+        return cos, sin
 
 
 def _cos_sin(angles: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
