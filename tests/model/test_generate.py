@@ -40,13 +40,12 @@ def _sharp_dynamic_model():
     return model
 
 
-@pytest.mark.parametrize("ntk", ["cached", "recompute"])
-@pytest.mark.parametrize("new, chunk", [(19, 2048), (40, 5)])
+@pytest.mark.parametrize("new, chunk, ntk", [(19, 2048, "recompute"), (40, 5, "recompute"), (40, 5, "cached")])
 def test_dynamic_ntk_generation_stays_correct_across_max_positions(new, chunk, ntk):
     """(19, 2048): below max_context; (40, 5): past max_position_embeddings x factor = 32 (no cap any more),
     prefill chunked by 5. "recompute": every step re-prefills, rotating with the base of the full length, and
-    equals a full forward; "cached": every step decodes from the cache and equals the causal rule's full
-    forward (`causal_ntk=True`; checked against an independent reference in test_ntk_cache.py)."""
+    equals a full forward; "cached" (the default): every step decodes from the cache and equals the causal
+    rule's full forward (`causal_ntk=True`; checked against an independent reference in test_ntk_cache.py)."""
     model = _sharp_dynamic_model()
     causal = ntk == "cached"
     prompts = [[1] + list(range(40, 52)), [1, 5], [1, 300, 301, 302, 303]]
