@@ -8,8 +8,6 @@ loads without renaming. Parallelism, compilation and checkpoint conversion are a
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,7 +16,7 @@ from ilm.model.attention import AttnBatch, attend, attend_shifted
 from ilm.model.cache import KVCache
 from ilm.model.config import ModelConfig
 from ilm.model.init import init_normal_, local_part
-from ilm.model.rope import Rope, apply_rope
+from ilm.model.rope import KeyRotation, Rope, apply_rope
 from ilm.train.losses import lm_loss
 
 
@@ -50,24 +48,22 @@ class Attention(nn.Module):
         batch: AttnBatch,
         cache: KVCache | None = None,
         layer: int = 0,
-        keys: tuple | None = None,
+        keys: KeyRotation | None = None,
     ) -> torch.Tensor:
-        """`keys`: (cos, sin, shift, key positions) when the keys rotate differently from the queries (dynamic NTK with a
-        cache: keys with the trained base, re-rotated by `shift` inside the attention; `Rope.causal`)."""
+        """`keys`: how keys rotate when not as the queries do (dynamic NTK past the window; `Rope.causal`)."""
         B, T, _ = x.shape
         qkv = self.wqkv(x).view(B, T, self.n_kv, self.group + 2, self.head_dim)
         q = qkv[:, :, :, : self.group].reshape(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = qkv[:, :, :, self.group].transpose(1, 2)
         v = qkv[:, :, :, self.group + 1].transpose(1, 2)
-        cos_k, sin_k, shift = keys[:3] if keys is not None else (cos, sin, None)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos_k, sin_k)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin) if keys is None else apply_rope(k, keys.cos, keys.sin)
         if cache is not None:
             k, v = cache.append(layer, k, v)
-        if shift is None:
+        if keys is None:
             out = attend(q, k, v, batch)
         else:
-            key_pos = keys[3] if isinstance(keys[3], torch.Tensor) else keys[3](k.shape[2])
-            out = attend_shifted(q, k, v, batch, shift, key_pos.expand(k.shape[0], -1))
+            out = attend_shifted(q, k, v, batch, keys.shift, keys.key_positions(cache, k))
         return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -168,10 +164,9 @@ class InternLM2(nn.Module):
         h = self.model.tok_embeddings(input_ids)
         keys = None
         if self.rope.kind == "dynamic" and (cache is not None or causal_ntk):
-            cos, sin, cos_k, sin_k, shift = self.rope.causal(positions, h.dtype, None if causal_ntk else rope_len)
-            if shift is not None:
-                key_pos = positions if cache is None else _key_positions(cache)
-                keys = (cos_k, sin_k, shift, key_pos)
+            cos, sin, keys = self.rope.causal(positions, h.dtype, None if causal_ntk else rope_len)
+            if keys is not None and cache is None:
+                keys.positions = positions
         else:
             cos, sin = self.rope.cos_sin(positions, h.dtype, rope_len)
         batch = batch or AttnBatch()
@@ -187,16 +182,6 @@ class InternLM2(nn.Module):
         if return_hidden:
             return h
         return F.linear(h, self.head_weight()) if self.config.norm_head else self.output(h)
-
-
-def _key_positions(cache) -> Callable[[int], torch.Tensor]:
-    """S -> (B, S) positions of the key slots the cache hands back (known once it has appended a forward's
-    keys): the cache's own `key_positions`, else slot j = position j (the server's slots)."""
-    own = getattr(cache, "key_positions", None)
-    if own is not None:
-        return own
-    device = cache.k[0].device
-    return lambda S: torch.arange(S, device=device)[None]
 
 
 def build_model(

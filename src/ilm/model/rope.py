@@ -90,9 +90,9 @@ class Rope:
 
 
     def causal(self, positions: torch.Tensor, dtype: torch.dtype, rope_len: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, KeyShift | None]:
-        """Dynamic NTK over a cache: (cos, sin) for the queries, (cos, sin) for the keys to store (the trained
-        base), and the `KeyShift` the attention applies to the stored keys (None: no query is past the window).
+               ) -> tuple[torch.Tensor, torch.Tensor, KeyRotation | None]:
+        """Dynamic NTK over a cache: (cos, sin) for the queries, and how keys rotate (None: as the queries,
+        no query is past the window): stored with the trained base, re-rotated in the attention.
 
         Queries take the causal rule (base of position + 1) or, with `rope_len` (B,), one base per row (the
         whole-sequence rule, for a chunked prefill that must equal one full forward)."""
@@ -102,9 +102,9 @@ class Rope:
         cos_q, sin_q = _cos_sin(self.angles(positions, inv_q), dtype)
         shift = inv_q - inv_0
         if not bool((shift != 0).any()):
-            return cos_q, sin_q, cos_q, sin_q, None
+            return cos_q, sin_q, None
         cos_k, sin_k = _cos_sin(self.angles(positions, inv_0), dtype)
-        return cos_q, sin_q, cos_k, sin_k, KeyShift(shift)
+        return cos_q, sin_q, KeyRotation(cos_k, sin_k, KeyShift(shift))
 
 
 @dataclass
@@ -133,6 +133,27 @@ class KeyShift:
         if self.per_row():
             self._memo = (key_pos, dtype, cos, sin)
         return cos, sin
+
+
+@dataclass
+class KeyRotation:
+    """Keys rotated with the trained base (`cos`, `sin`) and re-rotated by `shift` as each query attends.
+    `positions`: the key positions when the keys are this forward's own (no cache)."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    shift: KeyShift
+    positions: torch.Tensor | None = None
+
+    def key_positions(self, cache, k: torch.Tensor) -> torch.Tensor:
+        """(B, S) positions of the S keys `k` the attention sees: this forward's own, the cache's
+        `key_positions`, or (a cache without one: the server's slots) slot j = position j."""
+        B, S = k.shape[0], k.shape[2]
+        if cache is None:
+            return self.positions.expand(B, S)
+        own = getattr(cache, "key_positions", None)
+        pos = own(S) if own is not None else torch.arange(S, device=k.device)[None]
+        return pos.expand(B, S)
 
 
 def _cos_sin(angles: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
