@@ -147,6 +147,8 @@ def test_a_row_scores_the_same_alone_and_next_to_longer_rows():
             assert (per_row[i, :n] - alone).abs().max().item() <= 1e-5
             assert (causal[i, :n] - model(torch.tensor([r]), causal_ntk=True)[0]).abs().max().item() <= 1e-5
         assert (leaky[0, :20] - model(torch.tensor([rows[0]]))[0]).abs().max().item() > 1e-3
+        with pytest.raises(ValueError, match="not both"):
+            model(ids, rope_len=lengths, causal_ntk=True)
 
 
 def test_far_positions_stay_finite():

@@ -163,6 +163,8 @@ class InternLM2(nn.Module):
             positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
         h = self.model.tok_embeddings(input_ids)
         keys = None
+        if causal_ntk and rope_len is not None:
+            raise ValueError("pass rope_len (one base per row) or causal_ntk (one base per position), not both")
         if self.rope.kind == "dynamic" and (cache is not None or causal_ntk):
             cos, sin, keys = self.rope.causal(positions, h.dtype, None if causal_ntk else rope_len)
             if keys is not None and cache is None:
