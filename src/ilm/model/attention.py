@@ -280,12 +280,13 @@ def attend_shifted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Att
     block = shift_block(B, S, KV, H, D)
     for s in range(0, T, block):
         e = min(s + block, T)
-        cos, sin = shift.cos_sin(key_pos, s, e, k.dtype)  # (B, b, S, D)
-        keys = k[:, None] * cos[:, :, None] + k_half[:, None] * sin[:, :, None]  # (B, b, KV, S, D)
+        n = S - T + e  # queries sit at the last T key slots: this block sees none past its last query's
+        cos, sin = shift.cos_sin(key_pos[:, :n], s, e, k.dtype)  # (B, b, n, D)
+        keys = (k[:, None, :, :n] * cos[:, :, None]).addcmul_(k_half[:, None, :, :n], sin[:, :, None])
         qb = q[:, :, s:e].reshape(B, KV, G, e - s, D).permute(0, 3, 1, 2, 4)  # (B, b, KV, G, D)
-        scores = (qb @ keys.transpose(-1, -2)).float() * D**-0.5  # (B, b, KV, G, S)
-        scores = scores.masked_fill(~allowed[:, s:e, None, None, :], float("-inf"))
+        scores = (qb @ keys.transpose(-1, -2)).float() * D**-0.5  # (B, b, KV, G, n)
+        scores = scores.masked_fill(~allowed[:, s:e, None, None, :n], float("-inf"))
         probs = scores.softmax(dim=-1).to(v.dtype)
-        o = torch.einsum("btkgs,bksd->btkgd", probs, v)
+        o = torch.einsum("btkgs,bksd->btkgd", probs, v[:, :, :n])
         out[:, :, s:e] = o.permute(0, 2, 3, 1, 4).reshape(B, H, e - s, D)
     return out

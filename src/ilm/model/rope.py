@@ -128,8 +128,8 @@ class KeyShift:
         if memo and memo[0].shape == key_pos.shape and bool(torch.equal(memo[0], key_pos)) and memo[1] == dtype:
             return memo[2], memo[3]
         ang = key_pos[:, None, :, None].float() * self.dw[:, start:end, None, :]
-        ang = torch.cat((ang, ang), dim=-1)
-        cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+        cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)  # on the half, then duplicated (rotate-half)
+        cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
         if self.per_row():
             self._memo = (key_pos, dtype, cos, sin)
         return cos, sin
