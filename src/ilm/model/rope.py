@@ -12,9 +12,12 @@ Dynamic NTK has two rules past `max_position_embeddings` (below it both are plai
 - causal (decoding with a cache): the query at position t attends with the base of length t + 1, its keys
   included -- what the model computed when it produced token t. A cache follows it exactly: keys are
   cached rotated with the trained base, and a query past the window re-rotates them by the difference of
-  angles, key position x (inv_freq(t + 1) - inv_freq(trained)) (`KeyShift`; O(n) per token). Cos/sin are computed in float32; `apply_rope` casts them to the dtype of the
-q/k it rotates, so under autocast the rotated q and k stay in the autocast dtype (bf16), as v is: the
-flash-attention kernel takes only one dtype for all three (and HF InternLM2 rotates in that dtype too).
+  angles, key position x (inv_freq(t + 1) - inv_freq(trained)) (`KeyShift`; O(n) per token).
+  `InternLM2.forward(..., causal_ntk=True)` is its full recompute.
+
+Cos/sin are computed in float32; `apply_rope` casts them to the dtype of the q/k it rotates, so under
+autocast the rotated q and k stay in the autocast dtype (bf16), as v is: the flash-attention kernel takes
+only one dtype for all three (and HF InternLM2 rotates in that dtype too).
 """
 
 from __future__ import annotations
@@ -87,7 +90,6 @@ class Rope:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape (B, 1, T, dim), ready to broadcast over heads (`seq_len`: see `inv_freq`)."""
         return _cos_sin(self.angles(positions, self.inv_freq(positions, seq_len)), dtype)
-
 
     def causal(self, positions: torch.Tensor, dtype: torch.dtype, rope_len: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, KeyRotation | None]:
