@@ -1,4 +1,4 @@
-"""Engine-level checks: dynamic NTK rows are refused past max_position_embeddings; sampling is per request."""
+"""Engine-level checks: dynamic NTK rows go past max_position_embeddings up to memory; sampling is per request."""
 
 from __future__ import annotations
 
@@ -8,18 +8,23 @@ import pytest
 
 from ilm.model import build_model, get_preset
 from ilm.model.generate import Sampling, generate
+from ilm.model.memory import ContextMemoryError
 from ilm.serve.engine import Engine, Params, PromptTooLong
 
 
-def test_dynamic_ntk_rows_stop_at_max_position_embeddings(tok):
+def test_dynamic_ntk_rows_go_past_max_position_embeddings_up_to_memory(tok):
     rope = {"type": "dynamic", "factor": 2.0}
     model = build_model(get_preset("tiny", max_position_embeddings=64, rope_scaling=rope), seed=0).eval()
     engine = Engine(model, tok, max_batch=2)
-    assert engine.max_len == 64  # not max_context (128): past 64 the RoPE base changes with every token
-    with pytest.raises(PromptTooLong, match="dynamic NTK"):
-        engine.check_prompt([1] * 70)
+    assert engine.max_len == 128  # max_context by default; the cache follows the RoPE base past 64
+    engine.check_prompt([1] * 70)
+    assert Engine(model, tok, max_batch=2, max_len=300).max_len == 300  # any length that fits memory
+    with pytest.raises(ContextMemoryError, match="lower --max-len"):
+        Engine(model, tok, max_batch=2, max_len=10**12)
     linear = build_model(get_preset("tiny", max_position_embeddings=64, rope_scaling=dict(rope, type="linear")))
     assert Engine(linear, tok, max_batch=2).max_len == 128
+    with pytest.raises(PromptTooLong, match="context is 128"):
+        Engine(linear, tok, max_batch=2).check_prompt([1] * 130)
 
 
 def test_rows_decode_as_alone_and_seeds_are_per_request(tok):

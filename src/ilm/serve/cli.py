@@ -32,7 +32,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=32, help="requests decoded together (KV cache slots)")
     parser.add_argument("--max-len", type=int, default=None,
                         help="positions per slot (default: the model's context up to 4096; under dynamic NTK "
-                             "at most max_position_embeddings)")
+                             "any length that fits memory)")
     parser.add_argument("--model-name", default=None, help="the model id clients send (default: the directory name)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--max-queue", type=int, default=256,

@@ -12,10 +12,10 @@ mask. A request that finishes (stop id, stop string, max_tokens, end of its slot
 client or passes its deadline leaves between two steps, and its slot is free for the next one at once.
 
 Greedy output is the same as decoding the request alone: a padded prefill row sees only its own keys and
-positions, and a decode row sees exactly its own keys. Dynamic NTK changes the RoPE base of a row once it
-passes `max_position_embeddings`, which no cache can follow (see `ilm.model.cache`); a slot therefore never
-holds more than `max_position_embeddings` positions, and a longer prompt is refused (the server answers
-400). Linear and no scaling have no such limit beyond `max_context`.
+positions, and a decode row sees exactly its own keys. Under dynamic NTK a row past
+`max_position_embeddings` decodes from the cache by the causal rule (`ilm.model.rope`), exactly as
+`generate` does, so a slot may hold any `max_len` that fits memory (checked when the engine starts).
+Linear and no scaling are capped at `max_context`.
 
 One request never stops the loop: whatever raises while a request is set up, prefilled (a group that fails
 is retried row by row), decoded (a batch that fails is retried row by row) or sampled fails that request
@@ -27,6 +27,7 @@ one call, not one wake-up per token).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -40,6 +41,7 @@ from ilm.model.attention import AttnBatch
 from ilm.model.cache import KVCache
 from ilm.model.generate import prefill, sample_next
 from ilm.model.internlm2 import InternLM2
+from ilm.model.memory import check_fits, generation_estimate
 from ilm.serve.detok import TextTracker
 from ilm.serve.request import (  # noqa: F401 (re-exported: the engine's API)
     MIN_TEMPERATURE,
@@ -114,7 +116,7 @@ class Engine:
                  stream_interval: float = 0.02):
         cfg = model.config
         self.model, self.tok = model.eval(), tokenizer
-        limit = cfg.max_position_embeddings if model.rope.kind == "dynamic" else cfg.max_context
+        limit = max(max_len or 0, cfg.max_context) if model.rope.kind == "dynamic" else cfg.max_context
         # every slot reserves max_len positions up front: a 32k default would take tens of GB at 32 slots
         self.max_len = min(max_len or DEFAULT_MAX_LEN, limit)
         if max_batch < 1 or max_queue < 0 or prefill_tokens < 1:
@@ -122,6 +124,9 @@ class Engine:
                              f"{max_queue}, {prefill_tokens}")
         self.max_batch, self.max_queue, self.timeout, self.prefill_tokens = max_batch, max_queue, timeout, prefill_tokens
         self.stream_interval = stream_interval
+        one = generation_estimate(cfg, 1, self.max_len, self.max_len, model.output.weight.dtype)  # a solo prefill
+        check_fits(dataclasses.replace(one, kv_cache=one.kv_cache * max_batch), model.output.weight.device,
+                   f"{max_batch} slots of {self.max_len:,} positions", "lower --max-len or --max-batch")
         self.stop_ids = tuple(tokenizer.stop_ids) if tokenizer is not None else tuple(cfg.stop_token_ids)
         self.device = model.output.weight.device
         self.cache = SlotCache(model, max_batch, self.max_len)
@@ -145,10 +150,8 @@ class Engine:
         if not prompt:
             raise ValueError("the prompt is empty")
         if len(prompt) >= self.max_len:
-            extra = (" (dynamic NTK: rows past max_position_embeddings are not served; the RoPE base would change"
-                     " every token)" if self.model.rope.kind == "dynamic" else "")
             raise PromptTooLong(f"the prompt has {len(prompt)} tokens, but this server's context is {self.max_len} "
-                                f"tokens{extra}; shorten it to leave room for the reply")
+                                f"tokens; shorten it to leave room for the reply")
         bad = [t for t in prompt if not (isinstance(t, int) and 0 <= t < self.model.config.vocab_size)]
         if bad:
             raise ValueError(f"prompt token ids outside [0, {self.model.config.vocab_size}): {bad[:5]}")
