@@ -413,7 +413,7 @@ class Engine:
             valid[i, T - len(req.prompt):] = True
         cache = KVCache(cfg, B, T, self.device, self.model.output.weight.dtype)
         chunk = max(self.prefill_tokens // B, 1)
-        logits = prefill(self.model, tokens, valid, cache, chunk)
+        logits = prefill(self.model, tokens, valid, cache, chunk, causal=True)  # the rule decoding continues
         self.stats.prefill_calls += math.ceil(T / chunk)
         self.stats.prefill_rows += B
         self.stats.prefill_max_rows = max(self.stats.prefill_max_rows, B)
