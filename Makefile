@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint clean gpu-check
 
 install: $(STAMP)
 
@@ -38,3 +38,11 @@ lint: install
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+
+# The one prepared GPU check (benchmarks/gpu_check.py, docs/benchmarks.md "GPU check"): on a device machine with
+# its own torch, no install step; the raw output goes to GPU_CHECK_OUT (copy it to docs/device-runs/).
+GPU_PY ?= python3
+GPU_CHECK_OUT ?= out/gpu-check
+
+gpu-check:
+	PYTHONPATH=src:. $(GPU_PY) -m benchmarks.gpu_check --out $(GPU_CHECK_OUT)
