@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/python -m pytest -n 2 tests
 
+# DEMO_ARGS: extra `ilm demo` flags, e.g. `make demo DEMO_ARGS=--quick` (a few steps per stage; .ci/run)
 demo: install
-	$(BIN)/ilm demo
+	$(BIN)/ilm demo $(DEMO_ARGS)
 
 # TRL's PPO trainer (benchmarks/bench_ppo.py) was removed in trl 1.13, so the last release with it goes into
 # its own directory (no other trl can shadow it there; its dependencies come from the `bench` extra), which
