@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -33,6 +34,32 @@ def _stdlib_text(limit: int) -> list[str]:
         if len(docs) >= limit:
             break
     return docs[:limit]
+
+
+def token_shards(ctx) -> str:
+    """Random token documents (vocabulary 512) as a shard directory: training needs no tokenizer."""
+    def make() -> str:
+        import numpy as np
+
+        from ilm.data.shards import write_token_shards
+
+        rng = np.random.default_rng(0)
+        write_token_shards(ctx.tmp / "random-tokens", [rng.integers(3, 512, int(n)) for n in rng.integers(16, 200, 300)])
+        return str(ctx.tmp / "random-tokens")
+
+    return ctx.once("token_shards", make)
+
+
+class ByteTokenizer:
+    """NIAH's tokenizer protocol over UTF-8 bytes (ids 3..258): the long path needs no trained tokenizer."""
+
+    bos_id, eos_id, stop_ids = 1, 2, (2,)
+
+    def encode(self, text: str, bos: bool = False) -> list[int]:
+        return [self.bos_id] * bos + [b + 3 for b in text.encode()]
+
+    def decode(self, ids: list[int], skip_special: bool = False) -> str:
+        return bytes(i - 3 for i in ids if 3 <= i < 259).decode(errors="replace")
 
 
 def workspace(ctx) -> dict[str, Any]:
@@ -91,7 +118,8 @@ def ppo(ctx) -> dict[str, Any]:
         "train": {"updates": 2, "precision": "bf16", "device": ctx.device.type, "checkpoint_every": 10**6,
                   "progress": False},
     })
-    train(cfg, resume="never")
+    with mock.patch("ilm.train.rlhf.ppo.plot", return_value=None):  # no matplotlib needed on the device
+        train(cfg, resume="never")
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     first = rows[0]
     ratio_one = first["clip_fraction"] == 0.0
@@ -204,8 +232,7 @@ def niah(ctx) -> dict[str, Any]:
     from ilm.eval.niah import Haystack, run_grid
     from ilm.model.generate import Sampling, generate
 
-    ws = workspace(ctx)
-    tok = ws["tok"]
+    tok = ByteTokenizer()
     length = 300 if ctx.dry else 32_768
     cfg = get_preset("tiny" if ctx.dry else "internlm2-1.8b", max_position_embeddings=length + 64)
     dtype = torch.float32 if ctx.dry else torch.bfloat16
@@ -254,7 +281,7 @@ def fsdp_worker(run_dir: str, shards: str, device: str) -> None:
 
 def fsdp2(ctx) -> dict[str, Any]:
     """Two processes, FSDP2, NCCL on the GPU (gloo on CPU in the dry run): the loss must match one process."""
-    ws = workspace(ctx)
+    shards = token_shards(ctx)
     dev = ctx.device.type
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "src"),
@@ -262,14 +289,15 @@ def fsdp2(ctx) -> dict[str, Any]:
     losses = {}
     for n in (1, 2):
         run_dir = ctx.tmp / f"fsdp-{n}"
-        worker = ["-m", "benchmarks.gpu_parts_system", str(run_dir), str(ws["tokens"]), dev]
+        worker = ["-m", "benchmarks.gpu_parts_system", str(run_dir), shards, dev]
         cmd = [sys.executable, *(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if n > 1 else []),
                *worker]
         done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=max(ctx.left() - 5, 10),
                               cwd=Path(__file__).resolve().parents[1])
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()
-            reason = next((ln for ln in reversed(tail) if "Error" in ln or "error" in ln), tail[-1] if tail else "")
+            reason = next((ln for ln in tail if "Error:" in ln and "ChildFailedError" not in ln or "terminate called" in ln),
+                          tail[-1] if tail else "")
             if n == 2 and dev == "cuda" and torch.cuda.device_count() < 2:
                 return {"status": "skip", "reason": f"2 processes on one GPU refused: {reason.strip()[:300]}"}
             return {"status": "fail", "reason": f"{n} process(es) exited {done.returncode}: {reason.strip()[:300]}",
@@ -285,4 +313,9 @@ def fsdp2(ctx) -> dict[str, Any]:
 
 
 if __name__ == "__main__":  # one rank of `fsdp2` (python -m benchmarks.gpu_parts_system RUN_DIR SHARDS DEVICE)
-    fsdp_worker(*sys.argv[1:4])
+    from ilm.train.distributed import shutdown_world
+
+    try:
+        fsdp_worker(*sys.argv[1:4])
+    finally:
+        shutdown_world()  # leave the process group cleanly (gloo can abort at exit otherwise)
