@@ -17,7 +17,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+# isort: off
+import ilm  # noqa: F401 - first: it sets OMP_WAIT_POLICY before torch loads OpenMP (benchmarks/bench_load.py)
 import torch
+# isort: on
 
 REPO = Path(__file__).resolve().parents[1]
 
