@@ -2,7 +2,8 @@
 
 No test may read or write the checkout's run outputs: a shipped recipe's relative paths (`runs/demo/...`)
 resolve against $ILM_BASE_DIR when it is set, so it is set here, for every test and every subprocess a test
-starts, to a temp dir (one per test; tests of the path rule itself unset it). After the whole session the
+starts, to a temp dir (one per test; tests of the path rule itself unset it), and every test runs in a
+temp working directory. After the whole session the
 controller checks that every file under `runs/` of the checkout is as it was before (`make demo` then
 `make test` must leave the demo's run untouched) and that no new untracked or ignored path appeared in the
 checkout (caches aside), and fails the session otherwise, naming what changed. `.ci/run` checks `runs/demo`
@@ -36,9 +37,12 @@ os.environ["ILM_BASE_DIR"] = os.environ["ILM_TESTS_BASE_DIR"]
 
 
 @pytest.fixture(autouse=True)
-def _recipe_base_in_tmp(tmp_path_factory, monkeypatch):
-    """Each test its own base dir: a shipped recipe run by one test never sees another's outputs."""
+def _outside_the_checkout(tmp_path_factory, monkeypatch):
+    """Each test its own recipe base dir (a shipped recipe run by one test never sees another's outputs) and
+    its own working directory: a default relative output (`runs/sft`, a config's run_dir) lands in a temp
+    dir, not in the checkout pytest was started from. Tests read repository files by absolute path."""
     monkeypatch.setenv("ILM_BASE_DIR", str(tmp_path_factory.mktemp("recipe-base")))
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:
