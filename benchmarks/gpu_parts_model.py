@@ -44,10 +44,6 @@ def _compare(ref: torch.Tensor, got: torch.Tensor, tol: float) -> dict[str, Any]
             "argmax_agree": round(same.float().mean().item(), 4), "ok": ok}
 
 
-def _dtypes(ctx) -> list[torch.dtype]:
-    return [torch.float32, torch.bfloat16]
-
-
 def cuda_paths(ctx) -> dict[str, Any]:
     """Flash / SDPA / blocks / flex on packed documents, chunked flex prefill, CUDA-graph decode, dynamic NTK,
     each against the CPU fp32 reference on a small model."""
@@ -68,7 +64,7 @@ def cuda_paths(ctx) -> dict[str, Any]:
         backends.append("flash")
     except ImportError:
         checks["flash"] = "skipped: flash-attn is not installed on this machine"
-    models = {dt: _copy(ref, dev, dt) for dt in _dtypes(ctx)}
+    models = {dt: _copy(ref, dev, dt) for dt in (torch.float32, torch.bfloat16)}
     for dt, model in models.items():
         name = str(dt).removeprefix("torch.")
         for backend in backends:
