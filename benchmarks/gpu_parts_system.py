@@ -286,24 +286,23 @@ def fsdp2(ctx) -> dict[str, Any]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "src"),
          os.environ.get("PYTHONPATH", "")]))
-    losses = {}
-    for n in (1, 2):
-        run_dir = ctx.tmp / f"fsdp-{n}"
-        worker = ["-m", "benchmarks.gpu_parts_system", str(run_dir), shards, dev]
-        cmd = [sys.executable, *(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if n > 1 else []),
-               *worker]
-        done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=max(ctx.left() - 5, 10),
-                              cwd=Path(__file__).resolve().parents[1])
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()
-            reason = next((ln for ln in tail if "Error:" in ln and "ChildFailedError" not in ln or "terminate called" in ln),
-                          tail[-1] if tail else "")
-            if n == 2 and dev == "cuda" and torch.cuda.device_count() < 2:
-                return {"status": "skip", "reason": f"2 processes on one GPU refused: {reason.strip()[:300]}"}
-            return {"status": "fail", "reason": f"{n} process(es) exited {done.returncode}: {reason.strip()[:300]}",
+    fsdp_worker(str(ctx.tmp / "fsdp-1"), shards, dev)  # the one-process reference, in this process
+    run_dir = ctx.tmp / "fsdp-2"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "benchmarks.gpu_parts_system", str(run_dir), shards, dev]
+    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=max(ctx.left() - 5, 10),
+                          cwd=Path(__file__).resolve().parents[1])
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()
+        reason = next((ln for ln in tail if "Error:" in ln and "ChildFailedError" not in ln or "terminate called" in ln),
+                      tail[-1] if tail else "")
+        if dev == "cuda" and torch.cuda.device_count() < 2:
+            return {"status": "skip", "reason": f"2 processes on one GPU refused: {reason.strip()[:300]}",
                     "stderr_tail": "\n".join(tail[-30:])}
-        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        losses[n] = [r["loss"] for r in rows]
+        return {"status": "fail", "reason": f"2 processes exited {done.returncode}: {reason.strip()[:300]}",
+                "stderr_tail": "\n".join(tail[-30:])}
+    losses = {n: [json.loads(x)["loss"] for x in (ctx.tmp / f"fsdp-{n}" / "metrics.jsonl").read_text().splitlines()]
+              for n in (1, 2)}
     diff = max(abs(a - b) for a, b in zip(losses[1], losses[2]))
     ok = diff < 1e-4
     return {"status": "pass" if ok else "fail", "losses": losses, "max_loss_diff": diff,
