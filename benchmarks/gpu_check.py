@@ -89,7 +89,8 @@ def machine() -> dict[str, Any]:
         info.update(gpu=p.name, gpus=torch.cuda.device_count(), gpu_memory_gib=round(p.total_memory / 2**30, 1),
                     capability=f"{p.major}.{p.minor}")
         try:
-            info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+            v = torch.cuda.nccl.version()
+            info["nccl"] = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
         except Exception as err:  # noqa: BLE001 - informational only
             info["nccl"] = f"unknown ({type(err).__name__})"
     for lib in ("transformers", "flash_attn", "triton"):

@@ -276,7 +276,8 @@ def fsdp_worker(run_dir: str, shards: str, device: str) -> None:
         "train": {"total_tokens": 64 * 4 * 3, "batch_tokens": 64 * 4, "micro_batch_rows": 2, "precision": "fp32",
                   "device": device, "fsdp": True, "checkpoint_every": 10**9, "eval_every": 10**9, "progress": False},
     })
-    pretrain.train(cfg, resume="never")
+    with mock.patch("ilm.train.metrics.Metrics.plot", return_value=None):  # no matplotlib needed on the device
+        pretrain.train(cfg, resume="never")
 
 
 def fsdp2(ctx) -> dict[str, Any]:
