@@ -53,8 +53,8 @@ DRY_BUDGET_S = 120  # per part on CPU (a loaded 2-core machine); the dry run tak
 TOTAL_BUDGET_S = 460  # on the GPU: a part never starts with less than its budget left of this (8 minutes)
 
 
-class PartTimeout(Exception):
-    pass
+class PartTimeout(BaseException):
+    """A part's budget is spent. Not an Exception: code under test that catches Exception must not swallow it."""
 
 
 @dataclass
@@ -127,8 +127,11 @@ def run_part(name: str, target: str, budget: float, needs: tuple[str, ...], ctx:
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, budget)
     try:
-        fn = getattr(importlib.import_module(f"benchmarks.{mod_name}"), fn_name)
-        result = fn(ctx)
+        try:
+            fn = getattr(importlib.import_module(f"benchmarks.{mod_name}"), fn_name)
+            result = fn(ctx)
+        finally:  # disarmed first: an alarm after this point cannot escape run_part
+            signal.setitimer(signal.ITIMER_REAL, 0)
     except ModuleNotFoundError as err:  # the device image lacks a library ilm imports for this part
         result = {"status": "skip", "reason": f"not installed on this machine: {err.name}", **ctx.partial}
     except PartTimeout:
@@ -137,7 +140,6 @@ def run_part(name: str, target: str, budget: float, needs: tuple[str, ...], ctx:
         result = {"status": "error", "reason": f"{type(err).__name__}: {err}"[:500],
                   "traceback": traceback.format_exc()[-3000:], **ctx.partial}
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
         if ctx.device.type == "cuda":
             torch.cuda.empty_cache()
