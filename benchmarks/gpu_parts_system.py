@@ -249,7 +249,7 @@ def niah(ctx) -> dict[str, Any]:
     result = run_grid(answer, tok, [length], [0.5], haystack=haystack)
     wall = time.perf_counter() - t0
     out = {"preset": "tiny" if ctx.dry else "internlm2-1.8b", "dtype": str(dtype), "length": length,
-           "prompt_tokens": result["cells"][0]["prompt_tokens"], "seconds": round(wall, 2),
+           "prompt_tokens": result["cells"][0]["prompt_tokens"], "answer_s": round(wall, 2),
            "hit": result["cells"][0]["hit"], "accuracy_claim": None}
     head = f"{out['prompt_tokens']:,}-token prompt answered in {wall:.1f} s"
     if ctx.device.type == "cuda":
