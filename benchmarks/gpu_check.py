@@ -37,7 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# isort: off
+import ilm  # noqa: F401 - before torch: it sets OMP_WAIT_POLICY (the CPU dry run on a busy machine)
 import torch
+# isort: on
 
 # name -> (module:function, seconds on the GPU, optional libraries it needs)
 PARTS: list[tuple[str, str, int, tuple[str, ...]]] = [
