@@ -1,4 +1,5 @@
-"""`ilm eval run|list` on local task files, the pieces it is made of, its bad-input errors and the demo step."""
+"""`ilm eval run|list|lm-eval` on local task files, the pieces it is made of, its bad-input errors and the demo
+step."""
 
 import json
 import shutil
@@ -7,8 +8,6 @@ import pytest
 
 from ilm.cli import main
 from ilm.eval.lm import rolling_windows
-from ilm.eval.runner import extract_number
-from ilm.eval.tasks import load_task
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 16, 17, 30])
@@ -24,13 +23,6 @@ def test_rolling_windows_are_lm_eval_s(n):
     assert all(len(c) + len(p) <= 9 for c, p in ours)
 
 
-def test_gsm8k_answers_are_extracted():
-    assert extract_number("12 + 3 = <<12+3=15>>15 apples.\n#### 1,015") == "1015"
-    assert extract_number("so she has 15.50 dollars.") == "15.5"
-    assert extract_number("The answer is 42.") == "42"
-    assert extract_number("no number here") is None
-
-
 def test_mmlu_and_ceval_jsonl_files_run_and_report_opencompass_names(tiny_llama, tmp_path, capsys):
     rows = [{"question": f"Which number is {i}?", "choices": [str(i), str(i + 1), str(i + 2), str(i + 3)],
              "answer": "ABCD"[i % 4]} for i in range(6)]
@@ -40,18 +32,18 @@ def test_mmlu_and_ceval_jsonl_files_run_and_report_opencompass_names(tiny_llama,
     ceval = tmp_path / "ceval_numbers.jsonl"
     ceval.write_text("".join(json.dumps({"question": "一加一等于几？", "A": "1", "B": "2", "C": "3", "D": "4",
                                          "answer": "B"}) + "\n" for _ in range(2)))
-    task = load_task(str(mmlu))
-    assert [task.gold(d) for d in task.eval_docs()] == [0, 1, 2, 3, 0, 1]  # letters -> indices
-    assert task.contexts(task.eval_docs()[:1], num_fewshot=2)[0].count("Answer:") == 3
     out = tmp_path / "res" / "results.json"
     assert main(["eval", "run", "--checkpoint", str(tiny_llama), "--tasks", str(mmlu), str(ceval),
-                 "--num-fewshot", "0", "--out", str(out)]) == 0
+                 "--num-fewshot", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "lukaemon_mmlu_numbers" in printed and "ceval-numbers" in printed
     res = json.loads(out.read_text())
     assert [r["samples_n"] for r in res["results"]] == [6, 2]
-    acc = res["results"][0]["metrics"]["acc"]
-    assert acc == sum(s["pred"] == s["gold"] for s in res["results"][0]["samples"]) / 6
+    mmlu_res = res["results"][0]
+    assert [s["target"] for s in mmlu_res["samples"]] == [0, 1, 2, 3, 0, 1]  # letters -> indices
+    assert mmlu_res["samples"][0]["arguments"][0][0].count("Answer:") == 3  # 2 shots from the .dev file
+    preds = [max(range(4), key=lambda j: s["loglikelihoods"][j]) for s in mmlu_res["samples"]]
+    assert mmlu_res["metrics"]["acc"] == sum(p == s["target"] for p, s in zip(preds, mmlu_res["samples"])) / 6
 
 
 def test_list_names_the_shipped_tasks(capsys):
@@ -59,6 +51,16 @@ def test_list_names_the_shipped_tasks(capsys):
     out = capsys.readouterr().out
     for name in ("ilm_stdlib_mc", "ilm_stdlib_arith", "ilm_license_ppl"):
         assert name in out
+
+
+@pytest.mark.parametrize("first", ["{not json", "[1]"])
+def test_a_malformed_first_line_is_counted_too(tiny_llama, tmp_path, capsys, first):
+    bad = tmp_path / "gsm8k_first.jsonl"
+    bad.write_text(first + '\n{"question": "1+1?", "answer": "#### 2"}\n\n{"oops"\n')
+    assert main(["eval", "run", "--checkpoint", str(tiny_llama), "--tasks", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err and "2 bad line(s) of 3" in err
+    assert "line 1: not" in err and "line 4: not JSON" in err
 
 
 def test_malformed_task_lines_are_named_and_counted(tiny_llama, tmp_path, capsys):
@@ -86,9 +88,18 @@ def test_unknown_task_and_bad_yaml_are_one_line(tmp_path, capsys):
     assert main(["eval", "run", "--checkpoint", str(tmp_path), "--tasks", "no_such_task"]) == 2
     assert "unknown task 'no_such_task'" in capsys.readouterr().err
     y = tmp_path / "t.yaml"
-    y.write_text("task: t\ndataset_path: cais/mmlu\noutput_type: multiple_choice\n")
+    y.write_text("task: t\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: " + str(tmp_path / "d.jsonl")
+                 + "\noutput_type: multiple_choice\n")
+    (tmp_path / "d.jsonl").write_text('{"a": 1}\n{"a": \n')
     assert main(["eval", "run", "--checkpoint", str(tmp_path), "--tasks", str(y)]) == 2
-    assert "local data only" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "d.jsonl: 1 bad line(s) of 2: line 2: not JSON" in err and len(err.splitlines()) == 1
+    y.write_text("task: [unclosed\n")
+    assert main(["eval", "run", "--checkpoint", str(tmp_path), "--tasks", str(y)]) == 2
+    assert "cannot read the task YAML" in capsys.readouterr().err
+    assert main(["eval", "run", "--checkpoint", str(tmp_path), "--tasks", "ilm_stdlib_mc",
+                 "--data", "ilm_stdlib_mc:test"]) == 2
+    assert "expected TASK:SPLIT=FILE" in capsys.readouterr().err
 
 
 def test_demo_step_writes_results(tiny_llama, tmp_path):
