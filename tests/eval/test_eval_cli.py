@@ -151,3 +151,40 @@ def test_scoring_shares_prefixes_and_matches_a_plain_forward(tiny_llama):
         want = lp.gather(1, torch.tensor(x)[:, None]).sum().item()
         assert abs(ll - want) < 1e-5
         assert greedy == bool((lp.argmax(-1) == torch.tensor(x)).all())
+
+
+def test_a_batched_score_is_the_score_alone_under_dynamic_ntk(tiny_llama):
+    """Dynamic NTK, requests of mixed lengths past max_position_embeddings, one right-padded batch (and a
+    prefix of a longer input): each request scores what it scores alone. Without a per-row RoPE length the
+    shorter rows would rotate with the padded batch's base (checked below to be a visible difference)."""
+    import torch
+
+    from ilm.eval.lm import EvalModel
+    from ilm.model import build_model, get_preset
+
+    lm = EvalModel(tiny_llama, device="cpu", batch_size=8, max_length=200)
+    cfg = get_preset("tiny", vocab_size=lm.model.config.vocab_size, max_position_embeddings=32,
+                     rope_scaling={"type": "dynamic", "factor": 8.0}, rope_theta=10_000.0)
+    lm.model = build_model(cfg, seed=5).eval()
+    with torch.no_grad():  # sharper attention and outputs: RoPE's base then shows in the scores
+        for name, p in lm.model.named_parameters():
+            if name.endswith(("wqkv.weight", "wo.weight")):
+                p.mul_(8.0)
+    text = " ".join(f"the quick brown fox {i} jumps over module {i * 7}" for i in range(30))
+    ids = lm.encode(text)
+    assert len(ids) > 150
+    requests = [(ids[:40], ids[40:43]), (ids[:90], ids[90:92]), (ids[:150], ids[150:151]), (ids[:20], ids[20:24]),
+                (ids[:149], ids[149:150])]  # the last: a prefix of the third's input, past the window
+    batched = lm.score_tokens(requests)
+    lm.batch_size = 1
+    alone = [lm.score_tokens([r])[0] for r in requests]
+    assert max(abs(a[0] - b[0]) for a, b in zip(batched, alone)) < 1e-5
+    assert [a[1] for a in batched] == [b[1] for b in alone]
+    # the same short row with the RoPE base of the padded batch (no rope_len) scores differently
+    ctx, cont = requests[0]
+    row = torch.zeros(1, 150, dtype=torch.long)
+    row[0, :42] = torch.tensor(ctx + cont[:-1])
+    with torch.no_grad():
+        lp = torch.log_softmax(lm.model(row)[0, 39:42].float(), dim=-1)
+    padded_base = lp.gather(1, torch.tensor(cont)[:, None]).sum().item()
+    assert abs(padded_base - alone[0][0]) > 1e-3
