@@ -274,7 +274,7 @@ def test_the_memory_estimate_s_refusal_is_one_line_not_a_fallback(tmp_path, chec
     monkeypatch.setattr(gen, "generate", refuse)
     monkeypatch.setattr(niah, "greedy_full", no_fallback)
     rc = run_cli(["--checkpoint", str(checkpoint), "--lengths", "256", "--depths", "0.5", "--out", str(tmp_path),
-                  "--max-new-tokens", "2"])
+                  "--max-new-tokens", "2", "--compare-ntk"])  # dynamic NTK (x2) first: 256 is past its 192
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
     assert "needs ~1.8 GB; 0.5 GB is free" in err
