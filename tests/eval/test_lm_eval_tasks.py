@@ -78,14 +78,18 @@ def _rows(task: str) -> dict[str, list[dict]]:
 
 # generation tasks: a short max_gen_toks (their own stop strings kept) so that the tiny model's window holds
 GEN = {"gsm8k": 16, "triviaqa": 8, "mbpp": 24, "humaneval": 24}
-TASKS = ["lambada_openai", "hellaswag", "arc_easy", "winogrande", "piqa", "mmlu_anatomy",
-         "ceval-valid_computer_network", "gsm8k", "triviaqa", "mbpp", "humaneval", "wikitext"]
+LM_EVAL = ["lambada_openai", "hellaswag", "arc_easy", "winogrande", "piqa", "mmlu_anatomy",
+           "ceval-valid_computer_network", "gsm8k", "triviaqa", "mbpp", "humaneval", "wikitext"]
+# ilm's shipped tasks (their license texts need several rolling windows), and a seeded 3-shot variant whose
+# prompt ends in a space (lm-eval's hf model moves it to the continuation; so must ilm)
+ILM = ["ilm_stdlib_mc", "ilm_license_ppl", "ilm_stdlib_arith", "ilm_mc_space"]
+TASKS = LM_EVAL + ILM
 
 
 @pytest.fixture(scope="module")
 def local_tasks(tmp_path_factory):
     from ilm.eval.runner import offline, task_manager
-    from ilm.eval.tasks import local_task_yaml, task_yaml_path
+    from ilm.eval.tasks import SHIPPED, local_task_yaml, task_yaml_path
 
     offline()
     from lm_eval.tasks._yaml_loader import load_yaml
@@ -93,7 +97,15 @@ def local_tasks(tmp_path_factory):
     d = tmp_path_factory.mktemp("lm_eval_local")
     tm = task_manager()
     specs = {}
-    for task in TASKS:
+    for task in ILM[:3]:
+        specs[task] = task
+    (d / "ilm_mc_space.yaml").write_text(
+        f"include: {SHIPPED / 'ilm_stdlib_mc.yaml'}\ntask: ilm_mc_space\nnum_fewshot: 3\ntarget_delimiter: ''\n"
+        "fewshot_config:\n  sampler: default\n"
+        "doc_to_text: \"{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}\\n"
+        "D. {{choices[3]}}\\nAnswer: \"\n")
+    specs["ilm_mc_space"] = str(d / "ilm_mc_space.yaml")
+    for task in LM_EVAL:
         files = {}
         for split, docs in _rows(task).items():
             f = d / f"{task}.{split}.jsonl"
@@ -110,7 +122,8 @@ def local_tasks(tmp_path_factory):
 def _evaluate(lm, tm, specs):
     from ilm.eval.runner import evaluate
 
-    return {r["task"]: r for r in evaluate(lm, [specs[t] for t in TASKS], tm, limit=3, bootstrap_iters=0)}
+    return {r["task"]: r for r in evaluate(lm, [specs[t] for t in TASKS], tm, limit=3, bootstrap_iters=0,
+                                              together=True)}
 
 
 def _lls(resps: list) -> list[float]:
@@ -141,6 +154,7 @@ def _compare(ours: dict, theirs: dict) -> None:
                 assert a["metrics"][k] == v, (task, k, a["metrics"][k], v)
 
 
+@pytest.mark.slow
 def test_ilm_backend_agrees_with_hf_on_lm_eval_s_own_tasks(tiny_llama, local_tasks):
     from lm_eval.models.huggingface import HFLM
 
@@ -156,4 +170,6 @@ def test_ilm_backend_agrees_with_hf_on_lm_eval_s_own_tasks(tiny_llama, local_tas
     assert any(k.startswith("pass_at_1") for k in ours["mbpp"]["metrics"]), ours["mbpp"]["metrics"]
     assert "exact_match,flexible-extract" in ours["gsm8k"]["metrics"]
     assert "exact_match,remove_whitespace" in ours["triviaqa"]["metrics"]
+    assert ours["ilm_mc_space"]["samples"][0]["arguments"][0][0].endswith("Answer: ")
+    assert max(s["tokens"] for s in ours["ilm_license_ppl"]["samples"]) > 2 * 256  # rolling windows needed
     json.dumps(ours)  # results.json-able as they stand

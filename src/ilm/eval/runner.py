@@ -136,17 +136,19 @@ def _reshape(res: dict, lm, seconds: float) -> list[dict]:
 
 
 def evaluate(lm, specs: list[str], tm, num_fewshot: int | None = None, limit: int | None = None,
-             seed: int = 1234, bootstrap_iters: int = 1000) -> list[dict]:
-    """lm-eval once per resolved spec, on an already built `IlmLM` (or any lm-eval `LM`)."""
+             seed: int = 1234, bootstrap_iters: int = 1000, together: bool = False) -> list[dict]:
+    """lm-eval once per resolved spec (each task timed on its own), or once for all of them (`together`:
+    fewer passes over lm-eval's setup, requests of a kind batched across tasks), on an already built
+    `IlmLM` (or any lm-eval `LM`)."""
     import lm_eval
 
     from ilm.eval.code import install_code_eval
 
     install_code_eval()  # lm-eval's code tasks execute their candidates in ilm's jail
     rows = []
-    for spec in specs:
+    for group in ([specs] if together else [[s] for s in specs]):
         start = time.perf_counter()
-        res = lm_eval.simple_evaluate(model=lm, tasks=[spec], task_manager=tm, num_fewshot=num_fewshot,
+        res = lm_eval.simple_evaluate(model=lm, tasks=group, task_manager=tm, num_fewshot=num_fewshot,
                                       limit=limit, log_samples=True, bootstrap_iters=bootstrap_iters,
                                       random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                                       fewshot_random_seed=seed, confirm_run_unsafe_code=True,
