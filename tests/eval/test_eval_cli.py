@@ -188,3 +188,29 @@ def test_a_batched_score_is_the_score_alone_under_dynamic_ntk(tiny_llama):
         lp = torch.log_softmax(lm.model(row)[0, 39:42].float(), dim=-1)
     padded_base = lp.gather(1, torch.tensor(cont)[:, None]).sum().item()
     assert abs(padded_base - alone[0][0]) > 1e-3
+
+
+def test_an_lm_eval_task_on_local_data_and_lm_eval_s_own_cli(tiny_llama, tmp_path, capsys):
+    """`ilm eval run --tasks arc_easy --data arc_easy:test=FILE` runs lm-eval's own arc_easy config on a
+    local file (reported as OpenCompass's ARC-e); `ilm eval lm-eval --model ilm` is lm-eval's command line."""
+    from ilm.eval.tasks import SHIPPED
+
+    f = tmp_path / "arc.jsonl"
+    f.write_text("".join(json.dumps({"id": str(i), "question": f"Which is {i}?", "answerKey": "B",
+                                     "choices": {"text": ["zero", str(i), "two"], "label": ["A", "B", "C"]}}) + "\n"
+                         for i in range(3)))
+    out = tmp_path / "r.json"
+    assert main(["eval", "run", "--checkpoint", str(tiny_llama), "--tasks", "arc_easy", "--data", f"arc_easy:test={f}",
+                 "--limit", "2", "--out", str(out)]) == 0
+    assert "ARC-e" in capsys.readouterr().out
+    res = json.loads(out.read_text())["results"][0]
+    assert res["task"] == "arc_easy" and res["samples_n"] == 2
+    assert res["samples"][0]["arguments"][0][0] == "Question: Which is 0?\nAnswer:"  # lm-eval's own prompt
+    assert main(["eval", "run", "--checkpoint", str(tiny_llama), "--tasks", "arc_easy", "--data",
+                 f"arc_easy:train={f}"]) == 2
+    assert "give its evaluation split (test or validation)" in capsys.readouterr().err
+
+    assert main(["eval", "lm-eval", "--model", "ilm", "--model_args", f"pretrained={tiny_llama}", "--include_path",
+                 str(SHIPPED), "--tasks", "ilm_stdlib_mc", "--limit", "2", "--batch_size", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "ilm_stdlib_mc" in printed and "acc_norm" in printed

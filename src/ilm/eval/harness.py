@@ -61,6 +61,20 @@ class IlmLM(LM):
         self.checkpoint = str(path)
         self.rolling_tokens: dict[str, int] = {}  # text -> tokens scored (for ilm's token_perplexity)
 
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> IlmLM:
+        """`--model_args` win over lm-eval's own `--batch_size`/`--device` (it passes both: a clash otherwise)."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        if str(extra.get("device", "")).startswith("cuda") and not torch.cuda.is_available():
+            extra.pop("device")  # lm-eval's default device is cuda; without one, ilm's default (cpu) applies
+        return cls(**arg_dict, **extra)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> IlmLM:
+        from lm_eval import utils
+
+        return cls.create_from_arg_obj(utils.simple_parse_args_string(arg_string), additional_config)
+
     @property
     def tokenizer_name(self) -> str:
         return self.checkpoint
