@@ -124,6 +124,10 @@ def _humaneval(args: argparse.Namespace) -> int:
         problems = dict(list(problems.items())[: args.limit])
         lm = EvalModel(args.checkpoint, device=args.device, batch_size=args.batch_size,
                        max_length=None, progress=True)
+        if args.max_gen_toks >= lm.max_length:
+            print(f"error: --max-gen-toks {args.max_gen_toks} leaves no room for the prompt in the model's "
+                  f"{lm.max_length}-token window; give fewer", file=sys.stderr)
+            return 2
         sampling = None if args.n == 1 else {"temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
         ids = [t for t in problems for _ in range(args.n)]
         texts = lm.generate_until([problems[t]["prompt"] for t in ids], HUMANEVAL_STOPS, args.max_gen_toks, sampling)
