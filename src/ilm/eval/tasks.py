@@ -192,14 +192,14 @@ def local_task_yaml(tm, name: str, data_files: dict[str, str], out_dir: Path, **
     the task's own schema: the fields its templates and `process_docs` read). `overrides`: other top-level
     keys to replace (e.g. `generation_kwargs`)."""
     for f in data_files.values():
-        if f.endswith((".json", ".jsonl")):
+        if str(f).endswith((".json", ".jsonl")):
             read_jsonl(Path(f))
     from lm_eval.tasks._yaml_loader import load_yaml
 
     base = task_yaml_path(tm, name)
     own = load_yaml(base, resolve_func=False)
     cfg = {"include": str(base), "task": name, "dataset_path": "json", "dataset_name": None,
-           "dataset_kwargs": {"data_files": dict(data_files)}}
+           "dataset_kwargs": {"data_files": {k: str(v) for k, v in data_files.items()}}}
     # splits the task names but the local copy lacks are dropped (the few-shot split falls back as lm-eval's)
     for key in ("training_split", "validation_split", "test_split", "fewshot_split"):
         if own.get(key) and own[key] not in data_files:
