@@ -219,3 +219,25 @@ def test_an_lm_eval_task_on_local_data_and_lm_eval_s_own_cli(tiny_llama, tmp_pat
                  str(SHIPPED), "--tasks", "ilm_stdlib_mc", "--limit", "2", "--batch_size", "4"]) == 0
     printed = capsys.readouterr().out
     assert "ilm_stdlib_mc" in printed and "acc_norm" in printed
+
+
+def test_do_sample_tasks_are_sampled_and_seeded(tiny_llama):
+    """`generation_kwargs.do_sample: true` samples (repeats of one prompt differ), reproducibly for a seed;
+    greedy requests stay greedy. Stop strings cut the text as lm-eval's hf model does."""
+    from types import SimpleNamespace
+
+    from ilm.eval.harness import IlmLM
+
+    def reqs(kwargs, n=6):
+        return [SimpleNamespace(args=("the quick brown fox", dict(kwargs))) for _ in range(n)]
+
+    lm = IlmLM(pretrained=str(tiny_llama), batch_size=4, progress=False)
+    sample = {"do_sample": True, "temperature": 1.0, "until": ["zzz"], "max_gen_toks": 8}
+    a, b = lm.generate_until(reqs(sample)), lm.generate_until(reqs(sample))
+    assert a == b and len(set(a)) > 1  # seeded, and the repeats are independent draws
+    greedy = lm.generate_until(reqs({"do_sample": False, "until": ["zzz"], "max_gen_toks": 8}))
+    assert len(set(greedy)) == 1
+    assert len(greedy[0]) >= 4
+    stop = greedy[0][2:4]
+    cut = lm.generate_until(reqs({"until": [stop], "max_gen_toks": 8}, n=1))[0]
+    assert cut == greedy[0].split(stop)[0]
