@@ -214,6 +214,9 @@ def test_an_lm_eval_task_on_local_data_and_lm_eval_s_own_cli(tiny_llama, tmp_pat
     assert main(["eval", "run", "--checkpoint", str(tiny_llama), "--tasks", "arc_easy", "--data",
                  f"arc_easy:train={f}"]) == 2
     assert "give its evaluation split (test or validation)" in capsys.readouterr().err
+    assert main(["eval", "run", "--checkpoint", str(tiny_llama), "--tasks", "piqa", "--limit", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (after lm-eval's progress bars)
+    assert err.startswith("error: ") and "nothing is downloaded" in err and "--data piqa:SPLIT=FILE" in err
 
     assert main(["eval", "lm-eval", "--model", "ilm", "--model_args", f"pretrained={tiny_llama}", "--include_path",
                  str(SHIPPED), "--tasks", "ilm_stdlib_mc", "--limit", "2", "--batch_size", "4"]) == 0

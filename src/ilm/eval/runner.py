@@ -156,11 +156,16 @@ def evaluate(lm, specs: list[str], tm, num_fewshot: int | None = None, limit: in
     rows = []
     for group in ([specs] if together else [[s] for s in specs]):
         start = time.perf_counter()
-        res = lm_eval.simple_evaluate(model=lm, tasks=group, task_manager=tm, num_fewshot=num_fewshot,
-                                      limit=limit, log_samples=True, bootstrap_iters=bootstrap_iters,
-                                      random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                                      fewshot_random_seed=seed, confirm_run_unsafe_code=True,
-                                      verbosity="ERROR")
+        try:
+            res = lm_eval.simple_evaluate(model=lm, tasks=group, task_manager=tm, num_fewshot=num_fewshot,
+                                          limit=limit, log_samples=True, bootstrap_iters=bootstrap_iters,
+                                          random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                          fewshot_random_seed=seed, confirm_run_unsafe_code=True,
+                                          verbosity="ERROR")
+        except ConnectionError as err:  # the hub, offline: say how to run it on a local copy
+            name = Path(group[0]).stem if len(group) == 1 else "TASK"
+            raise TaskError(f"{err}; nothing is downloaded: run the task on a local copy with "
+                            f"--data {name}:SPLIT=FILE (docs/eval.md lists each task's splits)") from None
         rows += _reshape(res, lm, time.perf_counter() - start)
     return rows
 
