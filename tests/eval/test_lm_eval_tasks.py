@@ -40,8 +40,9 @@ def _rows(task: str) -> dict[str, list[dict]]:
                  "answer": "12"[i % 2]} for i in r]
         return {"validation": docs, "train": docs}
     if task == "piqa":
-        docs = [{"goal": _sentence(i, 6), "sol1": _sentence(i + 1, 4), "sol2": _sentence(i + 2, 5), "label": i % 2}
-                for i in r]
+        # the second solution extends the first: ilm serves the shorter input from the longer one's pass
+        docs = [{"goal": _sentence(i, 6), "sol1": _sentence(i + 1, 4), "sol2": _sentence(i + 1, 4) + " the fox",
+                 "label": i % 2} for i in r]
         return {"validation": docs, "train": docs}
     if task == "mmlu_anatomy":
         docs = [{"question": _sentence(i) + "?", "subject": "anatomy", "choices": [_sentence(i + k, 2) for k in range(4)],
