@@ -465,6 +465,9 @@ def _result_rows(res: Any) -> tuple[list[str], list[list[Any]]]:
             rows.append({"task": name, **(v if isinstance(v, dict) else {"value": v})})
     elif isinstance(res, list):
         rows = [r for r in res if isinstance(r, dict)]
+    # ilm eval's rows keep their metrics under "metrics": shown as columns of their own
+    rows = [{**{k: v for k, v in r.items() if k != "metrics"}, **r["metrics"]} if isinstance(r.get("metrics"), dict)
+            else r for r in rows]
     first = next((k for k in ("task", "name", "dataset") if any(k in r for r in rows)), None)
     keys = [first] if first else []
     for r in rows:
