@@ -1,6 +1,7 @@
 """`ilm rlhf ppo RECIPE.toml`: online RLHF with PPO steered by the conditional reward model (docs/recipe.md, Online RLHF).
 
-Four models: the actor (from the SFT checkpoint, trained), the reference (the same SFT weights, frozen),
+Four models: the actor (from the SFT checkpoint, trained), the KL reference (frozen: `reference`, by default
+the actor's own starting checkpoint; the rounds of `ilm rlhf run` keep the SFT model there in every round),
 the critic (the reward model's backbone + its head as the value head, trained) and the conditional reward
 model (frozen). One update, top to bottom in `_train`:
 
@@ -11,12 +12,15 @@ model (frozen). One update, top to bottom in `_train`:
 2. score: the reference's log-probs, the critic's values, and the reward model's score under the
    condition (system prompt) chosen from the query's category (unknown categories fall back to the
    default condition, counted), read at the reward token after the response;
-3. per-token reward = -kl_coef * KL_t(actor || ref) (estimator k1 by default) + the score on the last
-   response token; GAE (gamma 1, lambda 0.99); advantages whitened over the whole rollout;
+3. per-token reward = -kl_coef * KL_t(actor || reference) (estimator k1 by default) + the score on the last
+   response token (+ `ppo.missing_eos_penalty` when the response never emitted a stop token, if set); GAE
+   (gamma 1, lambda 0.99); advantages whitened over the whole rollout;
 4. `ppo.ppo_epochs` passes over `ppo.mini_batches` shuffled mini-batches: clipped policy loss + clipped
    value loss, and the pretraining loss (ptx, coefficient 0.5) on `ppo.ptx_rows` packed rows from token
    shards per optimizer step; during the critic warm-up (`ppo.critic_warmup_updates`, 50) only the critic
-   trains and the actor is not touched at all.
+   trains and the actor is not touched at all. `ppo.critic_rewarm_updates` (0) adds that many critic-only
+   updates at the start of the run, before its `train.updates` (the rounds re-warm the critic after every
+   reward-model patch: the new rewards would otherwise meet a critic fitted to the old ones).
 
 Checkpoint: actor and critic live in one `PPOModels` module with one AdamW whose parameter groups carry
 the two learning rates (actor 1e-6, critic 5e-6 at 7B); `ilm.train.checkpoint` saves it with the update
@@ -38,8 +42,8 @@ of each model (row counts are equal by construction), which FSDP's collectives r
 `train.fsdp = false` (DDP) every process holds the four models whole and decodes with the actor itself.
 
 Run directory (what `ilm rlhf run` and people read):
-- `metrics.jsonl`, one row per update ("step" = update index): reward_mean / reward_std (RM score), kl (sum
-  over the response, mean over rows), kl_per_token, entropy, response_length, truncated_fraction,
+- `metrics.jsonl`, one row per update ("step" = update index): reward_mean / reward_std (RM score), kl (KL to
+  the reference named by kl_reference: sum over the response, mean over rows), kl_per_token, critic_rewarm, entropy, response_length, truncated_fraction,
   policy_loss, clip_fraction (None during the warm-up), value_loss, explained_variance, ptx_loss,
   ptx_eval_loss (with data.ptx_eval), true_reward (with a true-reward function), unknown_category,
   grad norms, rollout_tokens, rollout_tokens_per_s, update_s; `ppo.png` plots them;
@@ -58,6 +62,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -131,10 +136,12 @@ class PPOSection:
     mini_batches: int = 4  # optimizer steps per epoch
     micro_batch_rows: int = 4  # rows per training forward, per process
     critic_warmup_updates: int = 50  # the first updates train the critic alone
+    critic_rewarm_updates: int = 0  # critic-only updates added at the start of this run (after an RM change)
     ptx_coef: float = 0.5  # 0 switches the pretraining loss off
     ptx_rows: int = 4  # packed pretraining rows per optimizer step, all processes (tokens ~ the mini-batch's)
     ptx_window: int = 2048
-    recompute_logprobs: bool = False  # old log-probs from a training forward instead of sampling time (bf16)
+    recompute_logprobs: bool = True  # old log-probs from a training forward, not sampling time: ratio 1 at first
+    missing_eos_penalty: float | None = None  # added to the reward of a response without a stop token (e.g. -1)
 
 
 @dataclass
@@ -166,7 +173,8 @@ class PPOTrain:
 class PPOConfig:
     run_dir: str = "runs/rlhf"
     tokenizer: str = ""  # "": the actor checkpoint's tokenizer files
-    actor: str = ""  # HF checkpoint of the SFT model (`ilm sft` export): actor and reference
+    actor: str = ""  # HF checkpoint the actor starts from (`ilm sft` export)
+    reference: str | None = None  # HF checkpoint of the KL reference (same shape); None: `actor`
     reward_model: str = ""  # `ilm rm train` export (run_dir/final)
     critic: str | None = None  # a reward-model-format export to start the critic from; None: reward_model
     true_reward: str | None = None  # "module:function" (query record, response text) -> float, logged only
@@ -192,11 +200,16 @@ def check_inputs(cfg: PPOConfig, world_size: int) -> str:
         raise ValueError("the recipe sets no `reward_model` (an `ilm rm train` export)")
     if not cfg.data.queries:
         raise ValueError("the recipe has no data.queries files")
-    for what, path in (("actor", cfg.actor), ("reward_model", cfg.reward_model), ("critic", cfg.critic)):
+    for what, path in (("actor", cfg.actor), ("reference", cfg.reference), ("reward_model", cfg.reward_model),
+                       ("critic", cfg.critic)):
         if path and not (Path(path) / "config.json").exists():
             raise FileNotFoundError(f"{what} {path}: not an HF checkpoint directory (no config.json)")
     if p.ptx_coef > 0 and not cfg.data.ptx:
         raise ValueError("ppo.ptx_coef > 0 needs data.ptx token shard dirs (or set ppo.ptx_coef = 0)")
+    if p.critic_rewarm_updates < 0 or p.critic_warmup_updates < 0:
+        raise ValueError("ppo.critic_warmup_updates and ppo.critic_rewarm_updates must be >= 0")
+    if p.missing_eos_penalty is not None and not math.isfinite(p.missing_eos_penalty):
+        raise ValueError(f"ppo.missing_eos_penalty must be a finite number (or unset), got {p.missing_eos_penalty}")
     if p.kl_estimator not in ("k1", "k2", "k3"):
         raise ValueError(f"ppo.kl_estimator must be k1, k2 or k3, got {p.kl_estimator!r}")
     if p.rollout_batch % (p.generation_batch * world_size):
@@ -211,7 +224,8 @@ def check_inputs(cfg: PPOConfig, world_size: int) -> str:
     mine = _tokenizer_files(tok_dir)
     if not mine:
         raise FileNotFoundError(f"no tokenizer.json or tokenizer.model in {tok_dir}; set `tokenizer`")
-    for what, path in (("actor", cfg.actor), ("reward model", cfg.reward_model), ("critic", cfg.critic)):
+    for what, path in (("actor", cfg.actor), ("reference", cfg.reference), ("reward model", cfg.reward_model),
+                       ("critic", cfg.critic)):
         theirs = _tokenizer_files(Path(path)) if path else {}
         if theirs and theirs != mine:
             raise ValueError(f"the {what} at {path} was trained with a different tokenizer than the actor's "
@@ -222,6 +236,9 @@ def check_inputs(cfg: PPOConfig, world_size: int) -> str:
     if rm_cfg.get("vocab_size") != actor_cfg.get("vocab_size"):
         raise ValueError(f"the reward model's vocabulary ({rm_cfg.get('vocab_size')}) differs from the actor's "
                          f"({actor_cfg.get('vocab_size')}): they do not share a tokenizer")
+    if cfg.reference and model_shape(read_config(cfg.reference)[0]) != model_shape(read_config(cfg.actor)[0]):
+        raise ValueError(f"the reference {cfg.reference} has another shape than the actor {cfg.actor}: the KL "
+                         "reference must be the same architecture (e.g. the SFT model the actor came from)")
     if not (Path(cfg.reward_model) / "reward_config.json").exists():
         raise FileNotFoundError(f"{cfg.reward_model}: no reward_config.json; is this an `ilm rm train` export?")
     return str(tok_dir)
@@ -297,7 +314,7 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
     materialise(actor, world, t.seed, cfg.actor)
     ref = build_model(actor_config, device="meta", dtype=frozen).requires_grad_(False).eval()
     _shard_frozen(ref, ref, world, t.fsdp)
-    materialise(ref, world, t.seed, cfg.actor)
+    materialise(ref, world, t.seed, cfg.reference or cfg.actor)
     rm = reward_model_on_meta(cfg.reward_model, dtype=frozen).requires_grad_(False).eval()
     _shard_frozen(rm, rm.backbone, world, t.fsdp)
     load_reward_weights(rm.to_empty(device=dev), cfg.reward_model)
@@ -314,6 +331,7 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
     autocast = autocast_for(world, t.precision)
     stop_ids = tuple(tok.stop_ids)
     pad_id = tok.pad_id
+    kl_reference = str(cfg.reference or cfg.actor)  # the model every logged `kl` is measured against
     scorer = Scorer(ref, critic, rm, tok, meta, conditions, stop_ids, dev, autocast, pad_id, p.micro_batch_rows,
                     p.temperature)
 
@@ -343,10 +361,11 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
             return float(actor(ids.to(dev), positions_from_doc_ids(d), packed_batch(d), labels=labels.to(dev)))
 
     start_eval = rest.get("ptx_eval_start") if update else ptx_eval_loss()
-    bar = progress(world, t.progress, t.updates, update)
-    while update < t.updates:
+    total = t.updates + p.critic_rewarm_updates  # the re-warm comes before the run's own updates
+    bar = progress(world, t.progress, total, update)
+    while update < total:
         t0 = time.perf_counter()
-        actor_trains = update >= p.critic_warmup_updates
+        actor_trains = update >= p.critic_rewarm_updates + p.critic_warmup_updates
 
         # 1. rollouts: this rank's generate calls
         picked = query_indices(len(queries), update, p.rollout_batch, t.seed)
@@ -382,6 +401,8 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
             true = [float(reward_fn(q.record, s)) for q, s in zip(row_queries, texts)]
         row = metrics_row(update, actor_trains, roll, everything, tot, steps, grad_norms,
                           sum(q.unknown_category for q in row_queries), rm_cut, p.ppo_epochs, t_gen, t0)
+        row["critic_rewarm"] = update <= p.critic_rewarm_updates
+        row["kl_reference"] = kl_reference
         if eval_rows is not None:
             row["ptx_eval_loss"] = ptx_eval_loss()
         if true is not None:
@@ -394,7 +415,7 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
             bar.update(1)
             bar.set_postfix({"reward": f"{row['reward_mean']:.3f}", "kl": f"{row['kl']:.3f}",
                              "vloss": f"{row['value_loss']:.3f}", "len": f"{row['response_length']:.0f}"})
-        if stop_requested(world) or update % t.checkpoint_every == 0 or update == t.updates:
+        if stop_requested(world) or update % t.checkpoint_every == 0 or update == total:
             extra = {"model_config": shape, "data": data_id, "stage": "ppo", "ptx_eval_start": start_eval,
                      "ptx": packer.state_dict() if packer is not None else None}
             checkpoint.save(run_dir, update, models, optimizer, extra=extra, keep_last=t.keep_last)
@@ -402,15 +423,15 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
     if bar is not None:
         bar.close()
 
-    summary: dict[str, Any] = {"updates": update, "run_dir": str(run_dir), "data": report,
+    summary: dict[str, Any] = {"updates": update, "run_dir": str(run_dir), "data": report, "kl_reference": kl_reference,
                                "last": metrics.rows[-1] if metrics.rows else None,
                                "ptx_eval_loss_start": start_eval, "rollouts": str(rollouts_dir),
                                "config": asdict(cfg)}
-    if update == t.updates:
+    if update == total:
         summary["export"] = export(models, run_dir / "final", meta, tok_dir, world)
     if world.is_main:
         summary["plot"] = str(plot(metrics.rows, run_dir / "ppo.png", f"{run_name(run_dir)}: PPO",
-                                         cfg.ppo.critic_warmup_updates))
+                                         p.critic_rewarm_updates + p.critic_warmup_updates))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     metrics.close()
     return summary

@@ -2,7 +2,8 @@
 advantages of a whole rollout, and the `ppo.ppo_epochs` passes over shuffled mini-batches.
 
 Rewards: -kl_coef * KL_t(actor || reference) on every response token (estimator `ppo.kl_estimator`) plus
-the reward model's score on the last one; GAE (gamma, lambda) over them; advantages whitened over the
+the reward model's score on the last one (plus `ppo.missing_eos_penalty`, when set, if the response ran
+into `max_new_tokens` without a stop token: otherwise a cut-off answer scores like a finished one); GAE (gamma, lambda) over them; advantages whitened over the
 whole rollout. A pass: `ppo.mini_batches` optimizer steps, each the token-weighted mean over every rank's
 micro-batches (`run.accumulate`) of the clipped value loss, the clipped policy loss (once the actor
 trains) and, per step, the pretraining loss (ptx) on `ppo.ptx_rows` packed rows.
@@ -88,10 +89,13 @@ def advantages(everything: list[dict], p: Any) -> dict[str, Any]:
     old_logp, ref_logp = pad([x["old"] for x in everything], R), pad([x["ref"] for x in everything], R)
     old_values = pad([x["values"] for x in everything], R)
     score = torch.tensor([x["score"] for x in everything])
+    final = score  # what the last response token earns: the RM score (+ the missing-stop penalty)
+    if p.missing_eos_penalty is not None:
+        final = score + p.missing_eos_penalty * torch.tensor([float(x["truncated"]) for x in everything])
     kl = kl_penalty(old_logp, ref_logp, p.kl_estimator) * mask
     rewards = -p.kl_coef * kl
     last = (lengths - 1).clamp(min=0)
-    rewards[torch.arange(N), last] += score * (lengths > 0)
+    rewards[torch.arange(N), last] += final * (lengths > 0)
     adv, returns = gae(rewards, old_values, mask, p.gamma, p.lam)
     if p.whiten_advantages:
         adv = whiten(adv, mask)
