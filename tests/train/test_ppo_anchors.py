@@ -13,13 +13,7 @@ from ilm.train import checkpoint
 from ilm.train.rlhf import update as U
 from ilm.train.rlhf.ppo import PPOConfig, PPOSection, train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models on a shared CPU
 
 
 def _cfg(setup, corpus, helpers, run_dir, train_over=None, **ppo) -> PPOConfig:
