@@ -161,18 +161,19 @@ def optimise(models: PPOModels, optimizer: torch.optim.Optimizer, roll: dict, p:
         perm = np.random.default_rng([seed, update, epoch]).permutation(N)
         for k in range(p.mini_batches):
             # one optimizer step: the token-weighted mean over the mini-batch's rows on every process
-            # (`run.accumulate`); gradients are reduced once, in each model's last backward of the step
-            batch_rows = perm[k * per_mini : (k + 1) * per_mini]
-            my_rows = batch_rows[world.rank :: world.size].tolist()
-            micro = [[my_rows[j] for j in chunk] for chunk in chunks(len(my_rows), p.micro_batch_rows)]
-            accumulate(models, micro, [int(mask[ix].sum()) for ix in micro], loss, world)
+            # (`run.accumulate`); gradients are reduced once per step, in each model's last backward: the
+            # ptx rows go first and do not reduce, the PPO rows' last micro-batch reduces actor and critic
             if actor_trains and packer is not None:
                 ids, doc = packer.next_batch(p.ptx_rows)
                 labels = packed_labels(ids, doc)
                 my = list(range(world.rank, p.ptx_rows, world.size))
                 rows_ptx = [[my[j] for j in chunk] for chunk in chunks(len(my), p.micro_batch_rows)]
                 accumulate(actor, [(ids[ix], doc[ix], labels[ix]) for ix in rows_ptx],
-                           [int((labels[ix] != -100).sum()) for ix in rows_ptx], lm_loss, world)
+                           [int((labels[ix] != -100).sum()) for ix in rows_ptx], lm_loss, world, reduce=False)
+            batch_rows = perm[k * per_mini : (k + 1) * per_mini]
+            my_rows = batch_rows[world.rank :: world.size].tolist()
+            micro = [[my_rows[j] for j in chunk] for chunk in chunks(len(my_rows), p.micro_batch_rows)]
+            accumulate(models, micro, [int(mask[ix].sum()) for ix in micro], loss, world)
             if actor_trains:
                 grad_norms["actor"].append(float(torch.nn.utils.clip_grad_norm_(
                     [q for q in actor.parameters() if q.grad is not None], grad_clip)))
