@@ -307,7 +307,7 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
     check_vocab(tok, actor_config.vocab_size)
     longest = max(len(q.prompt) for q in queries)
     check_memory(actor_config, p, t, longest, world.size, dev)
-    # the frozen ones are kept in bf16 when training in bf16 on GPU (see the memory plan above)
+    # the frozen ones are kept in bf16 when training in bf16 on GPU (the memory plan: ilm.train.rlhf.ppo_memory)
     frozen = torch.bfloat16 if t.precision == "bf16" and dev.type == "cuda" else torch.float32
     actor = build_model(actor_config, device="meta")
     prepare(actor, t, world)

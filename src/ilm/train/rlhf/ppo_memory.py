@@ -1,48 +1,142 @@
-"""PPO's memory pre-check: the estimate, checked before any model is built.
+"""PPO's memory pre-check: the peak per-GPU estimate, checked before any model is built.
 
-Memory plan, InternLM2-7B on 8 x 80 GB (the recipe's scale), per GPU:
-- actor, FSDP2: fp32 weights 28 GB / 8 + AdamW moments 56 GB / 8 + fp32 gradients 28 GB / 8 = 14 GB;
-- critic, FSDP2: the same, about 13 GB (its unused LM head is frozen: no gradient, no moments);
-- reference and reward model, FSDP2, bf16, frozen: 14 GB / 8 each, about 3.5 GB together;
-- the rollout copy of the actor (only when sharded; one process, or DDP, decodes with the actor itself):
-  generation runs many small decode steps per rank, and sharded weights would need an all-gather per layer
-  per token (and the same number of steps on every rank, whatever each rank's responses), so each rank
-  decodes with an unsharded bf16 copy: 14 GB at 7B (2 bytes per parameter), allocated after the sharded
-  models and the optimiser exist. It is refreshed from the actor once per update one parameter at a time
-  (all-gathered in fp32, cast into the copy, freed: at most one whole fp32 parameter in flight, the
-  embedding at 7B: 92,544 x 4,096 x 4 bytes = 1.5 GB), never read from a checkpoint. It is kept because
-  decoding from the shards would cost an all-gather of the whole actor per generated token. Plus the KV
-  cache (32 layers x 8 KV heads x 128 x 2 x 2 bytes = 128 KB per token; a generate call of 32 rows x 4k
-  tokens = 17 GB, freed before training);
-- activations: with activation checkpointing (`train.activation_checkpointing`) and 2 rows of up to 4k
-  tokens per micro-batch, a few GB; the (rows x tokens x 92,544) fp32 logits of the training forward are
-  the largest single tensor (1.5 GB per 4k-token row), hence small micro-batches.
-Peak about 62 GB (the generation phase: 14 + 13 + 3.5 + 14 + 17), so it fits 80 GB; with less memory
-lower `ppo.generation_batch` first (the KV cache), then `ppo.micro_batch_rows`.
+The two phases of an update never coexist: generation (KV cache + prefill activations of one generate
+call) ends before the scoring and training forwards start, and its cache is freed. So the peak is
+
+    models + max(generation phase, training phase)
+
+- models (alive all run), per process, with S = processes when sharded (FSDP2), else 1:
+  actor: fp32 weights, fp32 gradients and two fp32 AdamW moments = 16 bytes/param / S; critic: the same
+  minus the gradient and moments of its unused (frozen) LM head; reference and reward model: frozen, in
+  the dtype they run in (bf16 = 2 bytes/param when training in bf16 on GPU, else fp32) / S; and under FSDP
+  on several processes the rollout copy of the actor, whole, in that same dtype (decoding from the shards
+  would all-gather the whole actor per generated token; it is refreshed from the actor once per update,
+  one parameter at a time).
+- generation phase: `ilm.model.memory.generation_estimate` for `ppo.generation_batch` rows of up to
+  (longest query + max_new_tokens) positions, in the dtype decoding runs in (the rollout copy's, or the
+  actor's fp32 when one process or DDP decodes with the actor itself): the KV cache
+  (2 x layers x kv_heads x head_dim x bytes per token per row) and one prefill chunk's activations.
+- training phase: `training_estimate` activations of one micro-batch (`ppo.micro_batch_rows` rows of that
+  length, in the compute dtype, with or without activation checkpointing) for the actor and the critic
+  together (one loss, one backward; the critic computes no vocabulary logits). The no-grad scoring
+  forwards of the same micro-batches need less.
+
+InternLM2-7B, `recipes/rlhf-internlm2-7b.toml`, 8 x 80 GB, queries up to 2,048 + 2,048 new tokens (run
+`python -m ilm.train.rlhf.ppo_memory` for the figures): models 46.3 GiB (actor 14.4, critic 13.9, reference
++ RM 3.6, rollout copy 14.4), generation 16.3 GiB (KV cache 8.0 at 16 rows), training 21.9 GiB: peak
+68.2 GiB (the generation and training phases added, in fp32, as before, came to 107-128 GiB). With less memory lower `ppo.generation_batch` (the KV cache) or `ppo.micro_batch_rows`, or turn
+on `train.activation_checkpointing`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ilm.model.config import ModelConfig
-from ilm.model.memory import Estimate, check_fits, generation_estimate, training_estimate
+from ilm.model.memory import (
+    ACTIVATION_SAFETY,
+    Estimate,
+    check_fits,
+    dtype_bytes,
+    generation_estimate,
+    gib,
+    training_estimate,
+)
+
+PREFILL_CHUNK = 2048  # `ilm.model.generate.Sampling.prefill_chunk`, the sampler's default
 
 
-def check_memory(config: ModelConfig, p: Any, t: Any, longest: int, world_size: int, device: torch.device) -> None:
-    """Refuse (ContextMemoryError) a run whose estimate exceeds the free memory of `device` (`p`, `t`: the
-    recipe's `[ppo]` and `[train]`; `longest`: the longest rendered query)."""
-    # no cap at the actor's max_position_embeddings x factor: the limit is memory -- actor and critic in training,
-    # the frozen reference and reward model, and one generation batch's KV cache (ilm.model.memory)
-    seq = longest + p.max_new_tokens
+@dataclass(frozen=True)
+class PPOMemory:
+    """Per-process bytes: the models (alive all run) and the two phases of an update."""
+
+    actor: Estimate
+    critic: Estimate
+    frozen: Estimate  # reference + reward model
+    rollout_copy: Estimate
+    generation: Estimate
+    training: Estimate
+
+    @property
+    def models(self) -> Estimate:
+        return self.actor + self.critic + self.frozen + self.rollout_copy
+
+    @property
+    def peak_phase(self) -> str:
+        return "generation" if self.generation.total >= self.training.total else "training"
+
+    @property
+    def peak(self) -> Estimate:
+        return self.models + (self.generation if self.peak_phase == "generation" else self.training)
+
+    def describe(self) -> str:
+        return (f"models {gib(self.models.total)} (actor {gib(self.actor.total)}, critic {gib(self.critic.total)}, "
+                f"reference + reward model {gib(self.frozen.total)}, rollout copy {gib(self.rollout_copy.total)}) "
+                f"+ max(generation {gib(self.generation.total)}, training {gib(self.training.total)})")
+
+
+def ppo_estimate(config: ModelConfig, p: Any, t: Any, longest: int, world_size: int, device_type: str) -> PPOMemory:
+    """The estimate for the recipe's `[ppo]` `p` and `[train]` `t` on `world_size` processes of `device_type`,
+    with queries of up to `longest` tokens (actor, reference, critic and reward model of one shape)."""
     shards = world_size if t.fsdp else 1
-    est = training_estimate(config, p.micro_batch_rows, seq, shards=shards,
-                            compute_dtype=torch.bfloat16 if t.precision == "bf16" else torch.float32,
-                            checkpointing=t.activation_checkpointing)
-    gen = generation_estimate(config, p.generation_batch, seq, 2048, weights_loaded=False)
-    frozen_weights = Estimate(weights=2 * config.num_params() * 4 // shards)
-    check_fits(est + est + frozen_weights + Estimate(kv_cache=gen.kv_cache, activations=gen.activations), device,
-               f"PPO with queries of up to {longest:,} tokens + max_new_tokens {p.max_new_tokens:,}",
-               "lower data.max_query_tokens, ppo.max_new_tokens, micro_batch_rows or generation_batch")
+    bf16 = t.precision == "bf16"
+    frozen_dtype = torch.bfloat16 if bf16 and device_type == "cuda" else torch.float32  # as `ppo._train` builds them
+    copy = world_size > 1 and t.fsdp
+    decode_dtype = frozen_dtype if copy else torch.float32  # the copy, or the actor's fp32 weights
+    n = config.num_params()
+    head = config.vocab_size * config.hidden_size
+    seq = longest + p.max_new_tokens
+    compute = torch.bfloat16 if bf16 else torch.float32
+    train = training_estimate(config, p.micro_batch_rows, seq, torch.float32, compute, shards,
+                              checkpointing=t.activation_checkpointing)
+    logits = int(min(p.micro_batch_rows * seq, 4096) * config.vocab_size * 4 * 2 * ACTIVATION_SAFETY)
+    gen = generation_estimate(config, p.generation_batch, seq, PREFILL_CHUNK, decode_dtype, weights_loaded=False)
+    return PPOMemory(
+        actor=Estimate(weights=train.weights, optimizer=train.optimizer),
+        critic=Estimate(weights=train.weights, optimizer=(n - head) * (4 + 8) // shards),
+        frozen=Estimate(weights=2 * n * dtype_bytes(frozen_dtype) // shards),
+        rollout_copy=Estimate(weights=n * dtype_bytes(frozen_dtype) if copy else 0),
+        generation=Estimate(kv_cache=gen.kv_cache, activations=gen.activations),
+        training=Estimate(activations=2 * train.activations - logits),
+    )
+
+
+def check_memory(config: ModelConfig, p: Any, t: Any, longest: int, world_size: int, device: torch.device
+                 ) -> PPOMemory:
+    """Refuse (ContextMemoryError, one line naming the estimate) a run whose peak exceeds the free memory of
+    `device`; returns the estimate."""
+    est = ppo_estimate(config, p, t, longest, world_size, torch.device(device).type)
+    check_fits(est.peak, device,
+               f"PPO with queries of up to {longest:,} tokens + max_new_tokens {p.max_new_tokens:,} "
+               f"({est.describe()}; peak in the {est.peak_phase} phase)",
+               "lower ppo.generation_batch or ppo.micro_batch_rows, data.max_query_tokens or ppo.max_new_tokens, "
+               "turn on train.activation_checkpointing, or use more processes")
+    return est
+
+
+def main() -> None:
+    """Print the estimate of a PPO recipe for its model preset: python -m ilm.train.rlhf.ppo_memory [RECIPE]
+    [--preset internlm2-7b] [--processes 8] [--device cuda]."""
+    import argparse
+
+    from ilm.config import load
+    from ilm.model.config import get_preset
+    from ilm.train.rlhf.ppo import PPOConfig
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("recipe", nargs="?", default="recipes/rlhf-internlm2-7b.toml")
+    ap.add_argument("--preset", default="internlm2-7b")
+    ap.add_argument("--processes", type=int, default=8)
+    ap.add_argument("--device", default="cuda")
+    a = ap.parse_args()
+    cfg = load(PPOConfig, a.recipe)
+    est = ppo_estimate(get_preset(a.preset), cfg.ppo, cfg.train, cfg.data.max_query_tokens, a.processes, a.device)
+    print(f"{a.recipe} ({a.preset}, {a.processes} x {a.device}): {est.describe()}")
+    print(f"peak {gib(est.peak.total)} in the {est.peak_phase} phase: {est.peak.describe()}")
+
+
+if __name__ == "__main__":
+    main()
