@@ -119,8 +119,8 @@ def test_missing_eos_penalty_is_added_to_the_reward_of_truncated_responses_only(
     assert PPOSection().missing_eos_penalty is None
 
 
-def test_missing_eos_penalty_must_be_finite(rlhf, corpus, helpers, tmp_path):
-    for bad in (float("nan"), float("inf")):
+def test_missing_eos_penalty_must_be_finite_and_fit_fp32_rewards(rlhf, corpus, helpers, tmp_path):
+    for bad in (float("nan"), float("inf"), -1e300):
         cfg = _cfg(rlhf, corpus, helpers, tmp_path / "run", missing_eos_penalty=bad)
-        with pytest.raises(ValueError, match="missing_eos_penalty must be a finite number"):
+        with pytest.raises(ValueError, match="missing_eos_penalty must be a finite number of magnitude <= 1e6"):
             train(cfg, resume="never")

@@ -335,7 +335,8 @@ def sync_gradients(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
     once per micro-batch: FSDP2 (`set_requires_gradient_sync`, one reduce-scatter per FSDP unit per step;
     the unsharded gradients of the earlier micro-batches wait in memory, fp32 under the bf16 policy), DDP
     (`no_sync`, which decides in the forward: run the forward inside the block too), replicated submodules
-    of a plain container (PPO's actor and critic under DDP) each the same way, a plain module: nothing to do. Parameters stay resharded after each forward and backward (FSDP2's default
+    of a plain container (PPO's actor and critic under DDP) each the same way, a plain module: nothing to do.
+    Parameters stay resharded after each forward and backward (FSDP2's default
     `reshard_after_forward=True`): each micro-batch all-gathers them again, which keeps the memory of one
     unsharded layer at a time, the point of sharding a 7B/20B model.
     """

@@ -43,8 +43,9 @@ of each model (row counts are equal by construction), which FSDP's collectives r
 
 Run directory (what `ilm rlhf run` and people read):
 - `metrics.jsonl`, one row per update ("step" = update index): reward_mean / reward_std (RM score), kl (KL to
-  the reference named by kl_reference: sum over the response, mean over rows), kl_per_token, critic_rewarm, entropy, response_length, truncated_fraction,
-  policy_loss, clip_fraction (None during the warm-up), value_loss, explained_variance, ptx_loss,
+  the reference named by kl_reference: sum over the response, mean over rows), kl_per_token, critic_rewarm,
+  entropy, response_length, truncated_fraction, policy_loss, clip_fraction (None during the warm-up),
+  value_loss, explained_variance, ptx_loss,
   ptx_eval_loss (with data.ptx_eval), true_reward (with a true-reward function), unknown_category,
   grad norms, rollout_tokens, rollout_tokens_per_s, update_s; `ppo.png` plots them;
 - `rollouts/update-%06d.jsonl`, one line per rollout: update, row, query_index (line order among the kept
@@ -208,8 +209,10 @@ def check_inputs(cfg: PPOConfig, world_size: int) -> str:
         raise ValueError("ppo.ptx_coef > 0 needs data.ptx token shard dirs (or set ppo.ptx_coef = 0)")
     if p.critic_rewarm_updates < 0 or p.critic_warmup_updates < 0:
         raise ValueError("ppo.critic_warmup_updates and ppo.critic_rewarm_updates must be >= 0")
-    if p.missing_eos_penalty is not None and not math.isfinite(p.missing_eos_penalty):
-        raise ValueError(f"ppo.missing_eos_penalty must be a finite number (or unset), got {p.missing_eos_penalty}")
+    penalty = p.missing_eos_penalty
+    if penalty is not None and not (math.isfinite(penalty) and abs(penalty) <= 1e6):
+        raise ValueError("ppo.missing_eos_penalty must be a finite number of magnitude <= 1e6 (rewards are fp32; "
+                         f"e.g. -1), or unset; got {penalty}")
     if p.kl_estimator not in ("k1", "k2", "k3"):
         raise ValueError(f"ppo.kl_estimator must be k1, k2 or k3, got {p.kl_estimator!r}")
     if p.rollout_batch % (p.generation_batch * world_size):

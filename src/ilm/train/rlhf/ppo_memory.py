@@ -24,8 +24,9 @@ call) ends before the scoring and training forwards start, and its cache is free
 InternLM2-7B, `recipes/rlhf-internlm2-7b.toml`, 8 x 80 GB, queries up to 2,048 + 2,048 new tokens (run
 `python -m ilm.train.rlhf.ppo_memory` for the figures): models 46.3 GiB (actor 14.4, critic 13.9, reference
 + RM 3.6, rollout copy 14.4), generation 16.3 GiB (KV cache 8.0 at 16 rows), training 21.9 GiB: peak
-68.2 GiB (the generation and training phases added, in fp32, as before, came to 107-128 GiB). With less memory lower `ppo.generation_batch` (the KV cache) or `ppo.micro_batch_rows`, or turn
-on `train.activation_checkpointing`.
+68.2 GiB (the generation and training phases added, in fp32, as before, came to 107-128 GiB). With less
+memory lower `ppo.generation_batch` (the KV cache) or `ppo.micro_batch_rows`, or turn on
+`train.activation_checkpointing`.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@ advantages of a whole rollout, and the `ppo.ppo_epochs` passes over shuffled min
 
 Rewards: -kl_coef * KL_t(actor || reference) on every response token (estimator `ppo.kl_estimator`) plus
 the reward model's score on the last one (plus `ppo.missing_eos_penalty`, when set, if the response ran
-into `max_new_tokens` without a stop token: otherwise a cut-off answer scores like a finished one); GAE (gamma, lambda) over them; advantages whitened over the
-whole rollout. A pass: `ppo.mini_batches` optimizer steps, each the token-weighted mean over every rank's
-micro-batches (`run.accumulate`) of the clipped value loss, the clipped policy loss (once the actor
-trains) and, per step, the pretraining loss (ptx) on `ppo.ptx_rows` packed rows.
+into `max_new_tokens` without a stop token: otherwise a cut-off answer scores like a finished one); GAE
+(gamma, lambda) over them; advantages whitened over the whole rollout. A pass: `ppo.mini_batches`
+optimizer steps, each the token-weighted mean over every rank's micro-batches (`run.accumulate`) of the
+clipped value loss, the clipped policy loss (once the actor trains) and, per step, the pretraining loss
+(ptx) on `ppo.ptx_rows` packed rows.
 """
 
 from __future__ import annotations
