@@ -334,8 +334,9 @@ def sync_gradients(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
     Gradient accumulation reduces once per optimizer step, in the last micro-batch's backward, instead of
     once per micro-batch: FSDP2 (`set_requires_gradient_sync`, one reduce-scatter per FSDP unit per step;
     the unsharded gradients of the earlier micro-batches wait in memory, fp32 under the bf16 policy), DDP
-    (`no_sync`, which decides in the forward: run the forward inside the block too), a plain module:
-    nothing to do. Parameters stay resharded after each forward and backward (FSDP2's default
+    (`no_sync`, which decides in the forward: run the forward inside the block too), replicated submodules
+    of a plain container (PPO's actor and critic under DDP) each the same way, a plain module: nothing to do.
+    Parameters stay resharded after each forward and backward (FSDP2's default
     `reshard_after_forward=True`): each micro-batch all-gathers them again, which keeps the memory of one
     unsharded layer at a time, the point of sharding a 7B/20B model.
     """
@@ -344,6 +345,7 @@ def sync_gradients(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
     from torch.nn.parallel import DistributedDataParallel
 
     sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    replicated = [m for m in model.modules() if isinstance(m, ReplicatedModule)]
     if sharded:
         for m in sharded:
             m.set_requires_gradient_sync(enabled, recurse=False)
@@ -352,12 +354,14 @@ def sync_gradients(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
         finally:
             for m in sharded:
                 m.set_requires_gradient_sync(True, recurse=False)
-    elif isinstance(model, ReplicatedModule):  # `replicate` (DDP applied in place, `apply_ddp`)
-        model.set_requires_gradient_sync(enabled)
+    elif replicated:  # `replicate` (DDP applied in place, `apply_ddp`): the model or its submodules
+        for m in replicated:
+            m.set_requires_gradient_sync(enabled)
         try:
             yield
         finally:
-            model.set_requires_gradient_sync(True)
+            for m in replicated:
+                m.set_requires_gradient_sync(True)
     elif isinstance(model, DistributedDataParallel) and not enabled:
         with model.no_sync():
             yield
@@ -368,6 +372,7 @@ def sync_gradients(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
 def accumulate(
     model: torch.nn.Module, micro_batches: list[Any], counts: list[int],
     mean_loss: Callable[[Any], torch.Tensor], world: World, reduce_every_micro_batch: bool = False,
+    reduce: bool = True,
 ) -> tuple[float, int]:
     """Forwards and backwards of this process's micro-batches for one optimizer step: (loss, global count).
 
@@ -383,13 +388,15 @@ def accumulate(
     reduced in the last micro-batch's backward only (`sync_gradients`), or in every one with
     `reduce_every_micro_batch`: under FSDP the earlier micro-batches otherwise keep full-size fp32
     gradients on every process (4 bytes per parameter: 31 GB at 7B, 79 GB at 20B). The returned loss is
-    the same global mean, for logging (one more all-reduce, after the backwards).
+    the same global mean, for logging (one more all-reduce, after the backwards). `reduce=False`: no
+    backward of this call reduces; the gradients wait for a later call's last backward over the same
+    parameters (PPO: the actor's ptx rows, then its PPO rows, reduced together once).
     """
     total = global_count(sum(counts), world)
     scale = world.size / max(total, 1)
     local = torch.zeros((), dtype=torch.float32, device=world.device)
     for i, (batch, n) in enumerate(zip(micro_batches, counts, strict=True)):
-        with sync_gradients(model, enabled=reduce_every_micro_batch or i == len(micro_batches) - 1):
+        with sync_gradients(model, enabled=reduce and (reduce_every_micro_batch or i == len(micro_batches) - 1)):
             loss_sum = mean_loss(batch).float() * n
             (loss_sum * scale).backward()
         local += loss_sum.detach()
