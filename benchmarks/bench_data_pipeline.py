@@ -191,6 +191,33 @@ def _child(cmd: list[str], env: dict[str, str]) -> tuple[dict, float]:
     return json.loads(out.strip().splitlines()[-1]), sum(seen.values())
 
 
+def normalize_speed(rounds: int = 5) -> dict:
+    """`normalise_text` against its earlier implementation (the reference of its property test) on the
+    demo texts, CPU time, interleaved; both outputs must be identical."""
+    from ilm.data.corpus import demo_documents
+    from ilm.data.normalize import normalise_text
+    from tests.data.test_gopher_rules import _normalise_before
+
+    texts = [d.text for d in demo_documents(n_real=1100)[0]] * 10
+    if any(normalise_text(x) != _normalise_before(x) for x in texts):
+        raise AssertionError("normalise_text differs from its earlier implementation")
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    for r in range(rounds):
+        for name in ("before", "after") if r % 2 == 0 else ("after", "before"):
+            f = _normalise_before if name == "before" else normalise_text
+            t0 = time.process_time()
+            for x in texts:
+                f(x)
+            times[name].append(time.process_time() - t0)
+    ratios = sorted(a / b for a, b in zip(times["after"], times["before"]))
+    mb = sum(len(x.encode("utf-8")) for x in texts) / 1e6
+    print(f"normalise_text: {mb:.1f} MB, {statistics.median(times['before']):.3f} s before, "
+          f"{statistics.median(times['after']):.3f} s after (CPU, median of {rounds}); after/before "
+          f"{statistics.median(ratios):.2f} (range {ratios[0]:.2f}-{ratios[-1]:.2f}); outputs identical")
+    return {"mb": round(mb, 2), "after_over_before": round(statistics.median(ratios), 2),
+            "range": [round(ratios[0], 2), round(ratios[-1], 2)]}
+
+
 def _jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / max(len(a | b), 1)
 
@@ -288,6 +315,7 @@ def main() -> dict:
                   f"kept-set Jaccard {_jaccard(kept['ilm'], kept[dt]):.3f}")
         res["jaccard_datatrove_spacy_vs_split"] = round(_jaccard(kept["datatrove"], kept["datatrove (str.split words)"]), 3)
         print(f"datatrove spaCy words vs str.split words: kept-set Jaccard {res['jaccard_datatrove_spacy_vs_split']:.3f}")
+    res["normalize"] = normalize_speed()
     return res
 
 

@@ -42,6 +42,8 @@ def test_symbol_only_tokens_are_not_words() -> None:
     text = " ".join(["cats and the dog |"] * 15)
     assert g.filter(_doc(text)) is True
     assert g.filter(_doc(text.replace("cats", "a"))) == (False, "gopher_mean_word_length")  # 2.5 per word
+    for empty in ("", "- | ... #", "\n\n"):  # no word at all, even with no minimum: dropped, no division by zero
+        assert GopherQuality(min_words=0).filter(_doc(empty)) == (False, "gopher_too_few_words")
 
 
 def test_hash_and_ellipsis_ratios_are_separate_rules() -> None:

@@ -57,7 +57,7 @@ def _reference_gopher_quality(step, doc) -> object:
     toks = tokens(text, cjk)
     words = [w for w in toks if any(c.isalnum() for c in w)]  # symbol-only tokens are not words
     n = len(words)
-    if n < step.min_words:
+    if n < step.min_words or n == 0:
         return False, "gopher_too_few_words"
     if n > step.max_words:
         return False, "gopher_too_many_words"

@@ -87,7 +87,7 @@ class GopherQuality(Filter):
         symbolic = {w for w in distinct if not w.isalnum() and not _WORDISH.search(w)}
         n_tok = len(tokens_)
         n = n_tok - (sum(map(symbolic.__contains__, tokens_)) if symbolic else 0)
-        if n < self.min_words:
+        if n < self.min_words or n == 0:  # (no word at all: every ratio below would divide by zero)
             return False, "gopher_too_few_words"
         if n > self.max_words:
             return False, "gopher_too_many_words"
