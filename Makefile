@@ -29,10 +29,14 @@ demo: install
 # its own directory (no other trl can shadow it there; its dependencies come from the `bench` extra), which
 # the benchmark puts first on sys.path in a child process.
 TRL_PPO := trl==1.12.0
+# datatrove (benchmarks/bench_data_pipeline.py) and the spaCy tokenizer it uses for English also get their own
+# directory, put first on sys.path of the benchmark's child processes.
+DATATROVE := datatrove==0.10.1 spacy==3.8.18 orjson==3.13.0
 
 bench: install
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	test -d $(VENV)/trl-ppo/trl || $(BIN)/pip install -q --no-deps --target $(VENV)/trl-ppo $(TRL_PPO)
+	test -d $(VENV)/datatrove/datatrove || $(BIN)/pip install -q --target $(VENV)/datatrove $(DATATROVE)
 	$(BIN)/python -m benchmarks.run
 
 lint: install

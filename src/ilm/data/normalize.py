@@ -17,7 +17,9 @@ from ilm.data.document import Document
 
 # C0/C1 controls except tab and newline, plus zero-width and bidi marks that only hide text
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200e\u200f\u202a-\u202e\u2060\ufeff]")
-_SPACES = re.compile(r"[^\S\n]+")
+# a run of whitespace other than newlines, except a lone plain space (most of them: replacing each
+# with itself was most of this step's time)
+_SPACES = re.compile(r"[^\S\n ][^\S\n]*| [^\S\n]+")
 _BLANKS = re.compile(r"\n{3,}")
 
 
@@ -52,11 +54,18 @@ def normalise_text(text: str, form: str = "NFC") -> str:
     """NFC, no control characters, spaces collapsed within lines, lines stripped, at most one blank line."""
     if not text.isascii():
         text = unicodedata.normalize(form, text)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
     text = _SPACES.sub(" ", text)
-    text = "\n".join(line.strip() for line in text.split("\n"))
-    return _BLANKS.sub("\n\n", text).strip()
+    # runs are single spaces now: stripping each line is dropping a space next to a newline
+    if " \n" in text:
+        text = text.replace(" \n", "\n")
+    if "\n " in text:
+        text = text.replace("\n ", "\n")
+    if "\n\n\n" in text:
+        text = _BLANKS.sub("\n\n", text)
+    return text.strip()
 
 
 @dataclass

@@ -26,6 +26,8 @@ ELLIPSES = ("...", "…", "。。。")
 
 
 _ALPHA = re.compile(r"[^\W\d_]")
+_WORDISH = re.compile(r"[^\W_]")  # a letter or a digit
+_EDGES = re.compile(r"^[\W_]+|[\W_]+$")  # punctuation and symbols around a word: "(the," -> "the"
 
 
 _LAST_FRACTION: list = [None, 0.0]
@@ -79,34 +81,40 @@ class GopherQuality(Filter):
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         text = doc.text
         cjk = _is_cjk(doc)
-        words = _words(text, cjk)
-        n = len(words)
-        if n < self.min_words:
+        tokens_ = _words(text, cjk)
+        distinct = dict.fromkeys(tokens_)
+        # words: tokens with a letter or digit; symbol-only tokens ("-", "|", "...") are not words
+        symbolic = {w for w in distinct if not w.isalnum() and not _WORDISH.search(w)}
+        n_tok = len(tokens_)
+        n = n_tok - (sum(map(symbolic.__contains__, tokens_)) if symbolic else 0)
+        if n < self.min_words or n == 0:  # (no word at all: every ratio below would divide by zero)
             return False, "gopher_too_few_words"
         if n > self.max_words:
             return False, "gopher_too_many_words"
         if not cjk:
-            mean = sum(map(len, words)) / n
-            if not self.min_mean_word_length <= mean <= self.max_mean_word_length:
+            chars = sum(map(len, tokens_)) - (sum(len(w) for w in tokens_ if w in symbolic) if symbolic else 0)
+            if not self.min_mean_word_length <= chars / n <= self.max_mean_word_length:
                 return False, "gopher_mean_word_length"
-        symbols = text.count("#") + sum(text.count(e) for e in ELLIPSES)
-        if symbols / n > self.max_symbol_word_ratio:
+        # "#" and ellipses are two rules, each against the word count (Gopher: "for either")
+        if text.count("#") / n > self.max_symbol_word_ratio:
             return False, "gopher_symbol_ratio"
-        lines = list(filter(None, map(str.strip, text.split("\n"))))  # non-blank lines, stripped
-        if lines:
-            if sum(map(methodcaller("startswith", BULLETS), lines)) / len(lines) > self.max_bullet_lines:
-                return False, "gopher_bullet_lines"
-            if sum(map(methodcaller("endswith", ELLIPSES), lines)) / len(lines) > self.max_ellipsis_lines:
-                return False, "gopher_ellipsis_lines"
-        # a word without any letter: only words that are not all letters need the regex, once each
-        odd = {w for w in dict.fromkeys(words) if not w.isalpha() and not _ALPHA.search(w)}
-        alpha = n - (sum(map(odd.__contains__, words)) if odd else 0)
-        if alpha / n < self.min_alpha_words:
+        if sum(map(text.count, ELLIPSES)) / n > self.max_symbol_word_ratio:
+            return False, "gopher_symbol_ratio"
+        lines = [ln.strip() for ln in text.split("\n")]  # every line, blank ones included (Gopher: "lines")
+        if sum(map(methodcaller("startswith", BULLETS), lines)) / len(lines) > self.max_bullet_lines:
+            return False, "gopher_bullet_lines"
+        if sum(map(methodcaller("endswith", ELLIPSES), lines)) / len(lines) > self.max_ellipsis_lines:
+            return False, "gopher_ellipsis_lines"
+        # a token without any letter: only tokens that are not all letters need the regex, once each
+        odd = {w for w in distinct if not w.isalpha() and not _ALPHA.search(w)}
+        alpha = n_tok - (sum(map(odd.__contains__, tokens_)) if odd else 0)
+        if alpha / n_tok < self.min_alpha_words:
             return False, "gopher_alpha_words"
+        # at least `min_stop_words` DISTINCT stop words ("the the" is one); "The," counts as "the"
         if cjk:
-            stops = sum(map(_ZH_STOP.__contains__, words))
+            stops = len(_ZH_STOP.intersection(distinct))
         else:
-            stops = sum(map(_EN_STOP.__contains__, map(str.lower, words)))
+            stops = len(_EN_STOP.intersection({(w if w.isalpha() else _EDGES.sub("", w)).lower() for w in distinct}))
         if stops < self.min_stop_words:
             return False, "gopher_stop_words"
         return True
@@ -129,8 +137,9 @@ def _ngram_hashes(th: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def top_ngram_fraction(th: np.ndarray, lens: np.ndarray, n: int, total: int) -> float:
-    """Characters in all occurrences of the most frequent n-gram / characters in all words."""
+def top_ngram_fraction(th: np.ndarray, lens: np.ndarray, n: int, total: int, sep: int = 0) -> float:
+    """Characters in all occurrences of the most frequent n-gram / `total`; an n-gram's characters are
+    its words' plus `sep` between each two (1 for spaced text: its span in normalised text)."""
     if th.size < n or total == 0:
         return 0.0
     g = _ngram_hashes(th, n)
@@ -139,11 +148,13 @@ def top_ngram_fraction(th: np.ndarray, lens: np.ndarray, n: int, total: int) -> 
     if counts[top] < 2:
         return 0.0
     first = int(np.flatnonzero(inv == top)[0])
-    return float(counts[top] * lens[first : first + n].sum()) / total
+    return float(counts[top] * (lens[first : first + n].sum() + sep * (n - 1))) / total
 
 
-def dup_ngram_fraction(th: np.ndarray, lens: np.ndarray, n: int, total: int) -> float:
-    """Characters of words covered by repeated occurrences (not the first) of any n-gram / all characters."""
+def dup_ngram_fraction(th: np.ndarray, lens: np.ndarray, n: int, total: int, sep: int = 0) -> float:
+    """Characters covered by the repeated occurrences (not the first) of any n-gram, each character
+    counted once however many occurrences overlap it (Gopher), / `total`. Words sit `sep` characters
+    apart; this reference marks every covered character (the filter uses `_NgramLevels`)."""
     if th.size < n or total == 0:
         return 0.0
     g = _ngram_hashes(th, n)
@@ -153,11 +164,11 @@ def dup_ngram_fraction(th: np.ndarray, lens: np.ndarray, n: int, total: int) -> 
     if not repeat.any():
         return 0.0
     starts = np.flatnonzero(repeat)
-    cover = np.zeros(th.size + 1, dtype=np.int32)
-    cover[starts] += 1  # starts are distinct, and so are the ends: plain indexing adds each once
-    cover[starts + n] -= 1
-    covered = np.cumsum(cover[:-1]) > 0
-    return float(lens[covered].sum()) / total
+    pos = np.concatenate([[0], np.cumsum(lens + sep)])  # where each word starts
+    cover = np.zeros(int(pos[-1]) + 1, dtype=np.int64)
+    np.add.at(cover, pos[starts], 1)
+    np.add.at(cover, pos[starts + n] - sep, -1)  # the end of the occurrence's last word
+    return float((np.cumsum(cover[:-1]) > 0).sum()) / total
 
 
 class _NgramLevels:
@@ -171,8 +182,8 @@ class _NgramLevels:
     included: groups in hash order, first occurrences first), barring a 64-bit hash collision at one
     level but not at the one below."""
 
-    def __init__(self, th: np.ndarray, lens: np.ndarray, total: int):
-        self.th, self.lens, self.total = th, lens, total
+    def __init__(self, th: np.ndarray, lens: np.ndarray, total: int, sep: int = 0):
+        self.th, self.lens, self.total, self.sep = th, lens, total, sep
         self.cum = np.concatenate([[0], np.cumsum(lens)])
         self.n = 0
         self.cand = np.zeros(0, dtype=np.int64)  # level n: positions whose n-gram hash may repeat, ascending
@@ -215,7 +226,7 @@ class _NgramLevels:
             return 0.0
         t = int(np.argmax(self.cnt))
         first = int(self.cand[self.o[self.heads[t]]])
-        return float(self.cnt[t] * self.lens[first : first + n].sum()) / self.total
+        return float(self.cnt[t] * (self.lens[first : first + n].sum() + self.sep * (n - 1))) / self.total
 
     def dup(self, n: int) -> float:
         if self.th.size < n or self.total == 0:
@@ -227,9 +238,12 @@ class _NgramLevels:
         if rep.size == 0:
             return 0.0
         rep.sort()
-        lo = rep.copy()  # the part of [r, r + n) not already covered by the previous repeated start
+        lo = rep.copy()  # the words of [r, r + n) not already covered by the previous repeated start
         np.maximum(rep[1:], rep[:-1] + n, out=lo[1:])
-        return float((self.cum[rep + n] - self.cum[lo]).sum()) / self.total
+        chars = int((self.cum[rep + n] - self.cum[lo]).sum())
+        if self.sep:  # separators: one before each new word, but none before the first of a new span
+            chars += self.sep * int((rep + n - lo).sum() - np.count_nonzero(lo == rep))
+        return float(chars) / self.total
 
 
 @dataclass
@@ -248,7 +262,8 @@ class GopherRepetition(Filter):
     max_tokens: int = 1_000_000  # n-gram statistics over the first 1M tokens: a 50 MB record costs seconds
 
     @staticmethod
-    def _dups(parts: list[str]) -> tuple[float, float]:
+    def _dups(parts: list[str]) -> tuple[float, int]:
+        """(share of the parts that repeat an earlier one, characters in those repeats)."""
         seen: set[str] = set()
         n_dup = chars_dup = 0
         for p in parts:
@@ -257,30 +272,34 @@ class GopherRepetition(Filter):
                 chars_dup += len(p)
             else:
                 seen.add(p)
-        total = sum(map(len, parts))
-        return n_dup / max(len(parts), 1), chars_dup / max(total, 1)
+        return n_dup / max(len(parts), 1), chars_dup
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         text = doc.text
+        size = max(len(text), 1)  # every fraction of characters is of the document's characters (Gopher)
         paras = [p.strip() for p in re.split(r"\n{2,}", text) if p.strip()]
         frac, chars = self._dups(paras)
         if frac > self.max_dup_para_fraction:
             return False, "repetition_paragraphs"
-        if chars > self.max_dup_para_char_fraction:
+        if chars / size > self.max_dup_para_char_fraction:
             return False, "repetition_paragraph_chars"
         lines = [ln for ln in text.split("\n") if ln.strip()]
         frac, chars = self._dups(lines)
         if frac > self.max_dup_line_fraction:
             return False, "repetition_lines"
-        if chars > self.max_dup_line_char_fraction:
+        if chars / size > self.max_dup_line_char_fraction:
             return False, "repetition_line_chars"
-        words = _words(text, _is_cjk(doc))[: self.max_tokens]
+        cjk = _is_cjk(doc)
+        words, sep = _words(text, cjk), 0 if cjk else 1  # spaced words: one separator apart
         if not words:
             return True
+        cut = len(words) > self.max_tokens
+        words = words[: self.max_tokens]
         th = _token_hashes(words)
         lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-        total = int(lens.sum())
-        levels = _NgramLevels(th, lens, total)
+        if cut:  # the statistics are over the first max_tokens words: so is the denominator
+            size = int(lens.sum()) + sep * (len(words) - 1)
+        levels = _NgramLevels(th, lens, size, sep)
         for n, limit in self.top_ngrams.items():
             if levels.top(int(n)) > limit:
                 return False, f"repetition_top_{n}gram"
@@ -290,15 +309,17 @@ class GopherRepetition(Filter):
         return True
 
 
-_TERMINAL = (".", "!", "?", '"', "'", "”", "’", "。", "！", "？", "…", "」", "』", ":", "：")
+_TERMINAL = (".", "!", "?", '"', "'", "”", "’", "。", "！", "？", "」", "』")  # C4: . ! ? or an end quote
+_ELLIPSIS_END = ("...", "…")  # C4's code drops lines that end in an ellipsis
+_CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]", re.IGNORECASE)
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 _SENTENCE = re.compile(r"[.!?]+(?:\s|$)|[。！？]+")
 
 
 @dataclass
 class C4Filter(Map):
-    """C4's line rules: keep lines that end in terminal punctuation and have >= 3 words (>= 5 CJK
-    characters); remove javascript/policy lines; drop documents with lorem ipsum, curly brackets
+    """C4's line rules: remove citation marks; keep lines that end in terminal punctuation (not an
+    ellipsis) and have >= 3 words (>= 5 CJK characters); remove javascript/policy lines; drop documents with lorem ipsum, curly brackets
     (off by default: it drops code), or fewer than `min_sentences` sentences left."""
 
     type: ClassVar[str] = "c4"
@@ -322,10 +343,13 @@ class C4Filter(Map):
                 if kept and kept[-1] != "":
                     kept.append("")
                 continue
+            if "[" in s:  # Wikipedia-style citation marks go, as in C4
+                s = _CITATION.sub("", s).strip()
             ls = s.lower()
             words = tokens(s, cjk)
             if (
                 not s.endswith(_TERMINAL)
+                or s.endswith(_ELLIPSIS_END)
                 or len(words) < (5 if cjk else self.min_words_per_line)
                 or "javascript" in ls
                 or any(p in ls for p in _POLICY)
