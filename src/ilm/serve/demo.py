@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -102,7 +103,7 @@ def run(out: Path, checkpoint: Path, quick: bool = True, *, chat: list[dict] | N
             choice = tool_choice or {"type": "function", "function": {"name": name}}
             call = _stream(client, "ilm-demo", ask, max_tokens + 32, tools=[tool], tool_choice=choice)
             exchanges.append({"kind": "tool call", **call})
-            parsed, answer = False, None
+            parsed, answer, result = False, None, None
             if call["tool_calls"]:
                 tc = call["tool_calls"][0]
                 args = json.loads(tc["function"]["arguments"])  # the server only reports calls that parsed
@@ -121,9 +122,28 @@ def run(out: Path, checkpoint: Path, quick: bool = True, *, chat: list[dict] | N
         engine.stop()
     tokens = sum((e["usage"] or {}).get("completion_tokens", 0) for e in exchanges)
     (out / "transcripts.json").write_text(json.dumps(exchanges, indent=2, ensure_ascii=False) + "\n")
+    used = uses_result(answer, result)
     summary = {"requests": len(exchanges), "completion_tokens": tokens, "tool_call_parsed": parsed,
-               "final_answer": answer, "url": url, "engine": engine.stats.as_dict()}
+               "final_answer": answer, "tool_result": result, "answer_uses_tool_result": used, "url": url,
+               "engine": engine.stats.as_dict()}
+    verdict = ("" if used is None else "; the answer uses the tool's result" if used
+               else f"; NOT the tool's result ({str(result)[:40]!r}): the tiny model did not learn to use it")
     print(f"[serve] {len(exchanges)} requests through the openai client at {url}/v1, {tokens} tokens; "
           f"streamed: {exchanges[0]['streamed_text'][:60]!r}; tool call parsed: {parsed}"
-          + (f"; final answer: {answer[:60]!r}" if answer is not None else ""))
+          + (f"; final answer: {answer[:60]!r}{verdict}" if answer is not None else ""))
     return summary
+
+
+def uses_result(answer: str | None, result: Any) -> bool | None:
+    """Whether a final answer carries the tool's result: every number the result holds appears in the answer
+    and the answer states no other number (so "87 degrees" after the tool said 7 is a miss); for a result
+    without numbers, whether its first words appear. None when there was no round trip."""
+    if answer is None or result is None:
+        return None
+    text = str(result)
+    want = re.findall(r"-?\d+(?:\.\d+)?", text)
+    if want:
+        got = re.findall(r"-?\d+(?:\.\d+)?", answer)
+        return set(want) <= set(got) and set(got) <= set(want)
+    head = " ".join(text.split()[:3]).lower()
+    return bool(head) and head in answer.lower()
