@@ -159,8 +159,8 @@ class Screen:
     def show(self, event) -> None:
         out = self.out
         if event.kind == "text":
+            self.partial += event.text  # first: Ctrl-C right after the write must still find it kept
             out.write(event.text)
-            self.partial += event.text
         elif event.kind == "call":
             self.partial = ""
             if event.data.get("type") == "interpreter":
