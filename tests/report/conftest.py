@@ -167,7 +167,11 @@ def build_handmade_stages(out: Path) -> None:
                 {"id": "call_1", "type": "function",
                  "function": {"name": "python_doc", "arguments": "{\"name\": \"os.path.join\"}"}}]},
             {"role": "tool", "tool_call_id": "call_1", "content": "Join two or more pathname components."},
-            {"role": "assistant", "content": "It joins path components."}], "seconds": 0.9}])
+            {"role": "assistant", "content": "It joins path components."}], "seconds": 0.9},
+        {"kind": "tool call", "messages": [{"role": "user", "content": "Weather in Paris?"}], "streamed_text": "",
+         "tool_calls": [{"id": "call_7", "type": "function",
+                         "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}],
+         "finish_reason": "tool_calls", "seconds": 0.3}])
 
 
 @pytest.fixture(scope="session")

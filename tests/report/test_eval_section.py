@@ -127,3 +127,10 @@ def test_report_on_one_stage_folder(small_run, tmp_path):
     page = out.read_text()
     assert '<section id="pretrain" data-status="ran"' in page and '<section id="sft" data-status="not run"' in page
     assert "Model trained:" in page and "preset tiny" in page
+
+
+def test_the_replys_own_tool_call_is_shown(small_report):
+    """The server's streamed tool_calls (the demo's exchange 2) are shown as the reply's call."""
+    text = html.unescape(re.sub(r"<[^>]+>", "", small_report.read_text()))
+    assert 'Exchange 3: tool call (with a tool call)' in text
+    assert 'assistant · replytool call: get_weather({"city": "Paris"})' in text

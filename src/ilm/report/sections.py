@@ -634,18 +634,22 @@ def chats(run: Run) -> Safe:
             continue
         msgs = [m for m in ex.get("messages", []) if isinstance(m, dict)]
         parts = [join(_message(m) for m in msgs)]
-        if ex.get("streamed_text") is not None:
+        if ex.get("streamed_text"):
             parts.append(tag("div", join([tag("div", "streamed reply (deltas joined)", class_="role"),
                                           tag("div", ex["streamed_text"])]), class_="msg assistant"))
-        facts = [(k, v) for k, v in ex.items() if k not in ("messages", "streamed_text", "title", "name")
+        calls = [c for c in ex.get("tool_calls") or [] if isinstance(c, dict)]
+        if calls:  # the reply's own calls (the server's streamed tool_calls), not the request's
+            parts.append(_message({"role": "assistant", "name": "reply", "tool_calls": calls}))
+        facts = [(k, v) for k, v in ex.items() if k not in ("messages", "streamed_text", "title", "name", "kind")
                  and isinstance(v, (int, float, str, bool))]
         for k, v in ex.items():
             if isinstance(v, dict) and k != "messages":
                 facts += [(f"{k}.{a}", b) for a, b in v.items() if isinstance(b, (int, float, str, bool))]
         if facts:
             parts.append(kv(facts))
-        title = ex.get("title") or ex.get("name") or f"Exchange {i + 1}"
-        kinds = " (tool call and its result)" if any(m.get("tool_calls") for m in msgs) else ""
+        title = ex.get("title") or ex.get("name") or ex.get("kind") or f"Exchange {i + 1}"
+        title = f"Exchange {i + 1}: {title}" if not str(title).startswith("Exchange") else title
+        kinds = " (with a tool call)" if calls or any(m.get("tool_calls") for m in msgs) else ""
         body.append(tag("div", join([tag("h3", f"{title}{kinds}"), *parts]), class_="chat"))
     if not body:
         body = [p("serve/transcripts.json holds no exchanges.", class_="notrun")]
