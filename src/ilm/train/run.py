@@ -330,9 +330,6 @@ def run_recipe_cli(prog: str, config_cls: type, train: Callable[..., dict], reci
         with stop_on_signals():
             summary = train(cfg, resume=opts.resume)
         ok = True
-    except Exception:
-        kept.restore()  # refused before a step (other data, a missing file): the run's config.toml stays its own
-        raise
     except Interrupted as stop:
         ok = True  # every process stopped at the same step
         if os.environ.get("RANK", "0") == "0":
@@ -344,6 +341,9 @@ def run_recipe_cli(prog: str, config_cls: type, train: Callable[..., dict], reci
             print(f"{stop}; checkpoint saved in {getattr(cfg, 'run_dir', '?')}; resume with: {cmd}",
                   file=sys.stderr, flush=True)
         return 128 + stop.signum
+    except Exception:
+        kept.restore()  # refused before a step (other data, a missing file): the run's config.toml stays its own
+        raise
     finally:
         shutdown_world(barrier=ok)  # no barrier after a failure: the other ranks may never arrive
     print(json.dumps(summary, indent=2, default=str))
