@@ -48,10 +48,7 @@ def _lm_eval(checkpoint, include, names):
     tm = TaskManager(include_path=[str(SHIPPED), str(include)])
     out = {}
     for name in names:  # one call per task: each its own --limit
-        # add_bos_token: ilm's tokenizers add no BOS by default (the chat template writes its own); ilm scores
-        # with BOS first, as its models were trained
-        args = f"pretrained={checkpoint},dtype=float32,add_bos_token=True"
-        r = lm_eval.simple_evaluate(model="hf", model_args=args, tasks=[name],
+        r = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={checkpoint},dtype=float32", tasks=[name],
                                     task_manager=tm, log_samples=True, limit=LIMITS[name], batch_size=4,
                                     device="cpu")
         out[name] = (r["results"][name], sorted(r["samples"][name], key=lambda s: s["doc_id"]))

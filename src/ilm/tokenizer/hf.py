@@ -114,9 +114,9 @@ class HFTokenizer(ChatMixin):
         if self.fast is not None:
             return self.fast.encode(text, [self.bos_id] if bos else [], special)
         tok = self.hf if special else self._plain
-        ids = [self.bos_id] if bos else []  # by hand: a saved tokenizer.json adds no BOS by default (see save)
         if len(text) < PARALLEL_CHARS:
-            return ids + _batch(tok)([text], add_special_tokens=False)[0].ids
+            return _batch(tok)([text], add_special_tokens=bos)[0].ids
+        ids = [self.bos_id] if bos else []
         for enc in _batch(tok)(split_for_parallel(text, 4 * (os.cpu_count() or 1)), add_special_tokens=False):
             ids += enc.ids
         return ids
@@ -126,8 +126,7 @@ class HFTokenizer(ChatMixin):
         if self.fast is not None:
             return self.fast.encode_batch(list(texts), [self.bos_id] if bos else [], special)
         tok = self.hf if special else self._plain
-        head = [self.bos_id] if bos else []
-        return [head + e.ids for e in _batch(tok)(list(texts), add_special_tokens=False)]
+        return [e.ids for e in _batch(tok)(list(texts), add_special_tokens=bos)]
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Ordinary-text ids with (start, end) character offsets into `text` (used for loss masks)."""
@@ -152,10 +151,6 @@ class HFTokenizer(ChatMixin):
         """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and the manifest."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        # No BOS added by default, as `encode` and `ilm tokenizer encode` (without --bos): the chat template
-        # writes <s> itself, so `tok(apply_chat_template(conv, tokenize=False))` and `apply_chat_template(conv,
-        # tokenize=True)` both give exactly one BOS, never two.
-        self.hf.post_processor = None
         self.hf.save(str(out / "tokenizer.json"))
         self.manifest["encoder"] = {"backend": self.backend, "reason": self.encoder_note, "check": ENCODER_CHECK,
                                     "tokenizer_sha256": _file_sha256(out / "tokenizer.json")}
@@ -173,7 +168,7 @@ class HFTokenizer(ChatMixin):
             "eos_token": EOS,
             "unk_token": UNK,
             "pad_token": PAD,
-            "add_bos_token": False,
+            "add_bos_token": True,
             "add_eos_token": False,
             "chat_template": CHAT_TEMPLATE,
             "clean_up_tokenization_spaces": False,
