@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint clean gpu-check
 
 install: $(STAMP)
 
@@ -15,13 +15,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	command -v bwrap >/dev/null || apt-get install -y -qq bubblewrap || (apt-get update -qq && apt-get install -y -qq bubblewrap)
 	touch $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest -n 2 tests
 
+# DEMO_ARGS: extra `ilm demo` flags, e.g. `make demo DEMO_ARGS=--quick` (a few steps per stage; .ci/run)
 demo: install
-	$(BIN)/ilm demo
+	$(BIN)/ilm demo $(DEMO_ARGS)
 
 # TRL's PPO trainer (benchmarks/bench_ppo.py) was removed in trl 1.13, so the last release with it goes into
 # its own directory (no other trl can shadow it there; its dependencies come from the `bench` extra), which
@@ -38,3 +40,11 @@ lint: install
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+
+# The one prepared GPU check (benchmarks/gpu_check.py, docs/benchmarks.md "GPU check"): on a device machine with
+# its own torch, no install step; the raw output goes to GPU_CHECK_OUT (copy it to docs/device-runs/).
+GPU_PY ?= python3
+GPU_CHECK_OUT ?= out/gpu-check
+
+gpu-check:
+	PYTHONPATH=src:. $(GPU_PY) -m benchmarks.gpu_check --out $(GPU_CHECK_OUT)

@@ -78,7 +78,9 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_mistake_is_one_line(work, name):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the shipped recipes' runs/demo/... paths resolve inside `work`, never in the checkout (where, after
+    # `make demo`, they exist: the command would then run and write into the demo's run)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ILM_BASE_DIR": str(work)}
     env.pop("ILM_DEBUG", None)
     done = subprocess.run([sys.executable, "-m", "ilm.cli", *CASES[name]], cwd=work, env=env, capture_output=True,
                           text=True, timeout=120, check=False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
+import os
 import re
 import shutil
 import subprocess
@@ -47,18 +49,17 @@ class ScriptedModel:
         yield from output_ids(self.tok, self.replies.pop(0))
 
 
-def _kernel_confines() -> str | None:
-    """Why this system cannot confine the interpreter (checked without ilm's code), or None."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    if libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1)) < 1:
-        return "no Landlock in this kernel"
-    if not shutil.which("unshare"):
-        return "no unshare(1) to check for namespaces"
-    done = subprocess.run(["unshare", "--user", "--net", "--pid", "--fork", "--map-root-user", "true"],
-                          capture_output=True, check=False)
-    return None if done.returncode == 0 else "no user/network/PID namespaces here"
+def _jail_unavailable() -> str | None:
+    """Why bubblewrap cannot build the interpreter's jail here (checked without ilm's code), or None."""
+    if shutil.which("bwrap") is None:
+        return "bubblewrap (bwrap) is not installed"
+    if ctypes.util.find_library("seccomp") is None:
+        return "libseccomp is not installed"
+    as_nobody = {"user": 65534, "group": 65534, "extra_groups": []} if os.geteuid() == 0 else {}
+    done = subprocess.run(["bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--ro-bind", "/", "/", "true"],
+                          capture_output=True, text=True, check=False, **as_nobody)
+    return None if done.returncode == 0 else f"bwrap cannot make user namespaces here: {done.stderr.strip()}"
 
 
-_WHY = _kernel_confines()
-needs_confinement = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
+JAIL_MISSING = _jail_unavailable()
+needs_jail = pytest.mark.skipif(JAIL_MISSING is not None, reason=JAIL_MISSING or "")

@@ -8,7 +8,7 @@ import pytest
 
 from ilm.cli import main
 
-from .conftest import needs_confinement
+from .conftest import needs_jail
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_chat_streams_replies_keeps_history_and_obeys_commands(checkpoint, tok, 
     assert "never read" not in out
 
 
-@needs_confinement
+@needs_jail
 def test_chat_ends_at_end_of_input_with_tools_and_interpreter(checkpoint, monkeypatch, capsys):
     path, _ = checkpoint
     code, out, err = _chat(monkeypatch, capsys, [], "--checkpoint", str(path), "--tools", "builtin", "--interpreter")

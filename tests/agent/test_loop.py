@@ -6,7 +6,7 @@ from ilm.agent.loop import Agent, Event
 from ilm.agent.sandbox import Limits, Sandbox
 from ilm.agent.tools import ToolRegistry, calculator
 
-from .conftest import ScriptedModel, needs_confinement, output_ids
+from .conftest import ScriptedModel, needs_jail, output_ids
 
 CALL = '<|action_start|><|plugin|>\n{body}<|action_end|><|im_end|>'
 
@@ -74,7 +74,7 @@ def test_every_failure_is_an_environment_message_the_loop_continues_with(tok):
         assert error in tok.decode(prompt)
 
 
-@needs_confinement
+@needs_jail
 def test_interpreter_calls_run_in_the_sandbox_and_a_timeout_is_survived(tok):
     code = "<|action_start|><|interpreter|>\n```python\n{}\n```<|action_end|><|im_end|>"
     with Sandbox(Limits(cpu_seconds=2, memory_bytes=256 << 20, wall_seconds=1.0, max_processes=16)) as sandbox:

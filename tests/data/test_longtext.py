@@ -144,8 +144,15 @@ def test_perplexity_difference_drops_shuffled_text(checkpoint: tuple[Path, calla
     rate = {k: dropped[k] / n for k, n in (("coherent", 60), ("shuffled", 60), ("lenient", 30))}
     print(f"perplexity-difference drop rate: coherent {rate['coherent']:.2f}, shuffled {rate['shuffled']:.2f}, "
           f"shuffled under a per-domain threshold {rate['lenient']:.2f}")
-    assert rate["shuffled"] >= 0.6 and rate["coherent"] <= 0.25
-    assert rate["shuffled"] - rate["coherent"] >= 0.5
+    # Bounds from the measured spread, not one draw. A coherent document's paragraphs come from one topic,
+    # but S2 alone reveals its topic within a few tokens, so its ratio sits just below 1 and a share of
+    # coherent documents lands above 1 by chance. Measured (2026-12-07, 1 and 2 threads alike) on this
+    # fixture's model (150 steps) and on the same model trained 300 / 450 steps: coherent 0.23 / 0.35 /
+    # 0.20, shuffled 0.87 / 0.92 / 0.88; a rate over 60 documents has a binomial sd of ~0.06. The old
+    # bound (coherent <= 0.25) sat inside that spread (a fresh clone measured 0.30); these sit >= 1.5 sd
+    # outside every measured model, and a filter that does not tell the two apart still fails them.
+    assert rate["shuffled"] >= 0.7 and rate["coherent"] <= 0.45
+    assert rate["shuffled"] - rate["coherent"] >= 0.4
     assert rate["lenient"] == 0.0
     assert all(d.metadata["removed"]["reason"] == "context_hurts" and d.metadata["ppl"]["ppl_ratio"] > 1.0 for d in removed)
     assert ledger["balanced"]

@@ -1,8 +1,16 @@
 """A tiny Llama-format checkpoint with its tokenizer, the way `ilm model convert --to llama` leaves one."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# lm-eval loads task data through the datasets library, which caches what it reads: keep that out of the
+# home directory (set before `datasets` is imported), and never reach the hub
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="ilm-test-datasets-"))
+for _k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_k, "1")
 
 
 @pytest.fixture(scope="session")

@@ -257,3 +257,24 @@ def test_passkey_training_rows_put_the_labels_on_the_needle_digits(tok, haystack
         value = re.search(r"The pass key is (\d{5})\. Remember it\.", tok.decode(row)).group(1)
         assert tok.decode([lab[i] for i in at]).strip() == value
         assert tok.decode(row[:at[0] + 1]).endswith("What is the pass key? The pass key is")
+
+
+def test_the_memory_estimate_s_refusal_is_one_line_not_a_fallback(tmp_path, checkpoint, capsys, monkeypatch):
+    """Past the trained window the generator's memory estimate may refuse a prompt: NIAH says so in one
+    line (exit 2) instead of falling back to a full forward with no check."""
+    import ilm.model.generate as gen
+    from ilm.model.memory import ContextMemoryError
+
+    def refuse(model, prompts, sampling, keep_stop=False):
+        raise ContextMemoryError(f"a context of {len(prompts[0])} tokens needs ~1.8 GB; 0.5 GB is free")
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("fell back to a full forward past the memory estimate")
+
+    monkeypatch.setattr(gen, "generate", refuse)
+    monkeypatch.setattr(niah, "greedy_full", no_fallback)
+    rc = run_cli(["--checkpoint", str(checkpoint), "--lengths", "256", "--depths", "0.5", "--out", str(tmp_path),
+                  "--max-new-tokens", "2", "--compare-ntk"])  # dynamic NTK (x2) first: 256 is past its 192
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "needs ~1.8 GB; 0.5 GB is free" in err

@@ -121,3 +121,23 @@ def test_generate_past_the_memory_estimate_is_one_line(tmp_path, capsys, monkeyp
     assert main(["generate", "--checkpoint", str(path), "--ids", ids, "--max-new-tokens", "3"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: generating 1 row(s) of up to 603 positions needs an estimated") and "\n" not in err
+
+
+def test_generate_past_the_window_under_dynamic_ntk_both_modes(tmp_path, capsys):
+    """`ilm generate` decodes past max_position_embeddings from the cache (the causal rule) by default and by
+    re-running the whole sequence with `--ntk recompute`; each equals its full recompute."""
+    from ilm.model.generate import greedy_recompute
+
+    cfg = get_preset("tiny", max_position_embeddings=8, rope_scaling={"type": "dynamic", "factor": 2.0},
+                     initializer_range=0.1)
+    model = build_model(cfg, seed=14).eval()
+    path = save_checkpoint(model, tmp_path / "ckpt")
+    prompt = [1, 5, 9, 33, 41, 7]
+    base = ["generate", "--checkpoint", str(path), "--ids", ",".join(map(str, prompt)), "--max-new-tokens", "14",
+            "--greedy"]
+    for extra, causal in (([], True), (["--ntk", "recompute"], False)):
+        assert main(base + extra) == 0
+        printed = [int(t) for t in capsys.readouterr().out.strip().split(",")]
+        ref = greedy_recompute(model, prompt, 14, causal_ntk=causal)
+        stop = next((i + 1 for i, t in enumerate(ref) if t in cfg.stop_token_ids), len(ref))
+        assert printed == ref[:stop] and len(prompt) + len(printed) > cfg.max_position_embeddings

@@ -40,14 +40,17 @@ def _sharp_dynamic_model():
     return model
 
 
-@pytest.mark.parametrize("new, chunk", [(19, 2048), (40, 5)])
-def test_dynamic_ntk_generation_stays_correct_across_max_positions(new, chunk):
+@pytest.mark.parametrize("new, chunk, ntk", [(19, 2048, "recompute"), (40, 5, "recompute"), (40, 5, "cached")])
+def test_dynamic_ntk_generation_stays_correct_across_max_positions(new, chunk, ntk):
     """(19, 2048): below max_context; (40, 5): past max_position_embeddings x factor = 32 (no cap any more),
-    every re-prefill chunked by 5 and still rotating with the base of the full length."""
+    prefill chunked by 5. "recompute": every step re-prefills, rotating with the base of the full length, and
+    equals a full forward; "cached" (the default): every step decodes from the cache and equals the causal
+    rule's full forward (`causal_ntk=True`; checked against an independent reference in test_ntk_cache.py)."""
     model = _sharp_dynamic_model()
+    causal = ntk == "cached"
     prompts = [[1] + list(range(40, 52)), [1, 5], [1, 300, 301, 302, 303]]
     seen = []  # each step's (B, V) logits
-    sampling = Sampling(max_new_tokens=new, greedy=True, stop_ids=(), prefill_chunk=chunk)
+    sampling = Sampling(max_new_tokens=new, greedy=True, stop_ids=(), prefill_chunk=chunk, ntk=ntk)
     out = [[] for _ in prompts]
     for step in generate_stream(model, prompts, sampling, on_step=lambda logits, tok: seen.append(logits.clone())):
         for row, t in zip(out, step):
@@ -56,27 +59,39 @@ def test_dynamic_ntk_generation_stays_correct_across_max_positions(new, chunk):
     if new == 40:
         assert 13 + new > model.config.max_context == 32
     # every row crosses max_position_embeddings=16 and still equals decoding it alone by full recompute
-    assert out == [greedy_recompute(model, p, new) for p in prompts]
+    assert out == [greedy_recompute(model, p, new, causal_ntk=causal) for p in prompts]
     with torch.no_grad():
         for row, (p, o) in enumerate(zip(prompts, out)):
             for step, logits in enumerate(seen):
-                ref = model(torch.tensor([p + o[:step]]))[0, -1]
+                ref = model(torch.tensor([p + o[:step]]), causal_ntk=causal)[0, -1]
                 assert (logits[row] - ref).abs().max().item() <= 1e-4, (row, step)
 
 
-def test_a_plain_cache_would_drift_past_max_positions():
-    """Control for the test above: reusing cached keys past the threshold changes the logits."""
+def test_a_plain_cache_would_drift_past_max_positions(monkeypatch):
+    """Control for the tests above: cached keys that are not re-rotated to each query's base (the shift
+    dropped) are exact up to max_position_embeddings and drift past it."""
+    from ilm.model import internlm2
+    from ilm.model.attention import attend
+
     model = _sharp_dynamic_model()
     seq = torch.randint(3, model.config.vocab_size, (1, 40))
-    cache = KVCache(model.config, 1, 40, torch.device("cpu"), torch.float32)
-    errors = []
     with torch.no_grad():
-        model(seq[:, :12], cache=cache)
-        for t in range(12, 40):
-            step = model(seq[:, t : t + 1], cache=cache)[:, -1]
-            errors.append((step - model(seq[:, : t + 1])[:, -1]).abs().max().item())
-    assert max(errors[:4]) <= 1e-5  # up to max_position_embeddings the cache is exact
-    assert max(errors[8:]) > 1e-3  # past it, stale keys drift
+        full = model(seq, causal_ntk=True)[0]
+
+    def errors():
+        cache = KVCache(model.config, 1, 40, torch.device("cpu"), torch.float32)
+        out = []
+        with torch.no_grad():
+            model(seq[:, :12], cache=cache)
+            for t in range(12, 40):
+                out.append((model(seq[:, t : t + 1], cache=cache)[0, -1] - full[t]).abs().max().item())
+        return out
+
+    assert max(errors()) <= 1e-4
+    monkeypatch.setattr(internlm2, "attend_shifted", lambda q, k, v, batch, shift, key_pos: attend(q, k, v, batch))
+    stale = errors()
+    assert max(stale[:4]) <= 1e-5  # up to max_position_embeddings the cache is exact
+    assert max(stale[8:]) > 1e-3  # past it, stale keys drift
 
 
 def test_stop_ids_end_each_row_and_stream_matches(tiny):
@@ -246,4 +261,4 @@ def test_flex_prefill_path_end_to_end(tiny, monkeypatch):
     model = _sharp_dynamic_model()
     prompts = [[1] + list(range(40, 70)), [1, 5, 6]]
     out = generate(model, prompts, Sampling(max_new_tokens=8, greedy=True, stop_ids=(), prefill_chunk=7))
-    assert out == [greedy_recompute(model, p, 8) for p in prompts]
+    assert out == [greedy_recompute(model, p, 8, causal_ntk=True) for p in prompts]

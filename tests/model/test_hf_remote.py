@@ -97,7 +97,9 @@ def _causal_case(root: Path, name: str, model, writer: str) -> dict:
         torch.save(model(ids), root / f"{name}-logits.pt")
     torch.save(ids, root / f"{name}-ids.pt")
     steps, expected = [], [[] for _ in PROMPTS]
-    sampling = Sampling(max_new_tokens=NEW_TOKENS, greedy=True, stop_ids=(2,))
+    # the export's `generate` re-runs the whole sequence past max_position_embeddings under dynamic NTK
+    # (the whole-sequence rule): ilm's "recompute" mode (no effect on the other cases)
+    sampling = Sampling(max_new_tokens=NEW_TOKENS, greedy=True, stop_ids=(2,), ntk="recompute")
     for step in generate_stream(model, PROMPTS, sampling, on_step=lambda logits, _: steps.append(logits.clone())):
         for row, token in zip(expected, step):
             if token is not None:

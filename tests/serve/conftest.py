@@ -105,11 +105,14 @@ def taught_ckpt(tok, tmp_path_factory):
 
 
 @contextlib.contextmanager
-def serving(ckpt: Path, max_batch: int = 32, api_key: str | None = None, name: str = "tiny") -> Iterator:
+def serving(ckpt: Path, max_batch: int = 32, api_key: str | None = None, name: str = "tiny",
+            **engine_kw) -> Iterator:
     """(base_url, engine) of a server on a free 127.0.0.1 port, stopped afterwards."""
-    engine = load_engine(ckpt, max_batch=max_batch, device="cpu")
+    engine = load_engine(ckpt, max_batch=max_batch, device="cpu", **engine_kw)
     try:
-        with ServerThread(build_app(engine, name, api_key)) as srv:
+        app = build_app(engine, name, api_key)
+        engine.server = app.state.server  # (tests only: the HTTP side, to reach its event loop)
+        with ServerThread(app) as srv:
             yield srv.url, engine
     finally:
         engine.stop()
@@ -138,3 +141,11 @@ def raw(url: str, method: str, path: str, body: bytes | dict | None = None,
     out = resp.status, json.loads(resp.read() or b"null")
     conn.close()
     return out
+
+
+def is_openai_error(body: dict) -> dict:
+    """The error object of an OpenAI-shaped error body (asserts the shape)."""
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}, body
+    assert isinstance(err["message"], str) and err["message"]
+    return err

@@ -91,13 +91,14 @@ def test_ilm_serve_subprocess(random_ckpt):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[2] / "src"),
-                                                       os.environ.get("PYTHONPATH", "")]))
+                                                       os.environ.get("PYTHONPATH", "")]), ILM_API_KEY="sekret")
     proc = subprocess.Popen([sys.executable, "-m", "ilm.cli", "serve", "--checkpoint", str(random_ckpt), "--port",
                              str(port), "--model-name", "tiny", "--max-batch", "4"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
         assert f"http://127.0.0.1:{port}/v1" in line, (line, proc.stderr.read() if proc.poll() else "")
+        assert "model id 'tiny'" in line and "API key required" in line  # the id clients must send
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
@@ -108,8 +109,34 @@ def test_ilm_serve_subprocess(random_ckpt):
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
         assert status == 200 and health["status"] == "ok" and health["max_batch"] == 4
-        status, out = raw(url, "POST", "/v1/chat/completions", GOOD)
+        assert raw(url, "POST", "/v1/chat/completions", GOOD)[0] == 401  # the key came from ILM_API_KEY
+        status, out = raw(url, "POST", "/v1/chat/completions", GOOD, {"Authorization": "Bearer sekret"})
         assert status == 200 and out["model"] == "tiny"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_api_key_sources(tmp_path, monkeypatch, capsys, random_ckpt):
+    """A file, the ILM_API_KEY variable, or --api-key with a warning that every process can read it."""
+    import argparse
+
+    from ilm.serve.cli import api_key
+
+    def args(**kw):
+        return argparse.Namespace(**{"api_key": None, "api_key_file": None, **kw})
+
+    monkeypatch.delenv("ILM_API_KEY", raising=False)
+    assert api_key(args()) == (None, None)
+    monkeypatch.setenv("ILM_API_KEY", "from-env")
+    assert api_key(args()) == ("from-env", None)
+    keyfile = tmp_path / "key"
+    keyfile.write_text("from-file\n")
+    assert api_key(args(api_key_file=str(keyfile))) == ("from-file", None)
+    key, warning = api_key(args(api_key="on-the-line"))
+    assert key == "on-the-line" and "every process" in warning and "ILM_API_KEY" in warning
+    (tmp_path / "empty").write_text("")
+    _one_line_error(capsys, ["serve", "--checkpoint", str(random_ckpt), "--api-key-file", str(tmp_path / "empty")],
+                    "is empty")
+    _one_line_error(capsys, ["serve", "--checkpoint", str(random_ckpt), "--api-key-file", str(tmp_path / "none")],
+                    "cannot read the API key")

@@ -7,6 +7,7 @@ import openai
 import pytest
 
 from ilm.serve.app import Server
+from ilm.serve.detok import TextTracker
 from tests.serve.conftest import WEATHER_TOOL, raw, serving
 
 GOOD = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
@@ -118,9 +119,17 @@ def test_model_output_spelling_a_call_is_not_a_call(random_server, tok):
     control ids is a call (so the check above is not vacuous)."""
     _, engine = random_server
     server = Server(engine, "tiny")
+
+    def reply(ids: list[int]) -> tuple[str, list[dict]]:
+        tracker = TextTracker(tok)
+        for i in ids:
+            tracker.push(i)
+        tracker.flush()
+        return tracker.text, server._calls([], ids, [WEATHER_TOOL])
+
     spelled = tok.encode(SPELLED_CALL)
-    content, calls = server._reply([], spelled, [WEATHER_TOOL])
+    content, calls = reply(spelled)
     assert calls == [] and content == SPELLED_CALL
     real = tok.encode(SPELLED_CALL, special=True)
-    content, calls = server._reply([], real, [WEATHER_TOOL])
+    content, calls = reply(real)
     assert [c["function"]["name"] for c in calls] == ["get_weather"] and content == ""

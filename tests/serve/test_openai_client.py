@@ -11,6 +11,7 @@ import pytest
 from ilm.cli import main
 from ilm.model.generate import Sampling, generate
 from ilm.model.hf import load_checkpoint
+from ilm.tokenizer.chat import call_header_ids
 from tests.serve.conftest import WEATHER_TOOL
 
 
@@ -96,3 +97,37 @@ def test_greedy_equals_ilm_generate(random_server, random_ckpt, tok, capsys):
     chat = client(url).chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0)
     assert chat.choices[0].message.content == tok.parse(ids).content
     assert chat.usage.completion_tokens == len(ids)
+
+
+def test_forced_call_header_is_the_rendered_call(tok):
+    """The header a named tool_choice writes is exactly the start of the call as the chat format renders it
+    (the ids SFT trains on); the old header, which ended in a lone space token, is not."""
+    messages = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}]
+    rendered = tok.render(messages, tools=[WEATHER_TOOL]).ids
+    start = rendered.index(tok.control_ids["<|action_start|>"])
+    header = call_header_ids(tok, "get_weather")
+    assert header == rendered[start : start + len(header)]
+    assert tok.decode(header[2:]) == '\n{"name": "get_weather", "parameters":'
+    old = header[:2] + tok.encode('\n{"name": "get_weather", "parameters": ')
+    assert old != rendered[start : start + len(old)]  # (so this test fails on the old header)
+
+
+def test_named_tool_choice_parses_at_least_as_often_as_auto(taught_server):
+    url, _ = taught_server
+    c = client(url)
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    asks = [(city, {"temperature": 0}) for city in ("Paris", "London", "Tokyo")]
+    asks += [("London", {"temperature": 1.0, "seed": s}) for s in range(5)]
+    parsed = {"auto": 0, "named": 0}
+    for city, sampling in asks:
+        for kind, choice in (("auto", "auto"), ("named", named)):
+            r = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": f"What is the weather "
+                                                                   f"in {city}?"}], tools=[WEATHER_TOOL],
+                                          tool_choice=choice, max_tokens=40, **sampling)
+            calls = r.choices[0].message.tool_calls or []
+            parsed[kind] += bool(calls)
+            if calls and sampling["temperature"] == 0:
+                assert json.loads(calls[0].function.arguments) == {"city": city}
+    print(f"parsed calls out of {len(asks)}: {parsed}")
+    assert parsed["named"] >= parsed["auto"] and parsed["named"] >= 3

@@ -195,7 +195,16 @@ def test_two_process_fsdp_and_ddp_updates_match_single_process(setup, corpus, he
         assert [r["rollout_tokens"] for r in one] == [r["rollout_tokens"] for r in two]  # the same rollouts
         worst = max((states["p1"][k].float() - states[name][k].float()).abs().max().item() for k in states["p1"])
         print(f"{name}: max |1 process - 2 processes| weight after 2 updates: {worst:.2e} (the actor moved {moved:.2e})")
-        assert worst <= 1e-5
+        # Not exact, and not from thread counts (1 and 2 threads give identical weights): two ranks sum each
+        # gradient in another order than one process, and AdamW's step lr * m / (sqrt(v) + eps) turns that
+        # last-bit difference into a step difference of up to lr * dg / (|g| + eps), which is large only
+        # where a coordinate's gradient is itself near zero -- so the gap depends on the data, the seed and
+        # the package versions. Measured (2026-12-07, FSDP and DDP, actors from seeds 0, 1, 2): 3.1e-6 to
+        # 7.9e-6; 2.6e-5 on a fresh clone; every one <= 1.3% of how far the actor moved (2 x lr = 2e-3;
+        # with eps 1e-6 instead of 1e-8 the gap shrinks to 0.5e-6..1e-6, which confirms the mechanism). A
+        # broken reduction (a rank's rows dropped, rows counted twice) turns gradient signs and moves
+        # weights by O(lr), tens of % of the move: 5% of the move separates the two with margin both sides.
+        assert worst <= 0.05 * moved
         for a, b in zip(one, two):
             assert a["reward_mean"] == pytest.approx(b["reward_mean"], abs=1e-5)
             assert a["value_loss"] == pytest.approx(b["value_loss"], rel=1e-4)

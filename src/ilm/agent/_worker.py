@@ -1,20 +1,21 @@
-"""The code interpreter's worker: confines itself, then runs cells in one namespace, like a notebook.
+"""The code interpreter's worker: a supervisor that never runs a cell, and a kernel that runs them all.
 
-Run by `ilm.agent.sandbox` as `python -I -u -c <this file's text> <config JSON>`; it imports nothing from
-ilm (the sandbox may not be able to read the source tree). Steps, in order:
+Run by `ilm.agent.sandbox` as `python -I -u -c <this file's text> <config JSON>`, inside the jail (or, when
+the user opted out of it, as a plain process); it imports nothing from ilm. Two processes:
 
-1. unshare a user, network and PID namespace (root inside, mapped to the caller's uid outside), or a
-   network namespace alone, or none (only if the caller allowed the network);
-2. no_new_privs, then Landlock: writes (create, write, truncate, remove, rename, link) only beneath the
-   work directory and to /dev/null; with Landlock ABI >= 4 no TCP bind/connect either; with ABI >= 6 no
-   signals or abstract unix sockets out of the sandbox;
-3. fork: the child is PID 1 of the new PID namespace (it dies with this process: PDEATHSIG), sets its
-   rlimits (CPU, address space, file size, processes, no core files) and serves cells.
+- the supervisor (PID 1 of the jail) holds the only channel to the host (`cmd_in`, `reply_out`). It
+  makes itself non-dumpable, so no process of the jail can open its fds or memory through /proc, and
+  it never runs cell code. It forks:
+- the kernel, which closes the host's channel before anything else, sets the limits and runs the cells
+  in one namespace, like a notebook. After each cell it writes one report line ({"ok", "error",
+  "note"}) to the supervisor and blocks reading the next cell.
 
-Protocol: requests arrive on fd `cmd_in` as one JSON line ({"code": ...}); after a cell the worker writes
-the marker line to fd 1 (the captured output pipe, shared with fd 2) and then one JSON line on
-`cmd_out`: {"ok": bool, "error": "ExcType: message" | null, "note": ...}. Before the first request it
-sends {"pid": <the cell runner's pid as the host sees it>}, then {"ready": true, "confinement": [...]} or {"ready": false, "error": ...}.
+The supervisor takes a report only when the kernel's main thread is seen, from /proc, blocked reading
+its command pipe again, and no second report has come: a cell that writes a report of its own (and then
+raises, or returns) produces two, which is answered as {"forged": true}. It then kills every process
+the cell left behind (it is their subreaper), waits until they are reaped, and only then replies to
+the host, so all of the cell's output is already in the output pipe. A kernel that dies makes the
+supervisor exit with the kernel's status; the host restarts the jail.
 """
 
 import ast
@@ -22,113 +23,22 @@ import ctypes
 import errno
 import json
 import os
+import platform
 import resource
+import select
 import signal
 import sys
+import time
 import traceback
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
-SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
-
-FS_WRITE_FILE, FS_REMOVE_DIR, FS_REMOVE_FILE = 1 << 1, 1 << 4, 1 << 5
-FS_MAKE = (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12)  # char dir reg sock fifo blk sym
-FS_REFER, FS_TRUNCATE = 1 << 13, 1 << 14
-NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1
-SCOPE_ABSTRACT_UNIX, SCOPE_SIGNAL = 1 << 0, 1 << 1
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 1, 4, 36
+READ_SYSCALL = {"x86_64": 0, "aarch64": 63}.get(platform.machine())  # /proc/PID/syscall's number for read
 
 libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
 
 
-def _err(what):
-    e = ctypes.get_errno()
-    return f"{what}: {os.strerror(e)}"
-
-
-def _write(path, text):
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def _read_line(fd):
-    data = b""
-    while not data.endswith(b"\n"):
-        byte = os.read(fd, 1)
-        if not byte:
-            break
-        data += byte
-    return data
-
-
-def unshare_namespaces(allow_network, cmd_in, cmd_out):
-    """User+net+pid namespaces where possible. Returns (notes, pid_namespace, error).
-
-    The host side is asked to write the id maps first: a root host maps our root to an unprivileged uid
-    (the kernel never applies RLIMIT_NPROC to the host's root user). Otherwise we map our own uid."""
-    uid, gid = os.getuid(), os.getgid()
-    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID) == 0:
-        os.write(cmd_out, (json.dumps({"map": os.getpid()}) + "\n").encode())
-        mapped = json.loads(_read_line(cmd_in) or b"{}").get("mapped")
-        if mapped:  # become the namespace's root, i.e. the unprivileged uid outside
-            try:
-                os.setgroups([])
-                os.setresgid(0, 0, 0)
-                os.setresuid(0, 0, 0)
-            except OSError as e:
-                return [], False, f"cannot switch to the namespace's root: {e}"
-        else:
-            try:
-                _write("/proc/self/setgroups", "deny")
-                _write("/proc/self/uid_map", f"0 {uid} 1")
-                _write("/proc/self/gid_map", f"0 {gid} 1")
-            except OSError as e:
-                return [], False, f"cannot map the user namespace ids: {e}"
-        return ["user, network and PID namespaces" + (f" (uid {mapped} outside)" if mapped else "")], True, None
-    first = _err("unshare(user+net+pid)")
-    if libc.unshare(CLONE_NEWNET) == 0:
-        return ["network namespace"], False, None
-    second = _err("unshare(net)")
-    if allow_network:
-        return ["no namespaces: the network is reachable (allowed by the caller)"], False, None
-    return [], False, f"no network namespace available ({first}; {second}); the caller may pass allow_network=True"
-
-
-def landlock(workdir, allow_network):
-    """Confine writes to `workdir` (and TCP, signals when the ABI has them). Returns (note, error)."""
-    abi = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
-    if abi < 1:
-        return None, _err("Landlock is not available")
-    write = FS_WRITE_FILE | FS_REMOVE_DIR | FS_REMOVE_FILE | FS_MAKE
-    if abi >= 2:
-        write |= FS_REFER
-    if abi >= 3:
-        write |= FS_TRUNCATE
-    net = 0 if allow_network or abi < 4 else NET_BIND_TCP | NET_CONNECT_TCP
-    scoped = SCOPE_ABSTRACT_UNIX | SCOPE_SIGNAL if abi >= 6 else 0
-    attr = (ctypes.c_uint64 * 3)(write, net, scoped)
-    size = 8 if abi < 4 else 16 if abi < 6 else 24
-    fd = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
-    if fd < 0:
-        return None, _err("landlock_create_ruleset")
-
-    class PathBeneath(ctypes.Structure):
-        _pack_ = 1
-        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-    for path, rights in ((workdir, write), ("/dev/null", FS_WRITE_FILE | (FS_TRUNCATE if abi >= 3 else 0))):
-        pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        rule = PathBeneath(rights, pfd)
-        if libc.syscall(SYS_LANDLOCK_ADD_RULE, fd, 1, ctypes.byref(rule), 0) != 0:
-            return None, _err(f"landlock_add_rule({path})")
-        os.close(pfd)
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        return None, _err("prctl(NO_NEW_PRIVS)")
-    if libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, fd, 0) != 0:
-        return None, _err("landlock_restrict_self")
-    os.close(fd)
-    extra = (", TCP" if net else "") + (", signals out" if scoped else "")
-    return f"Landlock ABI {abi}: writes only in the work directory{extra}", None
+def send(fd, message):
+    os.write(fd, (json.dumps(message) + "\n").encode())
 
 
 def set_limits(cfg):
@@ -140,12 +50,12 @@ def set_limits(cfg):
     for kind, soft, hard in limits:
         resource.setrlimit(kind, (soft, hard))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write then fails with EFBIG, not a kill
-    signal.signal(signal.SIGXCPU, _cpu_exceeded)  # PID 1 of a namespace ignores a default-action SIGXCPU
+    signal.signal(signal.SIGXCPU, _cpu_exceeded)
 
 
 class CPUTimeExceeded(BaseException):
     """The cell used up its CPU seconds (RLIMIT_CPU's soft limit, moved before each cell; the hard limit,
-    the whole worker's CPU seconds, kills)."""
+    the whole kernel's CPU seconds, kills)."""
 
 
 def _cpu_exceeded(signum, frame):
@@ -167,10 +77,12 @@ def hint(exc, cfg):
         return f"the process limit ({cfg['max_processes']}) may have been reached"
     if code == errno.EFBIG:
         return f"the file size limit is {cfg['file_bytes']} bytes"
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EXDEV) and exc.filename:
+    if code == errno.ENOSPC:
+        return f"the working directory's disk limit is {cfg['disk_bytes']} bytes"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EXDEV, errno.ENOENT) and exc.filename:
         path = os.path.realpath(str(exc.filename))
-        if not path.startswith(cfg["workdir"]):
-            return f"only the working directory {cfg['workdir']} is writable (and not every file is readable)"
+        if path != cfg["workdir"] and not path.startswith(cfg["workdir"].rstrip("/") + "/"):
+            return f"only the working directory {cfg['workdir']} is writable, and little else is visible"
     if not cfg["allow_network"] and (
         code in (errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTUNREACH, errno.ECONNREFUSED, errno.EACCES,
                  errno.EPERM, errno.EADDRNOTAVAIL) or type(exc).__name__ == "gaierror"
@@ -202,96 +114,228 @@ def run_cell(code, env):
     return None
 
 
-def tidy(in_pid_namespace):
-    """Kill what the cell left running (only as PID 1 of our own namespace) and reap the orphans."""
-    for _ in range(20):
-        if in_pid_namespace and os.getpid() == 1:
-            try:
-                os.kill(-1, signal.SIGKILL)  # every process of this namespace but PID 1
-            except OSError:
-                pass
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                pass
-        except ChildProcessError:
-            return
-        if not in_pid_namespace:
-            return
-        os.sched_yield()
+def reap_children(*_):
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
 
 
-def serve(cfg, cmd_in, cmd_out, in_pid_namespace):
+def kernel(cfg, code_r, report_w):
+    """Run cells forever (the host's channel is already closed here)."""
+    libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # so the supervisor, not dumpable itself, may read our /proc
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # unconfined, nothing else would end us
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        set_limits(cfg)
+    except (OSError, ValueError) as e:
+        send(report_w, {"ready": False, "error": f"setrlimit: {e}"})
+        os._exit(3)
+    send(report_w, {"ready": True})
     main_pid = os.getpid()
-    def close_protocol():  # a cell's children never speak the protocol
-        for fd in (cmd_in, cmd_out):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    os.register_at_fork(after_in_child=close_protocol)
-    reader = os.fdopen(cmd_in, "r", encoding="utf-8")
     env = {"__name__": "__main__", "__builtins__": __builtins__}
-    marker = cfg["marker"]
     stdout, stderr = sys.stdout, sys.stderr
-    for line in reader:
-        request = json.loads(line)
+    pending = b""
+    while True:
+        signal.signal(signal.SIGCHLD, reap_children)  # idle: reap what the supervisor kills
+        reap_children()
+        while b"\n" not in pending:
+            chunk = os.read(code_r, 1 << 16)  # where the supervisor expects to find us between cells
+            if not chunk:
+                os._exit(0)
+            pending += chunk
+        line, _, pending = pending.partition(b"\n")
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        try:
+            code = json.loads(line)["code"]
+        except (ValueError, KeyError, TypeError):  # not from the supervisor: a second report tells it so
+            send(report_w, {"ok": False, "error": "malformed request", "note": None})
+            continue
         usage = resource.getrusage(resource.RUSAGE_SELF)  # this cell gets cpu_seconds from now (soft limit)
         soft = min(int(usage.ru_utime + usage.ru_stime) + cfg["cpu_seconds"] + 1, cfg["session_cpu_seconds"])
         resource.setrlimit(resource.RLIMIT_CPU, (soft, cfg["session_cpu_seconds"]))
-        exc = run_cell(request["code"], env)
+        exc = run_cell(code, env)
         if os.getpid() != main_pid:  # a forked child of the cell finished the cell's code: it ends here
             os._exit(1 if exc else 0)
-        tidy(in_pid_namespace)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except Exception:  # noqa: BLE001, S110 (a cell may have replaced or closed them)
                 pass
         sys.stdout, sys.stderr = stdout, stderr
-        os.write(1, marker.encode())
-        reply = {"ok": exc is None, "error": None, "note": None}
+        report = {"ok": exc is None, "error": None, "note": None}
         if exc is not None:
-            reply["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-            reply["note"] = hint(exc, cfg)
-        os.write(cmd_out, (json.dumps(reply) + "\n").encode())
+            report["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            report["note"] = hint(exc, cfg)
+        send(report_w, report)
+
+
+# ------------------------------------------------------------------ the supervisor
+
+
+class KernelDied(Exception):
+    def __init__(self, status):
+        super().__init__(status)
+        self.status = status
+
+
+class Supervisor:
+    def __init__(self, cfg, kernel_pid, code_w, report_r, kernel_code_fd):
+        self.cfg, self.kpid, self.code_w, self.report_r = cfg, kernel_pid, code_w, report_r
+        self.kernel_code_fd = kernel_code_fd
+        self.buffer = b""
+        os.set_blocking(report_r, False)
+
+    def reap(self):
+        """Reap our children (the kernel, and orphans we adopted); raise KernelDied if the kernel ended."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.kpid:
+                raise KernelDied(os.waitstatus_to_exitcode(status))
+
+    def read_reports(self, timeout):
+        """Read what the kernel wrote; return the complete lines."""
+        ready, _, _ = select.select([self.report_r], [], [], timeout)
+        if ready:
+            try:
+                chunk = os.read(self.report_r, 1 << 16)
+            except BlockingIOError:
+                chunk = b"x"
+            self.buffer += chunk if chunk else b""
+        self.reap()
+        lines = []
+        while b"\n" in self.buffer:
+            line, _, self.buffer = self.buffer.partition(b"\n")
+            lines.append(line)
+        return lines
+
+    def kernel_waits(self):
+        """Whether the kernel's main thread is blocked reading its command pipe (or, where /proc does not
+        say, at least sleeping)."""
+        try:
+            with open(f"/proc/{self.kpid}/syscall") as f:
+                fields = f.read().split()  # "running", or the blocked syscall's number and arguments
+        except OSError:
+            fields = None
+        if READ_SYSCALL is not None and fields is not None:
+            return len(fields) > 1 and fields[0] == str(READ_SYSCALL) and int(fields[1], 16) == self.kernel_code_fd
+        try:
+            with open(f"/proc/{self.kpid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] == b"S"
+        except (OSError, IndexError):
+            return False
+
+    def leftovers(self):
+        """Every process below us but the kernel (the kernel's own children included)."""
+        children = {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    rest = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            children.setdefault(int(rest[1]), []).append(int(name))
+        found, stack = [], [os.getpid()]
+        while stack:
+            for pid in children.get(stack.pop(), []):
+                stack.append(pid)
+                if pid != self.kpid:
+                    found.append(pid)
+        return found
+
+    def kill_leftovers(self):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pids = self.leftovers()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            self.reap()
+            time.sleep(0.001)
+
+    def ready(self):
+        while True:
+            lines = self.read_reports(0.1)
+            if lines:
+                return json.loads(lines[0])
+
+    def cell(self, line):
+        """Run one cell; returns the reply for the host."""
+        if self.read_reports(0) or self.buffer:  # bytes from a previous cell's leftovers
+            return {"forged": True}
+        os.write(self.code_w, line)
+        reports = []
+        while not reports:
+            reports = self.read_reports(0.05)
+        while not self.kernel_waits():
+            reports += self.read_reports(0.001)
+        self.kill_leftovers()
+        reports += self.read_reports(0)
+        if len(reports) != 1 or self.buffer:
+            return {"forged": True}
+        try:
+            report = json.loads(reports[0])
+            return {"ok": bool(report["ok"]), "error": report["error"], "note": report["note"]}
+        except (ValueError, KeyError, TypeError):
+            return {"forged": True}
+
+
+def close_other_fds(keep):
+    last = 2
+    for fd in sorted(keep):
+        os.closerange(last + 1, fd)
+        last = fd
+    os.closerange(last + 1, 1 << 16)
 
 
 def main():
     cfg = json.loads(sys.argv[1])
-    cmd_in, cmd_out = cfg["cmd_in"], cfg["cmd_out"]
-
-    def fail(message):
-        os.write(cmd_out, (json.dumps({"ready": False, "error": message}) + "\n").encode())
-        sys.exit(3)
-
-    notes, in_pid_namespace, error = unshare_namespaces(cfg["allow_network"], cmd_in, cmd_out)
-    if error:
-        fail(error)
-    note, error = landlock(cfg["workdir"], cfg["allow_network"])
-    if error and not cfg["allow_unconfined_writes"]:
-        fail(error + "; writes outside the work directory cannot be blocked (allow_unconfined_writes=True runs anyway)")
-    notes.append(note or "writes NOT confined (allowed by the caller)")
-    go_r, go_w = os.pipe()
+    cmd_in, reply_out = cfg["cmd_in"], cfg["reply_out"]
+    close_other_fds({cmd_in, reply_out})
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no process of the jail may open our fds or memory
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans of the cell become ours, to kill and reap
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as PID 1 we get only the signals we handle: none
+    code_r, code_w = os.pipe()
+    report_r, report_w = os.pipe()
     pid = os.fork()
-    if pid:  # the outer process only waits; it dies with the namespace's PID 1 and vice versa
-        os.write(cmd_out, (json.dumps({"pid": pid}) + "\n").encode())  # the host's pid of the cell runner
-        os.write(go_w, b"1")
-        os.close(cmd_in)
-        os.close(cmd_out)
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        os._exit(128 - code if code < 0 else code)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    os.read(go_r, 1)  # the outer process has sent our pid first
-    os.close(go_r)
-    os.close(go_w)
+    if pid == 0:
+        for fd in (cmd_in, reply_out, code_w, report_r):
+            os.close(fd)
+        kernel(cfg, code_r, report_w)
+    os.close(code_r)
+    os.close(report_w)
+    sup = Supervisor(cfg, pid, code_w, report_r, code_r)
     try:
-        set_limits(cfg)
-    except (OSError, ValueError) as e:
-        fail(f"setrlimit: {e}")
-    os.write(cmd_out, (json.dumps({"ready": True, "confinement": notes}) + "\n").encode())
-    serve(cfg, cmd_in, cmd_out, in_pid_namespace)
+        send(reply_out, sup.ready())
+        reader = os.fdopen(cmd_in, "rb")
+        for line in reader:
+            reply = sup.cell(line)
+            send(reply_out, reply)
+            if reply.get("forged"):
+                break
+    except KernelDied as died:
+        sup.kpid = -1
+        sup.kill_leftovers()
+        os._exit(died.status if died.status >= 0 else 128 - died.status)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    sup.kpid = -1
+    sup.kill_leftovers()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", default=None, help="system prompt")
     parser.add_argument("--tools", choices=["builtin"], default=None, help="offer the builtin tools (calculator, clock)")
     parser.add_argument("--interpreter", action="store_true", help="let the model run Python in the sandbox")
-    parser.add_argument("--allow-network", action="store_true",
-                        help="run the interpreter even where no network namespace can be made (it may reach the network)")
+    parser.add_argument("--allow-network", action="store_true", help="let the interpreter's code reach the network")
+    parser.add_argument("--unconfined-interpreter", action="store_true",
+                        help="run the interpreter without its jail where bubblewrap cannot build one (limits only)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="tokens per reply at most (default: half the model's context, at most 512)")
     parser.add_argument("--history", default=HISTORY, help="readline history file on a terminal (\"\" keeps none)")
@@ -75,7 +76,7 @@ def _chat(args: argparse.Namespace) -> int:
                         top_p=args.top_p, seed=args.seed)  # bad values: ValueError -> one line from ilm.cli
     sandbox = None
     if args.interpreter:
-        sandbox = Sandbox(allow_network=args.allow_network)
+        sandbox = Sandbox(allow_network=args.allow_network, unconfined=args.unconfined_interpreter)
         why = sandbox.start()
         if why is not None:
             sandbox.close()

@@ -1,23 +1,20 @@
-"""The code interpreter: one confined Python process per conversation, keeping state like a notebook.
+"""The code interpreter: one jailed Python process per conversation, keeping state like a notebook.
 
 `Sandbox.run(code)` never raises: whatever happens (an exception in the cell, a limit hit, a timeout, a
-worker that cannot start) comes back as a `CellResult` whose `text` is written for the model. What the
-worker guarantees, and on which systems, is in `ilm.agent._worker` and docs/agent.md. In short (Linux):
+jail that cannot be built) comes back as a `CellResult` whose `text` is written for the model.
 
-- no network: a fresh network namespace (only a loopback that is down); where none can be made, the
-  sandbox refuses to start unless `allow_network=True` is passed;
-- writes only beneath its own fresh temporary directory (Landlock; refuses to start without it unless
-  `allow_unconfined_writes=True`);
-- limits: CPU seconds per cell, address space, file size, number of processes; a wall-clock timeout per
-  cell kills the whole worker (its PID namespace dies with it), the next call starts a fresh one;
-- stdout and stderr captured together, capped at `output_bytes` (the rest counted, not kept).
+The jail is bubblewrap's (`ilm.agent.jail`): its own user (uid 65534, no other host uid mapped), PID,
+network, IPC and mount namespaces, a private /proc, read-only binds of /usr and the interpreter only, a
+tmpfs of `Limits.disk_bytes` as the one writable directory, no capabilities, a seccomp filter, no
+inherited fds or environment. Inside, a supervisor that never runs cell code holds the only channel
+to us (`ilm.agent._worker`). Where the jail cannot be built, `start()` says why in one line and the
+interpreter does not run, unless the caller passed `unconfined=True`. docs/agent.md has the details.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import select
 import shutil
 import signal
@@ -29,6 +26,8 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
+
+from ilm.agent import jail
 
 _WORKER = Path(__file__).with_name("_worker.py")
 
@@ -50,23 +49,19 @@ def _cleanup(live: dict, workdir: str) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-SANDBOX_UID = 65534  # the outside uid a root host maps the sandbox's root to ("nobody")
-
-
-def _map_ids(pid: int) -> int | None:
-    """As a root host, map the worker's user namespace: its root -> SANDBOX_UID, host root -> its uid 1.
-
-    Outside, its processes then belong to an unprivileged user, so RLIMIT_NPROC binds (the kernel exempts
-    the host's root user); host root's files stay reachable (read the Python install; writes are stopped
-    by Landlock). Returns the outside uid, or None when the worker must map its own uid."""
-    if os.geteuid() != 0:
-        return None
+def _read_info(fd: int, deadline: float) -> int | None:
+    """bwrap's --info-fd JSON: the host pid of the jail's first process."""
+    data = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 4096) if ready else b""
+        if not chunk:
+            break
+        data += chunk
     try:
-        Path(f"/proc/{pid}/uid_map").write_text(f"0 {SANDBOX_UID} 1\n1 0 1\n")
-        Path(f"/proc/{pid}/gid_map").write_text(f"0 {SANDBOX_UID} 1\n1 0 1\n")
-    except OSError:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
         return None
-    return SANDBOX_UID
 
 
 @dataclass(frozen=True)
@@ -75,6 +70,7 @@ class Limits:
     session_cpu_seconds: int = 600  # the whole interpreter: then it is killed (state lost)
     memory_bytes: int = 1 << 30  # address space
     file_bytes: int = 64 << 20  # largest file a cell may write
+    disk_bytes: int = 256 << 20  # all files together: the size of the jail's tmpfs (host memory)
     max_processes: int = 32
     wall_seconds: float = 30.0  # per cell
     output_bytes: int = 8192  # kept of stdout + stderr per cell
@@ -109,81 +105,124 @@ class CellResult:
 
 
 class Sandbox:
-    """A notebook-like Python interpreter in a confined process (started lazily, restarted after a kill).
+    """A notebook-like Python interpreter in a jail (started lazily, restarted after a kill).
 
-    Use as a context manager or call `close()`: that kills the worker and deletes the work directory.
+    Use as a context manager or call `close()`: that kills the jail and its files. `ro_paths` are
+    host files or directories the cell may read (bound read-only at the same path); `unconfined=True`
+    runs the interpreter as a plain process where the jail cannot be built (limits only, no jail).
     """
 
-    def __init__(self, limits: Limits = Limits(), allow_network: bool = False,
-                 allow_unconfined_writes: bool = False, python: str = sys.executable):
+    def __init__(self, limits: Limits = Limits(), allow_network: bool = False, unconfined: bool = False,
+                 python: str = sys.executable, ro_paths: tuple[str, ...] | list[str] = ()):
         self.limits = limits
         self.allow_network = allow_network
-        self.allow_unconfined_writes = allow_unconfined_writes
+        self.unconfined = unconfined
         self.python = python
-        self.workdir = Path(tempfile.mkdtemp(prefix="ilm-sandbox-")).resolve()
+        self.ro_paths = [os.path.realpath(p) for p in ro_paths]
+        self._hostdir = tempfile.mkdtemp(prefix="ilm-sandbox-")  # unconfined: the work directory; jailed: staging
+        self.workdir = Path(self._hostdir).resolve() if unconfined else Path(jail.JAIL_TMP)
         self.confinement: list[str] = []
+        self.jail_pid: int | None = None  # the supervisor's pid as the host sees it (PID 1 inside the jail)
         self._proc: subprocess.Popen | None = None
-        self._runner_pid: int | None = None
         self._cmd_w = self._reply_r = self._out_r = -1
-        self._marker = ""
         self._pending = b""
         self._lost: str | None = None  # set after a kill: reported once by the next cell
         self._live: dict = {}  # what a forgotten Sandbox's finalizer must kill and close
-        self._finalizer = weakref.finalize(self, _cleanup, self._live, str(self.workdir))
+        self._finalizer = weakref.finalize(self, _cleanup, self._live, self._hostdir)
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _command(self, cfg: dict, seccomp_fd: int, info_fd: int) -> list[str] | str:
+        """The command that starts the worker (in its jail unless unconfined), or why it cannot."""
+        worker = ["-I", "-u", "-c", self.worker_source(), json.dumps(cfg)]
+        if self.unconfined:
+            return [self.python, *worker]
+        bwrap = jail.find_bwrap()
+        if bwrap is None:
+            return "bubblewrap (bwrap) is not installed (Debian: apt-get install bubblewrap)"
+        try:
+            exe, dirs = jail.interpreter_paths(self.python)
+        except (OSError, subprocess.SubprocessError, IndexError) as err:
+            return f"cannot locate the interpreter {self.python}: {err}"
+        sources = dirs + [p for p in self.ro_paths if p not in dirs]
+        as_root = os.geteuid() == 0
+        binds = [(f"{self._hostdir}/{i}" if as_root else src, src) for i, src in enumerate(sources)]
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": jail.JAIL_TMP, "TMPDIR": jail.JAIL_TMP,
+               "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+        argv = jail.bwrap_argv(bwrap, binds, allow_network=self.allow_network, disk_bytes=self.limits.disk_bytes,
+                               seccomp_fd=seccomp_fd, info_fd=info_fd, env=env, command=[exe, *worker])
+        return jail.launch_command(sys.executable, self._hostdir, sources, argv) if as_root else argv
+
+    def _notes(self) -> list[str]:
+        if self.unconfined:
+            return [("NOT jailed (unconfined=True): the cell runs as this user, sees its files and network; "
+                     "only the rlimits apply")]
+        net = "network allowed" if self.allow_network else "no network"
+        return [(f"bubblewrap jail: uid {jail.SANDBOX_UID}, private /proc, read-only interpreter, "
+                 f"{self.limits.disk_bytes >> 20} MiB tmpfs at {jail.JAIL_TMP}, {net}, no capabilities, seccomp")]
+
     def start(self) -> str | None:
-        """Start the worker if it is not running. Returns None, or why it could not start."""
+        """Start the worker if it is not running. Returns None, or why it could not start (one line)."""
         if self._proc is not None and self._proc.poll() is None:
             return None
         self._stop()
-        self._marker = f"\n\x00ilm-cell-done-{secrets.token_hex(8)}\x00\n"
+        why = self._start()
+        if why is not None and not self.unconfined:
+            why = (f"the interpreter's jail could not be built: {why}; pass unconfined=True "
+                   "(ilm chat --unconfined-interpreter) to run code without it")
+        return why
+
+    def _start(self) -> str | None:
+        limits = self.limits
+        program = b"" if self.unconfined else jail.seccomp_filter()
+        if isinstance(program, str):
+            return program
         cmd_r, cmd_w = os.pipe()
         reply_r, reply_w = os.pipe()
         out_r, out_w = os.pipe()
-        limits = self.limits
-        cfg = {"cmd_in": cmd_r, "cmd_out": reply_w, "workdir": str(self.workdir), "marker": self._marker,
-               "allow_network": self.allow_network, "allow_unconfined_writes": self.allow_unconfined_writes,
-               "cpu_seconds": int(limits.cpu_seconds),
-               "session_cpu_seconds": max(int(limits.session_cpu_seconds), int(limits.cpu_seconds) + 1), "memory_bytes": int(limits.memory_bytes),
-               "file_bytes": int(limits.file_bytes), "max_processes": int(limits.max_processes)}
+        info_r, info_w = os.pipe()
+        seccomp_fd = os.memfd_create("ilm-seccomp", 0)
+        os.write(seccomp_fd, program)
+        os.lseek(seccomp_fd, 0, os.SEEK_SET)
+        cfg = {"cmd_in": cmd_r, "reply_out": reply_w, "workdir": str(self.workdir),
+               "allow_network": self.allow_network, "cpu_seconds": int(limits.cpu_seconds),
+               "session_cpu_seconds": max(int(limits.session_cpu_seconds), int(limits.cpu_seconds) + 1),
+               "memory_bytes": int(limits.memory_bytes), "file_bytes": int(limits.file_bytes),
+               "disk_bytes": int(limits.disk_bytes), "max_processes": int(limits.max_processes)}
+        child_fds = (cmd_r, reply_w, out_w, info_w, seccomp_fd)
+        command = self._command(cfg, seccomp_fd, info_w)
+        if isinstance(command, str):
+            for fd in (*child_fds, cmd_w, reply_r, out_r, info_r):
+                os.close(fd)
+            return command
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(self.workdir), "TMPDIR": str(self.workdir),
-               "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8"}
+               "LANG": "C.UTF-8"}
         try:
-            self._proc = subprocess.Popen(
-                [self.python, "-I", "-u", "-c", self.worker_source(), json.dumps(cfg)],
-                stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w, pass_fds=(cmd_r, reply_w),
-                cwd=self.workdir, env=env, start_new_session=True,
-            )
+            self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w,
+                                          pass_fds=(cmd_r, reply_w, info_w, seccomp_fd), env=env,
+                                          cwd=self._hostdir, start_new_session=True)
         except OSError as err:
-            for fd in (cmd_r, cmd_w, reply_r, reply_w, out_r, out_w):
+            for fd in (*child_fds, cmd_w, reply_r, out_r, info_r):
                 os.close(fd)
             return f"the interpreter could not start: {err}"
-        for fd in (cmd_r, reply_w, out_w):
+        for fd in child_fds:
             os.close(fd)
         self._cmd_w, self._reply_r, self._out_r = cmd_w, reply_r, out_r
         self._live.update(proc=self._proc, fds=[cmd_w, reply_r, out_r])
         os.set_blocking(out_r, False)
-        deadline = time.monotonic() + max(10.0, self.limits.wall_seconds)
-        buffered = b""
-        while True:
-            line, buffered, _, _ = self._read_line(buffered, deadline)
-            if line is None:
-                self._stop()
-                return "the interpreter did not start (it exited or timed out while starting)"
-            message = json.loads(line)
-            if "map" in message:
-                os.write(cmd_w, (json.dumps({"mapped": _map_ids(message["map"])}) + "\n").encode())
-            elif "pid" in message:
-                self._runner_pid = message["pid"]
-            elif message.get("ready"):
-                self.confinement = message["confinement"]
-                self._pending = buffered
-                return None
-            else:
-                self._stop()
-                return f"the interpreter refused to start: {message.get('error')}"
+        deadline = time.monotonic() + max(10.0, limits.wall_seconds)
+        self.jail_pid = self._proc.pid if self.unconfined else _read_info(info_r, deadline)
+        os.close(info_r)
+        sink = bytearray()
+        line, self._pending, _, _ = self._read_line(b"", deadline, sink)
+        message = json.loads(line) if line else {}
+        if message.get("ready"):
+            self.confinement = self._notes()
+            return None
+        self._drain(sink)
+        self._stop()
+        said = [t.strip() for t in bytes(sink).decode("utf-8", "replace").splitlines() if t.strip()]
+        return message.get("error") or (said[-1] if said else "it exited or timed out while starting")
 
     def worker_source(self) -> str:
         return _WORKER.read_text()
@@ -216,7 +255,7 @@ class Sandbox:
                 except OSError:
                     pass
         self._cmd_w = self._reply_r = self._out_r = -1
-        self._proc, self._runner_pid = None, None
+        self._proc, self.jail_pid = None, None
         self._live.clear()
 
     # ------------------------------------------------------------------ cells
@@ -243,7 +282,9 @@ class Sandbox:
         return line.decode("utf-8", "replace"), rest, False, seen
 
     def _drain(self, sink: bytearray | None) -> int:
+        """Read what the output pipe holds now; keep at most `output_bytes` (+3, for a split character)."""
         n = 0
+        keep = self.limits.output_bytes + 3
         while True:
             try:
                 chunk = os.read(self._out_r, 65536)
@@ -252,8 +293,8 @@ class Sandbox:
             if not chunk:
                 return n
             n += len(chunk)
-            if sink is not None:
-                sink += chunk
+            if sink is not None and len(sink) < keep:
+                sink += chunk[: keep - len(sink)]
 
     def run(self, code: str) -> CellResult:
         """Run one cell; never raises."""
@@ -273,18 +314,12 @@ class Sandbox:
         os.write(self._cmd_w, (json.dumps({"code": code}) + "\n").encode())
         sink = bytearray()
         deadline = time.monotonic() + self.limits.wall_seconds
-        line, self._pending, timed_out, _ = self._read_line(self._pending, deadline, sink)
-        marker = self._marker.encode()
-        if line is not None:  # the worker wrote the marker before the reply: read up to it
-            end = time.monotonic() + 2.0
-            while marker not in sink and time.monotonic() < end:
-                ready, _, _ = select.select([self._out_r], [], [], end - time.monotonic())
-                if ready and self._drain(sink) == 0:
-                    break
-        raw = bytes(sink).split(marker, 1)[0]
+        line, self._pending, timed_out, seen = self._read_line(self._pending, deadline, sink)
+        # The supervisor replies only once the cell's processes are gone: its output is all in the pipe.
+        seen += self._drain(sink)
         cap = self.limits.output_bytes
-        output = raw[:cap].decode("utf-8", "replace")
-        result = CellResult(output, True, truncated_bytes=max(0, len(raw) - cap), notes=list(self.confinement))
+        output = bytes(sink)[:cap].decode("utf-8", "replace")
+        result = CellResult(output, True, truncated_bytes=max(0, seen - cap), notes=list(self.confinement))
         if lost:
             result.output = f"[{lost}; this is a fresh interpreter]\n" + result.output
         if line is None:
@@ -294,6 +329,12 @@ class Sandbox:
             self._lost = "the previous interpreter was stopped"
             return result
         reply = json.loads(line)
+        if reply.get("forged"):
+            result.ok, result.error = False, "the cell wrote to the interpreter's control channel"
+            result.stopped = "stopped: the cell wrote its own report to the interpreter's control channel"
+            self._stop()
+            self._lost = "the previous interpreter was stopped"
+            return result
         result.ok, result.error, result.note = reply["ok"], reply["error"], reply["note"]
         return result
 

@@ -1,2 +1,2 @@
-"""`ilm eval`: perplexity, multiple choice and generation tasks scored the way lm-evaluation-harness scores
-them, on local task files (the shipped ones under `tasks/`), plus Needle in a Haystack."""
+"""`ilm eval`: an lm-evaluation-harness model backend (`--model ilm`; lm-eval owns tasks, few-shot, filters,
+metrics), HumanEval with candidate code run in ilm's sandbox, and Needle in a Haystack."""

@@ -43,14 +43,18 @@ def rolling_windows(tokens: list[int], prefix: int, max_len: int) -> list[tuple[
 _SHARE = 8
 
 
-def _hosts(inputs: set[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[int, ...]]:
+def _hosts(inputs: set[tuple[int, ...]], share_max: int | None = None) -> dict[tuple[int, ...], tuple[int, ...]]:
     """Each input -> the input whose forward pass serves it: itself, or a longer one it is a prefix of (by
-    at most `_SHARE` tokens)."""
+    at most `_SHARE` tokens). `share_max`: hosts longer than this serve only themselves (under dynamic NTK
+    the RoPE base depends on the whole length past `max_position_embeddings`, so a longer row's outputs at a
+    prefix are not what the prefix alone would get)."""
     host: dict[tuple[int, ...], tuple[int, ...]] = {}
     for x in sorted(inputs, key=len, reverse=True):
         if x in host:
             continue
         host[x] = x
+        if share_max is not None and len(x) > share_max:
+            continue
         for k in range(1, min(_SHARE, len(x) - 1) + 1):
             p = x[:-k]
             if p in inputs and p not in host:
@@ -62,7 +66,8 @@ class EvalModel:
     """An ilm checkpoint plus its tokenizer, answering the three kinds of request of an evaluation."""
 
     def __init__(self, checkpoint: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32,
-                 batch_size: int = 8, max_length: int | None = None, tokenizer: str | Path | None = None):
+                 batch_size: int = 8, max_length: int | None = None, tokenizer: str | Path | None = None,
+                 progress: bool = False):
         from ilm.model.hf import load_checkpoint
         from ilm.tokenizer import load_tokenizer
 
@@ -82,6 +87,7 @@ class EvalModel:
         self.batch_size = max(1, batch_size)
         self.max_length = max_length or self.model.config.max_position_embeddings
         self.forwards = 0  # forward passes run (shared contexts are scored once)
+        self.progress = progress
 
     # -- tokenization ----------------------------------------------------------------------------------
     def encode(self, text: str, special: bool | None = None) -> list[int]:
@@ -100,20 +106,28 @@ class EvalModel:
         return ctx, whole[len(ctx):]
 
     # -- scoring ---------------------------------------------------------------------------------------
+    def _bar(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="req", disable=not self.progress or total == 0, leave=False)
+
     @torch.inference_mode()
-    def score_tokens(self, requests: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+    def score_tokens(self, requests: Sequence[tuple[list[int], list[int]]],
+                     desc: str = "ilm: loglikelihood") -> list[tuple[float, bool]]:
         """(sum of log p(continuation | context), whether greedy decoding would produce the continuation).
 
         Requests with the same input (context + continuation minus its last token, as truncated) share one
         forward pass, and so does an input that is a prefix of another, shorter by at most `_SHARE` tokens (a
         causal model's outputs at a prefix do not depend on what follows): the choices of a question usually
-        cost one pass together."""
+        cost one pass together. Rows are right-padded in length-sorted batches; each row's RoPE length is its
+        own (`rope_len`), so under dynamic NTK a score never depends on the rest of its batch."""
         plan = []
         for ctx, cont in requests:
             if not cont:
                 raise ValueError("an empty continuation cannot be scored")
             plan.append((tuple((ctx + cont)[-(self.max_length + 1):][:-1]), cont))
-        host = _hosts({inp for inp, _ in plan})
+        dynamic = getattr(self.model.rope, "kind", None) == "dynamic"
+        host = _hosts({inp for inp, _ in plan}, self.model.config.max_position_embeddings if dynamic else None)
         need: dict[tuple[int, ...], int] = {}  # host input -> how many of its positions are scored, from the end
         for inp, cont in plan:
             h = host[inp]
@@ -121,16 +135,22 @@ class EvalModel:
         logprobs: dict[tuple[int, ...], torch.Tensor] = {}
         order = sorted(need, key=lambda t: -len(t))
         head = self.model.head_weight()
-        for i in range(0, len(order), self.batch_size):
-            chunk = order[i : i + self.batch_size]
-            ids = torch.zeros(len(chunk), len(chunk[0]), dtype=torch.long)
-            for row, inp in enumerate(chunk):
-                ids[row, : len(inp)] = torch.tensor(inp)
-            hidden = self.model(ids.to(self.device), return_hidden=True)  # the vocabulary only where scored
-            self.forwards += 1
-            for row, inp in enumerate(chunk):
-                h = hidden[row, len(inp) - need[inp] : len(inp)]
-                logprobs[inp] = F.log_softmax(F.linear(h, head).float(), dim=-1)
+        served = {}  # host -> requests it answers, for the progress bar
+        for inp, _ in plan:
+            served[host[inp]] = served.get(host[inp], 0) + 1
+        with self._bar(len(plan), desc) as bar:
+            for i in range(0, len(order), self.batch_size):
+                chunk = order[i : i + self.batch_size]
+                ids = torch.zeros(len(chunk), len(chunk[0]), dtype=torch.long)
+                for row, inp in enumerate(chunk):
+                    ids[row, : len(inp)] = torch.tensor(inp)
+                rope_len = torch.tensor([len(inp) for inp in chunk], device=self.device)
+                hidden = self.model(ids.to(self.device), return_hidden=True, rope_len=rope_len)
+                self.forwards += 1
+                for row, inp in enumerate(chunk):
+                    h = hidden[row, len(inp) - need[inp] : len(inp)]
+                    logprobs[inp] = F.log_softmax(F.linear(h, head).float(), dim=-1)
+                bar.update(sum(served[inp] for inp in chunk))
         out = []
         for inp, cont in plan:
             h = host[inp]
@@ -152,7 +172,7 @@ class EvalModel:
             for w in rolling_windows(self.encode(text), self.bos, self.max_length):
                 windows.append(w)
                 owner.append(i)
-        scores = self.score_tokens(windows)
+        scores = self.score_tokens(windows, desc="ilm: loglikelihood_rolling (windows)")
         out = [[0.0, 0] for _ in texts]
         for i, (ctx, cont), (ll, _) in zip(owner, windows, scores):
             out[i][0] += ll
@@ -160,22 +180,46 @@ class EvalModel:
         return [(ll, n) for ll, n in out]
 
     # -- generation ------------------------------------------------------------------------------------
-    def generate_until(self, contexts: Sequence[str], until: Sequence[str], max_gen_toks: int) -> list[str]:
-        """Greedy continuations, each cut before the first stop string (the EOS token stops it too)."""
-        from ilm.model.generate import Sampling, generate
+    def generate_until(self, contexts: Sequence[str], until: Sequence[str], max_gen_toks: int,
+                       sampling: dict | None = None) -> list[str]:
+        """Continuations (greedy unless `sampling` gives `temperature`/`top_p`/`top_k`/`seed`), each cut before
+        the first stop string; the EOS token stops a row too. Prompts run in batches of similar length (longest
+        first) and a batch stops once every row has produced a stop string."""
+        from ilm.model.generate import Sampling, generate_stream
 
         keep = max(1, self.max_length - max_gen_toks)
-        out = []
-        for i in range(0, len(contexts), self.batch_size):
-            prompts = [self.encode(c)[-keep:] for c in contexts[i : i + self.batch_size]]
-            with torch.inference_mode():
-                new = generate(self.model, prompts, Sampling(max_new_tokens=max_gen_toks, greedy=True,
-                                                             stop_ids=(self.eos,)))
-            self.forwards += 1
-            for ids in new:
-                text = self.tokenizer.decode(ids, skip_special=True)
-                for stop in until:
-                    if stop:
+        stops = [s for s in until if s]
+        params = {"greedy": True} if not sampling else {"greedy": False, **sampling}
+        prompts = [self.encode(c)[-keep:] for c in contexts]
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        out: list[str] = [""] * len(prompts)
+        with self._bar(len(prompts), "ilm: generate_until") as bar:
+            for b in range(0, len(order), self.batch_size):
+                rows = order[b : b + self.batch_size]
+                new: list[list[int]] = [[] for _ in rows]
+                done = [False] * len(rows)
+                if "seed" in params:  # a different draw per batch: repeats of a prompt are independent samples
+                    params["seed"] = int(sampling["seed"]) + b
+                cfg = Sampling(max_new_tokens=max_gen_toks, stop_ids=(self.eos,), **params)
+                with torch.inference_mode():
+                    for step in generate_stream(self.model, [prompts[i] for i in rows], cfg):
+                        for j, token in enumerate(step):
+                            if token is None or done[j]:
+                                continue
+                            if token == self.eos:
+                                done[j] = True
+                                continue
+                            new[j].append(token)
+                            if stops:  # the text so far already holds a stop string: the rest is cut anyway
+                                tail = self.tokenizer.decode(new[j][-64:], skip_special=True)
+                                done[j] = any(s in tail for s in stops)
+                        if all(done):
+                            break
+                self.forwards += 1
+                for j, i in enumerate(rows):
+                    text = self.tokenizer.decode(new[j], skip_special=True)
+                    for stop in stops:
                         text = text.split(stop)[0]
-                out.append(text)
+                    out[i] = text
+                bar.update(len(rows))
         return out

@@ -254,6 +254,7 @@ def model_answerer(model, max_new_tokens: int, stop_ids: Sequence[int]) -> Answe
     `greedy_full`. The generator refuses (or clips the answer of) prompts near `config.max_context` while it
     has a hard cap; once it has none, every prompt goes through it and the fallback is never used."""
     from ilm.model.generate import Sampling, generate
+    from ilm.model.memory import ContextMemoryError
 
     sampling = Sampling(max_new_tokens=max_new_tokens, greedy=True, stop_ids=tuple(stop_ids))
     stops = set(stop_ids)
@@ -261,6 +262,8 @@ def model_answerer(model, max_new_tokens: int, stop_ids: Sequence[int]) -> Answe
     def answer(prompt: list[int]) -> list[int]:
         try:
             out = generate(model, [prompt], sampling, keep_stop=True)[0]
+        except ContextMemoryError:
+            raise  # the memory estimate's refusal stands: a full forward would need at least as much
         except ValueError:
             if len(prompt) < getattr(model.config, "max_context", float("inf")):
                 raise  # not the length cap: a real error

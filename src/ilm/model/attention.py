@@ -237,3 +237,56 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: AttnBatch) 
         )
         return out.view(B, T, H, D).transpose(1, 2)
     raise ValueError(f"unknown attention backend {batch.backend!r}")
+
+
+SHIFT_BLOCK_ELEMS = 1 << 24  # elements of re-rotated keys (+ their cos/sin) one query block may hold at once
+
+
+def allowed_keys(batch: AttnBatch, B: int, T: int, S: int, device: torch.device) -> torch.Tensor:
+    """(B, T, S) booleans: which keys each query sees, from a mask or a causal pattern (queries = last T keys)."""
+    if batch.mask is not None:
+        return batch.mask[:, 0].expand(B, T, S)
+    if batch.backend in ("sdpa", "prefix_causal"):
+        return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T).expand(B, T, S)
+    raise ValueError(f"dynamic NTK past max_position_embeddings with a cache takes the 'sdpa' backend, "
+                     f"not {batch.backend!r}")
+
+
+def shift_block(B: int, S: int, n_kv: int, n_heads: int, D: int) -> int:
+    """Queries per block of `attend_shifted`, so its temporaries stay under SHIFT_BLOCK_ELEMS."""
+    return max(1, SHIFT_BLOCK_ELEMS // max(1, B * S * (2 * n_kv * D + 2 * D + n_heads)))
+
+
+def attend_shifted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: AttnBatch, shift,
+                   key_pos: torch.Tensor) -> torch.Tensor:
+    """Attention where each query (or each row) re-rotates the keys to its own RoPE base (`ilm.model.rope.KeyShift`).
+
+    q: (B, H, T, D), already rotated with each query's base; k: (B, KV, S, D) rotated with the trained base at
+    `key_pos` (B, S). Per row: the keys are re-rotated once and any kernel runs. Per query: queries go in
+    blocks; each block's keys (B, block, KV, S, D) are re-rotated and scored in float32 (O(S) per query: one
+    decode step re-rotates each cached key once).
+    """
+    from ilm.model.rope import apply_rope, rotate_half
+
+    B, H, T, D = q.shape
+    KV, S = k.shape[1], k.shape[2]
+    if shift.per_row():  # one base per row (a decode step, or the whole-sequence rule): rotate once, same pattern
+        cos, sin = shift.cos_sin(key_pos, 0, 1, k.dtype)
+        return attend(q, apply_rope(k, cos, sin), v, batch)
+    allowed = allowed_keys(batch, B, T, S, q.device)
+    G = H // KV
+    out = torch.empty_like(q)
+    k_half = rotate_half(k)
+    block = shift_block(B, S, KV, H, D)
+    for s in range(0, T, block):
+        e = min(s + block, T)
+        n = S - T + e  # queries sit at the last T key slots: this block sees none past its last query's
+        cos, sin = shift.cos_sin(key_pos[:, :n], s, e, k.dtype)  # (B, b, n, D)
+        keys = (k[:, None, :, :n] * cos[:, :, None]).addcmul_(k_half[:, None, :, :n], sin[:, :, None])
+        qb = q[:, :, s:e].reshape(B, KV, G, e - s, D).permute(0, 3, 1, 2, 4)  # (B, b, KV, G, D)
+        scores = (qb @ keys.transpose(-1, -2)).float() * D**-0.5  # (B, b, KV, G, n)
+        scores = scores.masked_fill(~allowed[:, s:e, None, None, :n], float("-inf"))
+        probs = scores.softmax(dim=-1).to(v.dtype)
+        o = torch.einsum("btkgs,bksd->btkgd", probs, v[:, :, :n])
+        out[:, :, s:e] = o.permute(0, 2, 3, 1, 4).reshape(B, H, e - s, D)
+    return out

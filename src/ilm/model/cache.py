@@ -1,10 +1,12 @@
-"""A preallocated KV cache for batched decoding: keys (already rotated) and values, per layer.
+"""A preallocated KV cache for batched decoding: keys (rotated with the trained RoPE base) and values, per layer.
 
-Dynamic NTK note: once a row is longer than `max_position_embeddings`, its RoPE base changes with every
-new token, and a full recompute would re-rotate *every* earlier key and hence change every deeper layer's
-hidden states. No cache of per-layer keys can reproduce that, so the generator rebuilds the cache with a
-fresh prefill whenever a row's base changes (see `ilm.model.generate`); below the threshold the cache is
-used as is.
+Dynamic NTK note: past `max_position_embeddings` a row's RoPE base changes with every new token. Keys stay
+cached with the trained base, and each query re-rotates them to its own base as it attends (the causal
+rule, `ilm.model.rope`), so the cache never goes stale. For that the attention needs each key slot's
+position: `key_positions`, the slot index minus the row's left padding (`offset`). Any other cache the
+model is given (the server's) may define `key_positions(S) -> (B, S)`; without it slot j is position j.
+(Under the whole-sequence rule -- every earlier position rotated with the newest length's base -- no cache
+can be exact: one more token changes every layer's hidden states at every earlier position.)
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ class KVCache:
         # Static mode (CUDA graphs): write at this tensor index and attend over the whole buffer under a
         # mask, so every decode step has the same shapes and no host-side integers.
         self.index: torch.Tensor | None = None
+        # (B,) left-padding slots per row: slot j holds position j - offset (None: no padding)
+        self.offset: torch.Tensor | None = None
+
+    def key_positions(self, S: int) -> torch.Tensor:
+        """(B, S) positions of key slots [0, S) (pad slots get negative ones; the attention masks them)."""
+        slots = torch.arange(S, device=self.k[0].device)[None]
+        B = self.k[0].shape[0]
+        return (slots.expand(B, S) if self.offset is None else slots - self.offset[:, None])
 
     def reset(self) -> None:
         self.length = 0

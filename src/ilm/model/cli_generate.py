@@ -21,6 +21,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--prefill-chunk", type=int, default=2048, help="prompt tokens per prefill forward (long prompts)")
+    parser.add_argument("--ntk", choices=("cached", "recompute"), default="cached",
+                        help="dynamic NTK past max_position_embeddings: decode from the KV cache, each token with the "
+                             "RoPE base of its own length (default, O(n) per token), or re-run the whole sequence "
+                             "every token with the newest length's base (a full forward's rule, O(n^2) per token)")
     parser.set_defaults(func=_generate)
 
 
@@ -52,6 +56,7 @@ def _generate(args: argparse.Namespace) -> int:
     sampling = Sampling(
         max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
         top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop_ids=stop_ids, prefill_chunk=args.prefill_chunk,
+        ntk=args.ntk,
     )
     try:
         stream = generate_stream(model, [ids], sampling)

@@ -4,8 +4,10 @@ Prompts of different lengths are left-padded into one batch; padded keys are mas
 count real tokens only, so every row decodes exactly as it would alone. There is no length cap: the KV
 cache is sized to the request (prompt + max_new_tokens), long prompts are prefilled in chunks of
 `Sampling.prefill_chunk` tokens, and the limit is a memory estimate (`ilm.model.memory`) checked before
-anything is allocated. Dynamic NTK extrapolates at any length; plain or linear RoPE past the trained context
-runs too (extrapolation experiments compare against it), with a warning. The recipe's rollout default is
+anything is allocated. Dynamic NTK extrapolates at any length, decoding from the cache at O(n) per token
+past `max_position_embeddings` (the causal rule, `ilm.model.rope`; `Sampling.ntk="recompute"` re-runs the
+whole sequence every token instead, the whole-sequence rule of a full forward); plain or linear RoPE past the
+trained context runs too (extrapolation experiments compare against it), with a warning. The recipe's rollout default is
 top_p = 0.9 (docs/recipe.md, Online RLHF); generation stops at `</s>` or `<|im_end|>` (the config's stop ids).
 """
 
@@ -22,6 +24,8 @@ from ilm.model.cache import KVCache
 from ilm.model.internlm2 import InternLM2
 from ilm.model.memory import check_fits, generation_estimate
 
+NTK_MODES = ("cached", "recompute")
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -34,6 +38,9 @@ class Sampling:
     seed: int | None = None
     cuda_graph: bool = True  # on CUDA, replay the decode step as one CUDA graph (no effect on CPU)
     prefill_chunk: int = 2048  # prompt tokens per prefill forward (bounds activation memory on long prompts)
+    # dynamic NTK past max_position_embeddings: "cached" = the causal rule, exact from the cache, O(n) per token;
+    # "recompute" = a fresh prefill every token (every position with the newest length's base; O(n^2) per token)
+    ntk: str = "cached"
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -46,6 +53,8 @@ class Sampling:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if self.prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
+        if self.ntk not in NTK_MODES:
+            raise ValueError(f"ntk must be one of {NTK_MODES}, got {self.ntk!r}")
 
 
 def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
@@ -147,19 +156,23 @@ def check_memory(model: InternLM2, batch: int, total: int, chunk: int) -> None:
 @torch.inference_mode()
 def prefill(
     model: InternLM2, tokens: torch.Tensor, valid: torch.Tensor, cache: KVCache, chunk: int,
-    backend: str | None = None,
+    backend: str | None = None, causal: bool = False,
 ) -> torch.Tensor:
     """Run left-padded rows `tokens` (B, T) into an empty `cache`, `chunk` slots per forward; (B, V) last logits.
 
-    Positions count real tokens only. Every chunk rotates with the RoPE base of the whole length each row has
-    here (`rope_len`), so under dynamic NTK the result equals one full forward over the T slots, not a series
-    of shorter sequences with smaller bases.
+    Positions count real tokens only. Under dynamic NTK every chunk rotates with the RoPE base of the whole
+    length each row has here (`rope_len`), so the result equals one full forward over the T slots, not a
+    series of shorter sequences with smaller bases; with `causal`, each position takes the base of its own
+    length instead (the rule cached decoding continues exactly; `ilm.model.rope`).
     """
     cache.reset()
     T = tokens.shape[1]
     backend = backend or PREFILL_BACKEND or prefill_backend(tokens.device)
+    if model.rope.kind == "dynamic" and T > model.config.max_position_embeddings:
+        backend = "sdpa"  # keys re-rotated per query (or row) take an explicit pattern, not a block mask
     positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
-    rope_len = valid.sum(dim=1)
+    cache.offset = (valid.long().cumsum(dim=1) == 0).sum(dim=1)  # left padding: slot j holds position j - offset
+    rope_len = None if causal else valid.sum(dim=1)
     whole = bool(valid.all()) and T <= chunk
     logits = None
     for start in range(0, T, chunk):
@@ -187,9 +200,10 @@ def generate_stream(
     """Yield, per decoding step, one new token id per prompt (None once that prompt has stopped).
 
     A row stops after emitting a stop id (which is yielded) or at `max_new_tokens`; there is no length cap
-    beyond memory (`check_memory`: a clear error before anything is allocated). Under dynamic NTK, once a row
-    passes `max_position_embeddings` every step is a fresh (chunked) prefill (the base changes with the
-    length; see `ilm.model.cache`), so the output equals decoding by full recompute at every length.
+    beyond memory (`check_memory`: a clear error before anything is allocated). Under dynamic NTK, past
+    `max_position_embeddings` each step decodes from the cache by the causal rule (its logits equal
+    `model(ids, causal_ntk=True)` at that position); with `sampling.ntk == "recompute"` every step is a fresh
+    (chunked) prefill instead, equal to a full forward `model(ids)` at every length.
 
     `on_step(logits, tokens)`, if given, sees each step's (B, V) logits and the (B,) ids drawn from them
     (rows already stopped hold the pad id) before the step is yielded: RLHF rollouts read the sampled
@@ -202,6 +216,7 @@ def generate_stream(
     B, P = len(prompts), max(len(p) for p in prompts)
     steps = sampling.max_new_tokens
     total = P + steps  # the KV cache holds exactly the request
+    recompute = sampling.ntk == "recompute"
     check_memory(model, B, total, sampling.prefill_chunk)
     if model.rope.kind != "dynamic" and total > cfg.max_context:
         warnings.warn(f"generating up to {total} positions with {model.rope.kind or 'plain'} RoPE, past the "
@@ -218,11 +233,12 @@ def generate_stream(
     dynamic = model.rope.kind == "dynamic"
 
     def refill(end: int) -> torch.Tensor:
-        return prefill(model, tokens[:, :end], valid[:, :end], cache, sampling.prefill_chunk)
+        return prefill(model, tokens[:, :end], valid[:, :end], cache, sampling.prefill_chunk, causal=not recompute)
 
     logits = refill(P)
     padded = bool((~valid[:, :P]).any())
     graphed = None
+    # dynamic NTK checks on the host whether a query is past the window: no graph capture
     if steps > 1 and not dynamic and (sampling.cuda_graph and device.type == "cuda" or _STATIC_ON_CPU):
         graphed = _GraphedDecode(model, cache, B, capture=device.type == "cuda")
     done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -239,7 +255,7 @@ def generate_stream(
         tokens[:, end - 1] = token
         valid[:, end - 1] = True
         lengths = lengths + 1
-        if dynamic and bool((lengths > cfg.max_position_embeddings).any()):
+        if recompute and dynamic and bool((lengths > cfg.max_position_embeddings).any()):
             logits = refill(end)
             continue
         if graphed is not None:
@@ -263,10 +279,12 @@ def generate(
 
 
 @torch.inference_mode()
-def greedy_recompute(model: InternLM2, prompt: Sequence[int], max_new_tokens: int) -> list[int]:
-    """Reference decoder with no cache: rerun the whole sequence every step (tests and debugging)."""
+def greedy_recompute(model: InternLM2, prompt: Sequence[int], max_new_tokens: int, causal_ntk: bool = False
+                     ) -> list[int]:
+    """Reference decoder with no cache: rerun the whole sequence every step (tests and debugging); `causal_ntk`:
+    the rule cached decoding follows under dynamic NTK (else the whole-sequence rule of `Sampling.ntk="recompute"`)."""
     seq = list(prompt)
     for _ in range(max_new_tokens):
-        logits = model(torch.tensor([seq], device=model.output.weight.device))[0, -1]
+        logits = model(torch.tensor([seq], device=model.output.weight.device), causal_ntk=causal_ntk)[0, -1]
         seq.append(int(logits.argmax()))
     return seq[len(prompt):]

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ilm.model.attention import AttnBatch, attend
+from ilm.model.attention import AttnBatch, attend, attend_shifted
 from ilm.model.cache import KVCache
 from ilm.model.config import ModelConfig
 from ilm.model.init import init_normal_, local_part
-from ilm.model.rope import Rope, apply_rope
+from ilm.model.rope import KeyRotation, Rope, apply_rope
 from ilm.train.losses import lm_loss
 
 
@@ -48,16 +48,22 @@ class Attention(nn.Module):
         batch: AttnBatch,
         cache: KVCache | None = None,
         layer: int = 0,
+        keys: KeyRotation | None = None,
     ) -> torch.Tensor:
+        """`keys`: how keys rotate when not as the queries do (dynamic NTK past the window; `Rope.causal`)."""
         B, T, _ = x.shape
         qkv = self.wqkv(x).view(B, T, self.n_kv, self.group + 2, self.head_dim)
         q = qkv[:, :, :, : self.group].reshape(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = qkv[:, :, :, self.group].transpose(1, 2)
         v = qkv[:, :, :, self.group + 1].transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin) if keys is None else apply_rope(k, keys.cos, keys.sin)
         if cache is not None:
             k, v = cache.append(layer, k, v)
-        out = attend(q, k, v, batch)
+        if keys is None:
+            out = attend(q, k, v, batch)
+        else:
+            out = attend_shifted(q, k, v, batch, keys.shift, keys.key_positions(cache, k))
         return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -80,8 +86,8 @@ class DecoderLayer(nn.Module):
         self.attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, batch, cache=None, layer=0):
-        x = x + self.attention(self.attention_norm(x), cos, sin, batch, cache, layer)
+    def forward(self, x, cos, sin, batch, cache=None, layer=0, keys=None):
+        x = x + self.attention(self.attention_norm(x), cos, sin, batch, cache, layer, keys)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -134,6 +140,7 @@ class InternLM2(nn.Module):
         return_hidden: bool = False,
         labels: torch.Tensor | None = None,
         rope_len: torch.Tensor | None = None,
+        causal_ntk: bool = False,
     ) -> torch.Tensor:
         """input_ids (B, T) -> logits (B, T, V), or (B, 1, V) with `last_only`.
 
@@ -142,17 +149,31 @@ class InternLM2(nn.Module):
         With `labels`, returns the mean next-token loss instead, computed inside the forward so that a
         sharded (FSDP) output head is gathered while it is used. `rope_len` (B,): the full length of each
         row's sequence, for dynamic NTK's base when this forward covers only part of it (a prefill chunk);
-        default: the largest position + 1.
+        default: the largest position + 1. With right-padded rows, pass each row's real length: its scores
+        then do not depend on its batch neighbours.
+
+        Dynamic NTK with a `cache` and no `rope_len`, or with `causal_ntk`, follows the causal rule (each query
+        with the base of its own position + 1, `ilm.model.rope`): exact over a cache at any length, so this is
+        the generator's rule; `causal_ntk` without a cache is its full recompute. Within
+        `max_position_embeddings` every rule is plain RoPE.
         """
         B, T = input_ids.shape
         if positions is None:
             start = cache.length if cache is not None else 0
             positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
         h = self.model.tok_embeddings(input_ids)
-        cos, sin = self.rope.cos_sin(positions, h.dtype, rope_len)
+        keys = None
+        if causal_ntk and rope_len is not None:
+            raise ValueError("pass rope_len (one base per row) or causal_ntk (one base per position), not both")
+        if self.rope.kind == "dynamic" and (cache is not None or causal_ntk):
+            cos, sin, keys = self.rope.causal(positions, h.dtype, None if causal_ntk else rope_len)
+            if keys is not None and cache is None:
+                keys.positions = positions
+        else:
+            cos, sin = self.rope.cos_sin(positions, h.dtype, rope_len)
         batch = batch or AttnBatch()
         for i, layer in enumerate(self.model.layers):
-            h = layer(h, cos, sin, batch, cache, i)
+            h = layer(h, cos, sin, batch, cache, i, keys)
         if cache is not None:
             cache.advance(T)
         if last_only:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ilm.model.attention import SHIFT_BLOCK_ELEMS
 from ilm.model.config import ModelConfig
 
 ACTIVATION_SAFETY = 2.0  # allocator slack, kernel workspaces, temporaries the sums below do not name
@@ -96,7 +97,9 @@ def generation_estimate(
 
     KV cache: 2 x layers x batch x kv_heads x head_dim x total_len. Activations: one chunk through one layer
     (layers run one after another, nothing kept), RoPE tables, a boolean chunk x keys mask when the backend
-    takes one (`mask_keys`), and the last position's logits; times ACTIVATION_SAFETY.
+    takes one (`mask_keys`), and the last position's logits; times ACTIVATION_SAFETY. Under dynamic NTK past
+    `max_position_embeddings`, the keys each query block re-rotates to its own base (`attend_shifted`: at most
+    SHIFT_BLOCK_ELEMS, or one query's worth) and one layer's keys rotated by half.
     """
     b = dtype_bytes(dtype)
     weights = config.num_params() * b
@@ -107,6 +110,10 @@ def generation_estimate(
     act += batch * min(chunk, total_len) * total_len if mask_keys else 0
     act += batch * config.vocab_size * 4
     act += batch * total_len * 9 * 2  # token ids (int64) + validity (bool), and their per-step copies
+    if config.rope_scaling_type == "dynamic" and total_len > config.max_position_embeddings:
+        D, KV = config.head_dim, config.num_kv_heads
+        block = max(SHIFT_BLOCK_ELEMS, batch * total_len * (2 * KV * D + 2 * D + config.num_heads))
+        act += block * 4 + 2 * batch * KV * total_len * D * b
     return Estimate(weights=weights, kv_cache=kv, activations=int(act * ACTIVATION_SAFETY),
                     resident=weights if weights_loaded else 0)
 

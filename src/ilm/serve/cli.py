@@ -6,6 +6,8 @@ Also `ServerThread`: the same server on a thread of this process (tests, the dem
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import socket
 import sys
 import threading
@@ -13,19 +15,35 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
+API_KEY_ENV = "ILM_API_KEY"
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
                         help="HF checkpoint directory (InternLM2 or Llama layout) with tokenizer.json or tokenizer.model")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    parser.add_argument("--api-key-file", default=None,
+                        help="require 'Authorization: Bearer KEY' on /v1 routes, KEY being this file's first line "
+                             f"(or set the {API_KEY_ENV} environment variable)")
+    parser.add_argument("--api-key", default=None,
+                        help=f"the key itself (visible to other processes in the process list: prefer {API_KEY_ENV} "
+                             "or --api-key-file)")
     parser.add_argument("--max-batch", type=int, default=32, help="requests decoded together (KV cache slots)")
     parser.add_argument("--max-len", type=int, default=None,
                         help="positions per slot (default: the model's context up to 4096; under dynamic NTK "
-                             "at most max_position_embeddings)")
+                             "any length that fits memory)")
     parser.add_argument("--model-name", default=None, help="the model id clients send (default: the directory name)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--max-queue", type=int, default=256,
+                        help="requests that may wait for a slot; past it the server answers 429 (default 256)")
+    parser.add_argument("--request-timeout", type=float, default=600.0,
+                        help="seconds a request may take from arrival to its last token (default 600; 0 = none)")
+    parser.add_argument("--max-request-mb", type=float, default=8.0,
+                        help="largest request body in MiB (default 8); larger ones get 413")
+    parser.add_argument("--stream-interval", type=float, default=0.02,
+                        help="seconds streamed tokens may gather before they are sent (default 0.02; first "
+                             "tokens and ends go at once; 0 = every decode step)")
     parser.set_defaults(func=_serve)
 
 
@@ -46,7 +64,7 @@ def check_checkpoint(path: str | Path) -> Path:
 
 
 def load_engine(checkpoint: str | Path, max_batch: int = 32, max_len: int | None = None,
-                device: str | None = None) -> Any:
+                device: str | None = None, **engine_kw: Any) -> Any:
     """Checkpoint + tokenizer -> a started `Engine`."""
     import torch
 
@@ -62,7 +80,7 @@ def load_engine(checkpoint: str | Path, max_batch: int = 32, max_len: int | None
     model = load_checkpoint(path, device=device).eval()
     if tok.vocab_size > model.config.vocab_size:
         raise StartError(f"the tokenizer has {tok.vocab_size} tokens but the model only {model.config.vocab_size}")
-    return Engine(model, tok, max_batch=max_batch, max_len=max_len).start()
+    return Engine(model, tok, max_batch=max_batch, max_len=max_len, **engine_kw).start()
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -109,24 +127,74 @@ class ServerThread:
         self.sock.close()
 
 
+def api_key(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(key, warning): from --api-key-file, the ILM_API_KEY environment variable, or --api-key (which warns:
+    a command line is readable by every process on the machine)."""
+    given = [n for n, v in (("--api-key-file", args.api_key_file), ("--api-key", args.api_key)) if v is not None]
+    if len(given) > 1:
+        raise StartError("give the API key one way: --api-key-file or --api-key (or the ILM_API_KEY variable)")
+    if args.api_key_file is not None:
+        try:
+            lines = Path(args.api_key_file).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise StartError(f"cannot read the API key from {args.api_key_file}: {err}") from None
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise StartError(f"{args.api_key_file} is empty; write the key on its first line")
+        return key, None
+    if args.api_key is not None:
+        return args.api_key, (f"warning: --api-key puts the key on the command line, where every process on this "
+                              f"machine can read it; use {API_KEY_ENV}=KEY or --api-key-file instead")
+    return os.environ.get(API_KEY_ENV) or None, None
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ilm.serve.app import build_app
 
     try:
+        key, warning = api_key(args)
+        if min(args.max_queue, args.request_timeout, args.stream_interval) < 0 or args.max_request_mb <= 0:
+            raise StartError("--max-queue, --request-timeout and --stream-interval must be >= 0 and "
+                             "--max-request-mb > 0")
         check_checkpoint(args.checkpoint)
         sock = bind(args.host, args.port)  # before loading weights: a taken port fails at once
-        engine = load_engine(args.checkpoint, args.max_batch, args.max_len, args.device)
-    except StartError as err:
+        engine = load_engine(args.checkpoint, args.max_batch, args.max_len, args.device, max_queue=args.max_queue,
+                             timeout=args.request_timeout or None, stream_interval=args.stream_interval)
+    except (StartError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     name = args.model_name or Path(args.checkpoint).resolve().name
-    app = build_app(engine, name, args.api_key)
-    print(f"ilm serve: {name} on http://{args.host}:{sock.getsockname()[1]}/v1 (max batch {engine.max_batch}, "
-          f"context {engine.max_len}{', API key required' if args.api_key else ''})", flush=True)
+    app = build_app(engine, name, key, int(args.max_request_mb * 2**20))
+    print(f"ilm serve: model id {name!r} (clients send \"model\": {json.dumps(name)}) on "
+          f"http://{args.host}:{sock.getsockname()[1]}/v1 (max batch {engine.max_batch}, queue {engine.max_queue}, "
+          f"context {engine.max_len}{', API key required' if key else ''})", flush=True)
+    server = _stopping_server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=3),
+                              engine, app.state.server)
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off")).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
-        engine.stop()
+        engine.stop(timeout=2)
     return 0
+
+
+def _stopping_server(config: Any, engine: Any, server: Any) -> Any:
+    """A uvicorn.Server whose SIGTERM / SIGINT also fails the requests in flight at once (503, or an error
+    event when streamed), so shutdown never waits on them; the engine thread stops after its current step."""
+    import asyncio
+
+    import uvicorn
+
+    class Stopping(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            engine.begin_stop()  # a flag: safe in a signal handler
+            try:  # the requests in flight are told on the event loop, not inside the handler
+                asyncio.get_running_loop().call_soon_threadsafe(server.abort_all)
+            except RuntimeError:
+                pass
+            super().handle_exit(sig, frame)
+
+    return Stopping(config)

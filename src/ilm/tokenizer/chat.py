@@ -254,6 +254,24 @@ def render(
     return Rendered("".join(p.text for p in pieces), ids, mask)
 
 
+def call_header_ids(tok: Any, name: str) -> list[int]:
+    """The ids that start a call of tool `name` exactly as `render` writes one, up to its arguments:
+    `<|action_start|><|plugin|>` then the text `\\n{"name": NAME, "parameters":`, cut where the tokenisation
+    of the whole call no longer depends on the arguments (a server that forces a named call writes these
+    and lets the model write the rest; a header that ended in a lone space token would be one that SFT data
+    never shows, since the space merges into the token after it)."""
+    text = '\n{"name": ' + _json(name) + ', "parameters":'
+    runs = [tok.encode_with_offsets(text + tail)[0] for tail in (' {}}', ' {"a": 1}}', ' {"city": "x"}}', " 1}")]
+    common: list[int] = []
+    for ids in zip(*runs):
+        if len(set(ids)) > 1:
+            break
+        common.append(ids[0])
+    while common and len(tok.decode(common)) > len(text):  # never past the fixed text
+        common.pop()
+    return [tok.control_ids[ACTION_START], tok.control_ids[PLUGIN], *common]
+
+
 _CONTROL_RE = re.compile("|".join(re.escape(t) for t in (IM_START, IM_END, ACTION_START, ACTION_END, PLUGIN,
                                                          INTERPRETER, EOS)))
 _FENCE = re.compile(r"\A\s*```[\w+.-]*[ \t]*\n(.*?)\n?```\s*\Z", re.DOTALL)

@@ -29,7 +29,7 @@ import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path, PosixPath, PurePosixPath
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -68,8 +68,22 @@ _DCP_CLASSES.update({
 })
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    """Builds DCP's metadata dataclasses, torch sizes and dtypes, and nothing else (no callables to run)."""
+# BUILD (set an object's state) is allowed only on fresh instances of these: never on a class, a function, a
+# dtype or an enum member that find_class handed out, which are shared by the whole process.
+_BUILDABLE = frozenset({*(getattr(dcp_metadata, n) for n in ("Metadata", "StorageMeta", "TensorStorageMetadata",
+                                                            "BytesStorageMetadata", "ChunkStorageMetadata",
+                                                            "TensorProperties", "MetadataIndex")),
+                        _StorageInfo, __import__("collections").OrderedDict})
+
+
+class _MetadataUnpickler(pickle._Unpickler):
+    """Builds DCP's metadata dataclasses, torch sizes and dtypes, and nothing else (no callables to run).
+
+    The pure-Python unpickler, because its opcodes can be overridden: BUILD on anything but a fresh
+    metadata instance is refused, so a refused file cannot have set attributes on an allowed class
+    (`PosixPath.__truediv__`) or on `_get_layout`'s cache before it was refused."""
+
+    dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
         found = _DCP_CLASSES.get((module, name))
@@ -79,15 +93,26 @@ class _MetadataUnpickler(pickle.Unpickler):
             return getattr(torch, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint's metadata")
 
+    def _load_build(self) -> None:
+        target = self.stack[-2] if len(self.stack) > 1 else None
+        if type(target) not in _BUILDABLE:
+            what = target.__name__ if isinstance(target, type) else type(target).__name__
+            raise pickle.UnpicklingError(f"refused to set the state of {what} (not a checkpoint metadata object)")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = _load_build
+
 
 def read_metadata(path: str | Path) -> dcp_metadata.Metadata:
-    """The DCP `.metadata` of checkpoint `path`, read with the restricted unpickler; ResumeError names the file."""
+    """The DCP `.metadata` of checkpoint `path`, read with the restricted unpickler; any failure is one
+    ResumeError line that names the file."""
     file = Path(path) / ".metadata"
     try:
         with open(file, "rb") as f:
             found = _MetadataUnpickler(f).load()
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, TypeError, ValueError) as err:
-        raise ResumeError(f"{file}: not a readable checkpoint index ({err})") from None
+    except Exception as err:  # noqa: BLE001 (whatever a crafted file raises, the user gets one line)
+        detail = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        raise ResumeError(f"{file}: not a readable checkpoint index ({detail})") from None
     if not isinstance(found, dcp_metadata.Metadata) or not isinstance(found.storage_data, dict):
         raise ResumeError(f"{file}: not a checkpoint index (holds {type(found).__name__})")
     if found.storage_meta is None:
