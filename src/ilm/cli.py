@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `ilm ... | head -1`: the reader has what it wanted; no error, no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        return 141  # 128 + SIGPIPE, as a command killed by the broken pipe exits
     except KeyboardInterrupt:
         if os.environ.get("ILM_DEBUG"):
             raise

@@ -106,19 +106,44 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _list_index(node: list[Any], part: str, text: str, where: str) -> int:
+    """The element of a list that `part` names: its index (0, 1, ...) or, in a list of named tables such as
+    [[sources]] or [[stages]], its `name`."""
+    names = [x.get("name") for x in node if isinstance(x, dict)]
+    if part in names:
+        return names.index(part)
+    try:
+        i = int(part)
+    except ValueError:
+        i = None
+    if i is not None and -len(node) <= i < len(node):
+        return i
+    named = f"names {names}, or " if any(n is not None for n in names) else ""
+    raise RecipeError(f"override {text!r}: {where} has no element {part!r} (use {named}an index 0..{len(node) - 1})")
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each `a.b.c=value`; a list's element is picked by index or, in a list of named tables, by name
+    (`--sources.text.path=DIR`, `--stages.long.window=512`)."""
     for text in overrides:
         path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
+        node: Any = data
+        for depth, part in enumerate(path):
+            where = ".".join(path[:depth]) or "the recipe"
+            last = depth == len(path) - 1
             if isinstance(node, list):
-                node = node[int(part)]
+                i = _list_index(node, part, text, where)
+                if last:
+                    node[i] = value
+                else:
+                    node = node[i]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
             else:
-                node = node.setdefault(part, {})
-        if isinstance(node, list):
-            node[int(path[-1])] = value
-        else:
-            node[path[-1]] = value
+                raise RecipeError(f"override {text!r}: {where} is {node!r}, not a table")
     return data
 
 

@@ -16,7 +16,8 @@ def checkpoint(tmp_path_factory, tok):
     from ilm.model import build_model, get_preset
     from ilm.model.hf import save_checkpoint
 
-    model = build_model(get_preset("tiny", vocab_size=tok.vocab_size), seed=3).eval()
+    # a context that holds the builtin tools' declaration (~600 tokens with this 512-token vocabulary)
+    model = build_model(get_preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=2048), seed=3).eval()
     path = save_checkpoint(model, tmp_path_factory.mktemp("chat") / "ckpt")
     tok.save(path)
     return path, model

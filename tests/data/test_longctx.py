@@ -139,3 +139,27 @@ def test_cli_writes_samples_conversations_queries_and_report(tmp_path, capsys):
     assert "samples of <= 1,024 tokens" in capsys.readouterr().out
     assert main(["data", "longctx", "-o", str(tmp_path)]) != 0
     assert capsys.readouterr().err.strip() == "error: give --repos and/or --documents"
+
+
+def test_pipeline_output_folders_are_inputs(tmp_path):
+    """The folders `ilm data run -o` and `ilm data code -o` write are read as their kept documents: no KeyError
+    on ledger.json or plan.json (what `--documents runs/demo/data` and `--repos runs/demo/code` hit)."""
+    import pluggy
+
+    from ilm.data import run_pipeline
+    from ilm.data.code import run_code_pipeline
+    from ilm.data.corpus import real_texts
+    from ilm.data.io import list_inputs
+
+    docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(real_texts(max_docs=12))]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    run_pipeline(None, [tmp_path / "in.jsonl"], tmp_path / "data", workers=1)
+    run_code_pipeline([Path(pluggy.__file__).parent], tmp_path / "code", sample_tokens=2048)
+    for out in ("data", "code"):
+        assert (tmp_path / out / "ledger.json").is_file()
+        files = list_inputs([tmp_path / out])
+        assert files and all(f.parent == tmp_path / out / "kept" for f in files), files
+    units = longctx.document_units([tmp_path / "data"])
+    assert {u.name for u in units} <= {d["id"] for d in docs} and units
+    files = longctx.repository_units([tmp_path / "code"])
+    assert files and {u.source for u in files} == {"pluggy"}

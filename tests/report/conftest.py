@@ -25,6 +25,39 @@ def _json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2))
 
 
+# An absolute path as long as a real one: the page must still fit a 1,280 px window.
+LONG_PATH = "/home/someone/projects/" + "/".join(["a-rather-long-folder-name"] * 6) + "/tasks/stdlib_mc.jsonl"
+# `ilm eval run`'s results.json: the metrics sit under "metrics", next to bookkeeping keys.
+EVAL_RESULTS = {"checkpoint": LONG_PATH.rsplit("/", 2)[0] + "/final", "max_length": 256, "results": [
+    {"task": "ilm_license_ppl", "kind": "loglikelihood_rolling", "source": LONG_PATH, "num_fewshot": 0,
+     "samples_n": 4, "seconds": 1.5, "metrics": {"word_perplexity": 1087091.7, "byte_perplexity": 2.93,
+                                                 "bits_per_byte": 1.5513, "token_perplexity": 61.25}},
+    {"task": "ilm_stdlib_mc", "kind": "multiple_choice", "source": LONG_PATH, "num_fewshot": 0, "samples_n": 4,
+     "seconds": 0.5, "metrics": {"acc": 0.35, "acc_norm": 0.25},
+     "samples": [{"doc_id": i, "loglikelihoods": [-1.0] * 4, "acc": 0.0} for i in range(4)]}]}
+NIAH_LENGTHS, NIAH_DEPTHS, NIAH_TRAINED = (64, 128, 256), (0.0, 0.5, 1.0), 128
+
+
+def niah_hits(run: str, length: int, depth: float) -> list[bool]:
+    """The hand-made NIAH hits of two trials: "dynamic" finds every needle within the trained window and one
+    of two at depth 0 past it; "plain" finds only the shortest, shallowest one."""
+    if run == "dynamic":
+        return [True, True] if length <= NIAH_TRAINED else [depth == 0.0, False]
+    return [length == 64 and depth == 0.0] * 2
+
+
+def niah_json() -> dict:
+    """`ilm eval niah`'s niah.json: cells with hit flags and the needle's value (a number far outside 0-1)."""
+    runs = {}
+    for name in ("dynamic", "plain"):
+        cells = [{"length": n, "depth": d, "trial": t, "hit": hit, "answer": "50494" if hit else "the",
+                  "value": "50494", "prompt_tokens": n, "needle_token": int(n * d), "needle_depth": d}
+                 for n in NIAH_LENGTHS for d in NIAH_DEPTHS for t, hit in enumerate(niah_hits(name, n, d))]
+        runs[name] = {"lengths": list(NIAH_LENGTHS), "depths": list(NIAH_DEPTHS), "trials": 2, "seed": 0,
+                      "cells": cells, "rope_scaling": None}
+    return {"checkpoint": EVAL_RESULTS["checkpoint"], "runs": runs, "summary": {"trained_length": NIAH_TRAINED}}
+
+
 def build_data(out: Path) -> list[str]:
     from ilm.data import run_pipeline, write_demo_corpus
     from ilm.data.io import read_all
@@ -79,7 +112,15 @@ def build_handmade_stages(out: Path) -> None:
          **({"eval_loss": 3 * math.exp(-s / 20) + 1.3} if s % 10 == 0 else {})} for s in range(1, 41)])
     _json(out / "sft" / "summary.json", {"steps": 40, "final_loss": 1.2, "eval_loss": 1.45,
                                          "data": {"kept": 72, "truncated": 1, "dropped": {"too_long": 0}, "rows": 30}})
-    (out / "sft" / "config.toml").write_text('run_dir = "sft"\n[train]\nwindow = 256\n')
+    (out / "sft" / "config.toml").write_text(f'run_dir = "sft"\ninit = "{out / "pretrain" / "final"}"\n[train]\nwindow = 256\n')
+    (out / "rm" / "config.toml").parent.mkdir(parents=True, exist_ok=True)
+    (out / "rm" / "config.toml").write_text(f'init = "{out / "sft" / "final"}"\nreward_token = "[UNUSED_TOKEN_130]"\n')
+    _jsonl(out / "task" / "queries.jsonl", [{"messages": [{"role": "user", "content": f"Repeat the number {n}."}]}
+                                            for n in (37, 52)])
+    (out / "rlhf-rounds" / "config.toml").parent.mkdir(parents=True, exist_ok=True)
+    (out / "rlhf-rounds" / "config.toml").write_text(
+        f'rounds = 2\n[ppo]\nactor = "{out / "task" / "sft"}"\nreward_model = "{out / "task" / "rm"}"\n'
+        f'true_reward = "ilm.train.rlhf.synthetic:true_reward"\n[ppo.data]\nqueries = ["{out / "task" / "queries.jsonl"}"]\n')
     _jsonl(out / "rm" / "metrics.jsonl", [
         {"step": s, "time": 1.0 * s, "loss": 0.7 * math.exp(-s / 15) + 0.1, "lr": 1e-4, "accuracy": min(1, 0.5 + s / 40),
          "pairs": 8, **({"eval_accuracy": min(1, 0.45 + s / 35)} if s % 10 == 0 else {})} for s in range(1, 31)])
@@ -107,17 +148,15 @@ def build_handmade_stages(out: Path) -> None:
                               "before": {"earlier": {"accuracy": 0.8}, "check": {"accuracy": 0.3}},
                               "after": {"earlier": {"accuracy": 0.79}, "check": {"accuracy": 0.9}}}} for k in (1, 2)}
     _json(out / "rlhf-rounds" / "summary.json", {"rounds": rounds})
-    _json(out / "eval" / "results.json", {"results": {
-        "heldout-perplexity": {"perplexity": 35.2, "bits_per_byte": 1.71},
-        "stdlib-mc": {"accuracy": 0.42, "n": 50}}})
-    _json(out / "eval" / "niah.json", {"results": [
-        {"length": n, "depth": d, "score": float((n + d) % 3 != 0), "ntk": ntk}
-        for n in (64, 128, 256) for d in (0.0, 0.5, 1.0) for ntk in (True, False)]})
+    _json(out / "eval" / "results.json", EVAL_RESULTS)
+    _json(out / "eval" / "niah.json", niah_json())
     from ilm.report import machine_info
 
     stages = ("data", "code", "tokenizer", "shards", "pretrain", "sft", "rm", "model", "rlhf", "eval", "serve")
     _json(out / "report.json", {"seconds": 66.0, "stage_seconds": {s: 6.0 for s in stages}, "machine": machine_info(),
-                                "model": {"chat_samples": ["a sample reply"]}})
+                                "model": {"chat_samples": ["a sample reply"]},
+                                "rlhf": {"actor": str(out / "rlhf-rounds" / "actor")},
+                                "serve": {"checkpoint": str(out / "rlhf-rounds" / "actor")}})
     _json(out / "serve" / "transcripts.json", [
         {"title": "streamed chat", "messages": [{"role": "user", "content": f"Say hello. {HOSTILE}"},
                                                  {"role": "assistant", "content": "Hello!"}],
@@ -128,7 +167,11 @@ def build_handmade_stages(out: Path) -> None:
                 {"id": "call_1", "type": "function",
                  "function": {"name": "python_doc", "arguments": "{\"name\": \"os.path.join\"}"}}]},
             {"role": "tool", "tool_call_id": "call_1", "content": "Join two or more pathname components."},
-            {"role": "assistant", "content": "It joins path components."}], "seconds": 0.9}])
+            {"role": "assistant", "content": "It joins path components."}], "seconds": 0.9},
+        {"kind": "tool call", "messages": [{"role": "user", "content": "Weather in Paris?"}], "streamed_text": "",
+         "tool_calls": [{"id": "call_7", "type": "function",
+                         "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}],
+         "finish_reason": "tool_calls", "seconds": 0.3}])
 
 
 @pytest.fixture(scope="session")

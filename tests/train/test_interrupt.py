@@ -67,6 +67,8 @@ def test_max_steps_says_what_it_did(corpus, tmp_path, helpers):
     assert "train: 5/5 step (100%)" in short.stderr  # item 16: plain lines in a log
     total = json.loads(short.stdout[short.stdout.index("{"):])["total_steps"]
     assert _lines(short.stderr)[-1].startswith(f"stopped at step 5 of {total} (max_steps 5): not exported; resume with")
+    batch = helpers.tiny_recipe(corpus, tmp_path / "x")["train"]["batch_tokens"]  # the override that would export
+    assert _lines(short.stderr)[-1].endswith(f"shorten the schedule instead: --train.total_tokens={5 * batch}")
     assert not (tmp_path / "run" / "final").exists()
     full = subprocess.run(_cli("pretrain", str(recipe)), env=ENV, capture_output=True, text=True, check=False)
     assert full.returncode == 0 and "max_steps" not in full.stderr

@@ -48,6 +48,21 @@ def test_overrides_apply():
     assert cfg.train.max_steps == 7 and cfg.optim.lr == 0.5 and cfg.stages[1].window == 128
 
 
+def test_overrides_pick_named_sources_and_stages():
+    """`--sources.text.path=DIR` on the list of named sources (and stages by name); a name that is not there is
+    refused naming the ones that are; hostile parts (a huge index, an empty name) are refused the same way."""
+    cfg = load(PretrainConfig, RECIPES / "tiny.toml", ["--sources.text.path=mine", "--stages.long.window=512",
+                                                      "--sources.1.path=other"])
+    assert [(s.name, s.path) for s in cfg.sources] == [("text", "mine"), ("code", "other")]
+    assert [s.window for s in cfg.stages] == [64, 512, 256]
+    for bad in ("--sources.txt.path=x", f"--sources.{10**30}.path=x", "--sources..path=x", "--sources.2.path=x"):
+        with pytest.raises(RecipeError, match=r"sources has no element .* \(use names \['text', 'code'\], or an "
+                                              r"index 0\.\.1\)"):
+            load(PretrainConfig, RECIPES / "tiny.toml", [bad])
+    with pytest.raises(RecipeError, match=r"run_dir is 'x', not a table"):
+        load(PretrainConfig, RECIPES / "tiny.toml", ["--run_dir=x", "--run_dir.deeper=y"])
+
+
 def test_rlhf_section7_numbers():
     from ilm.train.rlhf.ppo import PPOConfig
 

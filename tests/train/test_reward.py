@@ -272,3 +272,16 @@ def test_max_length_past_max_context_trains_when_memory_allows(setup, tmp_path, 
     with pytest.raises(memory.ContextMemoryError, match=r"reward model training with batch_tokens 2,048 \(data.max_length "
                                                         r"256\) needs an estimated [\d.]+ GiB .* but only 0.00 GiB"):
         train(from_dict(RMConfig, recipe), resume="never")
+
+
+def test_finished_run_has_nothing_to_do(trained, capfd):
+    """`ilm rm train` on a finished run: one line says so; no re-export, summary.json keeps its eval keys."""
+    cfg, first = trained
+    run_dir = Path(cfg.run_dir)
+    summary, mtime = (run_dir / "summary.json").read_text(), (run_dir / "final" / "model.safetensors").stat().st_mtime_ns
+    capfd.readouterr()
+    again = train(cfg, resume="auto")
+    assert "nothing to do" in capfd.readouterr().err
+    assert (run_dir / "summary.json").read_text() == summary and "eval" in json.loads(summary)
+    assert (run_dir / "final" / "model.safetensors").stat().st_mtime_ns == mtime
+    assert again["steps"] == first["steps"] and again["eval"] == first["eval"]

@@ -155,7 +155,7 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
 
 
-def test_train_resume_export_and_cli(tok, tmp_path, helpers):
+def test_train_resume_export_and_cli(tok, tmp_path, helpers, capfd):
     tok.save(tmp_path / "tok")
     straight = train(from_dict(SFTConfig, _recipe(tmp_path, tmp_path / "straight")), resume="never")
     assert straight["steps"] == straight["total_steps"] >= 10
@@ -179,6 +179,26 @@ def test_train_resume_export_and_cli(tok, tmp_path, helpers):
     assert GenerationConfig.from_pretrained(straight["export"]).eos_token_id == stops
     assert list(model.config.stop_token_ids) == stops  # what `ilm generate --ids` stops at
     assert main(["sft", str(recipe), "--train.windw=3"]) == 2  # unknown keys are refused
+    _finished_run_is_left_as_it_is(tmp_path, recipe, tmp_path / "resumed", capfd)
+
+
+def _finished_run_is_left_as_it_is(tmp_path: Path, recipe: Path, run_dir: Path, capfd) -> None:
+    """A finished run started again: nothing to do (no re-export, summary kept); started on other data:
+    refused with its config.toml untouched; a training checkpoint as `init`: refused, naming the export."""
+    export = run_dir / "final" / "model.safetensors"
+    summary, config, mtime = (run_dir / "summary.json").read_text(), (run_dir / "config.toml").read_bytes(), \
+        export.stat().st_mtime_ns
+    capfd.readouterr()
+    assert main(["sft", str(recipe)]) == 0
+    assert "nothing to do" in capfd.readouterr().err
+    assert export.stat().st_mtime_ns == mtime and (run_dir / "summary.json").read_text() == summary
+    assert main(["sft", str(recipe), f"--data.train=[{json.dumps(str(tmp_path / 'eval.jsonl'))}]"]) == 2
+    assert "planned on other data" in capfd.readouterr().err
+    assert (run_dir / "config.toml").read_bytes() == config
+    step = max(run_dir.glob("step-*"))
+    assert main(["sft", str(recipe), f"--init={step}", f"--run_dir={tmp_path / 'from-step'}"]) == 2
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"pass {run_dir / 'final'}" in err and "training checkpoint" in err
 
 
 def test_recipes():

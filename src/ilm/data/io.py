@@ -36,9 +36,12 @@ class InputError(RuntimeError):
 
 def list_inputs(paths: list[str | Path]) -> list[Path]:
     """Expand files and folders into a sorted list of readable shards (one input file = one shard); inside a
-    folder, names starting with `_` or `.` are a stage's own bookkeeping, not documents."""
+    folder, names starting with `_` or `.` are a stage's own bookkeeping, not documents. A pipeline's output
+    folder (ledger.json beside kept/) stands for its kept documents, so one command's `-o` is the next's input."""
     out: list[Path] = []
     for p in map(Path, paths):
+        if p.is_dir() and (p / "ledger.json").is_file() and (p / "kept").is_dir():
+            p = p / "kept"  # a pipeline's output folder (`ilm data run -o DIR`): its kept documents, not its records
         if p.is_dir():
             out.extend(q for q in sorted(p.rglob("*")) if q.is_file() and q.name.endswith(ALL_SUFFIXES)
                        and not q.name.startswith(("_", ".")))  # `_done.json`, `_mixture.json`: a stage's own records

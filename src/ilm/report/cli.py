@@ -6,7 +6,8 @@ import argparse
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="a run directory (e.g. runs/demo); stages that did not run show as not run")
+    parser.add_argument("run_dir", help="a run directory (e.g. runs/demo; stages that did not run show as not run) "
+                        "or one stage's run folder (e.g. runs/demo/pretrain)")
     parser.add_argument("--out", default=None, help="the HTML file to write (default RUN_DIR/report.html)")
     parser.set_defaults(func=_report)
 

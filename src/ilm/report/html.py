@@ -94,12 +94,12 @@ body { margin:0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "H
        color: var(--fg); background: var(--bg); }
 header { padding: 18px 28px 10px; border-bottom: 1px solid var(--line); background: var(--soft); }
 header h1 { margin: 0 0 4px; font-size: 22px; }
-header .sub { color: var(--muted); font-size: 13px; }
+header .sub { color: var(--muted); font-size: 13px; overflow-wrap: anywhere; }
 nav { position: sticky; top: 0; z-index: 2; background: #fff; border-bottom: 1px solid var(--line);
       padding: 6px 28px; font-size: 13px; }
 nav a { color: var(--accent); text-decoration: none; margin-right: 14px; white-space: nowrap; }
 nav a.off { color: var(--muted); }
-main { max-width: 1120px; margin: 0 auto; padding: 8px 28px 60px; }
+main { max-width: 1120px; overflow-wrap: anywhere; margin: 0 auto; padding: 8px 28px 60px; }
 section { border-bottom: 1px solid var(--line); padding: 10px 0 22px; }
 h2 { font-size: 19px; margin: 18px 0 8px; }
 h3 { font-size: 15px; margin: 16px 0 6px; }
@@ -109,8 +109,13 @@ h3 { font-size: 15px; margin: 16px 0 6px; }
 .badge.time { background: #eaf1fd; color: #24509a; }
 .notrun { color: var(--muted); font-style: italic; }
 .note { color: var(--muted); font-size: 13px; }
-table { border-collapse: collapse; margin: 8px 0 12px; font-size: 13px; }
-th, td { border: 1px solid var(--line); padding: 3px 8px; text-align: left; vertical-align: top; }
+table { border-collapse: collapse; margin: 8px 0 12px; font-size: 13px; max-width: 100%; }
+th, td { border: 1px solid var(--line); padding: 3px 8px; text-align: left; vertical-align: top;
+         overflow-wrap: anywhere; }
+code { overflow-wrap: anywhere; }
+p.model { margin: 4px 0; font-size: 13.5px; }
+table.niah td { text-align: center; min-width: 58px; font-weight: 600; font-variant-numeric: tabular-nums; }
+table.niah th.past { background: #f3e6e6; }
 thead th { background: var(--soft); }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
 table.kv th { background: var(--soft); font-weight: 600; }

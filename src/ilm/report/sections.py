@@ -70,6 +70,29 @@ class Run:
                     continue
         return rows
 
+    def toml(self, rel: str) -> dict[str, Any]:
+        import tomllib
+
+        f = self.path / rel
+        try:
+            return tomllib.loads(f.read_text()) if f.is_file() else {}
+        except (OSError, ValueError):
+            return {}
+
+    def short(self, path: Any) -> str:
+        """A path as the page shows it: relative to the run when inside it (as `RUN/...`), else relative to the
+        working directory, else its last three parts, so no absolute path widens the page."""
+        text = str(path)
+        target = Path(text)
+        full = target if target.is_absolute() else Path.cwd() / target
+        for base, prefix in ((self.path.resolve(), "RUN/"), (Path.cwd().resolve(), "")):
+            try:
+                return prefix + str(full.resolve().relative_to(base))
+            except (ValueError, OSError):
+                continue
+        parts = target.parts
+        return text if len(parts) <= 4 else "…/" + "/".join(parts[-3:])
+
     def stage(self, name: str) -> dict[str, Any]:
         return self.report.get(name) if isinstance(self.report.get(name), dict) else {}
 
@@ -301,6 +324,52 @@ def _summary_pairs(summary: dict[str, Any], keys: list[tuple[str, str]]) -> Safe
     return kv([(label, summary.get(k)) for k, label in keys if summary.get(k) is not None])
 
 
+def _model_line(run: Run, label: str, path: Any, note: str = "", text: str | None = None) -> Safe:
+    """"Model ...: PATH" under a section's title, so every section says which model its numbers are about."""
+    shown = text or (run.short(path) if path else "not recorded by the run")
+    return p(join([tag("strong", f"{label}: "), tag("code", shown), note]), class_="model")
+
+
+def _first_query(run: Run, files: Any) -> tuple[str, int] | None:
+    """The first PPO query's user text and the number of queries, from the recipe's queries files."""
+    if isinstance(files, str):
+        files = [files]
+    total, first = 0, None
+    for f in files or []:
+        path = Path(f) if Path(f).is_absolute() else Path.cwd() / f
+        try:
+            lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
+        except OSError:
+            continue
+        total += len(lines)
+        if first is None and lines:
+            try:
+                first = _prompt(json.loads(lines[0]).get("messages"))
+            except (ValueError, AttributeError):
+                first = lines[0][:200]
+    return (first, total) if first is not None else None
+
+
+def _rlhf_models(run: Run) -> list[Safe]:
+    """The RLHF stage's policy, reward model and task (its queries), from the resolved recipe."""
+    cfg = run.toml("rlhf-rounds/config.toml")
+    ppo = cfg.get("ppo", {}) if cfg else run.toml("rlhf/config.toml")
+    if not ppo:
+        return [_model_line(run, "Policy", None)]
+    data = ppo.get("data", {}) if isinstance(ppo.get("data"), dict) else {}
+    actor = ppo.get("actor")
+    chain = (run.path / "sft" / "final").resolve()
+    separate = actor and (run.path / "sft").is_dir() and Path(str(actor)).resolve() != chain
+    out = [_model_line(run, "Policy (actor and frozen reference)", actor,
+                       " — a separate task model, not this run's SFT model" if separate else ""),
+           _model_line(run, "Reward model", ppo.get("reward_model"))]
+    q = _first_query(run, data.get("queries"))
+    task = (f"{q[1]:,} PPO queries such as \u201c{q[0]}\u201d" if q else "PPO queries not found") + (
+        f"; true reward (logged, never trained on): {ppo['true_reward']}" if ppo.get("true_reward") else "")
+    out.append(p(join([tag("strong", "Task: "), task]), class_="model"))
+    return out
+
+
 def pretrain(run: Run) -> Safe:
     rows = run.jsonl("pretrain/metrics.jsonl")
     if not rows:
@@ -316,7 +385,13 @@ def pretrain(run: Run) -> Safe:
                 stages[-1][3] = round(r["loss"], 3)
             if isinstance(r.get("eval_loss"), (int, float)):
                 stages[-1][4] = round(r["eval_loss"], 3)
-    body = [_summary_pairs(summary, [("steps", "steps"), ("final_loss", "final train loss (nats/token)"),
+    cfg = run.toml("pretrain/config.toml")
+    model = cfg.get("model", {}) if isinstance(cfg.get("model"), dict) else {}
+    over = ", ".join(f"{k}={v}" for k, v in (model.get("overrides") or {}).items())
+    desc = f"preset {model.get('preset', '?')}" + (f" ({over})" if over else "") if model else None
+    init = cfg.get("init")
+    body = [_model_line(run, "Model trained", None, text=desc, note=f", from {run.short(init)}" if init else ", from scratch"),
+            _summary_pairs(summary, [("steps", "steps"), ("final_loss", "final train loss (nats/token)"),
                                      ("eval_loss", "held-out loss (nats/token)"),
                                      ("unigram_entropy", "unigram entropy of the corpus (nats/token)")]),
             figure(figures.training_curves(rows, "Pretraining", [("loss", "loss", "eval_loss"),
@@ -338,7 +413,9 @@ def sft(run: Run) -> Safe:
              ("held-out assistant-token loss", summary.get("eval_loss"))]
     pairs += [(f"data: {k.replace('_', ' ')}", v if not isinstance(v, dict) else ", ".join(f"{a} {b}" for a, b in v.items())
                or "0") for k, v in d.items() if isinstance(v, (int, float, dict))]
-    body = [kv([(k, v) for k, v in pairs if v is not None]),
+    body = [_model_line(run, "Model fine-tuned", run.toml("sft/config.toml").get("init"),
+                        " (its chat model: RUN/sft/final)"),
+            kv([(k, v) for k, v in pairs if v is not None]),
             figure(figures.training_curves(rows, "SFT", [("loss", "loss (assistant tokens)", "eval_loss"),
                                                           ("lr", "learning rate", None)]),
                    "Loss on assistant tokens only; dots: held-out conversations.")]
@@ -352,7 +429,8 @@ def rm(run: Run) -> Safe:
     summary = {**(run.json("rm/summary.json") or {}), **run.stage("rm")}
     ev = summary.get("eval") or {}
     by_dom = summary.get("accuracy_by_domain") or ev.get("accuracy_by_domain") or {}
-    body = [kv([("steps", summary.get("steps")), ("held-out accuracy", ev.get("accuracy")),
+    body = [_model_line(run, "Backbone", run.toml("rm/config.toml").get("init"), " (its LM head replaced by a reward head)"),
+            kv([("steps", summary.get("steps")), ("held-out accuracy", ev.get("accuracy")),
                 ("mean margin (chosen - rejected)", ev.get("mean_margin")),
                 ("reward range", f"{num(ev.get('reward_min'))} .. {num(ev.get('reward_max'))}" if ev else None)])]
     if by_dom:
@@ -405,6 +483,15 @@ def _round_curves(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _mean_updates(ups: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Rollout-weighted means of per-update figures (None where no update carries the figure)."""
+    out: dict[str, float | None] = {}
+    for k in ("rm_score", "true_reward", "loophole_rate", "kl"):
+        have = [(u[k], u.get("rollouts", 1)) for u in ups if isinstance(u.get(k), (int, float))]
+        out[k] = sum(v * n for v, n in have) / sum(n for _, n in have) if have else None
+    return out
+
+
 def _acc(x: Any) -> str:
     return f"{x['accuracy']:.0%}" if isinstance(x, dict) and isinstance(x.get("accuracy"), (int, float)) else "—"
 
@@ -417,13 +504,18 @@ def rlhf(run: Run) -> Safe:
     info = state.get("rounds", {})
     rows = []
     for c in curves:
-        first, last = c["per_update"][0], c["per_update"][-1]
-        rows.append([c["round"], len(c["per_update"]), *(f"{num(first[k])} → {num(last[k])}" for k in
-                                                         ("rm_score", "true_reward", "loophole_rate", "kl"))])
-    body = [figure(figures.rounds_curves(curves, "Online RLHF: PPO updates, round after round"),
+        ups = c["per_update"]
+        quarter = max(len(ups) // 4, 1)
+        first, last = _mean_updates(ups[:quarter]), _mean_updates(ups[-quarter:])
+        rows.append([c["round"], len(ups), *(f"{num(first[k])} → {num(last[k])}" for k in
+                                             ("rm_score", "true_reward", "loophole_rate", "kl"))])
+    body = [*_rlhf_models(run),
+            figure(figures.rounds_curves(curves, "Online RLHF: PPO updates, round after round"),
                    "Means over each update's rollouts. True reward: the task's verifier (where the rollouts carry "
                    "it); loophole rate: responses with the phrase the reward model was planted to over-reward."),
-            table(["round", "updates", "RM score (first → last)", "true reward", "loophole rate", "KL"], rows)]
+            p("Per round: the mean over the rollouts of its first quarter of updates → of its last quarter (as the "
+              "demo's console prints them).", class_="note"),
+            table(["round", "updates", "RM score (first → last quarter)", "true reward", "loophole rate", "KL"], rows)]
     fast_rows, patches = [], []
     for k in sorted(info, key=int):
         f, r = info[k].get("fast") or {}, info[k].get("rm") or {}
@@ -455,101 +547,37 @@ def _prompt(prefix: Any) -> str:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _result_rows(res: Any) -> tuple[list[str], list[list[Any]]]:
-    """A results table from {"task": {"metric": v}}, [{"task": .., metric: v}] or {"results": ...}."""
-    if isinstance(res, dict) and isinstance(res.get("results"), (dict, list)):
-        res = res["results"]
-    rows: list[dict[str, Any]] = []
-    if isinstance(res, dict):
-        for name, v in res.items():
-            rows.append({"task": name, **(v if isinstance(v, dict) else {"value": v})})
-    elif isinstance(res, list):
-        rows = [r for r in res if isinstance(r, dict)]
-    # ilm eval's rows keep their metrics under "metrics": shown as columns of their own
-    rows = [{**{k: v for k, v in r.items() if k != "metrics"}, **r["metrics"]} if isinstance(r.get("metrics"), dict)
-            else r for r in rows]
-    first = next((k for k in ("task", "name", "dataset") if any(k in r for r in rows)), None)
-    keys = [first] if first else []
-    for r in rows:
-        keys += [k for k, v in r.items() if k not in keys and not isinstance(v, (dict, list))]
-    return keys, [[r.get(k, "—") for k in keys] for r in rows]
-
-
-def _niah_grids(data: Any) -> list[tuple[str, list[Any], list[Any], list[list[Any]]]]:
-    """(name, depths, lengths, grid[depth][length]) for every grid found in niah.json."""
-    if isinstance(data, dict) and isinstance(data.get("lengths"), list) and isinstance(data.get("scores"), list):
-        grid = data["scores"]
-        depths = data.get("depths") or list(range(len(grid)))
-        return [(str(data.get("name", "")), depths, data["lengths"], grid)]
-    if isinstance(data, dict):
-        for key in ("results", "cells", "grid", "records"):
-            if isinstance(data.get(key), list):
-                return _niah_grids(data[key])
-        grids = []
-        for name, v in data.items():
-            if isinstance(v, (dict, list)):
-                grids += [(f"{name} {g[0]}".strip(), *g[1:]) for g in _niah_grids(v)]
-        return grids
-    if not isinstance(data, list) or not data:
-        return []
-    if all(isinstance(x, dict) and "lengths" in x for x in data):
-        return [g for x in data for g in _niah_grids(x)]
-
-    def pick(r: dict, names: tuple[str, ...]) -> str | None:
-        return next((k for k in names if k in r), None)
-
-    recs = [r for r in data if isinstance(r, dict)]
-    if not recs:
-        return []
-    lk = pick(recs[0], ("length", "context_length", "context", "tokens", "len"))
-    dk = pick(recs[0], ("depth", "depth_percent", "position", "depth_pct"))
-    sk = pick(recs[0], ("score", "accuracy", "correct", "exact", "retrieved", "value"))
-    if not (lk and dk and sk):
-        return []
-    other = [k for k in recs[0] if k not in (lk, dk, sk) and not isinstance(recs[0][k], (dict, list, float))
-             and len({json.dumps(r.get(k)) for r in recs}) <= 8 and len({json.dumps(r.get(k)) for r in recs}) > 1]
-    groups: dict[str, list[dict]] = {}
-    for r in recs:
-        groups.setdefault(", ".join(f"{k}={r.get(k)}" for k in other), []).append(r)
-    out = []
-    for name, rs in groups.items():
-        lengths = sorted({r[lk] for r in rs})
-        depths = sorted({r[dk] for r in rs})
-        cells: dict[tuple, list[float]] = {}
-        for r in rs:
-            cells.setdefault((r[dk], r[lk]), []).append(float(r[sk]))
-        grid = [[sum(cells[(d, n)]) / len(cells[(d, n)]) if (d, n) in cells else None for n in lengths]
-                for d in depths]
-        out.append((name, depths, lengths, grid))
-    return out
-
-
 def evaluation(run: Run) -> Safe:
+    from ilm.report import evaluation as ev
+
     res, niah = run.json("eval/results.json"), run.json("eval/niah.json")
     if res is None and niah is None:
         return not_run("eval", STAGES[7][2], "no eval/results.json or eval/niah.json")
     body = []
     if res is not None:
-        keys, rows = _result_rows(res)
-        body += [tag("h3", "Results"), table(keys, rows) if rows else pre(json.dumps(res, indent=2))]
+        body += [tag("h3", "Results"), _model_line(run, "Model evaluated", _checkpoint(res)), ev.results_table(res)]
     else:
         body.append(p("No eval/results.json.", class_="notrun"))
     if niah is not None:
-        grids = _niah_grids(niah)
-        body.append(tag("h3", "Needle in a Haystack"))
-        if grids:
-            body.append(tag("div", join(figure(figures.heatmap(g, depths, lengths,
-                                                               f"NIAH retrieval{': ' + name if name else ''}",
-                                                               "context length (tokens)", "needle depth"))
-                                        for name, depths, lengths, g in grids), class_="grid"))
+        body += [tag("h3", "Needle in a Haystack"), _model_line(run, "Model evaluated", _checkpoint(niah))]
+        part = ev.niah_part(niah)
+        if part:
+            body += part
         elif run.file("eval/niah.png"):
             body.append(figure(figures.png_file(run.path / "eval" / "niah.png", "NIAH heatmap"),
                                "The evaluation's own heatmap (niah.json has no grid this report reads)."))
-        if isinstance(niah, dict):
-            scalars = [(k, v) for k, v in niah.items() if isinstance(v, (int, float, str, bool))]
-            if scalars:
-                body.append(kv(scalars))
+        body.append(ev.scalars(niah))
     return section("eval", STAGES[7][2], join(body))
+
+
+def _checkpoint(obj: Any) -> str | None:
+    """The checkpoint an eval file names: ours ("checkpoint") or lm-eval's (config.model_args)."""
+    if not isinstance(obj, dict):
+        return None
+    c = obj.get("checkpoint")
+    if not c and isinstance(obj.get("config"), dict):
+        c = obj["config"].get("model_args")
+    return str(c) if c else None
 
 
 # ----------------------------------------------------------------------------- chats
@@ -599,24 +627,29 @@ def chats(run: Run) -> Safe:
     served = run.stage("serve").get("checkpoint")
     if served:  # the demo serves the RLHF policy (rlhf.actor): say which model these replies came from
         rlhf = run.stage("rlhf").get("actor")
-        body.append(p(f"Model behind the server: {served}" + (" (the final RLHF policy)" if served == rlhf else "")))
+        body.append(_model_line(run, "Model behind the server", served,
+                                " (the final RLHF policy of the RLHF section)" if served == rlhf else ""))
     for i, ex in enumerate(exchanges):
         if not isinstance(ex, dict):
             continue
         msgs = [m for m in ex.get("messages", []) if isinstance(m, dict)]
         parts = [join(_message(m) for m in msgs)]
-        if ex.get("streamed_text") is not None:
+        if ex.get("streamed_text"):
             parts.append(tag("div", join([tag("div", "streamed reply (deltas joined)", class_="role"),
                                           tag("div", ex["streamed_text"])]), class_="msg assistant"))
-        facts = [(k, v) for k, v in ex.items() if k not in ("messages", "streamed_text", "title", "name")
+        calls = [c for c in ex.get("tool_calls") or [] if isinstance(c, dict)]
+        if calls:  # the reply's own calls (the server's streamed tool_calls), not the request's
+            parts.append(_message({"role": "assistant", "name": "reply", "tool_calls": calls}))
+        facts = [(k, v) for k, v in ex.items() if k not in ("messages", "streamed_text", "title", "name", "kind")
                  and isinstance(v, (int, float, str, bool))]
         for k, v in ex.items():
             if isinstance(v, dict) and k != "messages":
                 facts += [(f"{k}.{a}", b) for a, b in v.items() if isinstance(b, (int, float, str, bool))]
         if facts:
             parts.append(kv(facts))
-        title = ex.get("title") or ex.get("name") or f"Exchange {i + 1}"
-        kinds = " (tool call and its result)" if any(m.get("tool_calls") for m in msgs) else ""
+        title = ex.get("title") or ex.get("name") or ex.get("kind") or f"Exchange {i + 1}"
+        title = f"Exchange {i + 1}: {title}" if not str(title).startswith("Exchange") else title
+        kinds = " (with a tool call)" if calls or any(m.get("tool_calls") for m in msgs) else ""
         body.append(tag("div", join([tag("h3", f"{title}{kinds}"), *parts]), class_="chat"))
     if not body:
         body = [p("serve/transcripts.json holds no exchanges.", class_="notrun")]

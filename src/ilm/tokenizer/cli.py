@@ -19,6 +19,8 @@ def _clean_errors(verb: Callable[[argparse.Namespace], int]) -> Callable[[argpar
     def run(args: argparse.Namespace) -> int:
         try:
             return verb(args)
+        except BrokenPipeError:
+            raise  # `| head -1`: `ilm.cli.main` ends quietly
         except (ValueError, KeyError, OSError) as err:
             from ilm.cli import user_error
 

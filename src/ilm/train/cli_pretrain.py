@@ -42,7 +42,7 @@ def _tokenize(rest: list[str]) -> int:
     p.add_argument("--out", required=True, help="token shard directory to write (resumable)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("inputs", nargs="+", help="jsonl / jsonl.gz / jsonl.zst / parquet files, .txt / .md (one document "
-                   "per file), or directories")
+                   "per file), or directories (the folder `ilm data run -o` writes: its kept documents)")
     a = p.parse_args(rest)
     try:
         report = tokenize_to_shards(a.inputs, a.tokenizer, a.out, workers=a.workers)

@@ -11,7 +11,6 @@ run produces the same losses as one that never stopped.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from ilm.train.run import (
     determinism,
     materialise,
     model_shape,
+    nothing_to_do,
     prepare,
     progress,
     raise_if_stopped,
@@ -231,7 +231,7 @@ def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
     stop_at = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
     if step and step >= stop_at:  # nothing to train: keep the export and summary the run already wrote
         metrics.close()
-        return _nothing_to_do(run_dir, step, total_steps, cfg.train.max_steps, world)
+        return nothing_to_do(run_dir, step, total_steps, cfg.train.max_steps, world)
     bar = progress(world, cfg.train.progress, stop_at, step)
     last_eval = None
 
@@ -299,20 +299,6 @@ def _train(cfg: PretrainConfig, resume: str) -> dict[str, Any]:
         summary["plot"] = str(metrics.plot(stage="pretraining"))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     metrics.close()
-    return summary
-
-
-def _nothing_to_do(run_dir: Path, step: int, total_steps: int, max_steps: int | None, world: World) -> dict[str, Any]:
-    """A resumed run already at (or past) the step it would stop at: no step, no new export, no new
-    summary.json (a re-export would only rewrite the same weights; the held-out loss is not measured
-    again). Returns the summary the run wrote when it got there. One line says so; where max_steps stopped
-    it short, `run.stop_note` (the command line's) is that line."""
-    path = run_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else {}
-    summary.update(steps=step, total_steps=total_steps, run_dir=str(run_dir))
-    if world.is_main and (not max_steps or max_steps >= total_steps):
-        print(f"the run in {run_dir} had already finished at step {step} of {total_steps} (export: "
-              f"{run_dir / 'final'}); nothing to do", file=sys.stderr)
     return summary
 
 

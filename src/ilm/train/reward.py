@@ -48,6 +48,7 @@ from ilm.train.run import (
     fingerprint,
     materialise,
     model_shape,
+    nothing_to_do,
     prepare,
     progress,
     raise_if_stopped,
@@ -377,6 +378,9 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
     step, _, metrics = start(run_dir, resume, model, optimizer, shape, world, data_id)
 
     stop_at = min(total_steps, t.max_steps) if t.max_steps else total_steps
+    if step and step >= stop_at:  # nothing to train: keep the export and summary the run already wrote
+        metrics.close()
+        return nothing_to_do(run_dir, step, total_steps, t.max_steps, world)
     bar = progress(world, t.progress, stop_at, step)
     pad_to = t.batch_tokens if t.pad_to_budget else None
     last_eval: dict | None = None

@@ -250,8 +250,23 @@ def raise_if_stopped(step: int) -> None:
         raise Interrupted(_STOP["signal"], step)
 
 
-def stop_note(summary: dict[str, Any], max_steps: int | None) -> str | None:
-    """One line saying what `--train.max_steps` did, when it stopped a run short or was ignored."""
+def nothing_to_do(run_dir: Path, step: int, total_steps: int, max_steps: int | None, world: World) -> dict[str, Any]:
+    """A resumed run already at (or past) the step it would stop at: no step, no new export, no new
+    summary.json (a re-export would only rewrite the same weights; the held-out figures are not measured
+    again). Returns the summary the run wrote when it got there. One line says so; where max_steps stopped
+    it short, `stop_note` (the command line's) is that line."""
+    path = Path(run_dir) / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary.update(steps=step, total_steps=total_steps, run_dir=str(run_dir))
+    if world.is_main and (not max_steps or max_steps >= total_steps):
+        print(f"the run in {run_dir} had already finished at step {step} of {total_steps} (export: "
+              f"{Path(run_dir) / 'final'}); nothing to do", file=sys.stderr)
+    return summary
+
+
+def stop_note(summary: dict[str, Any], max_steps: int | None, short: str = "") -> str | None:
+    """One line saying what `--train.max_steps` did, when it stopped a run short or was ignored; `short` is the
+    override that would make the schedule itself end at max_steps (and so export)."""
     step, total = summary.get("steps"), summary.get("total_steps")
     if not max_steps or step is None or total is None or max_steps >= total:
         return None
@@ -261,7 +276,30 @@ def stop_note(summary: dict[str, Any], max_steps: int | None) -> str | None:
         return (f"the run is already at step {step} of {total}, past max_steps {max_steps}; nothing to do "
                 "(resume with --resume auto and no max_steps to finish and export)")
     return (f"stopped at step {step} of {total} (max_steps {max_steps}): not exported; "
-            "resume with --resume auto and no max_steps to finish and export")
+            "resume with --resume auto and no max_steps to finish and export" +
+            (f", or for a {max_steps}-step run that exports, shorten the schedule instead: {short}" if short else ""))
+
+
+class _RecipeKeeper:
+    """The run's config.toml and metrics.jsonl size before a start: a start that fails before it trains a step
+    puts the old config.toml back (or removes the new one), so a refusal leaves the run as it was."""
+
+    def __init__(self, run_dir: Any):
+        self.path = Path(run_dir) / RESOLVED_RECIPE if run_dir else None
+        self.old = self.path.read_bytes() if self.path is not None and self.path.is_file() else None
+        self.rows = self._rows()
+
+    def _rows(self) -> int:
+        m = self.path.with_name("metrics.jsonl") if self.path is not None else None
+        return m.stat().st_size if m is not None and m.is_file() else 0
+
+    def restore(self) -> None:
+        if self.path is None or os.environ.get("RANK", "0") != "0" or self._rows() != self.rows:
+            return
+        if self.old is not None:
+            self.path.write_bytes(self.old)
+        else:
+            self.path.unlink(missing_ok=True)
 
 
 def run_recipe_cli(prog: str, config_cls: type, train: Callable[..., dict], recipe: str, rest: list[str]) -> int:
@@ -285,8 +323,9 @@ def run_recipe_cli(prog: str, config_cls: type, train: Callable[..., dict], reci
     if bad:
         p.error(f"unrecognised arguments {bad}; overrides look like --train.max_steps=10")
     ok = False
+    cfg = load(config_cls, recipe, overrides, base_dir=opts.base_dir)
+    kept = _RecipeKeeper(getattr(cfg, "run_dir", None))
     try:
-        cfg = load(config_cls, recipe, overrides, base_dir=opts.base_dir)
         save_recipe(cfg)
         with stop_on_signals():
             summary = train(cfg, resume=opts.resume)
@@ -302,10 +341,17 @@ def run_recipe_cli(prog: str, config_cls: type, train: Callable[..., dict], reci
             print(f"{stop}; checkpoint saved in {getattr(cfg, 'run_dir', '?')}; resume with: {cmd}",
                   file=sys.stderr, flush=True)
         return 128 + stop.signum
+    except Exception:
+        kept.restore()  # refused before a step (other data, a missing file): the run's config.toml stays its own
+        raise
     finally:
         shutdown_world(barrier=ok)  # no barrier after a failure: the other ranks may never arrive
     print(json.dumps(summary, indent=2, default=str))
-    note = stop_note(summary, getattr(getattr(cfg, "train", None), "max_steps", None))
+    train_cfg = getattr(cfg, "train", None)
+    max_steps = getattr(train_cfg, "max_steps", None)
+    short = (f"--train.total_tokens={max_steps * train_cfg.batch_tokens}" if max_steps and
+             isinstance(getattr(train_cfg, "total_tokens", None), int) and hasattr(train_cfg, "batch_tokens") else "")
+    note = stop_note(summary, max_steps, short)
     if note and os.environ.get("RANK", "0") == "0":
         print(note, file=sys.stderr)
     return 0

@@ -45,6 +45,7 @@ from ilm.train.run import (
     fingerprint,
     materialise,
     model_shape,
+    nothing_to_do,
     prepare,
     progress,
     raise_if_stopped,
@@ -269,12 +270,26 @@ def long_context_conversations(lc: LongContextData, tok: Any, window: int) -> tu
 # ----------------------------------------------------------------------------- setup shared with the RM stage
 
 
+def check_init(init: str | Path) -> None:
+    """Refuse a training checkpoint (RUN/step-N, for --resume) as `init`, saying what to pass instead."""
+    path = Path(init)
+    if (path / "config.json").exists() or not (path / "meta.json").exists() or not path.name.startswith("step-"):
+        return
+    run = path.parent
+    recipe = run / "config.toml"
+    finish = f"`ilm pretrain {recipe} --resume auto`" if recipe.exists() else "resuming the run with --resume auto"
+    raise ValueError(f"init {path} is a training checkpoint (for --resume), not an HF export: pass {run / 'final'}, "
+                     f"which the run writes when its schedule ends ({finish} finishes it; for a short run that "
+                     "exports, shorten the schedule, e.g. --train.total_tokens=STEPS*batch_tokens, not max_steps)")
+
+
 def base_model(init: str | None, model: ModelSection):
     """The starting InternLM2 on the meta device (shapes only), from an HF checkpoint's config (the usual
     case) or a preset (tests, ablations); `ilm.train.run.materialise` gives it its weights after sharding."""
     if init:
         from ilm.model.hf import read_config
 
+        check_init(init)
         config = read_config(init)[0]
     else:
         config = get_preset(model.preset, **model.overrides)
@@ -361,6 +376,9 @@ def _train(cfg: SFTConfig, resume: str) -> dict[str, Any]:
     step, _, metrics = start(run_dir, resume, model, optimizer, shape, world, data_id)
 
     stop_at = min(total_steps, t.max_steps) if t.max_steps else total_steps
+    if step and step >= stop_at:  # nothing to train: keep the export and summary the run already wrote
+        metrics.close()
+        return nothing_to_do(run_dir, step, total_steps, t.max_steps, world)
     bar = progress(world, t.progress, stop_at, step)
     pad_id, last_eval = tok.pad_id, None
 

@@ -593,7 +593,9 @@ def import_verdicts(run_dir: str | Path, file: str | Path, k: int | None = None)
     rdir = round_dir(run_dir, k)
     suspects = rdir / "suspects.jsonl"
     if not suspects.exists():
-        raise FileNotFoundError(f"{suspects}: round {k} has no exported suspects to review")
+        have = sorted(int(p.parent.name.split("-")[1]) for p in Path(run_dir).glob("round-*/suspects.jsonl"))
+        rounds = f"pass --round with one that has: {', '.join(map(str, have))}" if have else "no round has any yet"
+        raise FileNotFoundError(f"round {k} of {run_dir} has no suspects to review ({suspects} not found); {rounds}")
     verdicts, report = read_verdicts(file, {r["id"] for r in _read_jsonl(suspects)})
     _write_jsonl(rdir / "verdicts.jsonl", [verdict_row(v) for v in verdicts])
     return {**report, "into": str(rdir / "verdicts.jsonl"), "round": k}
