@@ -55,6 +55,9 @@ SPEC: dict[str, tuple[str, list[dict[str, str]]]] = {
         "run", [{"DIR": "runs/demo/pretrain/final"}]),
     "ilm eval run --checkpoint DIR --tasks ilm_stdlib_mc ilm_license_ppl --limit 8": (
         "run", [{"DIR": "runs/demo/checkpoint-llama"}]),
+    # run in tests/eval (test_lm_eval_tasks: lm-eval's own configs on local files; test_humaneval: the jail)
+    "ilm eval run --checkpoint DIR --tasks hellaswag --data hellaswag:validation=hs.jsonl": ("parse", [{}]),
+    "ilm eval humaneval --checkpoint DIR --n 1 --k 1": ("parse", [{}]),
     "ilm eval niah --checkpoint DIR --lengths 128,256 --depths 0,0.5,1 --out DIR --compare-ntk": (
         "run", [{"--checkpoint DIR": "--checkpoint runs/demo/pretrain/final", "--out DIR": "--out runs/niah"}]),
     "ilm sft recipes/sft-tiny.toml": ("run", [{}]),
@@ -64,7 +67,7 @@ SPEC: dict[str, tuple[str, list[dict[str, str]]]] = {
     "ilm rlhf run recipes/rlhf-rounds-tiny.toml": ("parse", [{}]),
     "ilm rlhf review export RUN_DIR --round 1 -o todo.jsonl": ("parse", [{}]),
     "ilm rlhf review import RUN_DIR done.jsonl": ("parse", [{}]),
-    "ilm serve --checkpoint DIR --port 8000 --api-key KEY": ("parse", [{}]),
+    "ilm serve --checkpoint DIR --port 8000 --api-key-file FILE": ("parse", [{}]),
     "ilm report RUN_DIR [--out FILE]": ("run", [{"RUN_DIR": "runs/demo", "FILE": "runs/demo/report.html"}]),
 }
 
