@@ -2,13 +2,16 @@
 
 Round k, top to bottom in `run`:
 
-1. PPO for `updates_per_round` updates (`ilm.train.rlhf.ppo`) from the latest actor, steered by RM_k;
+1. PPO for `updates_per_round` updates (`ilm.train.rlhf.ppo`) from the latest actor, steered by RM_k, its KL
+   penalty measured against the SFT model in every round (`reference`), so drift from SFT shows across rounds;
 2. fast path: suspects from the round's rollouts (the highest rewards, plus what the detectors flag),
    a reviewer's verdicts, and 20-100 preference pairs (rejected = a rejected suspect; chosen = the
    reviewer's correction, else an approved response to the same query);
-3. RM update: RM_k fine-tuned on the fast pairs + slow-path labels that have arrived in the inbox, mixed
-   with a replay of its earlier data; held-out accuracy on the earlier data before/after, and a drop
-   beyond `fast.accuracy_margin` stops the run unless `fast.allow_drop`. The result is RM_{k+1};
+3. RM update (`ilm.train.rlhf.patch`): RM_k fine-tuned through the RM trainer on the fast pairs + the slow-path
+   labels that have arrived in the inbox (`ilm.train.rlhf.inbox`), with a replay of its earlier data and an
+   anchor on the pairs it ranked right; a gate on two numbers (the patch check on held-out reviewer pairs,
+   the accuracy on earlier held-out pairs without the flagged pattern) stops the run when either fails.
+   The result is RM_{k+1}, and the next round's critic re-warms on it (`critic_rewarm_updates`);
 4. slow path: a larger sample of the round's rollouts exported for annotation (`round-kk/slow-export.jsonl`).
 
 The lag of the slow path follows from the order: a label file that lands in the inbox during round k is
@@ -25,8 +28,6 @@ resume at the right update / step.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import random
 import time
@@ -44,14 +45,17 @@ from ilm.train.rlhf.detectors import (  # noqa: F401 - the detectors are part of
     repetition_detector,
     robust_z,
 )
+from ilm.train.rlhf.files import read_jsonl, round_dir, write_json, write_jsonl
+from ilm.train.rlhf.inbox import read_pending, reads_for, scan_inbox
+from ilm.train.rlhf.patch import PatchRejected, gate_line, patch_reward_model, rm_accuracy, verifier_confirms  # noqa: F401
 from ilm.train.rlhf.ppo import PPOConfig
-from ilm.train.rlhf.review import (
+from ilm.train.rlhf.review import (  # noqa: F401 - build_pairs is part of this module's interface
     FileReviewer,
     JudgeReviewer,
     Reviewer,
     Suspect,
-    Verdict,
     VerifierReviewer,
+    build_pairs,
     export_suspects,
     load_function,
     read_verdicts,
@@ -71,12 +75,20 @@ class FastPath:
     min_pairs: int = 20  # keep reviewing further down the reward order until this many pairs (or none left)
     max_pairs: int = 100
     max_reviews: int = 400  # at most this many suspects reviewed per round
-    replay_ratio: float = 3.0  # earlier pairs replayed per new pair in the RM fine-tune
+    # the patch (ilm.train.rlhf.patch): continual learning from RM_k, on the run's device and precision
+    lr: float = 5e-6  # at or below the RM's own final lr (the 7B RM: 1e-5 -> 5e-6)
+    warmup_steps: int = 5
     epochs: int = 2
-    lr: float = 5e-4
-    batch_tokens: int = 2048
-    accuracy_margin: float = 0.02  # allowed drop of held-out accuracy on the earlier data
-    allow_drop: bool = False
+    replay_ratio: float = 3.0  # earlier training pairs replayed per new pair (>= 1)
+    replay_flagged: bool = True  # replay earlier pairs that carry the flagged pattern too (not anchored)
+    anchor_weight: float = 1.0  # squared error of a replayed pair's margin to RM_k's (0: no anchor)
+    batch_tokens: int = 16_384
+    # the gate: (a) the patch check on held-out reviewer pairs, (b) the earlier held-out pairs without the pattern
+    holdout_fraction: float = 0.2  # of the new pairs, kept out of the fine-tune for the patch check
+    check_bar: float = 0.9  # (a) must reach this
+    accuracy_margin: float = 0.02  # (b) may drop by at most this
+    flagged: str = ""  # module:function (pair) -> bool: the earlier pairs carrying the hack; "": found from the pairs
+    flagged_min_lift: float = 0.5  # automatic: n-grams in this many more rejected than chosen responses
     check: list[str] = field(default_factory=list)  # extra pair files: accuracy reported before / after
 
 
@@ -100,7 +112,9 @@ class RoundsConfig:
     run_dir: str = "runs/rlhf-rounds"
     rounds: int = 3
     updates_per_round: int = 20
-    critic_warmup_first_round_only: bool = True  # later rounds continue the critic: no warm-up again
+    critic_warmup_first_round_only: bool = True  # later rounds continue the critic: no full warm-up again
+    critic_rewarm_updates: int = 2  # after an RM patch, the next round's first updates train the critic alone
+    reference: str = ""  # the KL reference of every round; "": the SFT model (ppo.actor)
     rm_data: list[str] = field(default_factory=list)  # the first reward model's training pairs (replayed)
     rm_eval: list[str] = field(default_factory=list)  # its held-out pairs (accuracy before / after a patch)
     ppo: PPOConfig = field(default_factory=PPOConfig)  # actor = the SFT model, reward_model = the first RM
@@ -113,35 +127,7 @@ class RoundsError(ValueError):
     """A condition that stops the rounds (a failed accuracy gate, a review still missing)."""
 
 
-# ----------------------------------------------------------------------------- small file helpers
-
-
-def _write(path: Path, text: str) -> Path:
-    from ilm.data.io import atomic_write_text
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
-    return path
-
-
-def _write_json(path: Path, obj: Any) -> Path:
-    return _write(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    return _write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def round_dir(run_dir: str | Path, k: int) -> Path:
-    return Path(run_dir) / f"round-{k:02d}"
+_write_jsonl, _read_jsonl = write_jsonl, read_jsonl  # the names the tests and older callers use
 
 
 # ----------------------------------------------------------------------------- detectors
@@ -184,158 +170,6 @@ def rank_suspects(records: list[dict], detectors: list[Detector]) -> list[tuple[
 
 def suspect_id(k: int, rec: dict) -> str:
     return f"r{k:02d}-u{rec['update']:06d}-{rec['row']}"
-
-
-def build_pairs(suspects: list[Suspect], verdicts: list[Verdict], records: dict[str, dict]) -> tuple[list[dict], dict]:
-    """Preference pairs from verdicts: rejected = a rejected suspect; chosen = the reviewer's correction,
-    else an approved response to the same query. Rejections with neither are counted, not used."""
-    by_id = {s.id: s for s in suspects}
-    approved: dict[int, list[str]] = {}
-    for v in verdicts:
-        if v.approved and v.id in by_id:
-            approved.setdefault(records[v.id]["query_index"], []).append(by_id[v.id].response)
-    pairs, counts = [], {"approved": 0, "rejected": 0, "no_chosen": 0}
-    for v in verdicts:
-        if v.id not in by_id:
-            continue
-        if v.approved:
-            counts["approved"] += 1
-            continue
-        counts["rejected"] += 1
-        s, rec = by_id[v.id], records[v.id]
-        better = [t for t in approved.get(rec["query_index"], []) if t != s.response]
-        chosen = v.correction or (better[0] if better else None)
-        if not chosen or chosen == s.response:
-            counts["no_chosen"] += 1
-            continue
-        pairs.append({"prefix": rec["messages"], "chosen": chosen, "rejected": s.response,
-                      "domain": rec.get("domain"), "suspect": v.id, "rejected_reward": s.reward,
-                      "chosen_from": "correction" if v.correction else "approved"})
-    return pairs, counts
-
-
-# ----------------------------------------------------------------------------- reward-model accuracy and patch
-
-
-def rm_accuracy(rm_dir: str | Path, files: list[str], batch_tokens: int = 4096) -> dict[str, Any] | None:
-    """Pairwise accuracy of a reward-model export on preference files (None when there are none)."""
-    if not files:
-        return None
-    import torch
-
-    from ilm.tokenizer import load_tokenizer
-    from ilm.train.distributed import World
-    from ilm.train.reward import RMData, encode_pairs, evaluate
-    from ilm.train.reward_model import load_reward_model
-
-    model, meta = load_reward_model(rm_dir)
-    tok = load_tokenizer(rm_dir)
-    data = RMData(conditions=meta["conditions"], default_domain=meta["default_domain"], max_length=meta["max_length"])
-    pairs, _ = encode_pairs(files, tok, data, meta["reward_token_id"])
-    world = World(0, 1, 0, torch.device("cpu"))
-    ev = evaluate(model, pairs, max(batch_tokens, 2 * meta["max_length"]), world,
-                  lambda: torch.autocast("cpu", enabled=False))
-    return {"accuracy": ev["accuracy"], "pairs": len(pairs), "mean_margin": ev["mean_margin"]}
-
-
-def patch_reward_model(rm_dir: str, new_files: list[str], earlier_files: list[str], out_dir: Path, fast: FastPath,
-                       eval_files: list[str], seed: int = 0) -> dict[str, Any]:
-    """Fine-tune the reward model `rm_dir` (backbone and head) on the new pairs mixed with a replay of its
-    earlier data; accuracy on `eval_files` (the earlier held-out data) and `fast.check` before and after."""
-    from ilm.train.optim import OptimConfig
-    from ilm.train.reward import RMConfig, RMData, RMTrain
-    from ilm.train.reward import train as train_rm
-
-    new = [r for f in new_files for r in _read_jsonl(Path(f))]
-    earlier = [r for f in earlier_files for r in _read_jsonl(Path(f))]
-    rng = random.Random(seed)
-    replay = rng.sample(earlier, min(len(earlier), round(fast.replay_ratio * len(new))))
-    mixed = new + replay
-    rng.shuffle(mixed)
-    train_file = _write_jsonl(out_dir / "data" / "train.jsonl", mixed)
-    meta = json.loads((Path(rm_dir) / "reward_config.json").read_text())
-    tok_dir = _tokenizer_only(Path(rm_dir), out_dir / "tokenizer")
-    before = {"earlier": rm_accuracy(rm_dir, eval_files), "check": rm_accuracy(rm_dir, fast.check)}
-    cfg = RMConfig(
-        run_dir=str(out_dir), tokenizer=str(tok_dir), init=rm_dir, reward_token=meta["reward_token"],
-        data=RMData(train=[str(train_file)], conditions=meta["conditions"], default_domain=meta["default_domain"],
-                    max_length=meta["max_length"]),
-        optim=OptimConfig(lr=fast.lr, warmup_steps=0, final_lr_fraction=0.5, weight_decay=0.01),
-        train=RMTrain(batch_tokens=max(fast.batch_tokens, 2 * meta["max_length"]), epochs=fast.epochs,
-                      precision="fp32", device="cpu", seed=seed, checkpoint_every=10_000, eval_every=10_000,
-                      progress=False, deterministic=True))
-    summary = train_rm(cfg, resume="auto")
-    export = summary["export"]
-    after = {"earlier": rm_accuracy(export, eval_files), "check": rm_accuracy(export, fast.check)}
-    report = {"new_pairs": len(new), "replayed": len(replay), "steps": summary["steps"], "export": export,
-              "before": before, "after": after}
-    if before["earlier"] and after["earlier"]:
-        drop = before["earlier"]["accuracy"] - after["earlier"]["accuracy"]
-        report["accuracy_drop"] = drop
-        if drop > fast.accuracy_margin and not fast.allow_drop:
-            raise RoundsError(
-                f"the patched reward model's held-out accuracy on its earlier data fell from "
-                f"{before['earlier']['accuracy']:.3f} to {after['earlier']['accuracy']:.3f} (more than "
-                f"fast.accuracy_margin {fast.accuracy_margin}); raise fast.replay_ratio, lower fast.lr, or set "
-                f"fast.allow_drop = true to accept it ({out_dir})")
-    return report
-
-
-def _tokenizer_only(export: Path, out: Path) -> Path:
-    """The tokenizer files of an export, alone: the RM trainer copies its `tokenizer` dir into the new export,
-    and the old export's weights must not ride along."""
-    out.mkdir(parents=True, exist_ok=True)
-    for f in export.iterdir():
-        if f.is_file() and ("tokenizer" in f.name or f.name == "special_tokens_map.json"):
-            (out / f.name).write_bytes(f.read_bytes())
-    return out
-
-
-# ----------------------------------------------------------------------------- the slow path
-
-
-def scan_inbox(inbox: Path, ledger: dict[str, dict], k: int) -> None:
-    """Record each new label file with the round during which it was first seen."""
-    if not inbox.is_dir():
-        return
-    for f in sorted(inbox.glob("*.jsonl")):
-        if f.name not in ledger:
-            ledger[f.name] = {"file": str(f), "sha256": _sha(f), "arrived_round": k, "used_by_rm_of_round": None}
-
-
-def slow_labels_to_pairs(path: Path, exported: dict[str, dict]) -> tuple[list[dict], dict[str, Any]]:
-    """Label rows -> preference pairs: a pair row (`chosen` / `rejected`) is used as is; a verdict row
-    (`id` of an exported rollout + "verdict" + optional "correction") becomes a pair like the fast path's."""
-    pairs: list[dict] = []
-    report: dict[str, Any] = {"lines": 0, "pairs": 0, "malformed": 0, "problems": []}
-    verdict_lines = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        report["lines"] += 1
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            report["malformed"] += 1
-            report["problems"].append(f"{path}:{n}: not JSON ({err.msg})")
-            continue
-        if isinstance(obj, dict) and "chosen" in obj and "rejected" in obj:
-            pairs.append({k: obj[k] for k in ("prefix", "prompt", "chosen", "rejected", "domain") if k in obj})
-        else:
-            verdict_lines.append(line)
-    if verdict_lines:
-        tmp = path.with_name(f".{path.stem}.verdicts.tmp")
-        tmp.write_text("\n".join(verdict_lines) + "\n")
-        verdicts, vrep = read_verdicts(tmp, set(exported))
-        tmp.unlink()
-        report["malformed"] += vrep["malformed"]
-        report["problems"] += [p.replace(str(tmp), str(path)) for p in vrep["problems"]]
-        suspects = [Suspect(v.id, {}, exported[v.id]["response"], exported[v.id].get("rm_score", 0.0), ["slow"])
-                    for v in verdicts]
-        more, _ = build_pairs(suspects, verdicts, exported)
-        pairs += more
-    report["pairs"] = len(pairs)
-    return pairs, report
 
 
 # ----------------------------------------------------------------------------- reviewers from the recipe
