@@ -90,7 +90,7 @@ def ours(root: Path, updates: int) -> dict:
         "train": {"updates": updates, "precision": "fp32", "device": "cpu", "checkpoint_every": 10_000,
                   "progress": False}})
     # generation never emits a stop id here: every row runs to max_new_tokens, like the HF side
-    import ilm.train.rlhf.ppo as ppo_mod
+    import ilm.train.rlhf.rollout as ppo_mod  # where rank_rollouts finds `sample`
 
     real = ppo_mod.sample
     ppo_mod.sample = lambda m, prompts, n, stop_ids, *a, **k: real(m, prompts, n, (), *a, **k)

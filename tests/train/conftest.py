@@ -6,6 +6,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
 
 
 def _stdlib_docs(n: int, seed: int = 0) -> list[str]:
@@ -181,3 +182,12 @@ def rlhf_recipe(setup: dict, corpus, run_dir: Path, **ppo) -> dict:
 def rlhf(corpus, tmp_path_factory):
     """`rlhf_setup` built once per session (actor, reward model, queries)."""
     return rlhf_setup(corpus, tmp_path_factory.mktemp("rlhf"))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared CPU: one intra-op thread is ~10x faster than several contending ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

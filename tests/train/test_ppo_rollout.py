@@ -35,12 +35,7 @@ def sample_without_cache(model, prompts, max_new_tokens, stop_ids, top_p, temper
     return out, logps, done
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared CPU: one thread is much faster
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models on a shared CPU
 
 
 def _model():

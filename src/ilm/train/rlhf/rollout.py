@@ -8,6 +8,10 @@ PPO's ratio and the KL to the reference compare policies, and under truncation t
 change moves a token across the nucleus edge. `sequence_logprobs` (the training forward) computes exactly
 this quantity, so the ratio of the first PPO step is 1 up to float rounding (checked to 1e-4 in the tests).
 
+Each update, `rank_rollouts` makes this rank's share of the generate calls, each seeded on its own (the
+same tokens come out however many processes share the work). Under FSDP decoding runs on an unsharded
+copy of the actor, refreshed by `sync_rollout_copy` (why: the memory plan in `ilm.train.rlhf.ppo_memory`).
+
 A response keeps its stop token (`<|im_end|>` or `</s>`) when one ended it: the stop is an action the
 policy took and is trained like any other token. A response that never emitted one (it ran into
 `max_new_tokens` or the context) is flagged `truncated`; it is still scored.
@@ -17,12 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ilm.model import InternLM2
 from ilm.model.generate import Sampling, generate_stream
+from ilm.train.distributed import World
+from ilm.train.rlhf.queries import generation_seed
 
 
 @dataclass
@@ -75,6 +82,34 @@ def sample(
     finally:
         model.train(was_training)
     return out
+
+
+def rank_rollouts(model: InternLM2, prompts: Sequence[Sequence[int]], stop_ids: Sequence[int], p: Any, world: World,
+                  seed: int, update: int) -> tuple[list[int], list[Rollout]]:
+    """This rank's generate calls of one update (`p`: the recipe's `[ppo]`): (row indices, rollouts)."""
+    rows: list[int] = []
+    rollouts: list[Rollout] = []
+    for c in range(world.rank, len(prompts) // p.generation_batch, world.size):
+        idx = list(range(c * p.generation_batch, (c + 1) * p.generation_batch))
+        rows += idx
+        rollouts += sample(model, [prompts[i] for i in idx], p.max_new_tokens, stop_ids, p.top_p,
+                           p.temperature, seed=generation_seed(seed, update, c))
+    return rows, rollouts
+
+
+@torch.no_grad()
+def sync_rollout_copy(copy: InternLM2, actor: torch.nn.Module) -> None:
+    """Copy the (sharded) actor into the rollout copy one parameter at a time: each is all-gathered whole
+    (fp32), cast into the copy and freed, so the transient cost is the largest parameter, not a model."""
+    from torch.distributed.tensor import DTensor
+
+    from ilm.model.init import canonical_name
+
+    mine = dict(copy.named_parameters())
+    for name, param in actor.named_parameters():
+        whole = param.full_tensor() if isinstance(param, DTensor) else param
+        mine[canonical_name(name)].copy_(whole)
+        del whole
 
 
 def collate(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:

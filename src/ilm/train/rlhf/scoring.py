@@ -1,18 +1,23 @@
 """PPO's per-row scoring, micro-batched on one rank: the reward model's conditional inputs and scores, and
-per-token numbers (log-probabilities, critic values) over the response tokens of each row."""
+per-token numbers (log-probabilities, critic values) over the response tokens of each row; then every
+rank's rows gathered, so each rank holds the whole rollout."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ilm.model import packed_batch, positions_from_doc_ids
+from ilm.train.distributed import World
 from ilm.train.reward import collate_sequences, encode_sequence
 from ilm.train.rlhf.queries import Query
-from ilm.train.rlhf.rollout import collate, gather_positions
+from ilm.train.rlhf.rollout import Rollout, collate, gather_positions, sequence_logprobs
 
 
 def chunks(n: int, size: int) -> list[range]:
@@ -64,3 +69,61 @@ def forward_rows(fn, prompts: list[list[int]], responses: list[list[int]], rows:
 def critic_values(critic: nn.Module, b: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """V of the state before each response token: the critic read where the actor predicts that token."""
     return gather_positions(critic(b["ids"].to(device)), b["index"].to(device))
+
+
+@dataclass
+class Scorer:
+    """What scoring a rollout reads, fixed for a run: the frozen reference and reward model, the critic, and
+    how the reward model's inputs are written (its conditions, `reward_config.json`)."""
+
+    ref: nn.Module
+    critic: nn.Module
+    rm: nn.Module
+    tok: Any
+    meta: dict
+    conditions: dict[str, str]
+    stop_ids: Sequence[int]
+    device: torch.device
+    autocast: Any
+    pad_id: int
+    micro_batch_rows: int
+    temperature: float
+
+    def score(self, rollouts: list[Rollout], queries: list[Query], rows: list[int], actor: nn.Module | None
+              ) -> tuple[list[dict], int]:
+        """Per row (`rows`: the row index in the whole rollout): reference log-probs, old log-probs (sampling
+        time, or the actor's training forward when `actor` is given), values and the RM score; and how many
+        RM inputs were cut to fit."""
+        n, pad_id, autocast = self.micro_batch_rows, self.pad_id, self.autocast
+        prompts = [r.prompt for r in rollouts]
+        responses = [r.response for r in rollouts]
+        ref_lp = forward_rows(lambda b: sequence_logprobs(self.ref, b, self.temperature)[0], prompts, responses,
+                              n, pad_id, autocast)
+        old_lp = [r.logprobs for r in rollouts]
+        if actor is not None:
+            old_lp = forward_rows(lambda b: sequence_logprobs(actor, b, self.temperature)[0], prompts, responses,
+                                  n, pad_id, autocast)
+        vals = forward_rows(lambda b: critic_values(self.critic, b, self.device), prompts, responses, n,
+                            pad_id, autocast)
+        seqs, rm_cut = rm_sequences(self.tok, queries, responses, self.meta, self.conditions, set(self.stop_ids))
+        scores = score_rows(self.rm, seqs, n, self.device, autocast, pad_id)
+        mine = [{"row": i, "prompt": r.prompt, "response": r.response, "old": o, "ref": f, "values": v,
+                 "score": s, "truncated": r.truncated, "entropy": r.entropy} for i, r, o, f, v, s in
+                zip(rows, rollouts, old_lp, ref_lp, vals, scores)]
+        return mine, rm_cut
+
+
+def all_gather(obj: Any, world: World) -> list[Any]:
+    if world.size == 1:
+        return [obj]
+    box: list[Any] = [None] * world.size
+    dist.all_gather_object(box, obj)
+    return box
+
+
+def all_sum(values: list[float], world: World) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if world.size > 1:
+        t = t.to(world.device)
+        dist.all_reduce(t)
+    return t.cpu().tolist()
