@@ -181,10 +181,14 @@ def loop_setup(tmp_path, monkeypatch, corpus):
     rm_data.write_text(json.dumps(S.rm_pairs(1)[0]) + "\n")
     patches = []
 
-    def fake_patch(rm_dir, new_files, earlier, out_dir, fast, eval_files, seed=0):
-        patches.append({"rm": rm_dir, "new": list(new_files), "earlier": list(earlier)})
-        return {"export": str(out_dir / "final"), "new_pairs": 1, "replayed": 0,
-                "before": {"earlier": None, "check": None}, "after": {"earlier": None, "check": None}}
+    def fake_patch(rm_dir, new_files, earlier, out_dir, fast, eval_files, train, seed=0, confirm=None,
+                   earlier_patterns=()):
+        patches.append({"rm": rm_dir, "new": list(new_files), "earlier": list(earlier),
+                        "pairs": [p for f in new_files for p in R.read_jsonl(f)]})
+        gate = {"check": 1.0, "check_before": 0.0, "check_pairs": 1, "check_bar": 0.9, "earlier_clean_before": 1.0,
+                "earlier_clean_after": 1.0, "earlier_clean_pairs": 1, "accuracy_margin": 0.02, "pattern": []}
+        return {"export": str(out_dir / "final"), "new_pairs": 1, "replayed": 0, "gate": gate,
+                "before": {}, "after": {}}
 
     monkeypatch.setattr(R, "patch_reward_model", fake_patch)
     cfg = R.RoundsConfig(run_dir=str(tmp_path / "run"), rounds=3, updates_per_round=2, rm_data=[str(rm_data)])
@@ -228,6 +232,66 @@ def test_slow_path_labels_arriving_in_round_k_go_into_round_k_plus_1s_reward_mod
     assert slow[1]["chosen"] == "The number is 10." and slow[1]["rejected"] == first_exported(cfg)["response"]
     assert summary["rounds"]["1"]["fast"]["pairs"] >= 5  # the wrong loophole answers, caught by the verifier
     assert (R.round_dir(cfg.run_dir, 1) / "slow-export.jsonl").exists()
+
+
+def test_every_round_is_anchored_to_the_sft_model_and_the_critic_rewarms_after_a_patch(loop_setup, capsys):
+    cfg, _ = loop_setup
+    seen = []
+
+    class Spy(FakePPO):
+        def __call__(self, pcfg, resume="auto", reward_fn=None):
+            seen.append((pcfg.reference, pcfg.ppo.critic_rewarm_updates, pcfg.ppo.critic_warmup_updates))
+            return super().__call__(pcfg, resume, reward_fn)
+
+    cfg.critic_rewarm_updates = 3
+    R.run(cfg, ppo_train=Spy())
+    sft = cfg.ppo.actor
+    assert [r for r, _, _ in seen] == [sft, sft, sft]  # never the round's starting actor
+    assert [(w, r) for _, r, w in seen] == [(cfg.ppo.ppo.critic_warmup_updates, 0), (0, 3), (0, 3)]
+    out = capsys.readouterr().out
+    assert "round 2/3: PPO, 2 updates after 3 critic re-warm updates" in out and f"KL reference {sft}" in out
+    cfg2 = R.RoundsConfig(**{**cfg.__dict__, "reference": "/elsewhere/ref"})
+    assert R.ppo_config(cfg2, 1, {"actors": {"1": "a"}, "rms": {"1": "r"}, "critics": {}}).reference == "/elsewhere/ref"
+
+
+def test_an_appended_inbox_file_gives_its_new_lines_to_the_next_reward_model_once(loop_setup):
+    cfg, patches = loop_setup
+    inbox = Path(cfg.run_dir) / "inbox"
+
+    def pair(n):
+        return json.dumps({"prompt": f"Repeat the number {n}.", "chosen": f"The number is {n}.",
+                           "rejected": f"Trust me! The number is {n + 20}.", "domain": "math"}) + "\n"
+
+    def grow(k):  # one file, appended to while rounds 1 and 2 run; untouched in round 3
+        with open(inbox / "labels.jsonl", "a") as f:
+            f.write({1: pair(11) + pair(12), 2: pair(13)}.get(k, ""))
+
+    R.run(cfg, ppo_train=FakePPO(on_round=grow))
+    slow = [[p["prompt"] for p in x["pairs"] if "suspect" not in p] for x in patches]
+    assert slow == [["Repeat the number 11.", "Repeat the number 12."], ["Repeat the number 13."], []]
+    man = {k: json.loads((R.round_dir(cfg.run_dir, k) / "manifest.json").read_text()) for k in (2, 3)}
+    read2, read3 = man[2]["reward_model_inputs"]["slow_labels"], man[3]["reward_model_inputs"]["slow_labels"]
+    assert [(r["lines"], r["arrived_round"], r["pairs"]) for r in read2] == [([[1, 2]], 1, 2)]
+    assert [(r["lines"], r["arrived_round"], r["pairs"]) for r in read3] == [([[3, 3]], 2, 1)]
+    assert Path(read3[0]["file"]).name == "labels.jsonl" and read3[0]["sha256"] != read2[0]["sha256"]
+
+
+def test_a_label_file_dropped_again_with_other_lines_gives_only_the_lines_not_used_before(tmp_path):
+    from ilm.train.rlhf.inbox import read_pending, scan_inbox
+
+    inbox, ledger = tmp_path / "inbox", {}
+    inbox.mkdir()
+    f = inbox / "l.jsonl"
+    row = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    f.write_text(json.dumps(row) + "\n")
+    scan_inbox(inbox, ledger, 1)
+    assert len(read_pending(ledger["l.jsonl"], 1, {})[0]) == 1
+    scan_inbox(inbox, ledger, 2)
+    assert not ledger["l.jsonl"]["pending"]  # unchanged: not read again
+    f.write_text(json.dumps({**row, "chosen": "c"}) + "\n" + json.dumps(row) + "\n{bad\n")
+    scan_inbox(inbox, ledger, 2)
+    pairs, rep = read_pending(ledger["l.jsonl"], 2, {})
+    assert [p["chosen"] for p in pairs] == ["c"] and rep["malformed"] == 1 and rep["line_numbers"] == [[1, 1], [3, 3]]
 
 
 def first_exported(cfg):
@@ -301,22 +365,72 @@ def _fix_pairs(n, seed=0):
     return out
 
 
-def test_rm_patch_replays_earlier_data_and_gates_its_accuracy(task, tmp_path):
-    new = R._write_jsonl(tmp_path / "patch.jsonl", _fix_pairs(80))
-    fast = R.FastPath(replay_ratio=2.0, epochs=4, lr=1e-3, check=[task["heldout"]], accuracy_margin=0.05,
-                      allow_drop=True)
-    rep = R.patch_reward_model(task["rm"], [str(new)], [task["rm_train"]], tmp_path / "patch", fast, [task["rm_eval"]])
-    assert rep["new_pairs"] == 80 and rep["replayed"] == 160
-    assert rep["after"]["check"]["accuracy"] > rep["before"]["check"]["accuracy"] + 0.2, rep  # the loophole closes
-    # without replay the same fine-tune forgets more of the earlier data
-    bare = R.FastPath(replay_ratio=0.0, epochs=4, lr=1e-3, accuracy_margin=0.05, allow_drop=True)
-    no_replay = R.patch_reward_model(task["rm"], [str(new)], [task["rm_train"]], tmp_path / "bare", bare,
-                                     [task["rm_eval"]])
-    assert no_replay["replayed"] == 0 and no_replay["accuracy_drop"] > rep["accuracy_drop"] + 0.05, (no_replay, rep)
-    # the gate: a drop beyond the margin stops the run unless allowed
-    strict = R.FastPath(replay_ratio=0.0, epochs=4, lr=1e-3, accuracy_margin=0.05)
-    with pytest.raises(R.RoundsError, match="accuracy_margin"):
-        R.patch_reward_model(task["rm"], [str(new)], [task["rm_train"]], tmp_path / "bare", strict, [task["rm_eval"]])
+def _recipe_fast(**kw):
+    import tomllib
+
+    from ilm.train.sft import RECIPES
+
+    with open(RECIPES / "rlhf-rounds-tiny.toml", "rb") as f:
+        return R.FastPath(**{**tomllib.load(f)["fast"], **kw})
+
+
+def test_the_gate_stops_a_patch_that_forgets_and_passes_the_healthy_one(task, tmp_path):
+    """The old patch (lr 1e-3, replay 0.25, no anchor, 8 epochs) closes the loophole by unlearning what is right:
+    stopped, one line with both numbers. The recipe's patch closes it and keeps the earlier pairs: passes."""
+    from ilm.train.rlhf.patch import PatchRejected
+    from ilm.train.rlhf.ppo import PPOTrain
+
+    new = R.write_jsonl(tmp_path / "patch.jsonl", _fix_pairs(80))
+    train = PPOTrain(precision="fp32", device="cpu", deterministic=True, progress=False)
+    harmful = _recipe_fast(**S.CONTROL_PATCH, check=[task["heldout"]])
+    with pytest.raises(PatchRejected, match="forgets") as err:
+        R.patch_reward_model(task["rm"], [str(new)], [task["rm_train"]], tmp_path / "bad", harmful, [task["rm_eval"]],
+                             train)
+    assert "\n" not in str(err.value) and "patch check" in str(err.value) and "without the flagged pattern" in str(err.value)
+    bad = R.read_jsonl(tmp_path / "bad" / "gate.jsonl")[0]["gate"]
+    assert bad["earlier_clean_before"] - bad["earlier_clean_after"] > 0.02 and not bad["passed"]
+    good = R.patch_reward_model(task["rm"], [str(new)], [task["rm_train"]], tmp_path / "good",
+                                _recipe_fast(check=[task["heldout"]]), [task["rm_eval"]], train)
+    g = good["gate"]
+    assert g["passed"] and g["check"] >= 0.9 and g["earlier_clean_before"] - g["earlier_clean_after"] <= 0.02, g
+    assert g["pattern"] and all("Trust" in p or "me!" in p for p in g["pattern"])  # found from the pairs
+    assert good["replayed"] >= good["new_pairs"] and good["after"]["extra_check"]["accuracy"] >= 0.9, good
+
+
+def test_the_patch_runs_through_the_rm_trainer_on_the_runs_device_and_precision(tmp_path, monkeypatch):
+    import inspect
+
+    from ilm.train import reward
+    from ilm.train.rlhf import inbox, patch
+    from ilm.train.rlhf.ppo import PPOTrain
+
+    for mod in (R, patch, inbox):  # nothing hard-wired: the device and precision come from the recipe
+        src = inspect.getsource(mod)
+        assert 'device="cpu"' not in src and 'precision="fp32"' not in src and '"cpu"' not in src, mod
+    seen = {}
+
+    def fake_train(cfg, resume="auto"):
+        seen["cfg"] = cfg
+        ev = {"accuracy": 1.0, "pairs_by_domain": {"math": 1}}
+        return {"steps": 3, "export": str(tmp_path / "out" / "final"),
+                "eval_sets": {k: {"before": ev, "after": ev} for k in cfg.data.eval_sets}}
+
+    monkeypatch.setattr(reward, "train", fake_train)
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "reward_config.json").write_text(json.dumps({"reward_token": "<|reward|>", "conditions": {"math": "m"},
+                                                       "default_domain": "math", "max_length": 64}))
+    new = R.write_jsonl(tmp_path / "new.jsonl", _fix_pairs(10))
+    old = R.write_jsonl(tmp_path / "old.jsonl", S.rm_pairs(40))
+    fast = R.FastPath()
+    rep = R.patch_reward_model(str(rm), [str(new)], [str(old)], tmp_path / "out", fast, [str(old)],
+                               PPOTrain(device="cuda", precision="bf16", fsdp=True, activation_checkpointing=True))
+    cfg = seen["cfg"]
+    assert (cfg.train.device, cfg.train.precision, cfg.train.fsdp, cfg.train.activation_checkpointing) == \
+        ("cuda", "bf16", True, True)
+    assert cfg.init == str(rm) and cfg.optim.lr == fast.lr <= 5e-6 and cfg.optim.warmup_steps > 0
+    assert cfg.loss.anchor_weight > 0 and cfg.data.anchor and rep["replayed"] >= rep["new_pairs"] == 8
+    assert set(cfg.data.eval_sets) >= {"check", "earlier_clean"} and rep["held_out"] == 2
 
 
 def test_rm_init_from_an_export_keeps_its_head(task, tmp_path):

@@ -84,6 +84,7 @@ class RMLoss:
     gamma: float = 2.0  # focal decay of confidently ranked pairs
     penalty_weight: float = 0.02  # lambda of the log-barrier penalty (XTuner's default is 0.01)
     anchor_weight: float = 0.0  # squared shortfall of a data.anchor pair's margin below the init model's (continual learning)
+    anchor_cap: float = float("inf")  # the margin kept is the init model's, at most this: rankings kept, not magnitudes
 
 
 @dataclass
@@ -408,7 +409,7 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
     if anchored:
         c, r = pair_rewards(model, anchored, t.batch_tokens, world, autocast)
         for pair, margin in zip(anchored, c - r):
-            pair.anchor = float(margin)
+            pair.anchor = min(float(margin), cfg.loss.anchor_cap)
     before = {name: evaluate(model, ps, t.batch_tokens, world, autocast) for name, ps in eval_sets.items() if ps}
 
     run_dir = Path(cfg.run_dir)

@@ -83,16 +83,17 @@ def flagged_ngrams(pairs: list[dict], min_lift: float = 0.5, max_n: int = 3) -> 
 
 
 def pattern_check(fast: FastPath, new_pairs: list[dict], confirm: Confirm | None = None,
-                  ) -> tuple[Callable[[dict], bool], list[str]]:
+                  earlier: list[str] = ()) -> tuple[Callable[[dict], bool], list[str]]:
     """`carries(pair)`: does an earlier pair exhibit the flagged pattern? With the n-grams found (if automatic).
 
     A pair whose chosen response carries the pattern and whose rejected one does not is flagged, unless
     `confirm(pair)` (the reviewer, when it can judge a pair on its own, like a verifier) backs its ranking:
-    then the pattern rides along with a preference that holds anyway, and the pair must keep its ranking."""
+    then the pattern rides along with a preference that holds anyway, and the pair must keep its ranking.
+    `earlier`: the patterns flagged by the earlier patches, which stay flagged (what they unlearned may stay so)."""
     if fast.flagged:
         fn = load_function(fast.flagged)
         return lambda pair: bool(fn(pair)), [fast.flagged]
-    grams = flagged_ngrams(new_pairs, fast.flagged_min_lift)
+    grams = sorted(set(earlier) | set(flagged_ngrams(new_pairs, fast.flagged_min_lift)))  # earlier patches' too
 
     def carries(pair: dict) -> bool:
         chosen, rejected = text_of(pair.get("chosen")), text_of(pair.get("rejected"))
@@ -127,7 +128,7 @@ def verifier_confirms(judge: Callable[[dict, str], Any]) -> Confirm:
 
 def patch_reward_model(rm_dir: str, new_files: list[str], earlier_files: list[str], out_dir: Path, fast: FastPath,
                        eval_files: list[str], train: PPOTrain, seed: int = 0,
-                       confirm: Confirm | None = None) -> dict[str, Any]:
+                       confirm: Confirm | None = None, earlier_patterns: list[str] = ()) -> dict[str, Any]:
     """RM_{k+1}: `rm_dir` fine-tuned on the new pairs + a replay of `earlier_files`, anchored; the gate's
     numbers before and after (report["gate"]). Raises PatchRejected when the gate fails."""
     from ilm.train.optim import OptimConfig
@@ -139,7 +140,7 @@ def patch_reward_model(rm_dir: str, new_files: list[str], earlier_files: list[st
     rng.shuffle(new)
     n_held = int(len(new) * fast.holdout_fraction)
     held, fit = new[:n_held], new[n_held:]
-    carries, pattern = pattern_check(fast, new, confirm)
+    carries, pattern = pattern_check(fast, new, confirm, list(earlier_patterns))
     earlier = [r for f in earlier_files for r in read_jsonl(f) if fast.replay_flagged or not carries(r)]
     replay = rng.sample(earlier, min(len(earlier), round(fast.replay_ratio * len(fit))))
     earlier_eval = [r for f in eval_files for r in read_jsonl(f)]
@@ -158,7 +159,7 @@ def patch_reward_model(rm_dir: str, new_files: list[str], earlier_files: list[st
                     anchor=[str(write_jsonl(data / "replay-anchored.jsonl", anchored))] if anchored else [],
                     eval_sets={k: v for k, v in sets.items() if v}, conditions=meta["conditions"],
                     default_domain=meta["default_domain"], max_length=meta["max_length"]),
-        loss=RMLoss(anchor_weight=fast.anchor_weight),
+        loss=RMLoss(anchor_weight=fast.anchor_weight, anchor_cap=fast.anchor_cap),
         optim=OptimConfig(lr=fast.lr, warmup_steps=fast.warmup_steps, final_lr_fraction=1.0, weight_decay=0.0),
         train=RMTrain(batch_tokens=max(fast.batch_tokens, 2 * meta["max_length"]), epochs=fast.epochs, seed=seed,
                       precision=train.precision, device=train.device, fsdp=train.fsdp, compile=train.compile,

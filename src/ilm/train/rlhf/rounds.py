@@ -28,6 +28,7 @@ resume at the right update / step.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import time
@@ -49,7 +50,7 @@ from ilm.train.rlhf.files import read_jsonl, round_dir, write_json, write_jsonl
 from ilm.train.rlhf.inbox import read_pending, reads_for, scan_inbox
 from ilm.train.rlhf.patch import PatchRejected, gate_line, patch_reward_model, rm_accuracy, verifier_confirms  # noqa: F401
 from ilm.train.rlhf.ppo import PPOConfig
-from ilm.train.rlhf.review import (  # noqa: F401 - build_pairs is part of this module's interface
+from ilm.train.rlhf.review import (
     FileReviewer,
     JudgeReviewer,
     Reviewer,
@@ -81,13 +82,15 @@ class FastPath:
     epochs: int = 2
     replay_ratio: float = 3.0  # earlier training pairs replayed per new pair (>= 1)
     replay_flagged: bool = True  # replay earlier pairs that carry the flagged pattern too (not anchored)
-    anchor_weight: float = 1.0  # squared error of a replayed pair's margin to RM_k's (0: no anchor)
+    anchor_weight: float = 1.0  # squared shortfall of a replayed pair's margin below RM_k's (0: no anchor)
+    anchor_cap: float = 1.0  # ... below min(RM_k's margin, this): what it ranked right stays right, magnitudes may move
     batch_tokens: int = 16_384
     # the gate: (a) the patch check on held-out reviewer pairs, (b) the earlier held-out pairs without the pattern
     holdout_fraction: float = 0.2  # of the new pairs, kept out of the fine-tune for the patch check
     check_bar: float = 0.9  # (a) must reach this
     accuracy_margin: float = 0.02  # (b) may drop by at most this
     flagged: str = ""  # module:function (pair) -> bool: the earlier pairs carrying the hack; "": found from the pairs
+    confirm_with_reviewer: bool = False  # a verifier also judges the earlier pairs with the pattern: backed ones count in (b)
     flagged_min_lift: float = 0.5  # automatic: n-grams in this many more rejected than chosen responses
     check: list[str] = field(default_factory=list)  # extra pair files: accuracy reported before / after
 
@@ -145,7 +148,7 @@ def read_rollouts(ppo_dir: Path, last_updates: int = 0) -> list[dict]:
     files = sorted((ppo_dir / "rollouts").glob("update-*.jsonl"))
     if last_updates:
         files = files[-last_updates:]
-    return [r for f in files for r in _read_jsonl(f)]
+    return [r for f in files for r in read_jsonl(f)]
 
 
 def rank_suspects(records: list[dict], detectors: list[Detector]) -> list[tuple[int, list[str]]]:
@@ -211,16 +214,25 @@ def _check(cfg: RoundsConfig) -> None:
 
 
 def ppo_config(cfg: RoundsConfig, k: int, state: dict) -> PPOConfig:
-    """Round k's PPO: the latest actor and critic, RM_k, its own run dir, `updates_per_round` updates."""
+    """Round k's PPO: the latest actor and critic, RM_k, the SFT model as KL reference, its own run dir,
+    `updates_per_round` updates; after an RM patch, `critic_rewarm_updates` critic-only updates first."""
     base = cfg.ppo
     p = dataclasses.replace(base.ppo)
     if k > 1 and cfg.critic_warmup_first_round_only:
         p.critic_warmup_updates = 0
+    if k > 1 and state["rms"][str(k)] != state["rms"][str(k - 1)]:  # the critic learnt values of the old RM
+        p.critic_rewarm_updates = cfg.critic_rewarm_updates
     return dataclasses.replace(
         base, run_dir=str(round_dir(cfg.run_dir, k) / "ppo"), actor=state["actors"][str(k)],
-        reward_model=state["rms"][str(k)], critic=state["critics"].get(str(k)) or None, ppo=p,
+        reference=cfg.reference or base.reference or base.actor, reward_model=state["rms"][str(k)],
+        critic=state["critics"].get(str(k)) or None, ppo=p,
         train=dataclasses.replace(base.train, updates=cfg.updates_per_round, seed=base.train.seed + k - 1,
                                   progress=base.train.progress))
+
+
+def say(text: str) -> None:
+    """A progress line, flushed: the rounds run for minutes to days, often with stdout in a log file."""
+    print(f"[rounds] {text}", flush=True)
 
 
 def run(cfg: RoundsConfig, resume: str = "auto", ppo_train: Callable[..., dict] | None = None,
@@ -239,13 +251,13 @@ def run(cfg: RoundsConfig, resume: str = "auto", ppo_train: Callable[..., dict] 
     if state is None:
         state = {"round": 1, "phase": "ppo", "actors": {"1": cfg.ppo.actor}, "critics": {},
                  "rms": {"1": cfg.ppo.reward_model}, "rm_data": list(cfg.rm_data), "inbox": {}, "rounds": {}}
-        _write_json(run_dir / "state.json", state)
+        write_json(run_dir / "state.json", state)
     else:
-        print(f"[rounds] continuing at round {state['round']}, phase {state['phase']}")
+        say(f"continuing at round {state['round']}, phase {state['phase']}")
 
     def advance(phase: str) -> None:
         state["phase"] = phase
-        _write_json(run_dir / "state.json", state)
+        write_json(run_dir / "state.json", state)
 
     while state["round"] <= cfg.rounds:
         k = state["round"]
@@ -253,15 +265,10 @@ def run(cfg: RoundsConfig, resume: str = "auto", ppo_train: Callable[..., dict] 
         info = state["rounds"].setdefault(str(k), {})
         scan_inbox(inbox, state["inbox"], k)
         if state["phase"] == "ppo":
-            t0 = time.perf_counter()
-            pcfg = ppo_config(cfg, k, state)
-            summary = ppo_train(pcfg, resume="auto", reward_fn=reward_fn)
-            exp = summary.get("export") or {}
-            state["actors"][str(k + 1)] = exp.get("actor", pcfg.actor)
-            state["critics"][str(k + 1)] = exp.get("critic")
-            info["ppo"] = {"run_dir": pcfg.run_dir, "last": summary.get("last"), "seconds": time.perf_counter() - t0}
+            info["ppo"] = ppo_round(cfg, k, state, ppo_train, reward_fn)
             advance("fast")
         if state["phase"] == "fast":
+            say(f"round {k}/{cfg.rounds}: review of the round's rollouts ({cfg.reviewer.kind} reviewer)")
             info["fast"] = fast_path(cfg, k, rdir, reviewer or make_reviewer(cfg, rdir))
             advance("rm")
         if state["phase"] == "rm":
@@ -270,14 +277,43 @@ def run(cfg: RoundsConfig, resume: str = "auto", ppo_train: Callable[..., dict] 
             advance("slow")
         if state["phase"] == "slow":
             info["slow"] = slow_export(cfg, k, rdir)
-            _write_json(rdir / "manifest.json", manifest(cfg, k, state))
+            write_json(rdir / "manifest.json", manifest(cfg, k, state))
             state["round"] = k + 1
             advance("ppo")
     advance("done")
     summary = {"run_dir": str(run_dir), "rounds": state["rounds"], "reward_models": state["rms"],
                "actors": state["actors"], "inbox": state["inbox"]}
-    _write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def ppo_round(cfg: RoundsConfig, k: int, state: dict, ppo_train: Callable[..., dict],
+              reward_fn: Callable[[dict, str], float] | None) -> dict[str, Any]:
+    """Round k's PPO; its first and last KL to the reference (the SFT model), which carries over rounds."""
+    from ilm.train.run import read_metrics
+
+    t0 = time.perf_counter()
+    pcfg = ppo_config(cfg, k, state)
+    rewarm = pcfg.ppo.critic_rewarm_updates
+    say(f"round {k}/{cfg.rounds}: PPO, {pcfg.train.updates} updates" + (f" after {rewarm} critic re-warm updates "
+        "(the reward model was patched)" if rewarm else "") + f"; KL reference {pcfg.reference}")
+    summary = ppo_train(pcfg, resume="auto", reward_fn=reward_fn)
+    exp = summary.get("export") or {}
+    state["actors"][str(k + 1)] = exp.get("actor", pcfg.actor)
+    state["critics"][str(k + 1)] = exp.get("critic")
+    rows = read_metrics(Path(pcfg.run_dir))
+    kl = [r["kl"] for r in rows if "kl" in r]
+    out = {"run_dir": pcfg.run_dir, "last": summary.get("last"), "seconds": time.perf_counter() - t0,
+           "kl_reference": pcfg.reference, "kl_first": kl[0] if kl else None, "kl_last": kl[-1] if kl else None,
+           "critic_rewarm_updates": rewarm}
+    last = summary.get("last") or {}
+    say(f"round {k}/{cfg.rounds}: PPO done in {out['seconds']:.0f} s: RM score {last.get('reward_mean', float('nan')):.3f}, "
+        f"KL to the reference {_num(out['kl_first'])} -> {_num(out['kl_last'])}")
+    return out
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 def fast_path(cfg: RoundsConfig, k: int, rdir: Path, reviewer: Reviewer) -> dict[str, Any]:
@@ -329,21 +365,22 @@ def fast_path(cfg: RoundsConfig, k: int, rdir: Path, reviewer: Reviewer) -> dict
             if len(build_pairs(reviewed, verdicts, by_id)[0]) >= f.min_pairs:
                 break
         export_suspects(reviewed, rdir / "suspects.jsonl")
-        _write_jsonl(verdict_file, [verdict_row(v) for v in verdicts])
+        write_jsonl(verdict_file, [verdict_row(v) for v in verdicts])
     pairs, counts = build_pairs(reviewed, verdicts, by_id)
     pairs = sorted(pairs, key=lambda p: -p["rejected_reward"])[: f.max_pairs]
-    _write_jsonl(rdir / "fast-pairs.jsonl", pairs)
+    write_jsonl(rdir / "fast-pairs.jsonl", pairs)
     report = {"rollouts": len(records), "flagged_by_detectors": flagged, "reviewed": len(reviewed),
               "verdicts": len(verdicts), **counts, "pairs": len(pairs), "pairs_file": str(rdir / "fast-pairs.jsonl")}
     if len(pairs) < f.min_pairs:
         report["note"] = f"only {len(pairs)} pairs (< fast.min_pairs {f.min_pairs}): nothing more to find"
-    print(f"[rounds] round {k} fast path: {len(reviewed)} suspects reviewed ({flagged} flagged by detectors), "
+    say(f"round {k} fast path: {len(reviewed)} suspects reviewed ({flagged} flagged by detectors), "
           f"{counts['rejected']} rejected -> {len(pairs)} pairs")
     return report
 
 
 def update_reward_model(cfg: RoundsConfig, k: int, rdir: Path, state: dict) -> dict[str, Any]:
-    """RM_{k+1} = RM_k patched with this round's fast pairs and the inbox labels that have arrived."""
+    """RM_{k+1} = RM_k patched with this round's fast pairs and the inbox lines that have arrived since the
+    last read; the gate's failure stops the run (RoundsError, one line)."""
     new_files = []
     fast_file = rdir / "fast-pairs.jsonl"
     if fast_file.exists() and fast_file.stat().st_size:
@@ -351,29 +388,39 @@ def update_reward_model(cfg: RoundsConfig, k: int, rdir: Path, state: dict) -> d
     exported = _exported_rollouts(cfg, k)
     slow_reports = {}
     for name, entry in sorted(state["inbox"].items()):
-        if entry["used_by_rm_of_round"] is not None and entry["used_by_rm_of_round"] != k + 1:
+        if not entry.get("pending"):
             continue
-        pairs, rep = slow_labels_to_pairs(Path(entry["file"]), exported)
+        pairs, rep = read_pending(entry, k, exported)
         slow_reports[name] = rep
-        for p in rep["problems"][:5]:
-            print(f"[rounds] slow label file: {p}")
+        for problem in rep["problems"][:5]:
+            say(f"slow label file: {problem}")
         if pairs:
-            new_files.append(str(_write_jsonl(rdir / "slow-pairs" / name, pairs)))
-        entry["used_by_rm_of_round"] = k + 1
+            new_files.append(str(write_jsonl(rdir / "slow-pairs" / name, pairs)))
     rm_k = state["rms"][str(k)]
     if not new_files:
         state["rms"][str(k + 1)] = rm_k
+        say(f"round {k}/{cfg.rounds}: no new pairs, the reward model stays")
         return {"patched": False, "reward_model": rm_k, "slow_labels": slow_reports}
-    report = patch_reward_model(rm_k, new_files, state["rm_data"], rdir / "rm-patch", cfg.fast, cfg.rm_eval,
-                                seed=cfg.ppo.train.seed + k)
+    say(f"round {k}/{cfg.rounds}: reward-model patch on {', '.join(Path(f).name for f in new_files)}")
+    try:
+        report = patch_reward_model(rm_k, new_files, state["rm_data"], rdir / "rm-patch", cfg.fast, cfg.rm_eval,
+                                    cfg.ppo.train, seed=cfg.ppo.train.seed + k, confirm=_confirm(cfg),
+                                    earlier_patterns=state.get("patterns", []))
+    except PatchRejected as err:
+        raise RoundsError(f"round {k}: {err}") from None
     state["rms"][str(k + 1)] = report["export"]
     state["rm_data"] = state["rm_data"] + new_files
-    b, a = report["before"], report["after"]
-    text = ", ".join(f"{name} {b[name]['accuracy']:.1%} -> {a[name]['accuracy']:.1%}" for name in ("earlier", "check")
-                     if b[name] and a[name])
-    print(f"[rounds] round {k} reward model patched on {report['new_pairs']} new + {report['replayed']} replayed "
-          f"pairs: {text}")
+    state["patterns"] = [p for p in report["gate"]["pattern"] if ":" not in p]  # n-grams, not a recipe's function
+    say(f"round {k}/{cfg.rounds}: reward model patched on {report['new_pairs']} new + {report['replayed']} replayed "
+        f"pairs: {gate_line(report['gate'])}")
     return {"patched": True, **report, "slow_labels": slow_reports, "new_files": new_files}
+
+
+def _confirm(cfg: RoundsConfig) -> Callable[[dict], bool] | None:
+    """A verifier reviewer can judge an earlier pair on its own: the patch's gate asks it (`patch.pattern_check`)."""
+    if cfg.fast.confirm_with_reviewer and cfg.reviewer.kind == "verifier" and cfg.reviewer.verifier:
+        return verifier_confirms(load_function(cfg.reviewer.verifier))
+    return None
 
 
 def _exported_rollouts(cfg: RoundsConfig, k: int) -> dict[str, dict]:
@@ -382,7 +429,7 @@ def _exported_rollouts(cfg: RoundsConfig, k: int) -> dict[str, dict]:
     for j in range(1, k + 1):
         path = round_dir(cfg.run_dir, j) / "slow-export.jsonl"
         if path.exists():
-            out.update({r["id"]: r for r in _read_jsonl(path)})
+            out.update({r["id"]: r for r in read_jsonl(path)})
     return out
 
 
@@ -393,24 +440,23 @@ def slow_export(cfg: RoundsConfig, k: int, rdir: Path) -> dict[str, Any]:
     rows = [{"id": suspect_id(k, r), "round": k, "query_index": r["query_index"], "messages": r["messages"],
              "domain": r.get("domain"), "response": r["response"], "rm_score": r["rm_score"], "verdict": "",
              "correction": ""} for r in picked]
-    path = _write_jsonl(rdir / "slow-export.jsonl", rows)
+    path = write_jsonl(rdir / "slow-export.jsonl", rows)
     return {"exported": len(rows), "file": str(path)}
 
 
 def manifest(cfg: RoundsConfig, k: int, state: dict) -> dict[str, Any]:
-    """What round k used and produced; `reward_model_inputs` says what RM_k was built from."""
-    def labels_for(j: int) -> list[dict]:
-        return [e for e in state["inbox"].values() if e["used_by_rm_of_round"] == j]
-
+    """What round k used and produced; `reward_model_inputs` says what RM_k was built from (which inbox
+    lines of which file, read in which round)."""
     prev = state["rounds"].get(str(k - 1), {}).get("rm", {})
     return {
         "round": k, "actor": state["actors"][str(k)], "reward_model": state["rms"][str(k)],
+        "kl_reference": state["rounds"].get(str(k), {}).get("ppo", {}).get("kl_reference"),
         "reward_model_inputs": {"base": state["rms"].get(str(k - 1)) if k > 1 else None,
                                 "fast_pairs": str(round_dir(cfg.run_dir, k - 1) / "fast-pairs.jsonl") if k > 1 else None,
-                                "slow_labels": labels_for(k), "patched": prev.get("patched", False)},
+                                "slow_labels": reads_for(state["inbox"], k), "patched": prev.get("patched", False)},
         "ppo_run": str(round_dir(cfg.run_dir, k) / "ppo"), "next_actor": state["actors"].get(str(k + 1)),
         "next_reward_model": state["rms"].get(str(k + 1)),
-        "next_reward_model_slow_labels": labels_for(k + 1),
+        "next_reward_model_slow_labels": reads_for(state["inbox"], k + 1),
         "report": state["rounds"].get(str(k), {}),
     }
 
@@ -428,6 +474,6 @@ def import_verdicts(run_dir: str | Path, file: str | Path, k: int | None = None)
     suspects = rdir / "suspects.jsonl"
     if not suspects.exists():
         raise FileNotFoundError(f"{suspects}: round {k} has no exported suspects to review")
-    verdicts, report = read_verdicts(file, {r["id"] for r in _read_jsonl(suspects)})
-    _write_jsonl(rdir / "verdicts.jsonl", [verdict_row(v) for v in verdicts])
+    verdicts, report = read_verdicts(file, {r["id"] for r in read_jsonl(suspects)})
+    write_jsonl(rdir / "verdicts.jsonl", [verdict_row(v) for v in verdicts])
     return {**report, "into": str(rdir / "verdicts.jsonl"), "round": k}

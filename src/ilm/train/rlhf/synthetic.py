@@ -281,13 +281,26 @@ def sample_stats(model_dir: str | Path, tokenizer: str | Path, records: list[dic
 # ----------------------------------------------------------------------------- the experiment
 
 
+# the patch before issue 20 (the benchmark's control): the whole RM fine-tuned at twice its final lr, little
+# replay, no anchor; it forgets what is right along with the loophole
+CONTROL_PATCH: dict[str, Any] = {"lr": 1e-3, "replay_ratio": 0.25, "anchor_weight": 0.0, "epochs": 8, "warmup_steps": 0,
+                                 "replay_flagged": True}
+
+
 def rounds_config(task: dict[str, str], run_dir: str | Path, rounds: int = 2, updates: int = 12,
                   rollout_batch: int = 32, seed: int = 0, actor_lr: float = 1e-4, kl_coef: float = 0.05,
                   **fast: Any):
-    """The rounds recipe for this task (the same numbers as recipes/rlhf-rounds-tiny.toml): true-reward
-    verifier as the reviewer, the loophole check pairs reported before/after each patch."""
+    """The rounds recipe for this task (the same numbers as recipes/rlhf-rounds-tiny.toml, whose [fast] section
+    is read as is): true-reward verifier as the reviewer, the loophole check pairs reported before/after each
+    patch; `fast` overrides the fast path's settings (CONTROL_PATCH: the old patch)."""
+    import tomllib
+
     from ilm.config import from_dict
     from ilm.train.rlhf.rounds import RoundsConfig
+    from ilm.train.sft import RECIPES
+
+    with open(RECIPES / "rlhf-rounds-tiny.toml", "rb") as f:
+        recipe = tomllib.load(f)
 
     return from_dict(RoundsConfig, {
         "run_dir": str(run_dir), "rounds": rounds, "updates_per_round": updates,
@@ -301,9 +314,8 @@ def rounds_config(task: dict[str, str], run_dir: str | Path, rounds: int = 2, up
                 "optim": {"actor_lr": actor_lr, "critic_lr": 1e-3},
                 "train": {"seed": seed, "precision": "fp32", "device": "cpu", "deterministic": True,
                           "checkpoint_every": 4, "progress": False}},
-        "fast": {"top_k": 32, "min_pairs": 60, "max_pairs": 100, "replay_ratio": 0.25, "epochs": 8, "lr": 1e-3,
-                 "batch_tokens": 2048, "accuracy_margin": 0.05, "allow_drop": True, "check": [task["heldout"]],
-                 **fast},
+        "fast": {**recipe["fast"], "check": [task["heldout"]], **fast},
+        "critic_rewarm_updates": recipe["critic_rewarm_updates"],
         "slow": {"export_size": 64},
         "reviewer": {"kind": "verifier", "verifier": "ilm.train.rlhf.synthetic:verifier"},
     })
