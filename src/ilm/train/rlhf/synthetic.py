@@ -49,10 +49,10 @@ def queries(count: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def wrong_value(answer: int, rng: random.Random) -> int:
-    """A wrong number inside the range, off by WRONG_OFFSET: its tens digit always differs."""
+    """A wrong number inside the range, off by WRONG_OFFSET and not by a multiple of 10: both its digits differ."""
     while True:
         w = answer + rng.choice([-1, 1]) * rng.randint(*WRONG_OFFSET)
-        if LOW <= w <= HIGH:
+        if LOW <= w <= HIGH and w % 10 != answer % 10:
             return w
 
 
@@ -228,6 +228,7 @@ def build_task(out: str | Path, n_sft: int = 4000, n_rm: int = 3200, n_queries: 
     qs = write_jsonl(data / "queries.jsonl", queries(n_queries, seed + 3))
     sft_dir = out / "sft"
     if not (sft_dir / "final" / "config.json").exists():
+        print(f"[rlhf] task SFT: {len(chats)} chats, {sft_epochs} epochs -> {sft_dir}", flush=True)
         train_sft(SFTConfig(
             run_dir=str(sft_dir), tokenizer=str(tok_dir), model=model, data=SFTData(train=[str(sft_train)]),
             optim=OptimConfig(lr=3e-3, warmup_steps=10, final_lr_fraction=0.1, weight_decay=0.0),
@@ -236,6 +237,7 @@ def build_task(out: str | Path, n_sft: int = 4000, n_rm: int = 3200, n_queries: 
             resume="never")
     rm_dir = out / "rm"
     if not (rm_dir / "final" / "reward_head.safetensors").exists():
+        print(f"[rlhf] task RM: {n_rm} loophole pairs, {rm_epochs} epochs -> {rm_dir}", flush=True)
         train_rm(RMConfig(
             run_dir=str(rm_dir), tokenizer=str(tok_dir), init=str(sft_dir / "final"),
             data=RMData(train=[str(rm_train)], eval=[str(heldout)], max_length=128),
@@ -396,6 +398,7 @@ def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
     import json
 
     from ilm.config import load
+    from ilm.train.rlhf.patch import gate_line
     from ilm.train.rlhf.rounds import RoundsConfig, run
     from ilm.train.sft import RECIPES
 
@@ -415,17 +418,17 @@ def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
     summary = run(cfg, resume="never")
     curves = round_curves(cfg.run_dir, cfg.rounds)
     plot = plot_curves(curves, Path(cfg.run_dir) / "curves.png")
+    patches = {}
     for c in curves:
         f, last = c["first"], c["last"]
-        print(f"[rlhf] round {c['round']}: RM score {f['rm_score']:.2f} -> {last['rm_score']:.2f}, KL {f['kl']:.2f} -> "
+        print(f"[rlhf] round {c['round']}: RM score {f['rm_score']:.2f} -> {last['rm_score']:.2f}, KL to SFT {f['kl']:.2f} -> "
               f"{last['kl']:.2f}, true reward {f['true_reward']:.2f} -> {last['true_reward']:.2f}, loophole rate "
               f"{f['loophole_rate']:.2f} -> {last['loophole_rate']:.2f}")
         r = summary["rounds"][str(c["round"])]
         fast, rm = r["fast"], r["rm"]
-        check = (f"; held-out loophole pairs {rm['before']['check']['accuracy']:.0%} -> "
-                 f"{rm['after']['check']['accuracy']:.0%}" if rm.get("patched") and rm["before"]["check"] else "")
+        patches[str(c["round"])] = gate_line(rm["gate"]) if rm.get("patched") else "not patched (no new pairs)"
         print(f"[rlhf] round {c['round']} fast path: {fast['reviewed']} suspects reviewed, {fast['rejected']} rejected "
-              f"by the verifier -> {fast['pairs']} pairs; reward model patched: {rm.get('patched')}{check}")
+              f"by the verifier -> {fast['pairs']} pairs; reward model: {patches[str(c['round'])]}")
     print(f"[rlhf] reward and KL curves: {plot}")
-    return {**summary, "curves": [{k: v for k, v in c.items() if k != "per_update"} for c in curves],
+    return {**summary, "curves": [{k: v for k, v in c.items() if k != "per_update"} for c in curves], "patches": patches,
             "plot": str(plot), "actor": summary["actors"][str(cfg.rounds + 1)]}
