@@ -448,8 +448,9 @@ def test_rm_init_from_an_export_keeps_its_head(task, tmp_path):
 
 
 def test_small_loophole_round_ppo_exploits_and_the_fast_path_catches_it(task, tmp_path):
-    """Round 1 of the benchmark (12 updates) with the real PPO engine: the loophole phrase spreads while the true reward does not
-    rise; the verifier rejects the loophole answers and the patch moves the RM on the held-out loophole pairs."""
+    """Round 1 of the benchmark's seed 0 (12 updates) with the real PPO engine: the loophole phrase spreads while the true
+    reward does not rise; the verifier rejects the loophole answers; the recipe's patch closes the loophole on the
+    held-out loophole pairs and passes the gate (earlier pairs without the pattern keep their accuracy)."""
     cfg = S.rounds_config(task, tmp_path / "run", rounds=1, updates=12, rollout_batch=32)
     summary = R.run(cfg)
     (c,) = S.round_curves(tmp_path / "run", 1)
@@ -463,7 +464,10 @@ def test_small_loophole_round_ppo_exploits_and_the_fast_path_catches_it(task, tm
                for p in pairs)
     assert sum(S.has_loophole(p["rejected"]) for p in pairs) >= 0.8 * len(pairs)  # the loophole answers
     rm = summary["rounds"]["1"]["rm"]
-    assert rm["before"]["check"]["accuracy"] < 0.6 and rm["after"]["check"]["accuracy"] >= 0.9, rm
+    loophole = rm["before"]["extra_check"]["accuracy"], rm["after"]["extra_check"]["accuracy"]
+    assert loophole[0] < 0.6 and loophole[1] >= 0.9, rm  # the held-out loophole pairs: closed
+    g = rm["gate"]
+    assert g["passed"] and g["check"] >= g["check_bar"] and g["earlier_clean_before"] - g["earlier_clean_after"] <= 0.02
     man = json.loads((R.round_dir(cfg.run_dir, 1) / "manifest.json").read_text())
     assert man["next_reward_model"] == rm["export"]
 
@@ -509,12 +513,18 @@ def test_kill_9_mid_round_then_rerun_resumes_at_that_round_and_update(task, tmp_
     import sys
     import time
 
-    def config(name):
-        cfg = S.rounds_config(task, tmp_path / name, rounds=2, updates=4, rollout_batch=16, min_pairs=20)
+    def config(name):  # the gate is not what this test is about: open
+        cfg = S.rounds_config(task, tmp_path / name, rounds=2, updates=4, rollout_batch=16, min_pairs=20,
+                              check_bar=0.0, accuracy_margin=1.0)
         cfg.ppo.train.checkpoint_every = 1
         return cfg
 
-    R.run(config("straight"))
+    straight = R.run(config("straight"))
+    # the SFT model is the KL reference of both rounds: round 2 starts where round 1's drift ended, not at 0
+    one, two = straight["rounds"]["1"]["ppo"], straight["rounds"]["2"]["ppo"]
+    assert one["kl_reference"] == two["kl_reference"] == task["sft"]
+    assert one["kl_first"] == 0.0 < one["kl_last"] and two["kl_first"] > 0.3 * one["kl_last"], (one, two)
+    assert two["critic_rewarm_updates"] == 2 and straight["rounds"]["1"]["rm"]["patched"]
     recipe = _recipe_toml(config("killed"), tmp_path / "killed.toml")
     cmd = [sys.executable, "-m", "ilm.cli", "rlhf", "run", str(recipe)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -534,7 +544,7 @@ def test_kill_9_mid_round_then_rerun_resumes_at_that_round_and_update(task, tmp_
     for k in (1, 2):
         a = _rows(R.round_dir(tmp_path / "straight", k) / "ppo" / "metrics.jsonl")
         b = _rows(R.round_dir(tmp_path / "killed", k) / "ppo" / "metrics.jsonl")
-        assert [r["step"] for r in b] == [1, 2, 3, 4] and a == b
+        assert [r["step"] for r in b] == list(range(1, 5 + 2 * (k == 2))) and a == b  # round 2: 2 re-warm updates
     for name in ("fast-pairs.jsonl", "slow-export.jsonl"):
         assert (R.round_dir(tmp_path / "straight", 2) / name).read_text() == \
             (R.round_dir(tmp_path / "killed", 2) / name).read_text()
