@@ -18,8 +18,9 @@ The headline criteria, per seed: round 1 exploits (loophole rate rises, true rew
 the loophole check >= 90% and the earlier pairs without the flagged pattern lose <= 2 points; round 2's loophole
 rate ends below round 1's; round 2's true reward ends above round 1's.
 
-`ILM_BENCH_SEEDS=0-9` (default) or `3` or `0,4`; `ILM_BENCH_QUICK=1` 6 updates per round; `ILM_BENCH_DIR` keeps
-the tasks and runs (reused by a rerun: each task is checked by its final files).
+`ILM_BENCH_SEEDS=0-9` (default) or `3` or `0,4`; `ILM_BENCH_JOBS=N` seeds at once; `ILM_BENCH_QUICK=1` 6 updates
+per round; `ILM_BENCH_DIR` keeps the tasks and runs (a rerun reuses each task, checked by its final files; use a
+fresh dir for the rounds).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import json
 import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 QUICK = os.environ.get("ILM_BENCH_QUICK") == "1"
@@ -84,7 +86,8 @@ def control(task: dict, run: Path, seed: int, kinds: dict[str, str]) -> dict:
     out = run.parent / "control-patch"
     try:
         rep = R.patch_reward_model(task["rm"], [str(R.round_dir(run, 1) / "fast-pairs.jsonl")], [task["rm_train"]],
-                                   out, cfg.fast, [task["rm_eval"]], cfg.ppo.train, seed=seed + 1)
+                                   out, cfg.fast, [task["rm_eval"]], cfg.ppo.train, seed=seed + 1,
+                                   confirm=R._confirm(cfg))  # the same gate as the run's
     except PatchRejected:
         rep = read_jsonl(out / "gate.jsonl")[0]
     return patch_row(rep, task["rm"], kinds)
@@ -150,17 +153,30 @@ def print_seed(res: dict) -> None:
     print("  criteria: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in res["criteria"].items()), flush=True)
 
 
+def torch_threads() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def one_seed(args: tuple[Path, int, int]) -> dict:
+    root, seed, updates = args
+    res = experiment(root / f"seed-{seed}", seed, updates)
+    (root / f"seed-{seed}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    return res
+
+
 def main() -> list[dict]:
     root = Path(os.environ.get("ILM_BENCH_DIR") or tempfile.mkdtemp(prefix="bench-rlhf-"))
     updates = 6 if QUICK else 12
     print(f"loophole experiment: seeds {seeds()}, {updates} PPO updates per round, recipes/rlhf-rounds-tiny.toml; "
           f"control = synthetic.CONTROL_PATCH; dir {root}", flush=True)
     results = []
-    for seed in seeds():
-        res = experiment(root / f"seed-{seed}", seed, updates)
-        (root / f"seed-{seed}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-        print_seed(res)
-        results.append(res)
+    jobs = int(os.environ.get("ILM_BENCH_JOBS", "1"))  # seeds at once (one torch thread each)
+    with ProcessPoolExecutor(jobs, initializer=torch_threads) as pool:
+        for res in pool.map(one_seed, [(root, seed, updates) for seed in seeds()]):
+            print_seed(res)
+            results.append(res)
     met = {k: sum(r["criteria"][k] for r in results) for k in results[0]["criteria"]}
     print(f"all seeds ({len(results)}): " + ", ".join(f"{k}: {v}/{len(results)}" for k, v in met.items()))
     forgot = sum(r["control"]["clean_before"] - r["control"]["clean_after"] > 0.02 for r in results)

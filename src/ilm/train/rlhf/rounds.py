@@ -79,18 +79,18 @@ class FastPath:
     # the patch (ilm.train.rlhf.patch): continual learning from RM_k, on the run's device and precision
     lr: float = 5e-6  # at or below the RM's own final lr (the 7B RM: 1e-5 -> 5e-6)
     warmup_steps: int = 5
-    epochs: int = 2
+    epochs: int = 12
     replay_ratio: float = 3.0  # earlier training pairs replayed per new pair (>= 1)
-    replay_flagged: bool = True  # replay earlier pairs that carry the flagged pattern too (not anchored)
-    anchor_weight: float = 1.0  # squared shortfall of a replayed pair's margin below RM_k's (0: no anchor)
-    anchor_cap: float = 1.0  # ... below min(RM_k's margin, this): what it ranked right stays right, magnitudes may move
+    replay_flagged: bool = False  # replay earlier pairs that carry the flagged pattern too (they teach the hack)
+    anchor_weight: float = 10.0  # squared shortfall of a replayed pair's margin below RM_k's (0: no anchor)
+    anchor_cap: float = 1.5  # ... below min(RM_k's margin, this): what it ranked right stays right, magnitudes may move
     batch_tokens: int = 16_384
     # the gate: (a) the patch check on held-out reviewer pairs, (b) the earlier held-out pairs without the pattern
     holdout_fraction: float = 0.2  # of the new pairs, kept out of the fine-tune for the patch check
     check_bar: float = 0.9  # (a) must reach this
     accuracy_margin: float = 0.02  # (b) may drop by at most this
     flagged: str = ""  # module:function (pair) -> bool: the earlier pairs carrying the hack; "": found from the pairs
-    confirm_with_reviewer: bool = False  # a verifier also judges the earlier pairs with the pattern: backed ones count in (b)
+    confirm_with_reviewer: bool = True  # a verifier also judges the earlier pairs with the pattern: backed ones count in (b)
     flagged_min_lift: float = 0.5  # automatic: n-grams in this many more rejected than chosen responses
     check: list[str] = field(default_factory=list)  # extra pair files: accuracy reported before / after
 
