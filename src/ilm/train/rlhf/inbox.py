@@ -58,6 +58,12 @@ def reads_for(ledger: dict[str, dict], j: int) -> list[dict]:
     return [r for e in ledger.values() for r in e["reads"] if r["used_by_rm_of_round"] == j]
 
 
+def slow_labels_to_pairs(path: Path, exported: dict[str, dict]) -> tuple[list[dict], dict[str, Any]]:
+    """Every line of a label file -> preference pairs (what the rounds do with a file's new lines)."""
+    lines = [(n, x) for n, x in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1) if x.strip()]
+    return label_lines_to_pairs(Path(path), lines, exported)
+
+
 def label_lines_to_pairs(path: Path, lines: list[tuple[int, str]],
                          exported: dict[str, dict]) -> tuple[list[dict], dict[str, Any]]:
     """Numbered label lines -> preference pairs; each malformed line is named (file:line: why) and counted."""

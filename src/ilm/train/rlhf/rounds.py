@@ -47,7 +47,7 @@ from ilm.train.rlhf.detectors import (  # noqa: F401 - the detectors are part of
     robust_z,
 )
 from ilm.train.rlhf.files import read_jsonl, round_dir, write_json, write_jsonl
-from ilm.train.rlhf.inbox import read_pending, reads_for, scan_inbox
+from ilm.train.rlhf.inbox import read_pending, reads_for, scan_inbox, slow_labels_to_pairs  # noqa: F401
 from ilm.train.rlhf.patch import PatchRejected, gate_line, patch_reward_model, rm_accuracy, verifier_confirms  # noqa: F401
 from ilm.train.rlhf.ppo import PPOConfig
 from ilm.train.rlhf.review import (
