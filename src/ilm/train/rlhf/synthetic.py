@@ -399,7 +399,7 @@ def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
 
     from ilm.config import load
     from ilm.train.rlhf.patch import gate_line
-    from ilm.train.rlhf.rounds import RoundsConfig, run
+    from ilm.train.rlhf.rounds import RoundsConfig, RoundsError, load_state, run
     from ilm.train.sft import RECIPES
 
     out = Path(out)
@@ -415,8 +415,16 @@ def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
     from ilm.train.run import save_recipe
 
     save_recipe(cfg)  # RUN_DIR/config.toml, as `ilm rlhf run` writes it
-    summary = run(cfg, resume="never")
-    curves = round_curves(cfg.run_dir, cfg.rounds)
+    try:
+        summary = run(cfg, resume="never")
+        stopped = None
+    except RoundsError as err:  # the gate refused a patch: say so, and go on with what the rounds made
+        stopped = str(err)
+        print(f"[rlhf] the rounds stopped: {stopped}", flush=True)
+        state = load_state(Path(cfg.run_dir)) or {}
+        summary = {"rounds": state.get("rounds", {}), "actors": state.get("actors", {}), "stopped": stopped}
+    done = sorted(int(k) for k, r in summary["rounds"].items() if "ppo" in r)
+    curves = round_curves(cfg.run_dir, max(done))
     plot = plot_curves(curves, Path(cfg.run_dir) / "curves.png")
     patches = {}
     for c in curves:
@@ -425,10 +433,21 @@ def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
               f"{last['kl']:.2f}, true reward {f['true_reward']:.2f} -> {last['true_reward']:.2f}, loophole rate "
               f"{f['loophole_rate']:.2f} -> {last['loophole_rate']:.2f}")
         r = summary["rounds"][str(c["round"])]
-        fast, rm = r["fast"], r["rm"]
-        patches[str(c["round"])] = gate_line(rm["gate"]) if rm.get("patched") else "not patched (no new pairs)"
-        print(f"[rlhf] round {c['round']} fast path: {fast['reviewed']} suspects reviewed, {fast['rejected']} rejected "
-              f"by the verifier -> {fast['pairs']} pairs; reward model: {patches[str(c['round'])]}")
+        fast, rm = r.get("fast") or {}, r.get("rm") or {}
+        gate = rm.get("gate") or _refused_gate(cfg.run_dir, c["round"])
+        patches[str(c["round"])] = (gate_line(gate) + ("" if gate.get("passed", True) else " (refused)") if gate
+                                    else "not patched (no new pairs)")
+        print(f"[rlhf] round {c['round']} fast path: {fast.get('reviewed')} suspects reviewed, {fast.get('rejected')} "
+              f"rejected by the verifier -> {fast.get('pairs')} pairs; reward model: {patches[str(c['round'])]}")
     print(f"[rlhf] reward and KL curves: {plot}")
     return {**summary, "curves": [{k: v for k, v in c.items() if k != "per_update"} for c in curves], "patches": patches,
-            "plot": str(plot), "actor": summary["actors"][str(cfg.rounds + 1)]}
+            "plot": str(plot), "actor": summary["actors"][str(max(done) + 1)]}
+
+
+def _refused_gate(run_dir: str, k: int) -> dict[str, Any] | None:
+    """The gate numbers of a patch the gate refused (round-kk/rm-patch/gate.jsonl), if any."""
+    from ilm.train.rlhf.files import read_jsonl
+    from ilm.train.rlhf.rounds import round_dir
+
+    path = round_dir(run_dir, k) / "rm-patch" / "gate.jsonl"
+    return read_jsonl(path)[0]["gate"] if path.exists() else None
