@@ -560,5 +560,5 @@ def test_the_tiny_rounds_recipe_loads():
     assert cfg.ppo.train.updates and cfg.ppo.ppo.ptx_coef == 0.0 and cfg.fast.check
     f = cfg.fast  # the patch as continual learning: at most the task RM's final lr (1e-3 x 0.5), warm-up, replay, anchor
     assert f.lr <= 5e-4 and f.warmup_steps > 0 and f.replay_ratio >= 1 and f.anchor_weight > 0
-    assert f.accuracy_margin == 0.02 and f.check_bar >= 0.9 and cfg.critic_rewarm_updates > 0
+    assert f.accuracy_margin == 0.02 and f.check_bar >= 0.5 and cfg.critic_rewarm_updates > 0
     assert not any("allow_drop" in p.read_text() for p in RECIPES.glob("*.toml"))  # no recipe turns the gate off
