@@ -294,6 +294,16 @@ def test_a_label_file_dropped_again_with_other_lines_gives_only_the_lines_not_us
     assert [p["chosen"] for p in pairs] == ["c"] and rep["malformed"] == 1 and rep["line_numbers"] == [[1, 1], [3, 3]]
 
 
+@pytest.mark.parametrize("key,value", [("holdout_fraction", float("nan")), ("check_bar", 1.5), ("lr", 0.0),
+                                       ("accuracy_margin", -0.01), ("replay_ratio", float("inf")), ("epochs", 0)])
+def test_patch_settings_out_of_range_are_refused_in_one_line(loop_setup, key, value):
+    cfg, _ = loop_setup
+    setattr(cfg.fast, key, value)
+    with pytest.raises(ValueError, match=key.split("_")[0]) as err:
+        R.run(cfg, ppo_train=FakePPO())
+    assert "\n" not in str(err.value)
+
+
 def first_exported(cfg):
     return json.loads((R.round_dir(cfg.run_dir, 1) / "slow-export.jsonl").read_text().splitlines()[0])
 

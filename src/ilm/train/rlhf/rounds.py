@@ -208,6 +208,16 @@ def _check(cfg: RoundsConfig) -> None:
         raise ValueError("[ppo] needs actor (the SFT model) and reward_model (the first reward model)")
     if not 0 < cfg.fast.min_pairs <= cfg.fast.max_pairs:
         raise ValueError(f"fast.min_pairs {cfg.fast.min_pairs} must be in [1, fast.max_pairs {cfg.fast.max_pairs}]")
+    fp = cfg.fast
+    bounds = {"fast.holdout_fraction": (fp.holdout_fraction, 0.0, 0.9), "fast.check_bar": (fp.check_bar, 0.0, 1.0),
+              "fast.accuracy_margin": (fp.accuracy_margin, 0.0, 1.0), "fast.replay_ratio": (fp.replay_ratio, 0.0, 1e3),
+              "fast.anchor_weight": (fp.anchor_weight, 0.0, 1e6), "fast.lr": (fp.lr, 1e-12, 1.0),
+              "fast.flagged_min_lift": (fp.flagged_min_lift, 1e-6, 1.0)}
+    for name, (value, lo, hi) in bounds.items():
+        if not lo <= value <= hi:  # NaN fails too
+            raise ValueError(f"{name} = {value} must be in [{lo:g}, {hi:g}]")
+    if cfg.critic_rewarm_updates < 0 or fp.epochs < 1 or fp.warmup_steps < 0:
+        raise ValueError("critic_rewarm_updates and fast.warmup_steps must be >= 0, fast.epochs >= 1")
     for f in cfg.rm_data + cfg.rm_eval + cfg.fast.check:
         if not Path(f).exists():
             raise FileNotFoundError(f"{f}: no such file (rm_data / rm_eval / fast.check)")
