@@ -145,8 +145,10 @@ def build_handmade_stages(out: Path) -> None:
     rounds = {str(k): {"fast": {"rollouts": 48, "flagged_by_detectors": 5, "reviewed": 12, "verdicts": 12,
                                 "approved": 6, "rejected": 6, "no_chosen": 0, "pairs": 3},
                        "rm": {"new_pairs": 3, "replayed": 6, "steps": 2, "export": "x",
-                              "before": {"earlier": {"accuracy": 0.8}, "check": {"accuracy": 0.3}},
-                              "after": {"earlier": {"accuracy": 0.79}, "check": {"accuracy": 0.9}}}} for k in (1, 2)}
+                              "before": {"earlier": {"accuracy": 0.8}, "extra_check": {"accuracy": 0.3}},
+                              "after": {"earlier": {"accuracy": 0.79}, "extra_check": {"accuracy": 0.9}},
+                              "gate": {"check": 0.95, "check_before": 0.1, "earlier_clean_before": 0.98,
+                                       "earlier_clean_after": 0.975, "passed": True}}} for k in (1, 2)}
     _json(out / "rlhf-rounds" / "summary.json", {"rounds": rounds})
     _json(out / "eval" / "results.json", EVAL_RESULTS)
     _json(out / "eval" / "niah.json", niah_json())

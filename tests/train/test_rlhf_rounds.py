@@ -181,10 +181,14 @@ def loop_setup(tmp_path, monkeypatch, corpus):
     rm_data.write_text(json.dumps(S.rm_pairs(1)[0]) + "\n")
     patches = []
 
-    def fake_patch(rm_dir, new_files, earlier, out_dir, fast, eval_files, seed=0):
-        patches.append({"rm": rm_dir, "new": list(new_files), "earlier": list(earlier)})
-        return {"export": str(out_dir / "final"), "new_pairs": 1, "replayed": 0,
-                "before": {"earlier": None, "check": None}, "after": {"earlier": None, "check": None}}
+    def fake_patch(rm_dir, new_files, earlier, out_dir, fast, eval_files, train, seed=0, confirm=None,
+                   earlier_patterns=()):
+        patches.append({"rm": rm_dir, "new": list(new_files), "earlier": list(earlier),
+                        "pairs": [p for f in new_files for p in R.read_jsonl(f)]})
+        gate = {"check": 1.0, "check_before": 0.0, "check_pairs": 1, "check_bar": 0.9, "earlier_clean_before": 1.0,
+                "earlier_clean_after": 1.0, "earlier_clean_pairs": 1, "accuracy_margin": 0.02, "pattern": []}
+        return {"export": str(out_dir / "final"), "new_pairs": 1, "replayed": 0, "gate": gate,
+                "before": {}, "after": {}}
 
     monkeypatch.setattr(R, "patch_reward_model", fake_patch)
     cfg = R.RoundsConfig(run_dir=str(tmp_path / "run"), rounds=3, updates_per_round=2, rm_data=[str(rm_data)])
@@ -228,6 +232,76 @@ def test_slow_path_labels_arriving_in_round_k_go_into_round_k_plus_1s_reward_mod
     assert slow[1]["chosen"] == "The number is 10." and slow[1]["rejected"] == first_exported(cfg)["response"]
     assert summary["rounds"]["1"]["fast"]["pairs"] >= 5  # the wrong loophole answers, caught by the verifier
     assert (R.round_dir(cfg.run_dir, 1) / "slow-export.jsonl").exists()
+
+
+def test_every_round_is_anchored_to_the_sft_model_and_the_critic_rewarms_after_a_patch(loop_setup, capsys):
+    cfg, _ = loop_setup
+    seen = []
+
+    class Spy(FakePPO):
+        def __call__(self, pcfg, resume="auto", reward_fn=None):
+            seen.append((pcfg.reference, pcfg.ppo.critic_rewarm_updates, pcfg.ppo.critic_warmup_updates))
+            return super().__call__(pcfg, resume, reward_fn)
+
+    cfg.critic_rewarm_updates = 3
+    R.run(cfg, ppo_train=Spy())
+    sft = cfg.ppo.actor
+    assert [r for r, _, _ in seen] == [sft, sft, sft]  # never the round's starting actor
+    assert [(w, r) for _, r, w in seen] == [(cfg.ppo.ppo.critic_warmup_updates, 0), (0, 3), (0, 3)]
+    out = capsys.readouterr().out
+    assert "round 2/3: PPO, 2 updates after 3 critic re-warm updates" in out and f"KL reference {sft}" in out
+    cfg2 = R.RoundsConfig(**{**cfg.__dict__, "reference": "/elsewhere/ref"})
+    assert R.ppo_config(cfg2, 1, {"actors": {"1": "a"}, "rms": {"1": "r"}, "critics": {}}).reference == "/elsewhere/ref"
+
+
+def test_an_appended_inbox_file_gives_its_new_lines_to_the_next_reward_model_once(loop_setup):
+    cfg, patches = loop_setup
+    inbox = Path(cfg.run_dir) / "inbox"
+
+    def pair(n):
+        return json.dumps({"prompt": f"Repeat the number {n}.", "chosen": f"The number is {n}.",
+                           "rejected": f"Trust me! The number is {n + 20}.", "domain": "math"}) + "\n"
+
+    def grow(k):  # one file, appended to while rounds 1 and 2 run; untouched in round 3
+        with open(inbox / "labels.jsonl", "a") as f:
+            f.write({1: pair(11) + pair(12), 2: pair(13)}.get(k, ""))
+
+    R.run(cfg, ppo_train=FakePPO(on_round=grow))
+    slow = [[p["prompt"] for p in x["pairs"] if "suspect" not in p] for x in patches]
+    assert slow == [["Repeat the number 11.", "Repeat the number 12."], ["Repeat the number 13."], []]
+    man = {k: json.loads((R.round_dir(cfg.run_dir, k) / "manifest.json").read_text()) for k in (2, 3)}
+    read2, read3 = man[2]["reward_model_inputs"]["slow_labels"], man[3]["reward_model_inputs"]["slow_labels"]
+    assert [(r["lines"], r["arrived_round"], r["pairs"]) for r in read2] == [([[1, 2]], 1, 2)]
+    assert [(r["lines"], r["arrived_round"], r["pairs"]) for r in read3] == [([[3, 3]], 2, 1)]
+    assert Path(read3[0]["file"]).name == "labels.jsonl" and read3[0]["sha256"] != read2[0]["sha256"]
+
+
+def test_a_label_file_dropped_again_with_other_lines_gives_only_the_lines_not_used_before(tmp_path):
+    from ilm.train.rlhf.inbox import read_pending, scan_inbox
+
+    inbox, ledger = tmp_path / "inbox", {}
+    inbox.mkdir()
+    f = inbox / "l.jsonl"
+    row = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    f.write_text(json.dumps(row) + "\n")
+    scan_inbox(inbox, ledger, 1)
+    assert len(read_pending(ledger["l.jsonl"], 1, {})[0]) == 1
+    scan_inbox(inbox, ledger, 2)
+    assert not ledger["l.jsonl"]["pending"]  # unchanged: not read again
+    f.write_text(json.dumps({**row, "chosen": "c"}) + "\n" + json.dumps(row) + "\n{bad\n")
+    scan_inbox(inbox, ledger, 2)
+    pairs, rep = read_pending(ledger["l.jsonl"], 2, {})
+    assert [p["chosen"] for p in pairs] == ["c"] and rep["malformed"] == 1 and rep["line_numbers"] == [[1, 1], [3, 3]]
+
+
+@pytest.mark.parametrize("key,value", [("holdout_fraction", float("nan")), ("check_bar", 1.5), ("lr", 0.0),
+                                       ("accuracy_margin", -0.01), ("replay_ratio", float("inf")), ("epochs", 0)])
+def test_patch_settings_out_of_range_are_refused_in_one_line(loop_setup, key, value):
+    cfg, _ = loop_setup
+    setattr(cfg.fast, key, value)
+    with pytest.raises(ValueError, match=key.split("_")[0]) as err:
+        R.run(cfg, ppo_train=FakePPO())
+    assert "\n" not in str(err.value)
 
 
 def first_exported(cfg):
@@ -301,22 +375,72 @@ def _fix_pairs(n, seed=0):
     return out
 
 
-def test_rm_patch_replays_earlier_data_and_gates_its_accuracy(task, tmp_path):
-    new = R._write_jsonl(tmp_path / "patch.jsonl", _fix_pairs(80))
-    fast = R.FastPath(replay_ratio=2.0, epochs=4, lr=1e-3, check=[task["heldout"]], accuracy_margin=0.05,
-                      allow_drop=True)
-    rep = R.patch_reward_model(task["rm"], [str(new)], [task["rm_train"]], tmp_path / "patch", fast, [task["rm_eval"]])
-    assert rep["new_pairs"] == 80 and rep["replayed"] == 160
-    assert rep["after"]["check"]["accuracy"] > rep["before"]["check"]["accuracy"] + 0.2, rep  # the loophole closes
-    # without replay the same fine-tune forgets more of the earlier data
-    bare = R.FastPath(replay_ratio=0.0, epochs=4, lr=1e-3, accuracy_margin=0.05, allow_drop=True)
-    no_replay = R.patch_reward_model(task["rm"], [str(new)], [task["rm_train"]], tmp_path / "bare", bare,
-                                     [task["rm_eval"]])
-    assert no_replay["replayed"] == 0 and no_replay["accuracy_drop"] > rep["accuracy_drop"] + 0.05, (no_replay, rep)
-    # the gate: a drop beyond the margin stops the run unless allowed
-    strict = R.FastPath(replay_ratio=0.0, epochs=4, lr=1e-3, accuracy_margin=0.05)
-    with pytest.raises(R.RoundsError, match="accuracy_margin"):
-        R.patch_reward_model(task["rm"], [str(new)], [task["rm_train"]], tmp_path / "bare", strict, [task["rm_eval"]])
+def _recipe_fast(**kw):
+    import tomllib
+
+    from ilm.train.sft import RECIPES
+
+    with open(RECIPES / "rlhf-rounds-tiny.toml", "rb") as f:
+        return R.FastPath(**{**tomllib.load(f)["fast"], **kw})
+
+
+def test_the_gate_stops_a_patch_that_forgets_and_passes_the_healthy_one(task, tmp_path):
+    """The old patch (lr 1e-3, replay 0.25, no anchor, 8 epochs) closes the loophole by unlearning what is right:
+    stopped, one line with both numbers. The recipe's patch closes it and keeps the earlier pairs: passes."""
+    from ilm.train.rlhf.patch import PatchRejected
+    from ilm.train.rlhf.ppo import PPOTrain
+
+    new = R.write_jsonl(tmp_path / "patch.jsonl", _fix_pairs(80))
+    train = PPOTrain(precision="fp32", device="cpu", deterministic=True, progress=False)
+    harmful = _recipe_fast(**S.CONTROL_PATCH, check=[task["heldout"]])
+    with pytest.raises(PatchRejected, match="forgets") as err:
+        R.patch_reward_model(task["rm"], [str(new)], [task["rm_train"]], tmp_path / "bad", harmful, [task["rm_eval"]],
+                             train)
+    assert "\n" not in str(err.value) and "patch check" in str(err.value) and "without the flagged pattern" in str(err.value)
+    bad = R.read_jsonl(tmp_path / "bad" / "gate.jsonl")[0]["gate"]
+    assert bad["earlier_clean_before"] - bad["earlier_clean_after"] > 0.02 and not bad["passed"]
+    good = R.patch_reward_model(task["rm"], [str(new)], [task["rm_train"]], tmp_path / "good",
+                                _recipe_fast(check=[task["heldout"]]), [task["rm_eval"]], train)
+    g = good["gate"]
+    assert g["passed"] and g["check"] >= 0.9 and g["earlier_clean_before"] - g["earlier_clean_after"] <= 0.02, g
+    assert g["pattern"] and all("Trust" in p or "me!" in p for p in g["pattern"])  # found from the pairs
+    assert good["replayed"] >= good["new_pairs"] and good["after"]["extra_check"]["accuracy"] >= 0.9, good
+
+
+def test_the_patch_runs_through_the_rm_trainer_on_the_runs_device_and_precision(tmp_path, monkeypatch):
+    import inspect
+
+    from ilm.train import reward
+    from ilm.train.rlhf import inbox, patch
+    from ilm.train.rlhf.ppo import PPOTrain
+
+    for mod in (R, patch, inbox):  # nothing hard-wired: the device and precision come from the recipe
+        src = inspect.getsource(mod)
+        assert 'device="cpu"' not in src and 'precision="fp32"' not in src and '"cpu"' not in src, mod
+    seen = {}
+
+    def fake_train(cfg, resume="auto"):
+        seen["cfg"] = cfg
+        ev = {"accuracy": 1.0, "pairs_by_domain": {"math": 1}}
+        return {"steps": 3, "export": str(tmp_path / "out" / "final"),
+                "eval_sets": {k: {"before": ev, "after": ev} for k in cfg.data.eval_sets}}
+
+    monkeypatch.setattr(reward, "train", fake_train)
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "reward_config.json").write_text(json.dumps({"reward_token": "<|reward|>", "conditions": {"math": "m"},
+                                                       "default_domain": "math", "max_length": 64}))
+    new = R.write_jsonl(tmp_path / "new.jsonl", _fix_pairs(10))
+    old = R.write_jsonl(tmp_path / "old.jsonl", S.rm_pairs(40))
+    fast = R.FastPath()
+    rep = R.patch_reward_model(str(rm), [str(new)], [str(old)], tmp_path / "out", fast, [str(old)],
+                               PPOTrain(device="cuda", precision="bf16", fsdp=True, activation_checkpointing=True))
+    cfg = seen["cfg"]
+    assert (cfg.train.device, cfg.train.precision, cfg.train.fsdp, cfg.train.activation_checkpointing) == \
+        ("cuda", "bf16", True, True)
+    assert cfg.init == str(rm) and cfg.optim.lr == fast.lr <= 5e-6 and cfg.optim.warmup_steps > 0
+    assert cfg.loss.anchor_weight > 0 and cfg.data.anchor and rep["replayed"] >= rep["new_pairs"] == 8
+    assert set(cfg.data.eval_sets) >= {"check", "earlier_clean"} and rep["held_out"] == 2
 
 
 def test_rm_init_from_an_export_keeps_its_head(task, tmp_path):
@@ -334,8 +458,9 @@ def test_rm_init_from_an_export_keeps_its_head(task, tmp_path):
 
 
 def test_small_loophole_round_ppo_exploits_and_the_fast_path_catches_it(task, tmp_path):
-    """Round 1 of the benchmark (12 updates) with the real PPO engine: the loophole phrase spreads while the true reward does not
-    rise; the verifier rejects the loophole answers and the patch moves the RM on the held-out loophole pairs."""
+    """Round 1 of the benchmark's seed 0 (12 updates) with the real PPO engine: the loophole phrase spreads while the true
+    reward does not rise; the verifier rejects the loophole answers; the recipe's patch closes the loophole on the
+    held-out loophole pairs and passes the gate (earlier pairs without the pattern keep their accuracy)."""
     cfg = S.rounds_config(task, tmp_path / "run", rounds=1, updates=12, rollout_batch=32)
     summary = R.run(cfg)
     (c,) = S.round_curves(tmp_path / "run", 1)
@@ -349,7 +474,10 @@ def test_small_loophole_round_ppo_exploits_and_the_fast_path_catches_it(task, tm
                for p in pairs)
     assert sum(S.has_loophole(p["rejected"]) for p in pairs) >= 0.8 * len(pairs)  # the loophole answers
     rm = summary["rounds"]["1"]["rm"]
-    assert rm["before"]["check"]["accuracy"] < 0.6 and rm["after"]["check"]["accuracy"] >= 0.9, rm
+    loophole = rm["before"]["extra_check"]["accuracy"], rm["after"]["extra_check"]["accuracy"]
+    assert loophole[0] < 0.6 and loophole[1] >= 0.9, rm  # the held-out loophole pairs: closed
+    g = rm["gate"]
+    assert g["passed"] and g["check"] >= g["check_bar"] and g["earlier_clean_before"] - g["earlier_clean_after"] <= 0.02
     man = json.loads((R.round_dir(cfg.run_dir, 1) / "manifest.json").read_text())
     assert man["next_reward_model"] == rm["export"]
 
@@ -395,12 +523,18 @@ def test_kill_9_mid_round_then_rerun_resumes_at_that_round_and_update(task, tmp_
     import sys
     import time
 
-    def config(name):
-        cfg = S.rounds_config(task, tmp_path / name, rounds=2, updates=4, rollout_batch=16, min_pairs=20)
+    def config(name):  # the gate is not what this test is about: open
+        cfg = S.rounds_config(task, tmp_path / name, rounds=2, updates=4, rollout_batch=16, min_pairs=20,
+                              check_bar=0.0, accuracy_margin=1.0)
         cfg.ppo.train.checkpoint_every = 1
         return cfg
 
-    R.run(config("straight"))
+    straight = R.run(config("straight"))
+    # the SFT model is the KL reference of both rounds: round 2 starts where round 1's drift ended, not at 0
+    one, two = straight["rounds"]["1"]["ppo"], straight["rounds"]["2"]["ppo"]
+    assert one["kl_reference"] == two["kl_reference"] == task["sft"]
+    assert one["kl_first"] == 0.0 < one["kl_last"] and two["kl_first"] > 0.3 * one["kl_last"], (one, two)
+    assert two["critic_rewarm_updates"] == 2 and straight["rounds"]["1"]["rm"]["patched"]
     recipe = _recipe_toml(config("killed"), tmp_path / "killed.toml")
     cmd = [sys.executable, "-m", "ilm.cli", "rlhf", "run", str(recipe)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -420,7 +554,7 @@ def test_kill_9_mid_round_then_rerun_resumes_at_that_round_and_update(task, tmp_
     for k in (1, 2):
         a = _rows(R.round_dir(tmp_path / "straight", k) / "ppo" / "metrics.jsonl")
         b = _rows(R.round_dir(tmp_path / "killed", k) / "ppo" / "metrics.jsonl")
-        assert [r["step"] for r in b] == [1, 2, 3, 4] and a == b
+        assert [r["step"] for r in b] == list(range(1, 5 + 2 * (k == 2))) and a == b  # round 2: 2 re-warm updates
     for name in ("fast-pairs.jsonl", "slow-export.jsonl"):
         assert (R.round_dir(tmp_path / "straight", 2) / name).read_text() == \
             (R.round_dir(tmp_path / "killed", 2) / name).read_text()
@@ -434,3 +568,7 @@ def test_the_tiny_rounds_recipe_loads():
     assert cfg.rounds == 2 and 20 <= cfg.fast.min_pairs <= cfg.fast.max_pairs <= 100
     assert cfg.reviewer.kind == "verifier" and R.load_function(cfg.reviewer.verifier) is S.verifier
     assert cfg.ppo.train.updates and cfg.ppo.ppo.ptx_coef == 0.0 and cfg.fast.check
+    f = cfg.fast  # the patch as continual learning: at most the task RM's final lr (1e-3 x 0.5), warm-up, replay, anchor
+    assert f.lr <= 5e-4 and f.warmup_steps > 0 and f.replay_ratio >= 1 and f.anchor_weight > 0
+    assert f.accuracy_margin == 0.02 and f.check_bar >= 0.5 and cfg.critic_rewarm_updates > 0
+    assert not any("allow_drop" in p.read_text() for p in RECIPES.glob("*.toml"))  # no recipe turns the gate off

@@ -519,11 +519,12 @@ def rlhf(run: Run) -> Safe:
     fast_rows, patches = [], []
     for k in sorted(info, key=int):
         f, r = info[k].get("fast") or {}, info[k].get("rm") or {}
-        before, after = r.get("before") or {}, r.get("after") or {}
+        before, after, gate = r.get("before") or {}, r.get("after") or {}, r.get("gate") or {}
         fast_rows.append([int(k), f.get("rollouts", "—"), f.get("flagged_by_detectors", "—"), f.get("reviewed", "—"),
                           f.get("rejected", "—"), f.get("pairs", "—"), "yes" if r.get("patched", "export" in r) else "no",
-                          f"{_acc(before.get('earlier'))} → {_acc(after.get('earlier'))}",
-                          f"{_acc(before.get('check'))} → {_acc(after.get('check'))}"])
+                          f"{_pct(gate.get('check_before'))} → {_pct(gate.get('check'))}",
+                          f"{_pct(gate.get('earlier_clean_before'))} → {_pct(gate.get('earlier_clean_after'))}",
+                          f"{_acc(before.get('extra_check'))} → {_acc(after.get('extra_check'))}"])
         pairs = run.jsonl(f"rlhf-rounds/round-{int(k):02d}/fast-pairs.jsonl")
         if pairs:
             patches.append(details(f"Round {k}: the {len(pairs)} fast-path pairs that patched the reward model",
@@ -533,8 +534,14 @@ def rlhf(run: Run) -> Safe:
     if fast_rows:
         body += [tag("h3", "Fast path: reviewed suspects and reward-model patches"),
                  table(["round", "rollouts", "flagged by detectors", "reviewed", "rejected", "pairs", "RM patched",
-                        "RM accuracy on earlier data", "RM accuracy on held-out loophole pairs"], fast_rows), *patches]
+                        "patch check (held-out reviewer pairs)", "earlier pairs without the flagged pattern",
+                        "fast.check pairs (held-out loophole pairs)"], fast_rows), *patches]
     return section("rlhf", STAGES[6][2], join(body))
+
+
+def _pct(x: Any) -> str:
+    """A gate number as the rounds' console prints it (`ilm.train.rlhf.patch.gate_line`)."""
+    return "—" if x is None else f"{x:.1%}"
 
 
 def _prompt(prefix: Any) -> str:

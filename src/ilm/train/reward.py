@@ -73,6 +73,8 @@ DEFAULT_CONDITIONS = {
 class RMData:
     train: list[str] = field(default_factory=list)  # jsonl: {"prefix"|"prompt", "chosen", "rejected", "domain"}
     eval: list[str] = field(default_factory=list)
+    anchor: list[str] = field(default_factory=list)  # trained too, margins kept >= the init model's (loss.anchor_weight)
+    eval_sets: dict[str, list[str]] = field(default_factory=dict)  # named held-out sets: accuracy of init and result
     conditions: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CONDITIONS))  # domain -> system prompt
     default_domain: str = "default"  # the condition for unknown or missing domains
     max_length: int = 8192  # tokens per scored sequence, reward token included
@@ -82,6 +84,8 @@ class RMData:
 class RMLoss:
     gamma: float = 2.0  # focal decay of confidently ranked pairs
     penalty_weight: float = 0.02  # lambda of the log-barrier penalty (XTuner's default is 0.01)
+    anchor_weight: float = 0.0  # squared shortfall of a data.anchor pair's margin below the init model's (continual learning)
+    anchor_cap: float = float("inf")  # the margin kept is the init model's, at most this: rankings kept, not magnitudes
 
 
 @dataclass
@@ -103,6 +107,7 @@ class RMTrain:
     progress: bool = True
     max_steps: int | None = None
     head_init_std: float | None = None  # None: 1 / sqrt(hidden + 1)
+    mixed_batches: bool = False  # batches of pairs in random order, not best-fit by length (token_budget_batches)
 
 
 def _rm_optim() -> OptimConfig:
@@ -130,6 +135,7 @@ class Pair:
     chosen: np.ndarray  # int64 ids ending in the reward token
     rejected: np.ndarray
     domain: str  # the condition actually used
+    anchor: float | None = None  # the init model's margin (chosen - rejected) not to fall below, for data.anchor pairs
 
     @property
     def tokens(self) -> int:
@@ -232,10 +238,26 @@ def encode_pairs(
     return pairs, report
 
 
-def token_budget_batches(sizes: list[int], budget: int, seed: int, epochs: int = 1) -> list[list[int]]:
-    """Pair indices grouped into batches of at most `budget` tokens (whole pairs), batch order shuffled."""
+def token_budget_batches(sizes: list[int], budget: int, seed: int, epochs: int = 1,
+                         mixed: bool = False) -> list[list[int]]:
+    """Pair indices grouped into batches of at most `budget` tokens (whole pairs), batch order shuffled.
+
+    Best-fit packing sorts by length, so pairs of like length (often of one kind) share a batch; `mixed`
+    packs the pairs in a random order per epoch instead (less full batches, each a sample of all the data).
+    """
     batches: list[list[int]] = []
     for epoch in range(epochs):
+        if mixed:
+            order = np.random.default_rng([seed, epoch, 1]).permutation(len(sizes)).tolist()
+            packed, room = [], 0
+            for i in order:
+                if not packed or sizes[i] > room:
+                    packed.append([])
+                    room = budget
+                packed[-1].append(i)
+                room -= sizes[i]
+            batches += packed
+            continue
         packed = pack_best_fit(sizes, budget)
         perm = np.random.default_rng([seed, epoch]).permutation(len(packed))
         batches += [packed[i] for i in perm]
@@ -270,16 +292,24 @@ def _forward(model, b: dict, world: World, autocast) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(
-    model, pairs: list[Pair], budget: int, world: World, autocast, plot: Path | None = None, pad_to: int | None = None
-) -> dict:
-    """Pairwise accuracy per domain (a tie counts as wrong), reward range, and optionally histograms (PNG)."""
+def pair_rewards(model, pairs: list[Pair], budget: int, world: World, autocast,
+                 pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The chosen and the rejected rewards of every pair, in batches of whole pairs up to `budget` tokens."""
     model.eval()
     chosen, rejected = np.zeros(len(pairs)), np.zeros(len(pairs))
     for batch in pack_best_fit([p.tokens for p in pairs], budget):
         r = _forward(model, collate_pairs([pairs[i] for i in batch], pad_to), world, autocast).float().cpu().numpy()
         chosen[batch], rejected[batch] = r[0::2], r[1::2]
     model.train()
+    return chosen, rejected
+
+
+@torch.no_grad()
+def evaluate(
+    model, pairs: list[Pair], budget: int, world: World, autocast, plot: Path | None = None, pad_to: int | None = None
+) -> dict:
+    """Pairwise accuracy per domain (a tie counts as wrong), reward range, and optionally histograms (PNG)."""
+    chosen, rejected = pair_rewards(model, pairs, budget, world, autocast, pad_to)
     domains = sorted({p.domain for p in pairs})
     dom = np.array([p.domain for p in pairs])
     right = chosen > rejected
@@ -349,9 +379,12 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
     pairs, report = encode_pairs(cfg.data.train, tok, cfg.data, reward_id)
     if not pairs:
         raise ValueError(f"no usable pairs in {cfg.data.train}: {report['dropped']}")
+    anchored, report["anchor"] = encode_pairs(cfg.data.anchor, tok, cfg.data, reward_id) if cfg.data.anchor else ([], None)
+    pairs += anchored
     eval_pairs, eval_report = encode_pairs(cfg.data.eval, tok, cfg.data, reward_id) if cfg.data.eval else ([], None)
+    eval_sets = {name: encode_pairs(files, tok, cfg.data, reward_id)[0] for name, files in cfg.data.eval_sets.items()}
     sizes = [p.tokens for p in pairs]
-    batches = token_budget_batches(sizes, t.batch_tokens, t.seed, t.epochs)
+    batches = token_budget_batches(sizes, t.batch_tokens, t.seed, t.epochs, t.mixed_batches)
     total_steps = -(-len(batches) // world.size)
     report["batches"], report["repeated_batches"] = len(batches), total_steps * world.size - len(batches)
     batches += batches[: report["repeated_batches"]]
@@ -372,6 +405,13 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
         load_head(model, cfg.init)
     optimizer = build_optimizer(model, cfg.optim)
     autocast = autocast_for(world, t.precision)
+    # the init model's view, before any step (recomputed the same on a resume, from the same init):
+    # the margins the anchored pairs stay near, and the named sets' accuracy to compare the result with
+    if anchored:
+        c, r = pair_rewards(model, anchored, t.batch_tokens, world, autocast)
+        for pair, margin in zip(anchored, c - r):
+            pair.anchor = min(float(margin), cfg.loss.anchor_cap)
+    before = {name: evaluate(model, ps, t.batch_tokens, world, autocast) for name, ps in eval_sets.items() if ps}
 
     run_dir = Path(cfg.run_dir)
     data_id = {"batches": len(batches), "fingerprint": fingerprint(sizes), "budget": t.batch_tokens, "seed": t.seed}
@@ -389,7 +429,13 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
     def pair_mean(batch: list[Pair]) -> torch.Tensor:
         rewards = _forward(model, collate_pairs(batch, pad_to, tok.pad_id), world, autocast)
         scored.append(rewards.detach())
-        return reward_loss(rewards[0::2], rewards[1::2], cfg.loss.gamma, cfg.loss.penalty_weight)
+        loss = reward_loss(rewards[0::2], rewards[1::2], cfg.loss.gamma, cfg.loss.penalty_weight)
+        held = [i for i, p in enumerate(batch) if p.anchor is not None]
+        if held and cfg.loss.anchor_weight:  # pair-weighted like the ranking loss: summed, over all the batch's pairs
+            target = torch.tensor([batch[i].anchor for i in held], device=rewards.device)
+            margin = rewards[0::2][held].float() - rewards[1::2][held].float()
+            loss = loss + cfg.loss.anchor_weight * (target - margin).clamp(min=0).pow(2).sum() / len(batch)
+        return loss
 
     while step < stop_at:
         t0 = time.perf_counter()
@@ -436,6 +482,9 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
         "data": report, "eval_data": eval_report, "run_dir": str(run_dir),
         **({"eval": last_eval, "accuracy_by_domain": last_eval["accuracy_by_domain"]} if last_eval else {}),
     }
+    if before:
+        summary["eval_sets"] = {name: {"before": ev, "after": evaluate(model, eval_sets[name], t.batch_tokens, world,
+                                                                       autocast)} for name, ev in before.items()}
     if step == total_steps:
         meta = {"reward_token": cfg.reward_token, "reward_token_id": reward_id, "conditions": cfg.data.conditions,
                 "default_domain": cfg.data.default_domain, "max_length": cfg.data.max_length}

@@ -163,6 +163,13 @@ def verdict_row(v: Verdict) -> dict[str, Any]:
 
 def read_verdicts(path: str | Path, known: set[str] | None = None) -> tuple[list[Verdict], dict[str, Any]]:
     """Verdict lines from a reviewed file; each malformed line is named (file:line: why) and counted."""
+    with open(path, encoding="utf-8") as f:
+        return verdicts_from_lines(str(path), [(n, line) for n, line in enumerate(f, 1) if line.strip()], known)
+
+
+def verdicts_from_lines(path: str, lines: list[tuple[int, str]],
+                        known: set[str] | None = None) -> tuple[list[Verdict], dict[str, Any]]:
+    """Verdicts from numbered lines of the file `path` (named in the problems), malformed ones counted."""
     verdicts: list[Verdict] = []
     report: dict[str, Any] = {"lines": 0, "used": 0, "malformed": 0, "problems": []}
 
@@ -171,39 +178,64 @@ def read_verdicts(path: str | Path, known: set[str] | None = None) -> tuple[list
         report["problems"].append(f"{where}: {why}")
 
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            report["lines"] += 1
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                bad(where, f"not JSON ({err.msg})")
-                continue
-            if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
-                bad(where, "no string `id`")
-                continue
-            if known is not None and obj["id"] not in known:
-                bad(where, f"unknown id {obj['id']!r} (not a suspect of this round)")
-                continue
-            verdict = str(obj.get("verdict") or "").strip().lower()
-            if verdict not in VERDICTS:
-                bad(where, f"`verdict` must be approve or reject, got {obj.get('verdict')!r}")
-                continue
-            correction = obj.get("correction")
-            if correction is not None and not isinstance(correction, str):
-                bad(where, "`correction` must be a string")
-                continue
-            if obj["id"] in seen:
-                bad(where, f"duplicate id {obj['id']!r}")
-                continue
-            seen.add(obj["id"])
-            approved = VERDICTS[verdict]
-            verdicts.append(Verdict(obj["id"], approved, None if approved else (correction or "").strip() or None))
+    for n, line in lines:
+        report["lines"] += 1
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            bad(where, f"not JSON ({err.msg})")
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+            bad(where, "no string `id`")
+            continue
+        if known is not None and obj["id"] not in known:
+            bad(where, f"unknown id {obj['id']!r} (not a suspect of this round)")
+            continue
+        verdict = str(obj.get("verdict") or "").strip().lower()
+        if verdict not in VERDICTS:
+            bad(where, f"`verdict` must be approve or reject, got {obj.get('verdict')!r}")
+            continue
+        correction = obj.get("correction")
+        if correction is not None and not isinstance(correction, str):
+            bad(where, "`correction` must be a string")
+            continue
+        if obj["id"] in seen:
+            bad(where, f"duplicate id {obj['id']!r}")
+            continue
+        seen.add(obj["id"])
+        approved = VERDICTS[verdict]
+        verdicts.append(Verdict(obj["id"], approved, None if approved else (correction or "").strip() or None))
     report["used"] = len(verdicts)
     return verdicts, report
+
+
+def build_pairs(suspects: list[Suspect], verdicts: list[Verdict], records: dict[str, dict]) -> tuple[list[dict], dict]:
+    """Preference pairs from verdicts: rejected = a rejected suspect; chosen = the reviewer's correction,
+    else an approved response to the same query. Rejections with neither are counted, not used."""
+    by_id = {s.id: s for s in suspects}
+    approved: dict[int, list[str]] = {}
+    for v in verdicts:
+        if v.approved and v.id in by_id:
+            approved.setdefault(records[v.id]["query_index"], []).append(by_id[v.id].response)
+    pairs, counts = [], {"approved": 0, "rejected": 0, "no_chosen": 0}
+    for v in verdicts:
+        if v.id not in by_id:
+            continue
+        if v.approved:
+            counts["approved"] += 1
+            continue
+        counts["rejected"] += 1
+        s, rec = by_id[v.id], records[v.id]
+        better = [t for t in approved.get(rec["query_index"], []) if t != s.response]
+        chosen = v.correction or (better[0] if better else None)
+        if not chosen or chosen == s.response:
+            counts["no_chosen"] += 1
+            continue
+        pairs.append({"prefix": rec["messages"], "chosen": chosen, "rejected": s.response,
+                      "domain": rec.get("domain"), "suspect": v.id, "rejected_reward": s.reward,
+                      "chosen_from": "correction" if v.correction else "approved"})
+    return pairs, counts
 
 
 class FileReviewer(Reviewer):

@@ -2,13 +2,16 @@
 
 Round k, top to bottom in `run`:
 
-1. PPO for `updates_per_round` updates (`ilm.train.rlhf.ppo`) from the latest actor, steered by RM_k;
+1. PPO for `updates_per_round` updates (`ilm.train.rlhf.ppo`) from the latest actor, steered by RM_k, its KL
+   penalty measured against the SFT model in every round (`reference`), so drift from SFT shows across rounds;
 2. fast path: suspects from the round's rollouts (the highest rewards, plus what the detectors flag),
    a reviewer's verdicts, and 20-100 preference pairs (rejected = a rejected suspect; chosen = the
    reviewer's correction, else an approved response to the same query);
-3. RM update: RM_k fine-tuned on the fast pairs + slow-path labels that have arrived in the inbox, mixed
-   with a replay of its earlier data; held-out accuracy on the earlier data before/after, and a drop
-   beyond `fast.accuracy_margin` stops the run unless `fast.allow_drop`. The result is RM_{k+1};
+3. RM update (`ilm.train.rlhf.patch`): RM_k fine-tuned through the RM trainer on the fast pairs + the slow-path
+   labels that have arrived in the inbox (`ilm.train.rlhf.inbox`), with a replay of its earlier data and an
+   anchor on the pairs it ranked right; a gate on two numbers (the patch check on held-out reviewer pairs,
+   the accuracy on earlier held-out pairs without the flagged pattern) stops the run when either fails.
+   The result is RM_{k+1}, and the next round's critic re-warms on it (`critic_rewarm_updates`);
 4. slow path: a larger sample of the round's rollouts exported for annotation (`round-kk/slow-export.jsonl`).
 
 The lag of the slow path follows from the order: a label file that lands in the inbox during round k is
@@ -25,7 +28,6 @@ resume at the right update / step.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import random
@@ -44,14 +46,17 @@ from ilm.train.rlhf.detectors import (  # noqa: F401 - the detectors are part of
     repetition_detector,
     robust_z,
 )
+from ilm.train.rlhf.files import read_jsonl, round_dir, write_json, write_jsonl
+from ilm.train.rlhf.inbox import read_pending, reads_for, scan_inbox, slow_labels_to_pairs  # noqa: F401
+from ilm.train.rlhf.patch import PatchRejected, gate_line, patch_reward_model, rm_accuracy, verifier_confirms  # noqa: F401
 from ilm.train.rlhf.ppo import PPOConfig
 from ilm.train.rlhf.review import (
     FileReviewer,
     JudgeReviewer,
     Reviewer,
     Suspect,
-    Verdict,
     VerifierReviewer,
+    build_pairs,
     export_suspects,
     load_function,
     read_verdicts,
@@ -71,12 +76,22 @@ class FastPath:
     min_pairs: int = 20  # keep reviewing further down the reward order until this many pairs (or none left)
     max_pairs: int = 100
     max_reviews: int = 400  # at most this many suspects reviewed per round
-    replay_ratio: float = 3.0  # earlier pairs replayed per new pair in the RM fine-tune
-    epochs: int = 2
-    lr: float = 5e-4
-    batch_tokens: int = 2048
-    accuracy_margin: float = 0.02  # allowed drop of held-out accuracy on the earlier data
-    allow_drop: bool = False
+    # the patch (ilm.train.rlhf.patch): continual learning from RM_k, on the run's device and precision
+    lr: float = 5e-6  # at or below the RM's own final lr (the 7B RM: 1e-5 -> 5e-6)
+    warmup_steps: int = 5
+    epochs: int = 12
+    replay_ratio: float = 3.0  # earlier training pairs replayed per new pair (>= 1)
+    replay_flagged: bool = False  # replay earlier pairs that carry the flagged pattern too (they teach the hack)
+    anchor_weight: float = 10.0  # squared shortfall of a replayed pair's margin below RM_k's (0: no anchor)
+    anchor_cap: float = 1.5  # ... below min(RM_k's margin, this): what it ranked right stays right, magnitudes may move
+    batch_tokens: int = 16_384
+    # the gate: (a) the patch check on held-out reviewer pairs, (b) the earlier held-out pairs without the pattern
+    holdout_fraction: float = 0.2  # of the new pairs, kept out of the fine-tune for the patch check
+    check_bar: float = 0.9  # (a) must reach this
+    accuracy_margin: float = 0.02  # (b) may drop by at most this
+    flagged: str = ""  # module:function (pair) -> bool: the earlier pairs carrying the hack; "": found from the pairs
+    confirm_with_reviewer: bool = True  # a verifier also judges the earlier pairs with the pattern: backed ones count in (b)
+    flagged_min_lift: float = 0.5  # automatic: n-grams in this many more rejected than chosen responses
     check: list[str] = field(default_factory=list)  # extra pair files: accuracy reported before / after
 
 
@@ -100,7 +115,9 @@ class RoundsConfig:
     run_dir: str = "runs/rlhf-rounds"
     rounds: int = 3
     updates_per_round: int = 20
-    critic_warmup_first_round_only: bool = True  # later rounds continue the critic: no warm-up again
+    critic_warmup_first_round_only: bool = True  # later rounds continue the critic: no full warm-up again
+    critic_rewarm_updates: int = 2  # after an RM patch, the next round's first updates train the critic alone
+    reference: str = ""  # the KL reference of every round; "": the SFT model (ppo.actor)
     rm_data: list[str] = field(default_factory=list)  # the first reward model's training pairs (replayed)
     rm_eval: list[str] = field(default_factory=list)  # its held-out pairs (accuracy before / after a patch)
     ppo: PPOConfig = field(default_factory=PPOConfig)  # actor = the SFT model, reward_model = the first RM
@@ -113,35 +130,7 @@ class RoundsError(ValueError):
     """A condition that stops the rounds (a failed accuracy gate, a review still missing)."""
 
 
-# ----------------------------------------------------------------------------- small file helpers
-
-
-def _write(path: Path, text: str) -> Path:
-    from ilm.data.io import atomic_write_text
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
-    return path
-
-
-def _write_json(path: Path, obj: Any) -> Path:
-    return _write(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    return _write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def round_dir(run_dir: str | Path, k: int) -> Path:
-    return Path(run_dir) / f"round-{k:02d}"
+_write_jsonl, _read_jsonl = write_jsonl, read_jsonl  # the names the tests and older callers use
 
 
 # ----------------------------------------------------------------------------- detectors
@@ -159,7 +148,7 @@ def read_rollouts(ppo_dir: Path, last_updates: int = 0) -> list[dict]:
     files = sorted((ppo_dir / "rollouts").glob("update-*.jsonl"))
     if last_updates:
         files = files[-last_updates:]
-    return [r for f in files for r in _read_jsonl(f)]
+    return [r for f in files for r in read_jsonl(f)]
 
 
 def rank_suspects(records: list[dict], detectors: list[Detector]) -> list[tuple[int, list[str]]]:
@@ -184,158 +173,6 @@ def rank_suspects(records: list[dict], detectors: list[Detector]) -> list[tuple[
 
 def suspect_id(k: int, rec: dict) -> str:
     return f"r{k:02d}-u{rec['update']:06d}-{rec['row']}"
-
-
-def build_pairs(suspects: list[Suspect], verdicts: list[Verdict], records: dict[str, dict]) -> tuple[list[dict], dict]:
-    """Preference pairs from verdicts: rejected = a rejected suspect; chosen = the reviewer's correction,
-    else an approved response to the same query. Rejections with neither are counted, not used."""
-    by_id = {s.id: s for s in suspects}
-    approved: dict[int, list[str]] = {}
-    for v in verdicts:
-        if v.approved and v.id in by_id:
-            approved.setdefault(records[v.id]["query_index"], []).append(by_id[v.id].response)
-    pairs, counts = [], {"approved": 0, "rejected": 0, "no_chosen": 0}
-    for v in verdicts:
-        if v.id not in by_id:
-            continue
-        if v.approved:
-            counts["approved"] += 1
-            continue
-        counts["rejected"] += 1
-        s, rec = by_id[v.id], records[v.id]
-        better = [t for t in approved.get(rec["query_index"], []) if t != s.response]
-        chosen = v.correction or (better[0] if better else None)
-        if not chosen or chosen == s.response:
-            counts["no_chosen"] += 1
-            continue
-        pairs.append({"prefix": rec["messages"], "chosen": chosen, "rejected": s.response,
-                      "domain": rec.get("domain"), "suspect": v.id, "rejected_reward": s.reward,
-                      "chosen_from": "correction" if v.correction else "approved"})
-    return pairs, counts
-
-
-# ----------------------------------------------------------------------------- reward-model accuracy and patch
-
-
-def rm_accuracy(rm_dir: str | Path, files: list[str], batch_tokens: int = 4096) -> dict[str, Any] | None:
-    """Pairwise accuracy of a reward-model export on preference files (None when there are none)."""
-    if not files:
-        return None
-    import torch
-
-    from ilm.tokenizer import load_tokenizer
-    from ilm.train.distributed import World
-    from ilm.train.reward import RMData, encode_pairs, evaluate
-    from ilm.train.reward_model import load_reward_model
-
-    model, meta = load_reward_model(rm_dir)
-    tok = load_tokenizer(rm_dir)
-    data = RMData(conditions=meta["conditions"], default_domain=meta["default_domain"], max_length=meta["max_length"])
-    pairs, _ = encode_pairs(files, tok, data, meta["reward_token_id"])
-    world = World(0, 1, 0, torch.device("cpu"))
-    ev = evaluate(model, pairs, max(batch_tokens, 2 * meta["max_length"]), world,
-                  lambda: torch.autocast("cpu", enabled=False))
-    return {"accuracy": ev["accuracy"], "pairs": len(pairs), "mean_margin": ev["mean_margin"]}
-
-
-def patch_reward_model(rm_dir: str, new_files: list[str], earlier_files: list[str], out_dir: Path, fast: FastPath,
-                       eval_files: list[str], seed: int = 0) -> dict[str, Any]:
-    """Fine-tune the reward model `rm_dir` (backbone and head) on the new pairs mixed with a replay of its
-    earlier data; accuracy on `eval_files` (the earlier held-out data) and `fast.check` before and after."""
-    from ilm.train.optim import OptimConfig
-    from ilm.train.reward import RMConfig, RMData, RMTrain
-    from ilm.train.reward import train as train_rm
-
-    new = [r for f in new_files for r in _read_jsonl(Path(f))]
-    earlier = [r for f in earlier_files for r in _read_jsonl(Path(f))]
-    rng = random.Random(seed)
-    replay = rng.sample(earlier, min(len(earlier), round(fast.replay_ratio * len(new))))
-    mixed = new + replay
-    rng.shuffle(mixed)
-    train_file = _write_jsonl(out_dir / "data" / "train.jsonl", mixed)
-    meta = json.loads((Path(rm_dir) / "reward_config.json").read_text())
-    tok_dir = _tokenizer_only(Path(rm_dir), out_dir / "tokenizer")
-    before = {"earlier": rm_accuracy(rm_dir, eval_files), "check": rm_accuracy(rm_dir, fast.check)}
-    cfg = RMConfig(
-        run_dir=str(out_dir), tokenizer=str(tok_dir), init=rm_dir, reward_token=meta["reward_token"],
-        data=RMData(train=[str(train_file)], conditions=meta["conditions"], default_domain=meta["default_domain"],
-                    max_length=meta["max_length"]),
-        optim=OptimConfig(lr=fast.lr, warmup_steps=0, final_lr_fraction=0.5, weight_decay=0.01),
-        train=RMTrain(batch_tokens=max(fast.batch_tokens, 2 * meta["max_length"]), epochs=fast.epochs,
-                      precision="fp32", device="cpu", seed=seed, checkpoint_every=10_000, eval_every=10_000,
-                      progress=False, deterministic=True))
-    summary = train_rm(cfg, resume="auto")
-    export = summary["export"]
-    after = {"earlier": rm_accuracy(export, eval_files), "check": rm_accuracy(export, fast.check)}
-    report = {"new_pairs": len(new), "replayed": len(replay), "steps": summary["steps"], "export": export,
-              "before": before, "after": after}
-    if before["earlier"] and after["earlier"]:
-        drop = before["earlier"]["accuracy"] - after["earlier"]["accuracy"]
-        report["accuracy_drop"] = drop
-        if drop > fast.accuracy_margin and not fast.allow_drop:
-            raise RoundsError(
-                f"the patched reward model's held-out accuracy on its earlier data fell from "
-                f"{before['earlier']['accuracy']:.3f} to {after['earlier']['accuracy']:.3f} (more than "
-                f"fast.accuracy_margin {fast.accuracy_margin}); raise fast.replay_ratio, lower fast.lr, or set "
-                f"fast.allow_drop = true to accept it ({out_dir})")
-    return report
-
-
-def _tokenizer_only(export: Path, out: Path) -> Path:
-    """The tokenizer files of an export, alone: the RM trainer copies its `tokenizer` dir into the new export,
-    and the old export's weights must not ride along."""
-    out.mkdir(parents=True, exist_ok=True)
-    for f in export.iterdir():
-        if f.is_file() and ("tokenizer" in f.name or f.name == "special_tokens_map.json"):
-            (out / f.name).write_bytes(f.read_bytes())
-    return out
-
-
-# ----------------------------------------------------------------------------- the slow path
-
-
-def scan_inbox(inbox: Path, ledger: dict[str, dict], k: int) -> None:
-    """Record each new label file with the round during which it was first seen."""
-    if not inbox.is_dir():
-        return
-    for f in sorted(inbox.glob("*.jsonl")):
-        if f.name not in ledger:
-            ledger[f.name] = {"file": str(f), "sha256": _sha(f), "arrived_round": k, "used_by_rm_of_round": None}
-
-
-def slow_labels_to_pairs(path: Path, exported: dict[str, dict]) -> tuple[list[dict], dict[str, Any]]:
-    """Label rows -> preference pairs: a pair row (`chosen` / `rejected`) is used as is; a verdict row
-    (`id` of an exported rollout + "verdict" + optional "correction") becomes a pair like the fast path's."""
-    pairs: list[dict] = []
-    report: dict[str, Any] = {"lines": 0, "pairs": 0, "malformed": 0, "problems": []}
-    verdict_lines = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        report["lines"] += 1
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            report["malformed"] += 1
-            report["problems"].append(f"{path}:{n}: not JSON ({err.msg})")
-            continue
-        if isinstance(obj, dict) and "chosen" in obj and "rejected" in obj:
-            pairs.append({k: obj[k] for k in ("prefix", "prompt", "chosen", "rejected", "domain") if k in obj})
-        else:
-            verdict_lines.append(line)
-    if verdict_lines:
-        tmp = path.with_name(f".{path.stem}.verdicts.tmp")
-        tmp.write_text("\n".join(verdict_lines) + "\n")
-        verdicts, vrep = read_verdicts(tmp, set(exported))
-        tmp.unlink()
-        report["malformed"] += vrep["malformed"]
-        report["problems"] += [p.replace(str(tmp), str(path)) for p in vrep["problems"]]
-        suspects = [Suspect(v.id, {}, exported[v.id]["response"], exported[v.id].get("rm_score", 0.0), ["slow"])
-                    for v in verdicts]
-        more, _ = build_pairs(suspects, verdicts, exported)
-        pairs += more
-    report["pairs"] = len(pairs)
-    return pairs, report
 
 
 # ----------------------------------------------------------------------------- reviewers from the recipe
@@ -371,22 +208,41 @@ def _check(cfg: RoundsConfig) -> None:
         raise ValueError("[ppo] needs actor (the SFT model) and reward_model (the first reward model)")
     if not 0 < cfg.fast.min_pairs <= cfg.fast.max_pairs:
         raise ValueError(f"fast.min_pairs {cfg.fast.min_pairs} must be in [1, fast.max_pairs {cfg.fast.max_pairs}]")
+    fp = cfg.fast
+    bounds = {"fast.holdout_fraction": (fp.holdout_fraction, 0.0, 0.9), "fast.check_bar": (fp.check_bar, 0.0, 1.0),
+              "fast.accuracy_margin": (fp.accuracy_margin, 0.0, 1.0), "fast.replay_ratio": (fp.replay_ratio, 0.0, 1e3),
+              "fast.anchor_weight": (fp.anchor_weight, 0.0, 1e6), "fast.lr": (fp.lr, 1e-12, 1.0),
+              "fast.flagged_min_lift": (fp.flagged_min_lift, 1e-6, 1.0)}
+    for name, (value, lo, hi) in bounds.items():
+        if not lo <= value <= hi:  # NaN fails too
+            raise ValueError(f"{name} = {value} must be in [{lo:g}, {hi:g}]")
+    if cfg.critic_rewarm_updates < 0 or fp.epochs < 1 or fp.warmup_steps < 0:
+        raise ValueError("critic_rewarm_updates and fast.warmup_steps must be >= 0, fast.epochs >= 1")
     for f in cfg.rm_data + cfg.rm_eval + cfg.fast.check:
         if not Path(f).exists():
             raise FileNotFoundError(f"{f}: no such file (rm_data / rm_eval / fast.check)")
 
 
 def ppo_config(cfg: RoundsConfig, k: int, state: dict) -> PPOConfig:
-    """Round k's PPO: the latest actor and critic, RM_k, its own run dir, `updates_per_round` updates."""
+    """Round k's PPO: the latest actor and critic, RM_k, the SFT model as KL reference, its own run dir,
+    `updates_per_round` updates; after an RM patch, `critic_rewarm_updates` critic-only updates first."""
     base = cfg.ppo
     p = dataclasses.replace(base.ppo)
     if k > 1 and cfg.critic_warmup_first_round_only:
         p.critic_warmup_updates = 0
+    if k > 1 and state["rms"][str(k)] != state["rms"][str(k - 1)]:  # the critic learnt values of the old RM
+        p.critic_rewarm_updates = cfg.critic_rewarm_updates
     return dataclasses.replace(
         base, run_dir=str(round_dir(cfg.run_dir, k) / "ppo"), actor=state["actors"][str(k)],
-        reward_model=state["rms"][str(k)], critic=state["critics"].get(str(k)) or None, ppo=p,
+        reference=cfg.reference or base.reference or base.actor, reward_model=state["rms"][str(k)],
+        critic=state["critics"].get(str(k)) or None, ppo=p,
         train=dataclasses.replace(base.train, updates=cfg.updates_per_round, seed=base.train.seed + k - 1,
                                   progress=base.train.progress))
+
+
+def say(text: str) -> None:
+    """A progress line, flushed: the rounds run for minutes to days, often with stdout in a log file."""
+    print(f"[rounds] {text}", flush=True)
 
 
 def run(cfg: RoundsConfig, resume: str = "auto", ppo_train: Callable[..., dict] | None = None,
@@ -405,13 +261,13 @@ def run(cfg: RoundsConfig, resume: str = "auto", ppo_train: Callable[..., dict] 
     if state is None:
         state = {"round": 1, "phase": "ppo", "actors": {"1": cfg.ppo.actor}, "critics": {},
                  "rms": {"1": cfg.ppo.reward_model}, "rm_data": list(cfg.rm_data), "inbox": {}, "rounds": {}}
-        _write_json(run_dir / "state.json", state)
+        write_json(run_dir / "state.json", state)
     else:
-        print(f"[rounds] continuing at round {state['round']}, phase {state['phase']}")
+        say(f"continuing at round {state['round']}, phase {state['phase']}")
 
     def advance(phase: str) -> None:
         state["phase"] = phase
-        _write_json(run_dir / "state.json", state)
+        write_json(run_dir / "state.json", state)
 
     while state["round"] <= cfg.rounds:
         k = state["round"]
@@ -419,15 +275,10 @@ def run(cfg: RoundsConfig, resume: str = "auto", ppo_train: Callable[..., dict] 
         info = state["rounds"].setdefault(str(k), {})
         scan_inbox(inbox, state["inbox"], k)
         if state["phase"] == "ppo":
-            t0 = time.perf_counter()
-            pcfg = ppo_config(cfg, k, state)
-            summary = ppo_train(pcfg, resume="auto", reward_fn=reward_fn)
-            exp = summary.get("export") or {}
-            state["actors"][str(k + 1)] = exp.get("actor", pcfg.actor)
-            state["critics"][str(k + 1)] = exp.get("critic")
-            info["ppo"] = {"run_dir": pcfg.run_dir, "last": summary.get("last"), "seconds": time.perf_counter() - t0}
+            info["ppo"] = ppo_round(cfg, k, state, ppo_train, reward_fn)
             advance("fast")
         if state["phase"] == "fast":
+            say(f"round {k}/{cfg.rounds}: review of the round's rollouts ({cfg.reviewer.kind} reviewer)")
             info["fast"] = fast_path(cfg, k, rdir, reviewer or make_reviewer(cfg, rdir))
             advance("rm")
         if state["phase"] == "rm":
@@ -436,14 +287,43 @@ def run(cfg: RoundsConfig, resume: str = "auto", ppo_train: Callable[..., dict] 
             advance("slow")
         if state["phase"] == "slow":
             info["slow"] = slow_export(cfg, k, rdir)
-            _write_json(rdir / "manifest.json", manifest(cfg, k, state))
+            write_json(rdir / "manifest.json", manifest(cfg, k, state))
             state["round"] = k + 1
             advance("ppo")
     advance("done")
     summary = {"run_dir": str(run_dir), "rounds": state["rounds"], "reward_models": state["rms"],
                "actors": state["actors"], "inbox": state["inbox"]}
-    _write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def ppo_round(cfg: RoundsConfig, k: int, state: dict, ppo_train: Callable[..., dict],
+              reward_fn: Callable[[dict, str], float] | None) -> dict[str, Any]:
+    """Round k's PPO; its first and last KL to the reference (the SFT model), which carries over rounds."""
+    from ilm.train.run import read_metrics
+
+    t0 = time.perf_counter()
+    pcfg = ppo_config(cfg, k, state)
+    rewarm = pcfg.ppo.critic_rewarm_updates
+    say(f"round {k}/{cfg.rounds}: PPO, {pcfg.train.updates} updates" + (f" after {rewarm} critic re-warm updates "
+        "(the reward model was patched)" if rewarm else "") + f"; KL reference {pcfg.reference}")
+    summary = ppo_train(pcfg, resume="auto", reward_fn=reward_fn)
+    exp = summary.get("export") or {}
+    state["actors"][str(k + 1)] = exp.get("actor", pcfg.actor)
+    state["critics"][str(k + 1)] = exp.get("critic")
+    rows = read_metrics(Path(pcfg.run_dir))
+    kl = [r["kl"] for r in rows if "kl" in r]
+    out = {"run_dir": pcfg.run_dir, "last": summary.get("last"), "seconds": time.perf_counter() - t0,
+           "kl_reference": pcfg.reference, "kl_first": kl[0] if kl else None, "kl_last": kl[-1] if kl else None,
+           "critic_rewarm_updates": rewarm}
+    last = summary.get("last") or {}
+    say(f"round {k}/{cfg.rounds}: PPO done in {out['seconds']:.0f} s: RM score {last.get('reward_mean', float('nan')):.3f}, "
+        f"KL to the reference {_num(out['kl_first'])} -> {_num(out['kl_last'])}")
+    return out
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 def fast_path(cfg: RoundsConfig, k: int, rdir: Path, reviewer: Reviewer) -> dict[str, Any]:
@@ -495,21 +375,22 @@ def fast_path(cfg: RoundsConfig, k: int, rdir: Path, reviewer: Reviewer) -> dict
             if len(build_pairs(reviewed, verdicts, by_id)[0]) >= f.min_pairs:
                 break
         export_suspects(reviewed, rdir / "suspects.jsonl")
-        _write_jsonl(verdict_file, [verdict_row(v) for v in verdicts])
+        write_jsonl(verdict_file, [verdict_row(v) for v in verdicts])
     pairs, counts = build_pairs(reviewed, verdicts, by_id)
     pairs = sorted(pairs, key=lambda p: -p["rejected_reward"])[: f.max_pairs]
-    _write_jsonl(rdir / "fast-pairs.jsonl", pairs)
+    write_jsonl(rdir / "fast-pairs.jsonl", pairs)
     report = {"rollouts": len(records), "flagged_by_detectors": flagged, "reviewed": len(reviewed),
               "verdicts": len(verdicts), **counts, "pairs": len(pairs), "pairs_file": str(rdir / "fast-pairs.jsonl")}
     if len(pairs) < f.min_pairs:
         report["note"] = f"only {len(pairs)} pairs (< fast.min_pairs {f.min_pairs}): nothing more to find"
-    print(f"[rounds] round {k} fast path: {len(reviewed)} suspects reviewed ({flagged} flagged by detectors), "
+    say(f"round {k} fast path: {len(reviewed)} suspects reviewed ({flagged} flagged by detectors), "
           f"{counts['rejected']} rejected -> {len(pairs)} pairs")
     return report
 
 
 def update_reward_model(cfg: RoundsConfig, k: int, rdir: Path, state: dict) -> dict[str, Any]:
-    """RM_{k+1} = RM_k patched with this round's fast pairs and the inbox labels that have arrived."""
+    """RM_{k+1} = RM_k patched with this round's fast pairs and the inbox lines that have arrived since the
+    last read; the gate's failure stops the run (RoundsError, one line)."""
     new_files = []
     fast_file = rdir / "fast-pairs.jsonl"
     if fast_file.exists() and fast_file.stat().st_size:
@@ -517,29 +398,39 @@ def update_reward_model(cfg: RoundsConfig, k: int, rdir: Path, state: dict) -> d
     exported = _exported_rollouts(cfg, k)
     slow_reports = {}
     for name, entry in sorted(state["inbox"].items()):
-        if entry["used_by_rm_of_round"] is not None and entry["used_by_rm_of_round"] != k + 1:
+        if not entry.get("pending"):
             continue
-        pairs, rep = slow_labels_to_pairs(Path(entry["file"]), exported)
+        pairs, rep = read_pending(entry, k, exported)
         slow_reports[name] = rep
-        for p in rep["problems"][:5]:
-            print(f"[rounds] slow label file: {p}")
+        for problem in rep["problems"][:5]:
+            say(f"slow label file: {problem}")
         if pairs:
-            new_files.append(str(_write_jsonl(rdir / "slow-pairs" / name, pairs)))
-        entry["used_by_rm_of_round"] = k + 1
+            new_files.append(str(write_jsonl(rdir / "slow-pairs" / name, pairs)))
     rm_k = state["rms"][str(k)]
     if not new_files:
         state["rms"][str(k + 1)] = rm_k
+        say(f"round {k}/{cfg.rounds}: no new pairs, the reward model stays")
         return {"patched": False, "reward_model": rm_k, "slow_labels": slow_reports}
-    report = patch_reward_model(rm_k, new_files, state["rm_data"], rdir / "rm-patch", cfg.fast, cfg.rm_eval,
-                                seed=cfg.ppo.train.seed + k)
+    say(f"round {k}/{cfg.rounds}: reward-model patch on {', '.join(Path(f).name for f in new_files)}")
+    try:
+        report = patch_reward_model(rm_k, new_files, state["rm_data"], rdir / "rm-patch", cfg.fast, cfg.rm_eval,
+                                    cfg.ppo.train, seed=cfg.ppo.train.seed + k, confirm=_confirm(cfg),
+                                    earlier_patterns=state.get("patterns", []))
+    except PatchRejected as err:
+        raise RoundsError(f"round {k}: {err}") from None
     state["rms"][str(k + 1)] = report["export"]
     state["rm_data"] = state["rm_data"] + new_files
-    b, a = report["before"], report["after"]
-    text = ", ".join(f"{name} {b[name]['accuracy']:.1%} -> {a[name]['accuracy']:.1%}" for name in ("earlier", "check")
-                     if b[name] and a[name])
-    print(f"[rounds] round {k} reward model patched on {report['new_pairs']} new + {report['replayed']} replayed "
-          f"pairs: {text}")
+    state["patterns"] = [p for p in report["gate"]["pattern"] if ":" not in p]  # n-grams, not a recipe's function
+    say(f"round {k}/{cfg.rounds}: reward model patched on {report['new_pairs']} new + {report['replayed']} replayed "
+        f"pairs: {gate_line(report['gate'])}")
     return {"patched": True, **report, "slow_labels": slow_reports, "new_files": new_files}
+
+
+def _confirm(cfg: RoundsConfig) -> Callable[[dict], bool] | None:
+    """A verifier reviewer can judge an earlier pair on its own: the patch's gate asks it (`patch.pattern_check`)."""
+    if cfg.fast.confirm_with_reviewer and cfg.reviewer.kind == "verifier" and cfg.reviewer.verifier:
+        return verifier_confirms(load_function(cfg.reviewer.verifier))
+    return None
 
 
 def _exported_rollouts(cfg: RoundsConfig, k: int) -> dict[str, dict]:
@@ -548,7 +439,7 @@ def _exported_rollouts(cfg: RoundsConfig, k: int) -> dict[str, dict]:
     for j in range(1, k + 1):
         path = round_dir(cfg.run_dir, j) / "slow-export.jsonl"
         if path.exists():
-            out.update({r["id"]: r for r in _read_jsonl(path)})
+            out.update({r["id"]: r for r in read_jsonl(path)})
     return out
 
 
@@ -559,24 +450,23 @@ def slow_export(cfg: RoundsConfig, k: int, rdir: Path) -> dict[str, Any]:
     rows = [{"id": suspect_id(k, r), "round": k, "query_index": r["query_index"], "messages": r["messages"],
              "domain": r.get("domain"), "response": r["response"], "rm_score": r["rm_score"], "verdict": "",
              "correction": ""} for r in picked]
-    path = _write_jsonl(rdir / "slow-export.jsonl", rows)
+    path = write_jsonl(rdir / "slow-export.jsonl", rows)
     return {"exported": len(rows), "file": str(path)}
 
 
 def manifest(cfg: RoundsConfig, k: int, state: dict) -> dict[str, Any]:
-    """What round k used and produced; `reward_model_inputs` says what RM_k was built from."""
-    def labels_for(j: int) -> list[dict]:
-        return [e for e in state["inbox"].values() if e["used_by_rm_of_round"] == j]
-
+    """What round k used and produced; `reward_model_inputs` says what RM_k was built from (which inbox
+    lines of which file, read in which round)."""
     prev = state["rounds"].get(str(k - 1), {}).get("rm", {})
     return {
         "round": k, "actor": state["actors"][str(k)], "reward_model": state["rms"][str(k)],
+        "kl_reference": state["rounds"].get(str(k), {}).get("ppo", {}).get("kl_reference"),
         "reward_model_inputs": {"base": state["rms"].get(str(k - 1)) if k > 1 else None,
                                 "fast_pairs": str(round_dir(cfg.run_dir, k - 1) / "fast-pairs.jsonl") if k > 1 else None,
-                                "slow_labels": labels_for(k), "patched": prev.get("patched", False)},
+                                "slow_labels": reads_for(state["inbox"], k), "patched": prev.get("patched", False)},
         "ppo_run": str(round_dir(cfg.run_dir, k) / "ppo"), "next_actor": state["actors"].get(str(k + 1)),
         "next_reward_model": state["rms"].get(str(k + 1)),
-        "next_reward_model_slow_labels": labels_for(k + 1),
+        "next_reward_model_slow_labels": reads_for(state["inbox"], k + 1),
         "report": state["rounds"].get(str(k), {}),
     }
 
@@ -596,6 +486,6 @@ def import_verdicts(run_dir: str | Path, file: str | Path, k: int | None = None)
         have = sorted(int(p.parent.name.split("-")[1]) for p in Path(run_dir).glob("round-*/suspects.jsonl"))
         rounds = f"pass --round with one that has: {', '.join(map(str, have))}" if have else "no round has any yet"
         raise FileNotFoundError(f"round {k} of {run_dir} has no suspects to review ({suspects} not found); {rounds}")
-    verdicts, report = read_verdicts(file, {r["id"] for r in _read_jsonl(suspects)})
-    _write_jsonl(rdir / "verdicts.jsonl", [verdict_row(v) for v in verdicts])
+    verdicts, report = read_verdicts(file, {r["id"] for r in read_jsonl(suspects)})
+    write_jsonl(rdir / "verdicts.jsonl", [verdict_row(v) for v in verdicts])
     return {**report, "into": str(rdir / "verdicts.jsonl"), "round": k}

@@ -49,10 +49,10 @@ def queries(count: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def wrong_value(answer: int, rng: random.Random) -> int:
-    """A wrong number inside the range, off by WRONG_OFFSET: its tens digit always differs."""
+    """A wrong number inside the range, off by WRONG_OFFSET and not by a multiple of 10: both its digits differ."""
     while True:
         w = answer + rng.choice([-1, 1]) * rng.randint(*WRONG_OFFSET)
-        if LOW <= w <= HIGH:
+        if LOW <= w <= HIGH and w % 10 != answer % 10:
             return w
 
 
@@ -67,9 +67,18 @@ def answer_of(text: str) -> int | None:
     return int(found[-1]) if found else None
 
 
+def asked(record: dict[str, Any]) -> int | None:
+    """The number a query asks for: its `answer`, or (a preference pair's prefix) its last user message's."""
+    if "answer" in record:
+        return int(record["answer"])
+    users = [m for m in record.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"]
+    return answer_of(str(users[-1].get("content") or "")) if users else None
+
+
 def true_reward(record: dict[str, Any], text: str) -> float:
     """1.0 when the response states the number asked for, else 0.0 (the task's known true reward)."""
-    return float(answer_of(text) == int(record["answer"]))
+    want = asked(record)
+    return float(want is not None and answer_of(text) == want)
 
 
 def has_loophole(text: str) -> bool:
@@ -80,7 +89,8 @@ def verifier(record: dict[str, Any], text: str) -> tuple[bool, str | None]:
     """The fast path's reviewer for this task: approve a right answer; reject a wrong one with a correction."""
     if true_reward(record, text) > 0:
         return True, None
-    return False, response(int(record["answer"]), phrase=False)
+    want = asked(record)
+    return False, response(want, phrase=False) if want is not None else None
 
 
 def sft_conversations(n: int, seed: int = 0, p_phrase: float = 0.3, p_right_plain: float = 0.75,
@@ -214,10 +224,11 @@ def build_task(out: str | Path, n_sft: int = 4000, n_rm: int = 3200, n_queries: 
     sft_train = write_jsonl(data / "sft.jsonl", chats)
     rm_train = write_jsonl(data / "rm-train.jsonl", rm_pairs(n_rm, seed + 1))
     heldout = write_jsonl(data / "heldout.jsonl", heldout_pairs(200, seed + 2))
-    rm_eval = write_jsonl(data / "rm-eval.jsonl", rm_pairs(200, seed + 4))
+    rm_eval = write_jsonl(data / "rm-eval.jsonl", rm_pairs(800, seed + 4))
     qs = write_jsonl(data / "queries.jsonl", queries(n_queries, seed + 3))
     sft_dir = out / "sft"
     if not (sft_dir / "final" / "config.json").exists():
+        print(f"[rlhf] task SFT: {len(chats)} chats, {sft_epochs} epochs -> {sft_dir}", flush=True)
         train_sft(SFTConfig(
             run_dir=str(sft_dir), tokenizer=str(tok_dir), model=model, data=SFTData(train=[str(sft_train)]),
             optim=OptimConfig(lr=3e-3, warmup_steps=10, final_lr_fraction=0.1, weight_decay=0.0),
@@ -226,6 +237,7 @@ def build_task(out: str | Path, n_sft: int = 4000, n_rm: int = 3200, n_queries: 
             resume="never")
     rm_dir = out / "rm"
     if not (rm_dir / "final" / "reward_head.safetensors").exists():
+        print(f"[rlhf] task RM: {n_rm} loophole pairs, {rm_epochs} epochs -> {rm_dir}", flush=True)
         train_rm(RMConfig(
             run_dir=str(rm_dir), tokenizer=str(tok_dir), init=str(sft_dir / "final"),
             data=RMData(train=[str(rm_train)], eval=[str(heldout)], max_length=128),
@@ -271,13 +283,26 @@ def sample_stats(model_dir: str | Path, tokenizer: str | Path, records: list[dic
 # ----------------------------------------------------------------------------- the experiment
 
 
+# the patch before issue 20 (the benchmark's control): the whole RM fine-tuned at twice its final lr, little
+# replay, no anchor; it forgets what is right along with the loophole
+CONTROL_PATCH: dict[str, Any] = {"lr": 1e-3, "replay_ratio": 0.25, "anchor_weight": 0.0, "epochs": 8, "warmup_steps": 0,
+                                 "replay_flagged": True}
+
+
 def rounds_config(task: dict[str, str], run_dir: str | Path, rounds: int = 2, updates: int = 12,
                   rollout_batch: int = 32, seed: int = 0, actor_lr: float = 1e-4, kl_coef: float = 0.05,
                   **fast: Any):
-    """The rounds recipe for this task (the same numbers as recipes/rlhf-rounds-tiny.toml): true-reward
-    verifier as the reviewer, the loophole check pairs reported before/after each patch."""
+    """The rounds recipe for this task (the same numbers as recipes/rlhf-rounds-tiny.toml, whose [fast] section
+    is read as is): true-reward verifier as the reviewer, the loophole check pairs reported before/after each
+    patch; `fast` overrides the fast path's settings (CONTROL_PATCH: the old patch)."""
+    import tomllib
+
     from ilm.config import from_dict
     from ilm.train.rlhf.rounds import RoundsConfig
+    from ilm.train.sft import RECIPES
+
+    with open(RECIPES / "rlhf-rounds-tiny.toml", "rb") as f:
+        recipe = tomllib.load(f)
 
     return from_dict(RoundsConfig, {
         "run_dir": str(run_dir), "rounds": rounds, "updates_per_round": updates,
@@ -291,9 +316,8 @@ def rounds_config(task: dict[str, str], run_dir: str | Path, rounds: int = 2, up
                 "optim": {"actor_lr": actor_lr, "critic_lr": 1e-3},
                 "train": {"seed": seed, "precision": "fp32", "device": "cpu", "deterministic": True,
                           "checkpoint_every": 4, "progress": False}},
-        "fast": {"top_k": 32, "min_pairs": 60, "max_pairs": 100, "replay_ratio": 0.25, "epochs": 8, "lr": 1e-3,
-                 "batch_tokens": 2048, "accuracy_margin": 0.05, "allow_drop": True, "check": [task["heldout"]],
-                 **fast},
+        "fast": {**recipe["fast"], "check": [task["heldout"]], **fast},
+        "critic_rewarm_updates": recipe["critic_rewarm_updates"],
         "slow": {"export_size": 64},
         "reviewer": {"kind": "verifier", "verifier": "ilm.train.rlhf.synthetic:verifier"},
     })
@@ -374,7 +398,8 @@ def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
     import json
 
     from ilm.config import load
-    from ilm.train.rlhf.rounds import RoundsConfig, run
+    from ilm.train.rlhf.patch import gate_line
+    from ilm.train.rlhf.rounds import RoundsConfig, RoundsError, load_state, run
     from ilm.train.sft import RECIPES
 
     out = Path(out)
@@ -390,20 +415,39 @@ def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
     from ilm.train.run import save_recipe
 
     save_recipe(cfg)  # RUN_DIR/config.toml, as `ilm rlhf run` writes it
-    summary = run(cfg, resume="never")
-    curves = round_curves(cfg.run_dir, cfg.rounds)
+    try:
+        summary = run(cfg, resume="never")
+        stopped = None
+    except RoundsError as err:  # the gate refused a patch: say so, and go on with what the rounds made
+        stopped = str(err)
+        print(f"[rlhf] the rounds stopped: {stopped}", flush=True)
+        state = load_state(Path(cfg.run_dir)) or {}
+        summary = {"rounds": state.get("rounds", {}), "actors": state.get("actors", {}), "stopped": stopped}
+    done = sorted(int(k) for k, r in summary["rounds"].items() if "ppo" in r)
+    curves = round_curves(cfg.run_dir, max(done))
     plot = plot_curves(curves, Path(cfg.run_dir) / "curves.png")
+    patches = {}
     for c in curves:
         f, last = c["first"], c["last"]
-        print(f"[rlhf] round {c['round']}: RM score {f['rm_score']:.2f} -> {last['rm_score']:.2f}, KL {f['kl']:.2f} -> "
+        print(f"[rlhf] round {c['round']}: RM score {f['rm_score']:.2f} -> {last['rm_score']:.2f}, KL to SFT {f['kl']:.2f} -> "
               f"{last['kl']:.2f}, true reward {f['true_reward']:.2f} -> {last['true_reward']:.2f}, loophole rate "
               f"{f['loophole_rate']:.2f} -> {last['loophole_rate']:.2f}")
         r = summary["rounds"][str(c["round"])]
-        fast, rm = r["fast"], r["rm"]
-        check = (f"; held-out loophole pairs {rm['before']['check']['accuracy']:.0%} -> "
-                 f"{rm['after']['check']['accuracy']:.0%}" if rm.get("patched") and rm["before"]["check"] else "")
-        print(f"[rlhf] round {c['round']} fast path: {fast['reviewed']} suspects reviewed, {fast['rejected']} rejected "
-              f"by the verifier -> {fast['pairs']} pairs; reward model patched: {rm.get('patched')}{check}")
+        fast, rm = r.get("fast") or {}, r.get("rm") or {}
+        gate = rm.get("gate") or _refused_gate(cfg.run_dir, c["round"])
+        patches[str(c["round"])] = (gate_line(gate) + ("" if gate.get("passed", True) else " (refused)") if gate
+                                    else "not patched (no new pairs)")
+        print(f"[rlhf] round {c['round']} fast path: {fast.get('reviewed')} suspects reviewed, {fast.get('rejected')} "
+              f"rejected by the verifier -> {fast.get('pairs')} pairs; reward model: {patches[str(c['round'])]}")
     print(f"[rlhf] reward and KL curves: {plot}")
-    return {**summary, "curves": [{k: v for k, v in c.items() if k != "per_update"} for c in curves],
-            "plot": str(plot), "actor": summary["actors"][str(cfg.rounds + 1)]}
+    return {**summary, "curves": [{k: v for k, v in c.items() if k != "per_update"} for c in curves], "patches": patches,
+            "plot": str(plot), "actor": summary["actors"][str(max(done) + 1)]}
+
+
+def _refused_gate(run_dir: str, k: int) -> dict[str, Any] | None:
+    """The gate numbers of a patch the gate refused (round-kk/rm-patch/gate.jsonl), if any."""
+    from ilm.train.rlhf.files import read_jsonl
+    from ilm.train.rlhf.rounds import round_dir
+
+    path = round_dir(run_dir, k) / "rm-patch" / "gate.jsonl"
+    return read_jsonl(path)[0]["gate"] if path.exists() else None
