@@ -32,16 +32,18 @@ def test_kl_reference_is_the_given_checkpoint_not_the_actors_start(rlhf, corpus,
     sft = str(rlhf["actor"])
     first = train(_cfg(rlhf, corpus, helpers, tmp_path / "r1", {"updates": 3}, critic_warmup_updates=0), resume="never")
     moved = first["export"]["actor"]
-    assert first["last"]["kl"] > 0 and first["last"]["kl_reference"] == sft
+    assert first["last"]["kl"] > 0 and first["kl_reference"] == sft and first["last"]["kl_to"] == "actor_start"
     runs = {}
     for name, ref in (("anchored", sft), ("restarted", None)):
         cfg = _cfg(rlhf, corpus, helpers, tmp_path / name, {"updates": 1}, critic_warmup_updates=1)
         cfg.actor, cfg.reference = moved, ref
-        runs[name] = train(cfg, resume="never")["last"]
+        s = train(cfg, resume="never")
+        runs[name] = {**s["last"], "kl_reference": s["kl_reference"]}
     print(f"round 1 ends at KL {first['last']['kl']:.4f}; round 2's first update: KL to SFT "
           f"{runs['anchored']['kl']:.4f}, KL to its own start {runs['restarted']['kl']:.4f}")
     assert runs["restarted"]["kl"] == 0.0 and runs["restarted"]["kl_reference"] == moved
     assert runs["anchored"]["kl"] > 0.1 * first["last"]["kl"] and runs["anchored"]["kl_reference"] == sft
+    assert runs["anchored"]["kl_to"] == "reference"
 
 
 def test_a_reference_of_another_shape_is_refused_before_any_work(rlhf, corpus, helpers, tmp_path):

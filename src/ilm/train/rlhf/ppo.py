@@ -43,15 +43,16 @@ of each model (row counts are equal by construction), which FSDP's collectives r
 
 Run directory (what `ilm rlhf run` and people read):
 - `metrics.jsonl`, one row per update ("step" = update index): reward_mean / reward_std (RM score), kl (KL to
-  the reference named by kl_reference: sum over the response, mean over rows), kl_per_token, critic_rewarm,
-  entropy, response_length, truncated_fraction, policy_loss, clip_fraction (None during the warm-up),
+  the reference, kl_to: "reference" or "actor_start"; sum over the response, mean over rows), kl_per_token,
+  critic_rewarm, entropy, response_length, truncated_fraction, policy_loss, clip_fraction (None during the warm-up),
   value_loss, explained_variance, ptx_loss,
   ptx_eval_loss (with data.ptx_eval), true_reward (with a true-reward function), unknown_category,
   grad norms, rollout_tokens, rollout_tokens_per_s, update_s; `ppo.png` plots them;
 - `rollouts/update-%06d.jsonl`, one line per rollout: update, row, query_index (line order among the kept
   queries), messages, category, domain (the condition used), response (text, stop token dropped),
   response_tokens (stop token included), rm_score, kl, truncated, true_reward (when given);
-- `step-%08d/` checkpoints, `summary.json`, and at the end `final/actor` (HF checkpoint + tokenizer) and
+- `step-%08d/` checkpoints, `summary.json` (kl_reference: the reference's path), and at the end
+  `final/actor` (HF checkpoint + tokenizer) and
   `final/critic` (reward-model format: a later run's `critic`).
 
 Memory plan (InternLM2-7B on 8 x 80 GB) and the pre-check: `ilm.train.rlhf.ppo_memory`. The code, by seam:
@@ -405,7 +406,7 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
         row = metrics_row(update, actor_trains, roll, everything, tot, steps, grad_norms,
                           sum(q.unknown_category for q in row_queries), rm_cut, p.ppo_epochs, t_gen, t0)
         row["critic_rewarm"] = update <= p.critic_rewarm_updates
-        row["kl_reference"] = kl_reference
+        row["kl_to"] = "reference" if cfg.reference else "actor_start"  # summary.json: the checkpoint's path
         if eval_rows is not None:
             row["ptx_eval_loss"] = ptx_eval_loss()
         if true is not None:
