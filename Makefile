@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest -n 2 tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
 
 # DEMO_ARGS: extra `ilm demo` flags, e.g. `make demo DEMO_ARGS=--quick` (a few steps per stage; .ci/run)
 demo: install

@@ -74,7 +74,7 @@ def test_demo_runs_every_stage_and_the_tiny_recipe_learns(tmp_path, capsys):
     page = (tmp_path / "report.html").read_text()  # ilm report ran last; its chats are the served RLHF model's
     assert out.rstrip().splitlines()[-1] == f"report: {tmp_path / 'report.html'}"
     chats = page[page.index('id="chats"'):]
-    assert "(the final RLHF policy)" in chats and html.escape(transcripts[0]["streamed_text"]) in chats
+    assert "(the final RLHF policy of the RLHF section)" in chats and html.escape(transcripts[0]["streamed_text"]) in chats
     model = load_checkpoint(tmp_path / "checkpoint-llama")
     assert model.config.vocab_size == 2048 and model.config.rope_theta == 1_000_000
 

@@ -13,6 +13,10 @@ from ilm.train.rlhf import rounds as R
 from ilm.train.rlhf import synthetic as S
 from ilm.train.rlhf.review import JudgeReviewer, Suspect, Verdict, VerifierReviewer, read_verdicts
 
+# one worker runs this module: its module-scoped loophole task (~2 min of training) is built once, not once
+# per xdist worker (`make test` runs with --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("rlhf_rounds")
+
 
 def _rec(i, score, response, q=0, tokens=None):
     return {"update": 1, "row": i, "query_index": q, "messages": [{"role": "user", "content": "Repeat the number 25."}],

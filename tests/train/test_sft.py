@@ -287,7 +287,7 @@ def test_long_context_recipes_load_and_point_at_real_inputs():
     from ilm.config import load
 
     root = Path(__file__).resolve().parents[2]
-    tiny = load(SFTConfig, root / "recipes" / "sft-longctx-tiny.toml")
+    tiny = load(SFTConfig, root / "recipes" / "sft-longctx-tiny.toml", base_dir=root)  # its paths are the repo's own
     assert tiny.train.window == 1024 and tiny.data.long_context.reserve == 256
     assert all(Path(p).exists() for p in tiny.data.long_context.repos + tiny.data.long_context.documents)
     big = load(SFTConfig, root / "recipes" / "sft-internlm2-7b.toml")
