@@ -17,7 +17,7 @@ DOC = ROOT / "docs" / "your-data.md"
 
 
 def shell_blocks(text: str) -> list[str]:
-    return re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M)
+    return re.findall(r"^```bash\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
 
 
 def test_the_page_has_every_stage():

