@@ -133,3 +133,17 @@ def test_model_output_spelling_a_call_is_not_a_call(random_server, tok):
     real = tok.encode(SPELLED_CALL, special=True)
     content, calls = reply(real)
     assert [c["function"]["name"] for c in calls] == ["get_weather"] and content == ""
+
+
+def test_unsupported_options_and_the_responses_api_are_refused_not_ignored(random_server):
+    url, engine = random_server
+    for extra, param in (({"logprobs": True}, "logprobs"), ({"top_logprobs": 2}, "top_logprobs"),
+                         ({"echo": True}, "echo"), ({"best_of": 3}, "best_of")):
+        status, out = raw(url, "POST", CHAT, {**GOOD, **extra})
+        assert status == 400 and _is_openai_error(out)["param"] == param, (extra, out)
+    for harmless in ({"logprobs": False}, {"best_of": 1}):  # the defaults spelled out are fine
+        assert raw(url, "POST", CHAT, {**GOOD, **harmless})[0] == 200, harmless
+    status, out = raw(url, "POST", "/v1/responses", {"model": "tiny", "input": "hi"})
+    assert status == 501 and _is_openai_error(out)["code"] == "unsupported_endpoint"
+    assert "/v1/chat/completions" in out["error"]["message"]
+    assert raw(url, "POST", CHAT, GOOD)[0] == 200 and engine.error is None

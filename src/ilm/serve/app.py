@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP API over an `Engine` (Starlette; run it with uvicorn).
 
 Routes: POST /v1/chat/completions, POST /v1/completions (both streamed as server-sent events with
-`stream: true`), GET /v1/models, GET /health. Errors always have OpenAI's shape
+`stream: true`), GET /v1/models, GET /health; /v1/responses answers 501 (not served). Errors always have OpenAI's shape
 `{"error": {"message", "type", "param", "code"}}`; every request value is checked in `ilm.serve.validate`
 before the engine sees it. A full queue is a 429 with Retry-After; a request that fails inside the engine
 is a 500 for that request only; one that passes its deadline a 504; requests in flight when the server
@@ -167,6 +167,9 @@ class Server:
     def _params(self, body: dict, default_max: int | None, mode: str, prefix: list[int] = ()) -> Params:
         if V.get(body, "n", int, 1) != 1:
             raise ApiError(400, "only n=1 is supported", "n")
+        for name in ("logprobs", "top_logprobs", "echo", "best_of"):  # refused, never silently ignored
+            if body.get(name) not in (None, False, 0) and not (name == "best_of" and body.get(name) == 1):
+                raise ApiError(400, f"{name} is not supported by ilm serve (docs/serving.md, 'Not supported')", name)
         max_tokens = V.get(body, "max_completion_tokens", int, None)
         if max_tokens is None:
             max_tokens = V.get(body, "max_tokens", int, default_max)
@@ -421,6 +424,12 @@ def _usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+async def _responses_refused(request: Request) -> JSONResponse:
+    """The Responses API is refused in so many words (a bare 404 reads like a wrong base URL)."""
+    return error_response(501, "the Responses API (/v1/responses) is not served by ilm serve; use "
+                          "/v1/chat/completions (streamed or not, with tools)", None, "unsupported_endpoint")
+
+
 def build_app(engine: Engine, model_name: str = "ilm", api_key: str | None = None,
               max_body: int = DEFAULT_MAX_BODY) -> Starlette:
     server = Server(engine, model_name, api_key, max_body)
@@ -448,6 +457,7 @@ def build_app(engine: Engine, model_name: str = "ilm", api_key: str | None = Non
         Route("/v1/completions", wrap(server.completions), methods=["POST"]),
         Route("/v1/models", wrap(server.models), methods=["GET"]),
         Route("/health", server.health, methods=["GET"]),
+        Route("/v1/responses", _responses_refused, methods=["POST", "GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
     app.state.server = server
