@@ -5,7 +5,7 @@ pairwise RM trainer does by default: k pairs per batch, each sequence right-padd
    ~250, long tails, capped at 8,192): token-budget batches of 16,384 tokens vs fixed batches of k pairs,
    k chosen so both average the same number of real tokens per batch.
 2. Throughput through the same RewardModel, optimiser and loss on CPU: pairs/s and real tokens/s, on real
-   preference pairs (`ilm.train.reward.demo_pairs`, rendered with the chat format and a condition).
+   preference pairs (`ilm.train.demo_data.demo_pairs`, rendered with the chat format and a condition).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from ilm.model import build_model, get_preset, packed_batch, positions_from_doc_ids
+from ilm.train.demo_data import demo_pairs
 from ilm.train.losses import reward_loss
 from ilm.train.optim import OptimConfig, build_optimizer
-from ilm.train.reward import RMData, collate_pairs, demo_pairs, encode_pairs, token_budget_batches
+from ilm.train.reward import RMData, collate_pairs, encode_pairs, token_budget_batches
 from ilm.train.reward_model import REWARD_TOKEN, RewardModel
 from ilm.train.sft import write_jsonl
 

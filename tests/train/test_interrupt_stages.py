@@ -32,7 +32,8 @@ def _tokenizer(corpus, root: Path) -> Path:
 
 
 def test_sft_stops_after_the_step(corpus, tmp_path, stop_flag):
-    from ilm.train.sft import SFTConfig, demo_conversations, train
+    from ilm.train.demo_data import demo_conversations
+    from ilm.train.sft import SFTConfig, train
 
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(c) + "\n" for c in demo_conversations(n=24, seed=1)))
     cfg = from_dict(SFTConfig, {
@@ -45,7 +46,8 @@ def test_sft_stops_after_the_step(corpus, tmp_path, stop_flag):
 
 
 def test_reward_model_stops_after_the_step(corpus, tmp_path, stop_flag):
-    from ilm.train.reward import RMConfig, demo_pairs, train
+    from ilm.train.demo_data import demo_pairs
+    from ilm.train.reward import RMConfig, train
 
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in demo_pairs(40, seed=0)))
     cfg = from_dict(RMConfig, {

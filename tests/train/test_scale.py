@@ -10,7 +10,8 @@ import torch
 
 from ilm.model import build_model, get_preset
 from ilm.model.hf import save_checkpoint
-from ilm.train.sft import demo_conversations, write_jsonl
+from ilm.train.demo_data import demo_conversations
+from ilm.train.sft import write_jsonl
 
 PROBE = Path(__file__).with_name("rank_probe.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

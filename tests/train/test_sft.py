@@ -12,13 +12,12 @@ import torch
 from ilm.cli import main
 from ilm.config import from_dict, load
 from ilm.model.hf import load_checkpoint
+from ilm.train.demo_data import DOC_TOOL, demo_conversations
 from ilm.train.losses import IGNORE_INDEX
 from ilm.train.optim import lr_at
 from ilm.train.sft import (
-    DOC_TOOL,
     SFTConfig,
     collate_rows,
-    demo_conversations,
     encode_conversations,
     pack_best_fit,
     plan_rows,
@@ -219,8 +218,7 @@ def test_demo_data_is_the_same_in_every_process():
     import subprocess
     import sys
 
-    code = ("import hashlib, json; from ilm.train.sft import demo_conversations; "
-            "from ilm.train.reward import demo_pairs; "
+    code = ("import hashlib, json; from ilm.train.demo_data import demo_conversations, demo_pairs; "
             "print(hashlib.sha256(json.dumps([demo_conversations(300), demo_pairs(300)]).encode()).hexdigest())")
     digests = {
         subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},

@@ -32,6 +32,7 @@ import torch
 from ilm.model import packed_batch, positions_from_doc_ids
 from ilm.model.memory import check_training
 from ilm.train import checkpoint
+from ilm.train.demo_data import demo_pairs
 from ilm.train.distributed import (
     World,
     init_world,
@@ -55,9 +56,9 @@ from ilm.train.run import (
     start,
     stop_requested,
 )
-from ilm.train.sft import base_model, pack_best_fit, read_jsonl, stdlib_functions, write_jsonl
+from ilm.train.sft import base_model, pack_best_fit, read_jsonl, write_jsonl
 
-__all__ = ["RMConfig", "demo_pairs", "encode_pairs", "evaluate", "score", "token_budget_batches", "train", "write_jsonl"]
+__all__ = ["RMConfig", "encode_pairs", "evaluate", "score", "token_budget_batches", "train", "write_jsonl"]
 
 DEFAULT_CONDITIONS = {
     "default": "You are a helpful, honest and harmless assistant.",
@@ -557,49 +558,6 @@ def score(model: RewardModel, tok: Any, meta: dict, records: list[dict], batch_t
 
 
 # ----------------------------------------------------------------------------- demo data (real material)
-
-
-def demo_pairs(n: int = 600, seed: int = 0) -> list[dict]:
-    """Preference pairs from the standard library, three domains:
-
-    helpful: "what does f do?" -> f's docstring summary, against another function's summary or a truncated one;
-    code:    "signature of f?" -> f's real signature, against another function's signature under f's name;
-    math:    "what does math.gcd(a, b) return?" -> the value Python computes, against a nearby wrong value.
-    """
-    import math
-    import random
-
-    fns = stdlib_functions()
-    rng = random.Random(seed)
-    ops = [("math.gcd", math.gcd, 2), ("math.comb", math.comb, 2), ("math.isqrt", math.isqrt, 1),
-           ("math.lcm", math.lcm, 2), ("math.factorial", math.factorial, 1), ("pow", pow, 2)]
-    out = []
-    for i in range(n):
-        kind = i % 3
-        if kind == 0:
-            f, g = rng.sample(fns, 2)
-            words = f["summary"].split()
-            bad = g["summary"] if rng.random() < 0.5 or len(words) < 6 else " ".join(words[: len(words) // 3]) + " ..."
-            out.append({"prompt": f"What does `{f['name']}` do?", "chosen": f["summary"], "rejected": bad,
-                        "domain": "helpful"})
-        elif kind == 1:
-            f, g = rng.sample(fns, 2)
-            wrong = f["name"] + g["signature"][len(g["name"]):]
-            if wrong == f["signature"]:
-                continue
-            out.append({"prompt": f"What is the signature of `{f['name']}`?", "chosen": f"`{f['signature']}`",
-                        "rejected": f"`{wrong}`", "domain": "code"})
-        else:
-            name, fn, arity = rng.choice(ops)
-            args = [rng.randint(2, 12) for _ in range(arity)]
-            if name == "math.comb":
-                args.sort(reverse=True)
-            value = fn(*args)
-            wrong = value + rng.choice([-2, -1, 1, 2, 10])
-            call = f"{name}({', '.join(map(str, args))})"
-            out.append({"prompt": f"What does `{call}` return?", "chosen": f"`{call}` returns {value}.",
-                        "rejected": f"`{call}` returns {wrong}.", "domain": "math"})
-    return out
 
 
 def demo(out: str | Path, init: str | Path, tokenizer: str | Path, quick: bool = False, n: int = 1500) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import torch
 from ilm.model import build_model, get_preset, packed_batch, positions_from_doc_ids
 from ilm.model.memory import check_training
 from ilm.train import checkpoint
+from ilm.train.demo_data import demo_conversations
 from ilm.train.distributed import (
     World,
     init_world,
@@ -432,77 +433,6 @@ def _train(cfg: SFTConfig, resume: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- demo data (real material)
-
-DEMO_MODULES = ("json", "textwrap", "string", "os.path", "shutil", "math", "statistics", "random", "itertools",
-                "functools", "collections", "re", "fnmatch", "glob", "base64", "binascii", "bisect", "heapq",
-                "copy", "difflib", "html", "urllib.parse", "zlib", "calendar", "colorsys", "keyword", "operator")
-
-DOC_TOOL = {"type": "function", "function": {
-    "name": "python_doc", "description": "Return the docstring of a Python standard-library function.",
-    "parameters": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}}
-
-
-def stdlib_functions(limit: int | None = None) -> list[dict[str, str]]:
-    """Public standard-library functions with a docstring: name, signature, summary (first paragraph), doc.
-
-    Real text that ships with Python, the same on every machine with the same Python; sorted, so stable.
-    """
-    import importlib
-    import inspect
-
-    found = []
-    for module_name in DEMO_MODULES:
-        module = importlib.import_module(module_name)
-        for name, fn in sorted(vars(module).items()):
-            if name.startswith("_") or not callable(fn) or inspect.isclass(fn):
-                continue
-            if getattr(fn, "__module__", None) not in (module.__name__, module_name, None) and not inspect.isbuiltin(fn):
-                continue
-            doc = inspect.getdoc(fn) or ""
-            summary = " ".join(doc.split("\n\n")[0].split())
-            if len(summary) < 20:
-                continue
-            try:
-                sig = str(inspect.signature(fn))
-            except (TypeError, ValueError):
-                continue
-            if " at 0x" in sig:  # a default whose repr is a memory address: differs run to run
-                continue
-            found.append({"name": f"{module_name}.{name}", "signature": f"{module_name}.{name}{sig}",
-                          "summary": summary, "doc": doc[:1500]})
-    return found[:limit] if limit else found
-
-
-def demo_conversations(n: int = 400, seed: int = 0) -> list[dict]:
-    """SFT conversations about standard-library functions: explain (answer = the docstring's summary),
-    signature questions, and tool use (call `python_doc`, read its result, answer)."""
-    import random
-
-    fns = stdlib_functions()
-    rng = random.Random(seed)
-    system = {"role": "system", "content": "You are a helpful assistant for Python programmers."}
-    out = []
-    for i in range(n):
-        f = fns[rng.randrange(len(fns))]
-        kind = i % 3
-        if kind == 0:
-            msgs = [system, {"role": "user", "content": f"What does `{f['name']}` do?"},
-                    {"role": "assistant", "content": f["summary"]}]
-            out.append({"messages": msgs})
-        elif kind == 1:
-            msgs = [{"role": "user", "content": f"What is the signature of `{f['name']}`?"},
-                    {"role": "assistant", "content": f"`{f['signature']}`"}]
-            out.append({"messages": msgs})
-        else:
-            msgs = [system, {"role": "user", "content": f"Look up `{f['name']}` and summarise it."},
-                    {"role": "assistant", "content": "",
-                     "tool_calls": [{"type": "function", "function": {"name": "python_doc",
-                                                                      "arguments": {"name": f["name"]}}}]},
-                    {"role": "tool", "content": f["doc"]},
-                    {"role": "assistant", "content": f["summary"]}]
-            out.append({"messages": msgs, "tools": [DOC_TOOL]})
-    return out
-
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     path = Path(path)

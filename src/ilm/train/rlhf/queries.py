@@ -85,7 +85,7 @@ def generation_seed(seed: int, update: int, chunk: int) -> int:
 
 def demo_queries(n: int = 256, seed: int = 0) -> list[dict]:
     """Queries for the tiny recipe: the prompts of the reward model's demo pairs, with their domain as category."""
-    from ilm.train.reward import demo_pairs
+    from ilm.train.demo_data import demo_pairs
 
     return [{"messages": [{"role": "user", "content": p["prompt"]}], "category": p["domain"]}
             for p in demo_pairs(n=n, seed=seed + 1)]
