@@ -109,6 +109,7 @@ class RMTrain:
     max_steps: int | None = None
     head_init_std: float | None = None  # None: 1 / sqrt(hidden + 1)
     mixed_batches: bool = False  # batches of pairs in random order, not best-fit by length (token_budget_batches)
+    merge_init: float = 1.0  # weight of the trained model in the export; < 1 averages it with `init` (WiSE-FT)
 
 
 def _rm_optim() -> OptimConfig:
@@ -404,6 +405,10 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
     materialise(model, world, t.seed, cfg.init, backbone=backbone)
     if cfg.init and (Path(cfg.init) / HEAD_FILE).exists():  # `init` is an RM export: continue from its head too
         load_head(model, cfg.init)
+    if not 0.0 < t.merge_init <= 1.0:
+        raise ValueError(f"train.merge_init {t.merge_init} must be in (0, 1]: the trained model's weight in the export")
+    # the init weights (this process's shards), before a resume replaces them: the export averages them back in
+    init_weights = [p.detach().clone() for p in model.parameters()] if t.merge_init < 1.0 else None
     optimizer = build_optimizer(model, cfg.optim)
     autocast = autocast_for(world, t.precision)
     # the init model's view, before any step (recomputed the same on a resume, from the same init):
@@ -478,9 +483,16 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
         raise_if_stopped(step)
     if bar is not None:
         bar.close()
+    if init_weights is not None and step == total_steps:  # WiSE-FT: what is exported (and evaluated) is the average
+        with torch.no_grad():
+            for p, p0 in zip(model.parameters(), init_weights):
+                p.mul_(t.merge_init).add_(p0, alpha=1.0 - t.merge_init)
+        if eval_pairs:
+            last_eval = evaluate(model, eval_pairs, t.batch_tokens, world, autocast,
+                                 run_dir / "reward_hist.png" if world.is_main else None, pad_to)
     summary: dict[str, Any] = {
         "steps": step, "total_steps": total_steps, "final_loss": metrics.rows[-1]["loss"] if metrics.rows else None,
-        "data": report, "eval_data": eval_report, "run_dir": str(run_dir),
+        "data": report, "eval_data": eval_report, "run_dir": str(run_dir), "merge_init": t.merge_init,
         **({"eval": last_eval, "accuracy_by_domain": last_eval["accuracy_by_domain"]} if last_eval else {}),
     }
     if before:

@@ -9,7 +9,9 @@ export (backbone and head) with:
   training pairs, `fast.replay_ratio` of them per new pair (>= 1 by default);
 - an anchor: on the replayed pairs, a squared error between the patched RM's score margin and RM_k's
   (`fast.anchor_weight`, `ilm.train.reward.RMLoss.anchor_weight`), so what RM_k ranked right stays ranked
-  about as firmly, and only the hack moves.
+  about as firmly, and only the hack moves;
+- weight averaging (WiSE-FT): the export is `fast.merge` x the fine-tuned weights + the rest x RM_k's
+  (`ilm.train.reward.RMTrain.merge_init`); the gate judges the average, which is what PPO then uses.
 
 The gate, on two numbers, both from the trainer's evaluation on the run's device:
 
@@ -164,7 +166,8 @@ def patch_reward_model(rm_dir: str, new_files: list[str], earlier_files: list[st
         train=RMTrain(batch_tokens=max(fast.batch_tokens, 2 * meta["max_length"]), epochs=fast.epochs, seed=seed,
                       precision=train.precision, device=train.device, fsdp=train.fsdp, compile=train.compile,
                       activation_checkpointing=train.activation_checkpointing, deterministic=train.deterministic,
-                      progress=train.progress, checkpoint_every=10_000, eval_every=10_000, mixed_batches=True))
+                      progress=train.progress, checkpoint_every=10_000, eval_every=10_000, mixed_batches=True,
+                      merge_init=fast.merge))
     summary = train_rm(cfg, resume="auto")
     ev = summary.get("eval_sets", {})
 
@@ -179,6 +182,7 @@ def patch_reward_model(rm_dir: str, new_files: list[str], earlier_files: list[st
             "earlier_flagged_pairs": len(earlier_eval) - len(clean), "accuracy_margin": fast.accuracy_margin,
             "pattern": pattern}
     report = {"new_pairs": len(fit), "held_out": len(held), "replayed": len(replay), "steps": summary["steps"],
+              "merge": fast.merge,
               "export": summary["export"], "before": before, "after": after, "gate": gate}
     problem = gate_problem(gate)
     report["gate"]["passed"] = problem is None
