@@ -61,10 +61,10 @@ def main() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = _checkpoint(Path(tmp))
         sides = {"ilm": IlmLM(pretrained=str(ckpt), device=device, batch_size=8, progress=False),
-                 "hf": HFLM(pretrained=str(ckpt), dtype="float32", batch_size=8, device=device)}
+                 "hf": HFLM(pretrained=str(ckpt), dtype="float32", batch_size=8, device=device, add_bos_token=True)}
         print(f"--model ilm: pretrained={ckpt.name}, dtype float32, batch_size 8, device {device} "
               "(prefix-shared length-sorted scoring, KV-cache generator)")
-        print(f"--model hf:  pretrained={ckpt.name}, dtype float32, batch_size 8, device {device} (HFLM)")
+        print(f"--model hf:  pretrained={ckpt.name}, dtype float32, add_bos_token, batch_size 8, device {device} (HFLM)")
         tm = task_manager(full=False)
         for name, limit in TASKS.items():
             limit = min(limit or 10**9, 4) if QUICK else limit

@@ -163,7 +163,9 @@ def test_ilm_backend_agrees_with_hf_on_lm_eval_s_own_tasks(tiny_llama, local_tas
 
     tm, specs = local_tasks
     ours = _evaluate(IlmLM(pretrained=str(tiny_llama), batch_size=3, progress=False), tm, specs)
-    theirs = _evaluate(HFLM(pretrained=str(tiny_llama), dtype="float32", batch_size=3, device="cpu"), tm, specs)
+    # add_bos_token: the exported tokenizer adds no BOS itself (its chat template writes one); ilm scores BOS first
+    theirs = _evaluate(HFLM(pretrained=str(tiny_llama), dtype="float32", batch_size=3, device="cpu",
+                            add_bos_token=True), tm, specs)
     _compare(ours, theirs)
     kinds = {ours[t]["kind"] for t in TASKS}
     assert kinds == {"loglikelihood", "multiple_choice", "generate_until", "loglikelihood_rolling"}

@@ -175,7 +175,7 @@ def test_parallel_cuts_give_the_same_ids(full_tok, text):
         assert "".join(split_for_parallel(text, 8)) == text
         for special in (False, True):
             whole = (full_tok.hf if special else full_tok._plain).encode(text, add_special_tokens=True).ids
-            assert full_tok.encode(text, bos=True, special=special) == whole
+            assert full_tok.encode(text, bos=True, special=special) == [full_tok.bos_id, *whole]
 
 
 def test_parallel_cuts_on_real_text(full_tok, code_text, en_text, zh_text):

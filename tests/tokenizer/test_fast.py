@@ -45,8 +45,9 @@ def trained(tmp_path_factory, en_text, zh_text, code_text):
 
 
 def _hf_ids(tok: HFTokenizer, text: str, bos: bool = False, special: bool = False) -> list[int]:
-    """The ids HF `tokenizers` gives for the same vocabulary (what transformers gets from tokenizer.json)."""
-    return (tok.hf if special else tok._plain).encode(text, add_special_tokens=bos).ids
+    """The ids HF `tokenizers` gives for the same vocabulary (what transformers gets from tokenizer.json),
+    after the BOS that `bos` asks for (tokenizer.json adds none itself)."""
+    return [tok.bos_id] * bos + (tok.hf if special else tok._plain).encode(text, add_special_tokens=True).ids
 
 
 def _assert_same_as_hf(tok: HFTokenizer, text: str) -> None:
@@ -95,7 +96,7 @@ def test_corpora_equal_hf_single_and_batched(full_tok, small_tok, trained, en_te
         for text in (en_text, zh_text, code_text, mixed):  # code and mixed are long: cut and run in parallel
             assert tok.encode(text) == _hf_ids(tok, text)
         docs = [d for d in mixed.split("\n\n") if d.strip()] + ["", "<|im_end|>", "x" * 70_000]
-        want = [e.ids for e in tok._plain.encode_batch(docs, add_special_tokens=True)]
+        want = [[tok.bos_id] + e.ids for e in tok._plain.encode_batch(docs, add_special_tokens=True)]
         assert tok.encode_batch(docs, bos=True) == want
         assert tok.encode_batch(docs[:1]) == [want[0][1:]] and tok.encode_batch([]) == []
 

@@ -52,7 +52,8 @@ def test_files_and_special_tokens(hf, full_tok, tmp_path):
 
 def test_text_ids_match(hf, full_tok, en_text, zh_text, code_text):
     for text in (en_text, zh_text, code_text, "<|im_start|>user\nhi<|im_end|>\n", ""):
-        assert _ids(hf(text)) == full_tok.encode(text, bos=True, special=True)
+        assert _ids(hf(text)) == full_tok.encode(text, special=True)  # no BOS by default, as `ilm tokenizer encode`
+        assert _ids(hf("<s>" + text)) == full_tok.encode(text, bos=True, special=True)
         assert hf.encode(text, add_special_tokens=False) == full_tok.encode(text, special=True)
         ids = full_tok.encode(text, bos=True, special=True)
         assert hf.decode(ids) == full_tok.decode(ids)
@@ -63,7 +64,7 @@ def test_text_ids_match(hf, full_tok, en_text, zh_text, code_text):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(max_size=200))
 def test_text_ids_match_property(hf, full_tok, text):
-    assert _ids(hf(text)) == full_tok.encode(text, bos=True, special=True)
+    assert _ids(hf(text)) == full_tok.encode(text, special=True)
 
 
 @pytest.mark.parametrize("index", range(len(CONVERSATIONS)))
@@ -74,6 +75,7 @@ def test_chat_template_text_and_ids_match(hf, full_tok, index, gen):
     text = hf.apply_chat_template(conv, tools=tools, tokenize=False, add_generation_prompt=gen)
     assert text == ours.text
     assert _ids(hf.apply_chat_template(conv, tools=tools, tokenize=True, add_generation_prompt=gen)) == ours.ids
+    assert _ids(hf(text)) == ours.ids  # the rendered text tokenized with the defaults: one BOS, not two
 
 
 _SAFE = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="<"), max_size=40)
@@ -93,3 +95,4 @@ def test_chat_template_property(hf, full_tok, conv, with_tools, gen):
     ours = full_tok.render(conv, tools=tools, add_generation_prompt=gen)
     assert hf.apply_chat_template(conv, tools=tools, tokenize=False, add_generation_prompt=gen) == ours.text
     assert _ids(hf.apply_chat_template(conv, tools=tools, tokenize=True, add_generation_prompt=gen)) == ours.ids
+    assert _ids(hf(ours.text)) == ours.ids  # content holds no control-token text ("<" excluded)

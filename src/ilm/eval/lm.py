@@ -2,8 +2,8 @@
 long texts, greedy generation with stop strings.
 
 Tokenization follows lm-evaluation-harness's HF model exactly, so the two score the same tokens:
-- a string is encoded the way the tokenizer does by default, which for ilm's tokenizers (and InternLM2's)
-  means BOS first, unless the string already starts with the BOS text;
+- a string is encoded with BOS first (lm-eval's HF model with `add_bos_token=True`: ilm's tokenizers add
+  none by themselves), unless the string already starts with the BOS text;
 - a (context, continuation) pair: trailing spaces of the context move to the continuation, the whole string
   and the context are encoded, and the continuation is the whole's tokens past the context's count;
 - an empty context is the single BOS token;

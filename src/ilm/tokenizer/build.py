@@ -26,13 +26,13 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as _HF
 
 from ilm.tokenizer import base as _base
 from ilm.tokenizer import chinese as _zh
 from ilm.tokenizer.hf import MANIFEST, HFTokenizer
-from ilm.tokenizer.layout import BOS, CONTROL_HEAD, RELEASED_VOCAB_SIZE, Layout
+from ilm.tokenizer.layout import CONTROL_HEAD, RELEASED_VOCAB_SIZE, Layout
 
 # Bump when the builder's output for the same inputs changes, so saved builds are not reused stale.
 BUILDER_VERSION = 1
@@ -65,10 +65,6 @@ def assemble(
     tok = _HF(models.BPE(vocab=vocab, merges=bl, ignore_merges=True, fuse_unk=False, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
-    if BOS in controls:
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, controls[BOS])]
-        )
     tok.add_special_tokens(
         [AddedToken(n, special=True, normalized=False, lstrip=False, rstrip=False, single_word=False)
          for n, _ in sorted(controls.items(), key=lambda kv: kv[1])]

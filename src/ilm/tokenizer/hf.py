@@ -9,6 +9,12 @@ tokenizer.json and recorded in the manifest by its sha256); a vocabulary that fa
 encoding with HF `tokenizers`, and `encoder_note` says why. Offsets (chat loss masks) and decoding use
 HF `tokenizers`.
 
+BOS: the tokenizer itself never adds one (no post-processor in tokenizer.json, `add_bos_token: false`),
+as `encode` (and `ilm tokenizer encode`) without `bos=True`; the chat template writes `<s>` itself. So
+`tok(tok.apply_chat_template(conv, tokenize=False))` and `apply_chat_template(conv, tokenize=True)` both give
+exactly one BOS, the ids of `render`. Plain text that should start with BOS (as pretraining documents do):
+`encode(text, bos=True)`, or `add_bos_token=True` when loading with transformers.
+
 Two encoders share one vocabulary: `encode(..., special=True)` reads control-token text such as
 `<|im_start|>` as the control token (what `AutoTokenizer` does); the default, `special=False`, reads it
 as ordinary text. The chat renderer only ever uses the latter for message content, so nobody can
@@ -51,6 +57,7 @@ class HFTokenizer(ChatMixin):
 
     def __init__(self, hf: _HF, manifest: dict | None = None, *, source_sha256: str | None = None) -> None:
         """`source_sha256`: the sha256 of the tokenizer.json `hf` was read from (trusts a recorded check)."""
+        hf.post_processor = None  # BOS only where asked (`bos=`, the chat template); see the module docstring
         self.hf = hf
         self.manifest = manifest or {}
         self._plain_copy: _HF | None = None
@@ -114,9 +121,9 @@ class HFTokenizer(ChatMixin):
         if self.fast is not None:
             return self.fast.encode(text, [self.bos_id] if bos else [], special)
         tok = self.hf if special else self._plain
-        if len(text) < PARALLEL_CHARS:
-            return _batch(tok)([text], add_special_tokens=bos)[0].ids
         ids = [self.bos_id] if bos else []
+        if len(text) < PARALLEL_CHARS:
+            return ids + _batch(tok)([text], add_special_tokens=False)[0].ids
         for enc in _batch(tok)(split_for_parallel(text, 4 * (os.cpu_count() or 1)), add_special_tokens=False):
             ids += enc.ids
         return ids
@@ -126,7 +133,8 @@ class HFTokenizer(ChatMixin):
         if self.fast is not None:
             return self.fast.encode_batch(list(texts), [self.bos_id] if bos else [], special)
         tok = self.hf if special else self._plain
-        return [e.ids for e in _batch(tok)(list(texts), add_special_tokens=bos)]
+        head = [self.bos_id] if bos else []
+        return [head + e.ids for e in _batch(tok)(list(texts), add_special_tokens=False)]
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Ordinary-text ids with (start, end) character offsets into `text` (used for loss masks)."""
@@ -168,7 +176,7 @@ class HFTokenizer(ChatMixin):
             "eos_token": EOS,
             "unk_token": UNK,
             "pad_token": PAD,
-            "add_bos_token": True,
+            "add_bos_token": False,  # the chat template writes <s>: tok(rendered text) has one BOS, not two
             "add_eos_token": False,
             "chat_template": CHAT_TEMPLATE,
             "clean_up_tokenization_spaces": False,
