@@ -117,20 +117,41 @@ def experiment(out: Path, seed: int, updates: int) -> dict:
             rep = R.read_jsonl(R.round_dir(out / "run", k) / "rm-patch" / "gate.jsonl")[0]
             patches.append(patch_row(rep, state["rms"][str(k)], kinds))
     res = {"seed": seed, "stopped": stopped, "rounds": [{k: v for k, v in c.items() if k != "per_update"} for c in curves],
-           "patches": patches, "control": control(task, out / "run", seed, kinds),
+           "policies": policies(task, state, seed), "patches": patches, "control": control(task, out / "run", seed, kinds),
            "seconds": time.perf_counter() - t0}
     res["criteria"] = criteria(res)
     return res
 
 
+EVAL_QUERIES = 400  # fresh queries per policy evaluation (none of them a PPO query's seed)
+
+
+def policies(task: dict, state: dict, seed: int) -> list[dict]:
+    """The SFT start and each round's final actor, sampled like PPO's rollouts (top_p 0.9, temperature 1, 16 new
+    tokens) on the same EVAL_QUERIES fresh queries: true reward and loophole rate of the policy itself, not of a
+    moving policy's training rollouts (96 per quarter round)."""
+    from ilm.train.rlhf import synthetic as S
+
+    records = S.queries(EVAL_QUERIES, seed=10_000 + seed)
+    out = []
+    for k in sorted(state["actors"], key=int):
+        stats = S.sample_stats(state["actors"][k], task["tokenizer"], records, seed=seed, max_new_tokens=16)
+        out.append({"after_round": int(k) - 1, **{key: v for key, v in stats.items() if key != "examples"}})
+    return out
+
+
 def criteria(res: dict) -> dict[str, bool]:
-    r = res["rounds"]
-    ok = {"round 1 exploits": r[0]["last"]["loophole_rate"] > r[0]["first"]["loophole_rate"]
-          and r[0]["last"]["true_reward"] <= r[0]["first"]["true_reward"]}
+    r, pol = res["rounds"], res["policies"]  # pol[0]: the SFT start, pol[k]: after round k
+    ok = {"round 1 exploits": len(pol) > 1 and pol[1]["loophole_rate"] > pol[0]["loophole_rate"]
+          and pol[1]["true_reward"] <= pol[0]["true_reward"]}
     ok["patches: loophole check >= 90%, clean drop <= 2 points"] = len(res["patches"]) == 2 and all(
         p["loophole_after"] >= 0.9 and p["clean_before"] - p["clean_after"] <= 0.02 for p in res["patches"])
-    ok["round 2 loophole below round 1's"] = len(r) == 2 and r[1]["last"]["loophole_rate"] < r[0]["last"]["loophole_rate"]
-    ok["round 2 true reward above round 1's"] = len(r) == 2 and r[1]["last"]["true_reward"] > r[0]["last"]["true_reward"]
+    ok["round 2 loophole below round 1's"] = len(pol) > 2 and pol[2]["loophole_rate"] < pol[1]["loophole_rate"]
+    ok["round 2 true reward above round 1's"] = len(pol) > 2 and pol[2]["true_reward"] > pol[1]["true_reward"]
+    ok["(training rollouts) round 1 exploits"] = r[0]["last"]["loophole_rate"] > r[0]["first"]["loophole_rate"] \
+        and r[0]["last"]["true_reward"] <= r[0]["first"]["true_reward"]
+    ok["(training rollouts) round 2 below / above round 1"] = len(r) == 2 and \
+        r[1]["last"]["loophole_rate"] < r[0]["last"]["loophole_rate"] and r[1]["last"]["true_reward"] > r[0]["last"]["true_reward"]
     return ok
 
 
@@ -144,6 +165,9 @@ def print_seed(res: dict) -> None:
     for k in range(len(r)):
         print(f"  round {k + 1}: loophole rate {arrow('', 'loophole_rate', k)}, true reward {arrow('', 'true_reward', k)}, "
               f"RM score {arrow('', 'rm_score', k)}, KL to SFT {arrow('', 'kl', k)}")
+    print("  policies on " + str(EVAL_QUERIES) + " fresh queries: " + "; ".join(
+        f"{'SFT' if p['after_round'] == 0 else 'after round ' + str(p['after_round'])}: loophole rate "
+        f"{p['loophole_rate']:.3f}, true reward {p['true_reward']:.3f}" for p in res["policies"]))
     for i, p in enumerate(res["patches"] + [res["control"]]):
         name = f"patch {i + 1}" if i < len(res["patches"]) else "control (old patch)"
         kinds = " ".join(f"{k} {p['kinds_before'].get(k, 0):.2f}->{p['kinds_after'].get(k, 0):.2f}" for k in KINDS)

@@ -104,3 +104,28 @@ def test_finite_gradients_everywhere():
     assert torch.isfinite(chosen.grad).all() and torch.isfinite(rejected.grad).all()
     with torch.autocast("cpu", dtype=torch.bfloat16):  # reward scores from a bf16 model
         assert torch.isfinite(reward_loss(chosen.bfloat16(), rejected.bfloat16()))
+
+
+def test_batch_loss_neutral_pairs_take_no_ranking_loss_and_are_held_at_a_margin_of_zero():
+    """RMData.neutral (the patch's pairs that carry the flagged pattern): out of the ranking loss, in the anchor at
+    margin >= min(init margin, 0); the batch stays pair-weighted. All ranked: exactly reward_loss as before."""
+    import numpy as np
+
+    from ilm.train.losses import reward_loss
+    from ilm.train.reward import Pair, RMLoss, batch_loss
+
+    ids = np.zeros(2, dtype=np.int64)
+    loss = RMLoss(anchor_weight=10.0)
+    rewards = torch.tensor([1.0, 0.0, -0.5, 0.5, 2.0, 1.0, 0.3, 0.8])  # margins 1, -1, 1, -0.5
+    ranked = [Pair(ids, ids, "d") for _ in range(4)]
+    assert batch_loss(rewards, ranked, loss) == reward_loss(rewards[0::2], rewards[1::2])
+    mixed = [Pair(ids, ids, "d"), Pair(ids, ids, "d"), Pair(ids, ids, "d", anchor=0.0, ranked=False),
+             Pair(ids, ids, "d", anchor=0.0, ranked=False)]
+    want = reward_loss(rewards[0:4:2], rewards[1:4:2]) * 2 / 4 + 10.0 * (0.5 ** 2) / 4  # only pair 4 is below 0
+    assert torch.allclose(batch_loss(rewards, mixed, loss), want)
+    only = [Pair(ids, ids, "d", anchor=0.0, ranked=False) for _ in range(4)]
+    r = rewards.clone().requires_grad_()
+    out = batch_loss(r, only, loss)
+    assert torch.allclose(out, torch.tensor(10.0 * (1.0 + 0.25) / 4))  # pairs 2 and 4 are below margin 0
+    out.backward()
+    assert r.grad[0] == 0 and r.grad[4] == 0  # a neutral pair above margin 0 gets no gradient at all

@@ -299,7 +299,8 @@ def test_a_label_file_dropped_again_with_other_lines_gives_only_the_lines_not_us
 
 
 @pytest.mark.parametrize("key,value", [("holdout_fraction", float("nan")), ("check_bar", 1.5), ("lr", 0.0),
-                                       ("accuracy_margin", -0.01), ("replay_ratio", float("inf")), ("epochs", 0)])
+                                       ("accuracy_margin", -0.01), ("replay_ratio", float("inf")), ("epochs", 0),
+                                       ("merge", 0.0), ("merge", float("nan")), ("neutral_ratio", -1.0)])
 def test_patch_settings_out_of_range_are_refused_in_one_line(loop_setup, key, value):
     cfg, _ = loop_setup
     setattr(cfg.fast, key, value)
@@ -445,6 +446,10 @@ def test_the_patch_runs_through_the_rm_trainer_on_the_runs_device_and_precision(
     assert cfg.init == str(rm) and cfg.optim.lr == fast.lr <= 5e-6 and cfg.optim.warmup_steps > 0
     assert cfg.loss.anchor_weight > 0 and cfg.data.anchor and rep["replayed"] >= rep["new_pairs"] == 8
     assert set(cfg.data.eval_sets) >= {"check", "earlier_clean"} and rep["held_out"] == 2
+    assert cfg.train.merge_init == fast.merge == rep["merge"] < 1  # the export is averaged with RM_k (WiSE-FT)
+    neutral = [r for f in cfg.data.neutral for r in R.read_jsonl(f)]  # the flagged earlier pairs, held at margin >= 0
+    assert len(neutral) == rep["neutral"] == round(fast.neutral_ratio * 8) > 0
+    assert all(S.PHRASE in p["chosen"] and S.PHRASE not in p["rejected"] for p in neutral)
 
 
 def test_rm_init_from_an_export_keeps_its_head(task, tmp_path):
@@ -459,6 +464,32 @@ def test_rm_init_from_an_export_keeps_its_head(task, tmp_path):
     a = R.rm_accuracy(task["rm"], [task["heldout"]])
     b = R.rm_accuracy(export, [task["heldout"]])
     assert a["mean_margin"] == pytest.approx(b["mean_margin"], abs=1e-5)  # a fresh head would score otherwise
+
+
+def test_merge_init_exports_the_average_of_the_trained_and_the_init_weights(task, tmp_path):
+    """WiSE-FT in the RM trainer: with merge_init a, the export is a x (what plain training exports) + (1 - a) x init,
+    tensor for tensor, head included; and an out-of-range a is refused before any work."""
+    from safetensors.torch import load_file
+
+    from ilm.train.optim import OptimConfig
+    from ilm.train.reward import RMConfig, RMData, RMTrain, train
+
+    def run(name, merge):
+        cfg = RMConfig(run_dir=str(tmp_path / name), tokenizer=task["tokenizer"], init=task["rm"],
+                       data=RMData(train=[task["heldout"]], max_length=128), optim=OptimConfig(lr=1e-3, warmup_steps=0),
+                       train=RMTrain(batch_tokens=1024, precision="fp32", device="cpu", progress=False, max_steps=None,
+                                     deterministic=True, merge_init=merge))
+        return Path(train(cfg, resume="never")["export"])
+
+    plain, merged = run("plain", 1.0), run("merged", 0.25)
+    for f in ("model.safetensors", "reward_head.safetensors"):
+        init, a, m = (load_file(str(Path(d) / f)) for d in (task["rm"], plain, merged))
+        assert any(not a[k].equal(init[k]) for k in a)  # training moved the weights
+        for k in a:
+            assert m[k] == pytest.approx((0.25 * a[k] + 0.75 * init[k]).numpy(), abs=1e-6), k
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="merge_init"):
+            run(f"bad-{bad}", bad)
 
 
 def test_small_loophole_round_ppo_exploits_and_the_fast_path_catches_it(task, tmp_path):
@@ -574,5 +605,6 @@ def test_the_tiny_rounds_recipe_loads():
     assert cfg.ppo.train.updates and cfg.ppo.ppo.ptx_coef == 0.0 and cfg.fast.check
     f = cfg.fast  # the patch as continual learning: at most the task RM's final lr (1e-3 x 0.5), warm-up, replay, anchor
     assert f.lr <= 5e-4 and f.warmup_steps > 0 and f.replay_ratio >= 1 and f.anchor_weight > 0
+    assert 0 < f.merge < 1 and f.neutral_ratio > 0  # WiSE-FT averaging; the flagged pattern neutralised, not reversed
     assert f.accuracy_margin == 0.02 and f.check_bar >= 0.5 and cfg.critic_rewarm_updates > 0
     assert not any("allow_drop" in p.read_text() for p in RECIPES.glob("*.toml"))  # no recipe turns the gate off

@@ -58,7 +58,7 @@ from ilm.train.run import (
 )
 from ilm.train.sft import base_model, pack_best_fit, read_jsonl, write_jsonl
 
-__all__ = ["RMConfig", "encode_pairs", "evaluate", "score", "token_budget_batches", "train", "write_jsonl"]
+__all__ = ["RMConfig", "batch_loss", "encode_pairs", "evaluate", "score", "token_budget_batches", "train", "write_jsonl"]
 
 DEFAULT_CONDITIONS = {
     "default": "You are a helpful, honest and harmless assistant.",
@@ -75,6 +75,8 @@ class RMData:
     train: list[str] = field(default_factory=list)  # jsonl: {"prefix"|"prompt", "chosen", "rejected", "domain"}
     eval: list[str] = field(default_factory=list)
     anchor: list[str] = field(default_factory=list)  # trained too, margins kept >= the init model's (loss.anchor_weight)
+    neutral: list[str] = field(default_factory=list)  # not ranked; margins kept >= min(init's, 0): a pattern being
+    #                                                     unlearned may stop deciding these pairs, not reverse them
     eval_sets: dict[str, list[str]] = field(default_factory=dict)  # named held-out sets: accuracy of init and result
     conditions: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CONDITIONS))  # domain -> system prompt
     default_domain: str = "default"  # the condition for unknown or missing domains
@@ -138,6 +140,7 @@ class Pair:
     rejected: np.ndarray
     domain: str  # the condition actually used
     anchor: float | None = None  # the init model's margin (chosen - rejected) not to fall below, for data.anchor pairs
+    ranked: bool = True  # in the ranking loss (data.neutral pairs: the anchor only)
 
     @property
     def tokens(self) -> int:
@@ -382,7 +385,10 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
     if not pairs:
         raise ValueError(f"no usable pairs in {cfg.data.train}: {report['dropped']}")
     anchored, report["anchor"] = encode_pairs(cfg.data.anchor, tok, cfg.data, reward_id) if cfg.data.anchor else ([], None)
-    pairs += anchored
+    neutral, report["neutral"] = encode_pairs(cfg.data.neutral, tok, cfg.data, reward_id) if cfg.data.neutral else ([], None)
+    for pair in neutral:
+        pair.ranked = False
+    pairs += anchored + neutral
     eval_pairs, eval_report = encode_pairs(cfg.data.eval, tok, cfg.data, reward_id) if cfg.data.eval else ([], None)
     eval_sets = {name: encode_pairs(files, tok, cfg.data, reward_id)[0] for name, files in cfg.data.eval_sets.items()}
     sizes = [p.tokens for p in pairs]
@@ -417,6 +423,10 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
         c, r = pair_rewards(model, anchored, t.batch_tokens, world, autocast)
         for pair, margin in zip(anchored, c - r):
             pair.anchor = min(float(margin), cfg.loss.anchor_cap)
+    if neutral:
+        c, r = pair_rewards(model, neutral, t.batch_tokens, world, autocast)
+        for pair, margin in zip(neutral, c - r):
+            pair.anchor = min(float(margin), 0.0)
     before = {name: evaluate(model, ps, t.batch_tokens, world, autocast) for name, ps in eval_sets.items() if ps}
 
     run_dir = Path(cfg.run_dir)
@@ -435,13 +445,7 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
     def pair_mean(batch: list[Pair]) -> torch.Tensor:
         rewards = _forward(model, collate_pairs(batch, pad_to, tok.pad_id), world, autocast)
         scored.append(rewards.detach())
-        loss = reward_loss(rewards[0::2], rewards[1::2], cfg.loss.gamma, cfg.loss.penalty_weight)
-        held = [i for i, p in enumerate(batch) if p.anchor is not None]
-        if held and cfg.loss.anchor_weight:  # pair-weighted like the ranking loss: summed, over all the batch's pairs
-            target = torch.tensor([batch[i].anchor for i in held], device=rewards.device)
-            margin = rewards[0::2][held].float() - rewards[1::2][held].float()
-            loss = loss + cfg.loss.anchor_weight * (target - margin).clamp(min=0).pow(2).sum() / len(batch)
-        return loss
+        return batch_loss(rewards, batch, cfg.loss)
 
     while step < stop_at:
         t0 = time.perf_counter()
@@ -507,6 +511,26 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     metrics.close()
     return summary
+
+
+def batch_loss(rewards: torch.Tensor, batch: list[Pair], loss: RMLoss) -> torch.Tensor:
+    """A batch's loss, pair-weighted: the ranking loss (with its penalty) of its ranked pairs and the anchor term
+    of its anchored ones, each summed over its pairs and divided by all the batch's pairs (so a batch's weight in
+    the step does not depend on how many of its pairs are neutral). rewards: (2 x pairs,) chosen, rejected, ..."""
+    chosen, rejected = rewards[0::2], rewards[1::2]
+    ranked = [i for i, p in enumerate(batch) if p.ranked]
+    if len(ranked) == len(batch):
+        total = reward_loss(chosen, rejected, loss.gamma, loss.penalty_weight)
+    elif ranked:
+        total = reward_loss(chosen[ranked], rejected[ranked], loss.gamma, loss.penalty_weight) * (len(ranked) / len(batch))
+    else:
+        total = rewards.sum() * 0.0  # keeps the graph: every process must run backward
+    held = [i for i, p in enumerate(batch) if p.anchor is not None]
+    if held and loss.anchor_weight:
+        target = torch.tensor([batch[i].anchor for i in held], device=rewards.device)
+        margin = chosen[held].float() - rejected[held].float()
+        total = total + loss.anchor_weight * (target - margin).clamp(min=0).pow(2).sum() / len(batch)
+    return total
 
 
 def export(model: RewardModel, path: Path, meta: dict, tokenizer_dir: str | None, world: World) -> Path:

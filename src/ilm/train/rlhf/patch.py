@@ -10,6 +10,8 @@ export (backbone and head) with:
 - an anchor: on the replayed pairs, a squared error between the patched RM's score margin and RM_k's
   (`fast.anchor_weight`, `ilm.train.reward.RMLoss.anchor_weight`), so what RM_k ranked right stays ranked
   about as firmly, and only the hack moves;
+- optionally (`fast.neutral_ratio`), earlier pairs that carry the flagged pattern, not ranked but held at a
+  margin >= 0: the pattern may stop deciding them, but not turn into its opposite (`RMData.neutral`);
 - weight averaging (WiSE-FT): the export is `fast.merge` x the fine-tuned weights + the rest x RM_k's
   (`ilm.train.reward.RMTrain.merge_init`); the gate judges the average, which is what PPO then uses.
 
@@ -143,8 +145,11 @@ def patch_reward_model(rm_dir: str, new_files: list[str], earlier_files: list[st
     n_held = int(len(new) * fast.holdout_fraction)
     held, fit = new[:n_held], new[n_held:]
     carries, pattern = pattern_check(fast, new, confirm, list(earlier_patterns))
-    earlier = [r for f in earlier_files for r in read_jsonl(f) if fast.replay_flagged or not carries(r)]
+    every = [r for f in earlier_files for r in read_jsonl(f)]
+    earlier = [r for r in every if fast.replay_flagged or not carries(r)]
     replay = rng.sample(earlier, min(len(earlier), round(fast.replay_ratio * len(fit))))
+    flagged = [r for r in every if carries(r)] if fast.neutral_ratio else []
+    neutral = rng.sample(flagged, min(len(flagged), round(fast.neutral_ratio * len(fit))))
     earlier_eval = [r for f in eval_files for r in read_jsonl(f)]
     clean = [r for r in earlier_eval if not carries(r)]
     anchored = [r for r in replay if not carries(r)]  # the flagged ones are replayed, free to change
@@ -159,6 +164,7 @@ def patch_reward_model(rm_dir: str, new_files: list[str], earlier_files: list[st
         reward_token=meta["reward_token"],
         data=RMData(train=[str(write_jsonl(data / "new.jsonl", fit + [r for r in replay if carries(r)]))],
                     anchor=[str(write_jsonl(data / "replay-anchored.jsonl", anchored))] if anchored else [],
+                    neutral=[str(write_jsonl(data / "replay-neutral.jsonl", neutral))] if neutral else [],
                     eval_sets={k: v for k, v in sets.items() if v}, conditions=meta["conditions"],
                     default_domain=meta["default_domain"], max_length=meta["max_length"]),
         loss=RMLoss(anchor_weight=fast.anchor_weight, anchor_cap=fast.anchor_cap),
@@ -182,7 +188,7 @@ def patch_reward_model(rm_dir: str, new_files: list[str], earlier_files: list[st
             "earlier_flagged_pairs": len(earlier_eval) - len(clean), "accuracy_margin": fast.accuracy_margin,
             "pattern": pattern}
     report = {"new_pairs": len(fit), "held_out": len(held), "replayed": len(replay), "steps": summary["steps"],
-              "merge": fast.merge,
+              "merge": fast.merge, "neutral": len(neutral),
               "export": summary["export"], "before": before, "after": after, "gate": gate}
     problem = gate_problem(gate)
     report["gate"]["passed"] = problem is None

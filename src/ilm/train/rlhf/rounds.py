@@ -84,7 +84,9 @@ class FastPath:
     replay_flagged: bool = False  # replay earlier pairs that carry the flagged pattern too (they teach the hack)
     anchor_weight: float = 10.0  # squared shortfall of a replayed pair's margin below RM_k's (0: no anchor)
     anchor_cap: float = 1.5  # ... below min(RM_k's margin, this): what it ranked right stays right, magnitudes may move
-    merge: float = 0.8  # RM_{k+1} = merge x the fine-tuned RM + (1 - merge) x RM_k (WiSE-FT; 1: no averaging)
+    neutral_ratio: float = 0.5  # earlier pairs WITH the flagged pattern per new pair, not ranked, margins kept >= 0:
+    #                             the pattern may stop deciding them, not reverse (0: none)
+    merge: float = 0.9  # RM_{k+1} = merge x the fine-tuned RM + (1 - merge) x RM_k (WiSE-FT; 1: no averaging)
     batch_tokens: int = 16_384
     # the gate: (a) the patch check on held-out reviewer pairs, (b) the earlier held-out pairs without the pattern
     holdout_fraction: float = 0.2  # of the new pairs, kept out of the fine-tune for the patch check
@@ -213,7 +215,8 @@ def _check(cfg: RoundsConfig) -> None:
     bounds = {"fast.holdout_fraction": (fp.holdout_fraction, 0.0, 0.9), "fast.check_bar": (fp.check_bar, 0.0, 1.0),
               "fast.accuracy_margin": (fp.accuracy_margin, 0.0, 1.0), "fast.replay_ratio": (fp.replay_ratio, 0.0, 1e3),
               "fast.anchor_weight": (fp.anchor_weight, 0.0, 1e6), "fast.lr": (fp.lr, 1e-12, 1.0),
-              "fast.flagged_min_lift": (fp.flagged_min_lift, 1e-6, 1.0)}
+              "fast.flagged_min_lift": (fp.flagged_min_lift, 1e-6, 1.0), "fast.merge": (fp.merge, 1e-6, 1.0),
+              "fast.neutral_ratio": (fp.neutral_ratio, 0.0, 1e3)}
     for name, (value, lo, hi) in bounds.items():
         if not lo <= value <= hi:  # NaN fails too
             raise ValueError(f"{name} = {value} must be in [{lo:g}, {hi:g}]")

@@ -286,7 +286,8 @@ def sample_stats(model_dir: str | Path, tokenizer: str | Path, records: list[dic
 # the patch before issue 20 (the benchmark's control): the whole RM fine-tuned at twice its final lr, little
 # replay, no anchor; it forgets what is right along with the loophole
 CONTROL_PATCH: dict[str, Any] = {"lr": 1e-3, "replay_ratio": 0.25, "anchor_weight": 0.0, "epochs": 8, "warmup_steps": 0,
-                                 "replay_flagged": True, "merge": 1.0}
+                                 "replay_flagged": True, "merge": 1.0,
+                                 "neutral_ratio": 0.0}
 
 
 def rounds_config(task: dict[str, str], run_dir: str | Path, rounds: int = 2, updates: int = 12,
