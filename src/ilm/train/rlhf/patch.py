@@ -204,7 +204,7 @@ def gate_problem(gate: dict[str, Any]) -> str | None:
     check, b0, b1 = gate["check"], gate["earlier_clean_before"], gate["earlier_clean_after"]
     both = (f"patch check {_pct(check)} on {gate['check_pairs']} held-out reviewer pairs (bar {_pct(gate['check_bar'])}), "
             f"earlier pairs without the flagged pattern {_pct(b0)} -> {_pct(b1)}")
-    if b0 is not None and b1 is not None and b0 - b1 > gate["accuracy_margin"]:
+    if b0 is not None and b1 is not None and b0 - b1 > gate["accuracy_margin"] + 1e-9:  # 2.0 points is not > 2
         return (f"the patched reward model forgets: {both}, a drop of {100 * (b0 - b1):.1f} points > "
                 f"fast.accuracy_margin {gate['accuracy_margin']}")
     if check is not None and check < gate["check_bar"]:
