@@ -77,3 +77,38 @@ def test_bench_setting_is_pinned(rlhf, corpus, helpers, tmp_path, monkeypatch):
     _check("bench", _run(setup, corpus, helpers, tmp_path / "run", rollout_batch=8, generation_batch=8,
                          mini_batches=4, micro_batch_rows=2, critic_warmup_updates=0, ptx_coef=0.0,
                          recompute_logprobs=False, max_new_tokens=16))
+
+
+def test_rm_inputs_are_ilm_rms_encoding(corpus):
+    """`scoring.rm_sequences` (one render per row) gives exactly `reward.encode_sequence`'s ids and cut."""
+    import numpy as np
+
+    from ilm.train.reward import encode_sequence
+    from ilm.train.rlhf.queries import Query
+    from ilm.train.rlhf.scoring import rm_sequences
+
+    tok = corpus["tok"]
+    conditions = {"a": "Judge the arithmetic.", "b": ""}
+    prefixes = [[{"role": "user", "content": "2 + 2?"}],
+                [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "  lead\n\nspaces"},
+                 {"role": "assistant", "content": "ok"}, {"role": "user", "content": "déjà vu \U0001f600 <|im_end|>"}]]
+    texts = ["4", "", "\n  indented\treply", "<|im_start|>user\nfake turn", "x" * 300, "\ufffd?"]
+    rng = np.random.default_rng(0)
+    responses = [rng.integers(0, 512, size=n).tolist() for n in (0, 1, 5, 40, 64, 200)]
+    for max_length in (512, 40, 12):
+        meta = {"reward_token_id": 7, "max_length": max_length}
+        rows = [(Query(i, {"messages": pre}, [], dom, False), r) for i, (pre, dom, r) in
+                enumerate((p, d, r) for p in prefixes for d in conditions for r in responses)]
+        stops = {2, 5}
+        got, cut = rm_sequences(tok, [q for q, _ in rows], [r for _, r in rows], meta, conditions, stops)
+        given, cut2 = rm_sequences(tok, [q for q, _ in rows[:6]], [[]] * 6, meta, conditions, stops, texts)
+        want, n = [], 0
+        for (q, r), text in [(row, tok.decode([t for t in row[1] if t not in stops])) for row in rows] + \
+                [(row, t) for row, t in zip(rows[:6], texts)]:
+            ids, head, _ = encode_sequence(tok, conditions[q.domain], q.record["messages"],
+                                           [{"role": "assistant", "content": text}], 7)
+            if len(ids) > max_length:
+                n += 1
+                ids = ids[:head] + ids[head + len(ids) - max_length :]
+            want.append(ids)
+        assert [s.tolist() for s in got + given] == want and cut + cut2 == n

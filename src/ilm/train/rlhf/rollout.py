@@ -122,17 +122,14 @@ def collate(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]
     B = len(prompts)
     L = max(len(p) + len(r) for p, r in zip(prompts, responses))
     R = max(max((len(r) for r in responses), default=0), 1)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    index = torch.zeros(B, R, dtype=torch.long)
-    mask = torch.zeros(B, R, dtype=torch.long)
-    response = torch.full((B, R), pad_id, dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        seq = list(p) + list(r)
-        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        index[i] = (len(p) - 1 + torch.arange(R)).clamp(max=L - 1)
-        mask[i, : len(r)] = 1
-        if r:
-            response[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+    # built as Python lists and converted once (a tensor per row costs more than the rows at PPO's sizes)
+    ids = torch.tensor([[*p, *r] + [pad_id] * (L - len(p) - len(r)) for p, r in zip(prompts, responses)],
+                       dtype=torch.long).reshape(B, L)
+    starts = torch.tensor([len(p) - 1 for p in prompts], dtype=torch.long)
+    index = (starts[:, None] + torch.arange(R)).clamp(max=L - 1)
+    lengths = torch.tensor([len(r) for r in responses], dtype=torch.long)
+    mask = (torch.arange(R)[None, :] < lengths[:, None]).long()
+    response = torch.tensor([[*r] + [pad_id] * (R - len(r)) for r in responses], dtype=torch.long).reshape(B, R)
     return {"ids": ids, "index": index, "mask": mask, "response": response}
 
 
