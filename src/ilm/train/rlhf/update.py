@@ -159,7 +159,6 @@ def optimise(models: PPOModels, optimizer: torch.optim.Optimizer, roll: dict, p:
     loss = partial(ppo_loss, actor=actor if actor_trains else None, critic=critic, roll=roll, sums=sums,
                    p=p, dev=dev, autocast=autocast, pad_id=pad_id)
     lm_loss = partial(ptx_loss, actor=actor, sums=sums, coef=p.ptx_coef, dev=dev, autocast=autocast)
-    actor_params, critic_params = list(actor.parameters()), list(critic.parameters())  # walked once, not per step
     for epoch in range(p.ppo_epochs):
         perm = np.random.default_rng([seed, update, epoch]).permutation(N)
         for k in range(p.mini_batches):
@@ -179,9 +178,9 @@ def optimise(models: PPOModels, optimizer: torch.optim.Optimizer, roll: dict, p:
             accumulate(models, micro, [int(mask[ix].sum()) for ix in micro], loss, world)
             if actor_trains:
                 grad_norms["actor"].append(float(torch.nn.utils.clip_grad_norm_(
-                    [q for q in actor_params if q.grad is not None], grad_clip)))
+                    [q for q in actor.parameters() if q.grad is not None], grad_clip)))
             grad_norms["critic"].append(float(torch.nn.utils.clip_grad_norm_(
-                [q for q in critic_params if q.grad is not None], grad_clip)))
+                [q for q in critic.parameters() if q.grad is not None], grad_clip)))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
