@@ -140,13 +140,25 @@ def gather_positions(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, flat)
 
 
+def response_logits(model: torch.nn.Module, ids: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The logits (B, R, V) at `index` (the positions that predict the response tokens). The output head
+    runs on those positions only, not on the prompt's (with PPO's short responses a third of the head's
+    work or more, forward and backward); except on an FSDP-sharded model, whose head exists whole only
+    inside its own forward."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule) or not hasattr(model, "head_weight"):
+        return gather_positions(model(ids), index)
+    hidden = gather_positions(model(ids, return_hidden=True), index)
+    return F.linear(hidden, model.head_weight()) if model.config.norm_head else model.output(hidden)
+
+
 def sequence_logprobs(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The training forward: log-probs (B, R) of the response tokens (and their entropies), fp32."""
     device = next(iter(model.parameters())).device
-    logits = model(batch["ids"].to(device))
-    picked = gather_positions(logits, batch["index"].to(device))
+    picked = response_logits(model, batch["ids"].to(device), batch["index"].to(device))
     logp = token_logprobs(picked, batch["response"].to(device), temperature)
     ent = entropy(picked.detach(), temperature) if with_entropy else None
     return logp, ent
