@@ -23,10 +23,12 @@ model's format (system prompt = the query's condition) and scores that, and comp
 entropy at sampling time. Each side runs in its own fresh process; the sides alternate (A, B then B, A) over
 rounds; the first update of each run warms up and is not timed.
 
-"Update" = one update's wall time minus its generate call (reference / critic / RM forwards, GAE, PPO
-forwards + backwards, optimizer, logging). TRL calls `gc.collect()` twice per update, a fixed per-update
-cost (it walks every live Python object) that has nothing to do with PPO: it is timed on its own
-(`gc.collect` wrapped inside TRL's trainer module) and TRL's update is reported with and without it.
+"Update" = one update's time minus its generate call (reference / critic / RM forwards, GAE, PPO
+forwards + backwards, optimizer, logging), per 1,000 rollout tokens. TRL calls `gc.collect()` twice per
+update, a fixed per-update cost (it walks every live Python object) that has nothing to do with PPO: it is
+timed on its own (`gc.collect` wrapped inside TRL's trainer module) and TRL's update is reported with and
+without it. Times are wall-clock and CPU (`time.process_time` of each one-thread process): on a shared
+machine the wall time of a run moves with the other jobs (2-4x here), its CPU time much less.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ def _setup(root: Path) -> None:
 def ours(root: Path, batch: int, updates: int) -> dict:
     """ilm's `train` for `updates` updates (the first warms up); runs in a child process (see `_child`)."""
     from ilm.config import from_dict
-    from ilm.train.rlhf import ppo, rollout
+    from ilm.train.rlhf import ppo, rollout, scoring
     from ilm.train.rlhf.ppo import PPOConfig, train
 
     torch.set_num_threads(1)
@@ -140,41 +142,73 @@ def ours(root: Path, batch: int, updates: int) -> dict:
         "optim": {"actor_lr": 1e-5, "critic_lr": 1e-5},
         "train": {"updates": updates, "precision": "fp32", "device": "cpu", "checkpoint_every": 10_000,
                   "progress": False}})
-    real_sample, real_write = rollout.sample, ppo.write_atomic
+    real_sample, real_write, real_rollouts = rollout.sample, ppo.write_atomic, ppo.rank_rollouts
     # generation never emits a stop id here: every row runs to max_new_tokens, like TRL's side
     rollout.sample = lambda m, prompts, n, stop_ids, *a, **k: real_sample(m, prompts, n, (), *a, **k)
-    ends: list[float] = []
+    ends: list[tuple[float, float]] = []
+    gen: list[tuple[float, float]] = []
 
     def write(*a, **k):  # the rollouts file is the last thing an update writes: its end marks the update's end
         real_write(*a, **k)
-        ends.append(time.perf_counter())
+        ends.append(_now())
 
-    ppo.write_atomic = write
+    rm_lengths: list[int] = []
+    real_rm = scoring.rm_sequences
+
+    def rm_sequences(*a, **k):  # how long the reward model's inputs are (TRL's: prompt + response)
+        seqs, cut = real_rm(*a, **k)
+        rm_lengths.extend(len(x) for x in seqs)
+        return seqs, cut
+
+    ppo.write_atomic, ppo.rank_rollouts, scoring.rm_sequences = write, _timed(real_rollouts, gen), rm_sequences
     try:
         train(cfg, resume="never")
     finally:
-        rollout.sample, ppo.write_atomic = real_sample, real_write
+        rollout.sample, ppo.write_atomic, ppo.rank_rollouts = real_sample, real_write, real_rollouts
+        scoring.rm_sequences = real_rm
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][1:]  # 1st: warm-up
-    gen_s = [r["rollout_tokens"] / r["rollout_tokens_per_s"] for r in rows]
-    update_s = [b - a for a, b in itertools.pairwise(ends)]
     tokens = sum(r["rollout_tokens"] for r in rows)
-    return {**_rates(tokens, gen_s, update_s, gc_s=0.0, updates_timed=len(rows)),
-            "optimizer_steps_per_update": statistics.mean(r["optimizer_steps"] for r in rows)}
+    return {**_rates(tokens, gen[1:], _spans(ends), (0.0, 0.0), len(rows)),
+            "optimizer_steps_per_update": statistics.mean(r["optimizer_steps"] for r in rows),
+            "rm_tokens_per_row": round(statistics.mean(rm_lengths), 1)}
 
 
-def _rates(tokens: int, gen_s: list[float], update_s: list[float], gc_s: float, updates_timed: int) -> dict:
-    rest = sum(update_s) - sum(gen_s)
-    return {"updates_timed": updates_timed, "rollout_tokens": tokens,
-            "rollout_tokens_per_s": round(tokens / sum(gen_s), 1),
-            "update_s_per_1k_tokens": round(1000 * rest / tokens, 4),
-            "gc_s_per_1k_tokens": round(1000 * gc_s / tokens, 4),
-            "update_without_gc_s_per_1k_tokens": round(1000 * (rest - gc_s) / tokens, 4)}
+def _now() -> tuple[float, float]:
+    """(wall, CPU) seconds: the CPU time of this one-thread process moves less with the machine's load."""
+    return time.perf_counter(), time.process_time()
+
+
+def _timed(fn, spans: list[tuple[float, float]]):
+    """`fn`, appending the (wall, CPU) seconds of each call to `spans`."""
+    def run(*a, **k):
+        t0 = _now()
+        out = fn(*a, **k)
+        t1 = _now()
+        spans.append((t1[0] - t0[0], t1[1] - t0[1]))
+        return out
+    return run
+
+
+def _spans(marks: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(marks)]
+
+
+def _rates(tokens: int, gen: list[tuple[float, float]], updates: list[tuple[float, float]],
+           gc: tuple[float, float], n: int) -> dict:
+    """Per 1,000 rollout tokens, wall and CPU: the update without its generate call, its gc.collect share, and
+    the update without it; rollout tokens per second of the generate calls."""
+    out: dict = {"updates_timed": n, "rollout_tokens": tokens}
+    for i, kind in enumerate(("s", "cpu_s")):
+        rest = sum(u[i] for u in updates) - sum(g[i] for g in gen)
+        out[f"rollout_tokens_per_{kind}"] = round(tokens / sum(g[i] for g in gen), 1)
+        out[f"update_{kind}_per_1k_tokens"] = round(1000 * rest / tokens, 4)
+        out[f"gc_{kind}_per_1k_tokens"] = round(1000 * gc[i] / tokens, 4)
+        out[f"update_without_gc_{kind}_per_1k_tokens"] = round(1000 * (rest - gc[i]) / tokens, 4)
+    return out
 
 
 def trl_ppo(root: Path, batch: int, updates: int) -> dict:
     """TRL's PPO trainer for `updates` updates on the same models and batch; runs in the child (see `_child`)."""
-    import time as clock
-
     import transformers
     import trl
     import trl.experimental.ppo.ppo_trainer as trl_module
@@ -204,16 +238,10 @@ def trl_ppo(root: Path, batch: int, updates: int) -> dict:
                      temperature=1.0, learning_rate=1e-5, kl_coef=0.01, kl_estimator="k1", stop_token_id=None,
                      missing_eos_penalty=None, num_sample_generations=0, report_to=[], save_strategy="no",
                      logging_steps=10**6, disable_tqdm=True, use_cpu=True, seed=0, bf16=False, fp16=False)
-    gen_s: list[float] = []
-    gc_s: list[float] = []
-    marks: list[float] = []
+    gen: list[tuple[float, float]] = []
+    gc_s: list[tuple[int, float, float]] = []  # (update interval it ran in, wall, CPU)
+    marks: list[tuple[float, float]] = []
     real_gen, real_gc = trl_module.batch_generation, trl_module.gc
-
-    def timed_gen(*a, **k):
-        t0 = clock.perf_counter()
-        out = real_gen(*a, **k)
-        gen_s.append(clock.perf_counter() - t0)
-        return out
 
     class TimedGC:  # stands in for the `gc` module inside TRL's trainer: its collect() calls are timed
         def __getattr__(self, name):
@@ -221,33 +249,36 @@ def trl_ppo(root: Path, batch: int, updates: int) -> dict:
 
         @staticmethod
         def collect(*a, **k):
-            t0 = clock.perf_counter()
+            t0 = _now()
             out = real_gc.collect(*a, **k)
-            gc_s.append((len(marks), clock.perf_counter() - t0))
+            t1 = _now()
+            gc_s.append((len(marks), t1[0] - t0[0], t1[1] - t0[1]))
             return out
 
     class Marks(transformers.TrainerCallback):
         def on_train_begin(self, *a, **k):
-            marks.append(clock.perf_counter())
+            marks.append(_now())
 
         def on_step_end(self, *a, **k):
-            marks.append(clock.perf_counter())
+            marks.append(_now())
 
     trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=scorer(),
                          value_model=scorer(), train_dataset=data, eval_dataset=data, callbacks=[Marks()])
     steps: list[int] = []  # optimizer steps taken (accelerate skips the ones inside an accumulation)
     base = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     base.register_step_post_hook(lambda *a: steps.append(1))
-    trl_module.batch_generation, trl_module.gc = timed_gen, TimedGC()
+    trl_module.batch_generation, trl_module.gc = _timed(real_gen, gen), TimedGC()
     try:
         trainer.train()
     finally:
         trl_module.batch_generation, trl_module.gc = real_gen, real_gc
-    update_s = [b - a for a, b in itertools.pairwise(marks)][1:]  # the first update warms up
+    update_s = _spans(marks)[1:]  # the first update warms up
     # a gc call belongs to the interval it ran in: those between marks 1 and the last (the timed updates)
-    gc_timed = sum(t for at, t in gc_s if 2 <= at <= len(marks) - 1)
-    out = _rates(batch * NEW * len(update_s), gen_s[1:], update_s, gc_timed, len(update_s))
-    return {**out, "gc_calls_per_update": len(gc_s) / updates, "optimizer_steps_per_update": len(steps) / updates, "trl": trl.__version__, "trl_path": trl.__file__}
+    timed = [g for g in gc_s if 2 <= g[0] <= len(marks) - 1]
+    out = _rates(batch * NEW * len(update_s), gen[1:], update_s, (sum(g[1] for g in timed), sum(g[2] for g in timed)),
+                 len(update_s))
+    return {**out, "rm_tokens_per_row": PROMPT + NEW, "gc_calls_per_update": len(gc_s) / updates, "optimizer_steps_per_update": len(steps) / updates,
+            "trl": trl.__version__, "trl_path": trl.__file__}
 
 
 def _child(side: str, root: Path, batch: int, updates: int) -> dict:
@@ -275,6 +306,17 @@ def _fmt(r: dict) -> str:
     return f"{r['median']}x [{r['min']}-{r['max']}]"
 
 
+def _ratios(mine: dict, theirs: dict) -> dict[str, float]:
+    """ilm over TRL for rollout speed, TRL over ilm for update time (> 1: ilm faster), wall and CPU."""
+    out = {}
+    for kind, tag in (("s", ""), ("cpu_s", "_cpu")):
+        out[f"rollout{tag}_ilm_over_trl"] = mine[f"rollout_tokens_per_{kind}"] / theirs[f"rollout_tokens_per_{kind}"]
+        out[f"update{tag}_trl_over_ilm"] = theirs[f"update_{kind}_per_1k_tokens"] / mine[f"update_{kind}_per_1k_tokens"]
+        out[f"update{tag}_trl_without_gc_over_ilm"] = (theirs[f"update_without_gc_{kind}_per_1k_tokens"]
+                                                       / mine[f"update_{kind}_per_1k_tokens"])
+    return out
+
+
 def main() -> dict:
     updates = {16: 3, 64: 2} if QUICK else {16: 5, 64: 3}  # timed updates per run (+1 warm-up)
     rounds = 2 if QUICK else ROUNDS
@@ -295,19 +337,17 @@ def main() -> dict:
                 out["runs"].append(run)
                 out["load_average"].append(round(load, 2))
                 mine, theirs = res["ilm"], res["trl"]
-                line = f"round {r + 1}, {b} queries, order {' then '.join(order)}, load {load:.2f}: "
                 if "rollout_tokens_per_s" not in mine:
                     raise RuntimeError(f"ilm's side failed: {mine}")
-                line += (f"ilm rollout {mine['rollout_tokens_per_s']:,} tok/s, update "
-                         f"{mine['update_s_per_1k_tokens']} s/1k tokens")
+                line = (f"round {r + 1}, {b} queries, {' then '.join(order)}, load {load:.2f}: ilm rollout "
+                        f"{mine['rollout_tokens_per_s']:,} tok/s, update {mine['update_s_per_1k_tokens']} s "
+                        f"({mine['update_cpu_s_per_1k_tokens']} CPU s) per 1k tokens, RM input "
+                        f"{mine['rm_tokens_per_row']} tokens/row")
                 if "rollout_tokens_per_s" in theirs:
-                    run["rollout_ilm_over_trl"] = mine["rollout_tokens_per_s"] / theirs["rollout_tokens_per_s"]
-                    run["update_trl_over_ilm"] = theirs["update_s_per_1k_tokens"] / mine["update_s_per_1k_tokens"]
-                    run["update_trl_without_gc_over_ilm"] = (theirs["update_without_gc_s_per_1k_tokens"]
-                                                             / mine["update_s_per_1k_tokens"])
+                    run.update(_ratios(mine, theirs))
                     line += (f"; TRL rollout {theirs['rollout_tokens_per_s']:,} tok/s, update "
-                             f"{theirs['update_s_per_1k_tokens']} s/1k tokens ({theirs['gc_s_per_1k_tokens']} of it "
-                             f"gc.collect)")
+                             f"{theirs['update_s_per_1k_tokens']} s ({theirs['update_cpu_s_per_1k_tokens']} CPU s), "
+                             f"of it gc.collect {theirs['gc_s_per_1k_tokens']} s, RM input {PROMPT + NEW} tokens/row")
                 else:
                     line += f"; TRL: {next(iter(theirs.values()))[:300]}"
                 print(line, flush=True)
@@ -315,13 +355,16 @@ def main() -> dict:
         runs = [x for x in out["runs"] if x["batch"] == b and "rollout_ilm_over_trl" in x]
         if not runs:
             continue
-        summary = {k: _median_range([x[k] for x in runs]) for k in
-                   ("rollout_ilm_over_trl", "update_trl_over_ilm", "update_trl_without_gc_over_ilm")}
+        summary = {k: _median_range([x[k] for x in runs]) for k in runs[0] if k.endswith(("_over_trl", "_over_ilm"))}
         out[f"summary_{b}"] = summary
-        print(f"{b} queries per update, {len(runs)} interleaved rounds: rollout ilm/TRL "
-              f"{_fmt(summary['rollout_ilm_over_trl'])}; update TRL/ilm {_fmt(summary['update_trl_over_ilm'])} "
-              f"with TRL's gc.collect, {_fmt(summary['update_trl_without_gc_over_ilm'])} without it "
-              f"(median [range]; load average {min(out['load_average'])}-{max(out['load_average'])})", flush=True)
+        print(f"{b} queries per update, {len(runs)} interleaved rounds (median [range]; load average "
+              f"{min(out['load_average'])}-{max(out['load_average'])}):\n"
+              f"  rollout tokens/s ilm/TRL {_fmt(summary['rollout_ilm_over_trl'])} wall, "
+              f"{_fmt(summary['rollout_cpu_ilm_over_trl'])} CPU\n"
+              f"  update time TRL/ilm with TRL's gc.collect {_fmt(summary['update_trl_over_ilm'])} wall, "
+              f"{_fmt(summary['update_cpu_trl_over_ilm'])} CPU; without it "
+              f"{_fmt(summary['update_trl_without_gc_over_ilm'])} wall, "
+              f"{_fmt(summary['update_cpu_trl_without_gc_over_ilm'])} CPU", flush=True)
     return out
 
 
