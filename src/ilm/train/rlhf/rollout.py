@@ -65,7 +65,10 @@ def sample(
     stops = set(stop_ids)
 
     def observe(logits: torch.Tensor, token: torch.Tensor) -> None:
-        seen.append(torch.stack([token_logprobs(logits, token, temperature), entropy(logits, temperature)], 1).cpu())
+        # `token_logprobs` and `entropy` of the step, sharing one log-softmax (the same numbers as calling both)
+        logp = F.log_softmax(logits.float() / temperature, dim=-1)
+        picked = logp.gather(-1, token.unsqueeze(-1)).squeeze(-1)
+        seen.append(torch.stack([picked, -(logp.exp() * logp).sum(-1)], 1).cpu())
 
     was_training = model.training
     model.eval()
