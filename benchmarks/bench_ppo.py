@@ -369,7 +369,11 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--child"]:
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(f"python -m benchmarks.bench_ppo   (or: python -m benchmarks.run bench_ppo)\n{__doc__}\n"
+              "Environment: ILM_BENCH_ROUNDS (default 3), ILM_BENCH_QUICK=1 (2 rounds, fewer updates), ILM_TRL_PPO "
+              f"(TRL's directory, default {TRL_PPO}).")
+    elif sys.argv[1:2] == ["--child"]:
         side, where, batch, n, dest = sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
         Path(dest).write_text(json.dumps((ours if side == "ilm" else trl_ppo)(where, batch, n)))
     else:
