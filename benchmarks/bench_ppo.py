@@ -1,25 +1,34 @@
-"""Online RLHF (PPO) on CPU: rollout tokens/s and PPO update time per 1,000 rollout tokens, through the real
-`ilm rlhf ppo` loop (`ilm.train.rlhf.ppo.train`) on a tiny actor / reward model / critic, side by side with
-TRL's PPO trainer (`trl.experimental.ppo.PPOTrainer`) on the same weights exported to HF Llama format.
+"""Online RLHF (PPO) on CPU, matched work side by side with TRL's PPO trainer: rollout tokens/s and the PPO
+update's time per 1,000 rollout tokens, through the real `ilm rlhf ppo` loop (`ilm.train.rlhf.ppo.train`) and
+TRL's `trl.experimental.ppo.PPOTrainer.train()`, on the same tiny actor / reward model / critic weights (TRL
+gets the HF Llama export), at 16 and at 64 queries per update.
 
 TRL's PPO trainer: trl 1.13 removed it (1.16, in the dev extra, ships GRPO / RLOO / DPO but no PPO); the
 newest release that has it is trl 1.12.0, and it runs with the installed transformers 5.x / accelerate /
 datasets. One environment cannot hold two versions of `trl`, so it is not a `pip` extra: `make bench`
-installs it on its own, `pip install --no-deps --target .venv/trl-ppo trl==1.12.0` (its dependencies are
-those of trl 1.16, already installed), and this benchmark runs TRL's side in a child process with that
-directory first on `sys.path` ($ILM_TRL_PPO overrides the directory). Without it, TRL's side is skipped
-and said so; transformers' sampling `generate` (what TRL rolls out with) is measured either way.
+installs it on its own, `pip install --no-deps --target .venv/trl-ppo trl==1.12.0`, and TRL's side runs in a
+child process with that directory first on `sys.path` ($ILM_TRL_PPO overrides the directory). Without it,
+TRL's side is skipped and said so.
 
-Same on both sides: the actor (policy and reference), the reward model (backbone + head; TRL's
-`LlamaForSequenceClassification` with the head copied into `score`) which is also the critic's start,
-16 queries of exactly 32 tokens per update, 64 new tokens per response (no stop token: every response runs
-to the end, so both sides generate the same number of tokens), 2 mini-batches of 8 rows, 1 PPO epoch,
-kl_coef 0.01, k1, fp32, 1 torch thread; no ptx (TRL's PPO has none), no critic warm-up. Differences TRL
-fixes in code: it samples with top_p 1.0 (ours: 0.9) and keeps every step's logits from `generate`; its
-gradient accumulation (2 micro-batches of 8) makes 1 optimizer step per update where ours makes 2 (the
-forwards and backwards are the same; AdamW on a tiny model is noise). The first update of each side warms
-up and is not timed. "Update" = everything in an update but the generate calls (reference / critic / RM
-forwards, GAE, PPO forwards + backwards, optimizer).
+Matched work (both sides' settings are printed): the same rows per generate call (TRL's
+`local_rollout_forward_batch_size` = ilm's `generation_batch` = the whole batch: one call per update) and per
+scoring forward (the batch), top_p 1.0 and temperature 1 (TRL fixes both in code), 64 new tokens per
+response with no stop token (every row runs to the end: the same tokens on both sides), the 7B recipe's PPO
+epochs and mini-batches (one micro-batch per mini-batch: one forward + backward and one optimizer step per
+mini-batch on both sides), the same model passes (reference, critic/value and reward model forwards; the old
+log-probs from sampling time on both: TRL takes them from `generate`'s logits, ilm from its sampler with
+`recompute_logprobs = false`), kl_coef 0.01 (k1), fp32, 1 torch thread, no ptx (TRL's PPO has none), no
+critic warm-up. What ilm does that TRL does not: it re-encodes every response into the conditional reward
+model's format (system prompt = the query's condition) and scores that, and computes each sampled token's
+entropy at sampling time. Each side runs in its own fresh process; the sides alternate (A, B then B, A) over
+rounds; the first update of each run warms up and is not timed.
+
+"Update" = one update's time minus its generate call (reference / critic / RM forwards, GAE, PPO
+forwards + backwards, optimizer, logging), per 1,000 rollout tokens. TRL calls `gc.collect()` twice per
+update, a fixed per-update cost (it walks every live Python object) that has nothing to do with PPO: it is
+timed on its own (`gc.collect` wrapped inside TRL's trainer module) and TRL's update is reported with and
+without it. Times are wall-clock and CPU (`time.process_time` of each one-thread process): on a shared
+machine the wall time of a run moves with the other jobs (2-4x here), its CPU time much less.
 """
 
 from __future__ import annotations
@@ -28,11 +37,13 @@ import itertools
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import torch
@@ -41,11 +52,46 @@ QUICK = os.environ.get("ILM_BENCH_QUICK") == "1"
 REPO = Path(__file__).resolve().parents[1]
 TRL_PPO = Path(os.environ.get("ILM_TRL_PPO", REPO / ".venv" / "trl-ppo"))  # trl==1.12.0, see the docstring
 TRL_PPO_VERSION = "1.12.0"
-BATCH, PROMPT, NEW = 16, 32, 64
+PROMPT, NEW = 32, 64
+BATCHES = (16, 64)  # queries per update
+_RECIPE = tomllib.loads((REPO / "recipes" / "rlhf-internlm2-7b.toml").read_text())["ppo"]
+PPO_EPOCHS, MINI_BATCHES = _RECIPE["ppo_epochs"], _RECIPE["mini_batches"]
+ROUNDS = int(os.environ.get("ILM_BENCH_ROUNDS", "3"))
 
 
-def _setup(root: Path) -> dict:
-    """Tokenizer (stdlib text, 512 tokens), random tiny actor + reward model exports, 64 queries."""
+def settings(batch: int) -> dict[str, dict]:
+    """Both sides' settings for `batch` queries per update, as each side spells them."""
+    mini = batch // MINI_BATCHES
+    common = {"queries_per_update": batch, "prompt_tokens": PROMPT, "new_tokens": NEW, "stop_token": None,
+              "top_p": 1.0, "temperature": 1.0, "ppo_epochs": PPO_EPOCHS, "mini_batches": MINI_BATCHES,
+              "rows_per_micro_batch": mini, "kl_coef": 0.01, "kl_estimator": "k1", "dtype": "fp32",
+              "torch_threads": 1, "ptx": False}
+    return {"ilm": {**common, "generation_batch": batch, "micro_batch_rows (scoring forward)": batch,
+                    "recompute_logprobs": False, "critic_warmup_updates": 0},
+            "trl": {**common, "local_rollout_forward_batch_size": batch, "per_device_train_batch_size": mini,
+                    "gradient_accumulation_steps": MINI_BATCHES, "num_mini_batches": MINI_BATCHES}}
+
+
+def _pretrained(actor, ids: list[int], steps: int = 150) -> torch.nn.Module:
+    """A few seconds of next-token training on the stdlib text. Why: a random actor samples byte tokens
+    that decode to U+FFFD, so ilm's reward model (which scores the re-encoded response text, `ilm rm`'s
+    format) would read ~6x the tokens TRL's reads (400 for 64 sampled); after this, ~65, as with a real
+    policy, and both sides score about the same number of tokens (both are printed)."""
+    data = torch.tensor(ids)
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(actor.parameters(), lr=3e-3)
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - 65, (16,), generator=gen).tolist()
+        x = torch.stack([data[s : s + 65] for s in starts])
+        actor(x[:, :-1], labels=x[:, 1:]).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return actor
+
+
+def _setup(root: Path) -> None:
+    """Tokenizer (stdlib text, 512 tokens), random tiny actor + reward model exports, 64 queries of PROMPT tokens
+    (and the same queries rendered and left-padded for TRL)."""
     from ilm.model import build_model, get_preset
     from ilm.model.hf import save_checkpoint
     from ilm.tokenizer import train_tokenizer
@@ -56,7 +102,7 @@ def _setup(root: Path) -> dict:
     tok = train_tokenizer([root / "text.txt"], root / "tok", vocab_size=512)
     extras = {p.name: p.read_bytes() for p in (root / "tok").iterdir() if p.is_file()}
     cfg = get_preset("tiny", vocab_size=512, max_position_embeddings=256)
-    actor = build_model(cfg, seed=0)
+    actor = _pretrained(build_model(cfg, seed=0), tok.encode((root / "text.txt").read_text()))
     save_checkpoint(actor, root / "actor", extra_files=extras)
     save_checkpoint(actor, root / "llama", fmt="llama")
     meta = {"reward_token": REWARD_TOKEN, "reward_token_id": tok.control_ids[REWARD_TOKEN],
@@ -68,70 +114,101 @@ def _setup(root: Path) -> dict:
     rng = random.Random(0)
     words = [w for w in (root / "text.txt").read_text().split()[:5000] if w.isalpha() and len(w) <= 10]
     queries = []
-    for _ in range(64):  # user text trimmed so each rendered query is exactly PROMPT tokens
+    for _ in range(max(BATCHES)):  # user text trimmed so each rendered query is exactly PROMPT tokens
         msgs = [{"role": "user", "content": " ".join(rng.sample(words, 40))}]
         while len(tok.render(msgs, add_generation_prompt=True).ids) > PROMPT and " " in msgs[0]["content"]:
             msgs[0]["content"] = msgs[0]["content"].rsplit(" ", 1)[0]
         queries.append({"messages": msgs, "category": "default"})
     (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
-    return {"tok": tok, "actor": actor}
+    prompts = [tok.render(q["messages"], add_generation_prompt=True).ids for q in queries]
+    prompts = [[tok.pad_id] * (PROMPT - len(p)) + p for p in prompts]  # equal lengths (TRL masks the pad id)
+    (root / "trl_prompts.json").write_text(json.dumps({"prompts": prompts, "pad_id": tok.pad_id}))
 
 
-def ours(root: Path, updates: int) -> dict:
+def ours(root: Path, batch: int, updates: int) -> dict:
+    """ilm's `train` for `updates` updates (the first warms up); runs in a child process (see `_child`)."""
     from ilm.config import from_dict
+    from ilm.train.rlhf import ppo, rollout, scoring
     from ilm.train.rlhf.ppo import PPOConfig, train
 
+    torch.set_num_threads(1)
+    run = root / f"run-{batch}-{time.monotonic_ns()}"
     cfg = from_dict(PPOConfig, {
-        "run_dir": str(root / "run"), "tokenizer": str(root / "tok"), "actor": str(root / "actor"),
+        "run_dir": str(run), "tokenizer": str(root / "tok"), "actor": str(root / "actor"),
         "reward_model": str(root / "rm"), "data": {"queries": [str(root / "queries.jsonl")], "max_query_tokens": PROMPT},
-        "ppo": {"rollout_batch": BATCH, "generation_batch": BATCH, "max_new_tokens": NEW, "mini_batches": 2,
-                "micro_batch_rows": BATCH // 2, "ppo_epochs": 1, "critic_warmup_updates": 0, "ptx_coef": 0.0},
+        "ppo": {"rollout_batch": batch, "generation_batch": batch, "max_new_tokens": NEW, "top_p": 1.0,
+                "temperature": 1.0, "mini_batches": MINI_BATCHES, "micro_batch_rows": batch, "ppo_epochs": PPO_EPOCHS,
+                "critic_warmup_updates": 0, "ptx_coef": 0.0, "recompute_logprobs": False},
         "optim": {"actor_lr": 1e-5, "critic_lr": 1e-5},
         "train": {"updates": updates, "precision": "fp32", "device": "cpu", "checkpoint_every": 10_000,
                   "progress": False}})
-    # generation never emits a stop id here: every row runs to max_new_tokens, like the HF side
-    import ilm.train.rlhf.rollout as ppo_mod  # where rank_rollouts finds `sample`
+    real_sample, real_write, real_rollouts = rollout.sample, ppo.write_atomic, ppo.rank_rollouts
+    # generation never emits a stop id here: every row runs to max_new_tokens, like TRL's side
+    rollout.sample = lambda m, prompts, n, stop_ids, *a, **k: real_sample(m, prompts, n, (), *a, **k)
+    ends: list[tuple[float, float]] = []
+    gen: list[tuple[float, float]] = []
 
-    real = ppo_mod.sample
-    ppo_mod.sample = lambda m, prompts, n, stop_ids, *a, **k: real(m, prompts, n, (), *a, **k)
+    def write(*a, **k):  # the rollouts file is the last thing an update writes: its end marks the update's end
+        real_write(*a, **k)
+        ends.append(_now())
+
+    rm_lengths: list[int] = []
+    real_rm = scoring.rm_sequences
+
+    def rm_sequences(*a, **k):  # how long the reward model's inputs are (TRL's: prompt + response)
+        seqs, cut = real_rm(*a, **k)
+        rm_lengths.extend(len(x) for x in seqs)
+        return seqs, cut
+
+    ppo.write_atomic, ppo.rank_rollouts, scoring.rm_sequences = write, _timed(real_rollouts, gen), rm_sequences
     try:
         train(cfg, resume="never")
     finally:
-        ppo_mod.sample = real
-    rows = [json.loads(x) for x in (root / "run" / "metrics.jsonl").read_text().splitlines()][1:]  # 1st: warm-up
-    gen_s = [r["rollout_tokens"] / r["rollout_tokens_per_s"] for r in rows]
+        rollout.sample, ppo.write_atomic, ppo.rank_rollouts = real_sample, real_write, real_rollouts
+        scoring.rm_sequences = real_rm
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][1:]  # 1st: warm-up
     tokens = sum(r["rollout_tokens"] for r in rows)
-    rest_s = sum(r["update_s"] for r in rows) - sum(gen_s)
-    return {"updates_timed": len(rows), "rollout_tokens": tokens,
-            "rollout_tokens_per_s": round(tokens / sum(gen_s), 1),
-            "update_s_per_1k_tokens": round(1000 * rest_s / tokens, 3),
-            "whole_update_s_per_1k_tokens": round(1000 * sum(r["update_s"] for r in rows) / tokens, 3)}
+    return {**_rates(tokens, gen[1:], _spans(ends), (0.0, 0.0), len(rows)),
+            "optimizer_steps_per_update": statistics.mean(r["optimizer_steps"] for r in rows),
+            "rm_tokens_per_row": round(statistics.mean(rm_lengths), 1)}
 
 
-def hf_generate(root: Path, prompts: list[list[int]], repeats: int) -> dict:
-    """What TRL's PPO trainer runs to roll out: transformers' sampling `generate` (KV cache, top_p 0.9)."""
-    import transformers
-
-    model = transformers.LlamaForCausalLM.from_pretrained(root / "llama").eval()
-    ids = torch.tensor(prompts)
-    times = []
-    for r in range(repeats + 1):
-        torch.manual_seed(r)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_p=0.9,
-                                 temperature=1.0, top_k=0, max_new_tokens=NEW, min_new_tokens=NEW,
-                                 eos_token_id=None, pad_token_id=2)
-        if r:  # the first call warms up
-            times.append(time.perf_counter() - t0)
-        assert out.shape[1] == PROMPT + NEW
-    return {"rollout_tokens_per_s": round(BATCH * NEW * repeats / sum(times), 1), "transformers": transformers.__version__}
+def _now() -> tuple[float, float]:
+    """(wall, CPU) seconds: the CPU time of this one-thread process moves less with the machine's load."""
+    return time.perf_counter(), time.process_time()
 
 
-def trl_ppo(root: Path, prompts: list[list[int]], updates: int, pad_id: int) -> dict:
-    """TRL's PPO trainer, `updates` updates on the same models and batch; runs in the child (see `main`)."""
-    import time as clock
+def _timed(fn, spans: list[tuple[float, float]]):
+    """`fn`, appending the (wall, CPU) seconds of each call to `spans`."""
+    def run(*a, **k):
+        t0 = _now()
+        out = fn(*a, **k)
+        t1 = _now()
+        spans.append((t1[0] - t0[0], t1[1] - t0[1]))
+        return out
+    return run
 
+
+def _spans(marks: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(marks)]
+
+
+def _rates(tokens: int, gen: list[tuple[float, float]], updates: list[tuple[float, float]],
+           gc: tuple[float, float], n: int) -> dict:
+    """Per 1,000 rollout tokens, wall and CPU: the update without its generate call, its gc.collect share, and
+    the update without it; rollout tokens per second of the generate calls."""
+    out: dict = {"updates_timed": n, "rollout_tokens": tokens}
+    for i, kind in enumerate(("s", "cpu_s")):
+        rest = sum(u[i] for u in updates) - sum(g[i] for g in gen)
+        out[f"rollout_tokens_per_{kind}"] = round(tokens / sum(g[i] for g in gen), 1)
+        out[f"update_{kind}_per_1k_tokens"] = round(1000 * rest / tokens, 4)
+        out[f"gc_{kind}_per_1k_tokens"] = round(1000 * gc[i] / tokens, 4)
+        out[f"update_without_gc_{kind}_per_1k_tokens"] = round(1000 * (rest - gc[i]) / tokens, 4)
+    return out
+
+
+def trl_ppo(root: Path, batch: int, updates: int) -> dict:
+    """TRL's PPO trainer for `updates` updates on the same models and batch; runs in the child (see `_child`)."""
     import transformers
     import trl
     import trl.experimental.ppo.ppo_trainer as trl_module
@@ -139,6 +216,8 @@ def trl_ppo(root: Path, prompts: list[list[int]], updates: int, pad_id: int) -> 
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     torch.set_num_threads(1)
+    given = json.loads((root / "trl_prompts.json").read_text())
+    prompts, pad_id = given["prompts"][:batch], given["pad_id"]
     tok = transformers.AutoTokenizer.from_pretrained(root / "tok")
     tok.pad_token_id = pad_id
     policy = transformers.LlamaForCausalLM.from_pretrained(root / "llama")
@@ -152,103 +231,150 @@ def trl_ppo(root: Path, prompts: list[list[int]], updates: int, pad_id: int) -> 
         return m
 
     data = Dataset.from_dict({"input_ids": prompts})
-    args = PPOConfig(output_dir=str(root / "trl"), per_device_train_batch_size=BATCH // 2,
-                     gradient_accumulation_steps=2, num_mini_batches=2, num_ppo_epochs=1,
-                     total_episodes=BATCH * updates, response_length=NEW, local_rollout_forward_batch_size=BATCH // 2,
-                     learning_rate=1e-5, kl_coef=0.01, kl_estimator="k1", stop_token_id=None, missing_eos_penalty=None,
-                     num_sample_generations=0, report_to=[], save_strategy="no", logging_steps=10**6,
-                     disable_tqdm=True, use_cpu=True, seed=0, bf16=False, fp16=False)
-    gen_s: list[float] = []
-    real = trl_module.batch_generation
+    s = settings(batch)["trl"]
+    args = PPOConfig(output_dir=str(root / f"trl-{batch}"), per_device_train_batch_size=s["per_device_train_batch_size"],
+                     gradient_accumulation_steps=s["gradient_accumulation_steps"], num_mini_batches=MINI_BATCHES, num_ppo_epochs=PPO_EPOCHS,
+                     total_episodes=batch * updates, response_length=NEW, local_rollout_forward_batch_size=batch,
+                     temperature=1.0, learning_rate=1e-5, kl_coef=0.01, kl_estimator="k1", stop_token_id=None,
+                     missing_eos_penalty=None, num_sample_generations=0, report_to=[], save_strategy="no",
+                     logging_steps=10**6, disable_tqdm=True, use_cpu=True, seed=0, bf16=False, fp16=False)
+    gen: list[tuple[float, float]] = []
+    gc_s: list[tuple[int, float, float]] = []  # (update interval it ran in, wall, CPU)
+    marks: list[tuple[float, float]] = []
+    real_gen, real_gc = trl_module.batch_generation, trl_module.gc
 
-    def timed(*a, **k):
-        t0 = clock.perf_counter()
-        out = real(*a, **k)
-        gen_s.append(clock.perf_counter() - t0)
-        return out
+    class TimedGC:  # stands in for the `gc` module inside TRL's trainer: its collect() calls are timed
+        def __getattr__(self, name):
+            return getattr(real_gc, name)
 
-    marks: list[float] = []
+        @staticmethod
+        def collect(*a, **k):
+            t0 = _now()
+            out = real_gc.collect(*a, **k)
+            t1 = _now()
+            gc_s.append((len(marks), t1[0] - t0[0], t1[1] - t0[1]))
+            return out
 
     class Marks(transformers.TrainerCallback):
         def on_train_begin(self, *a, **k):
-            marks.append(clock.perf_counter())
+            marks.append(_now())
 
         def on_step_end(self, *a, **k):
-            marks.append(clock.perf_counter())
+            marks.append(_now())
 
     trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=scorer(),
                          value_model=scorer(), train_dataset=data, eval_dataset=data, callbacks=[Marks()])
-    trl_module.batch_generation = timed
+    steps: list[int] = []  # optimizer steps taken (accelerate skips the ones inside an accumulation)
+    base = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    base.register_step_post_hook(lambda *a: steps.append(1))
+    trl_module.batch_generation, trl_module.gc = _timed(real_gen, gen), TimedGC()
     try:
         trainer.train()
     finally:
-        trl_module.batch_generation = real
-    update_s = [b - a for a, b in itertools.pairwise(marks)][1:]  # the first update warms up
-    gen = gen_s[1:]
-    tokens = BATCH * NEW * len(gen)
-    return {"trl": trl.__version__, "trl_path": trl.__file__, "updates_timed": len(gen), "rollout_tokens": tokens,
-            "rollout_tokens_per_s": round(tokens / sum(gen), 1),
-            "update_s_per_1k_tokens": round(1000 * (sum(update_s) - sum(gen)) / tokens, 3),
-            "whole_update_s_per_1k_tokens": round(1000 * sum(update_s) / tokens, 3)}
+        trl_module.batch_generation, trl_module.gc = real_gen, real_gc
+    update_s = _spans(marks)[1:]  # the first update warms up
+    # a gc call belongs to the interval it ran in: those between marks 1 and the last (the timed updates)
+    timed = [g for g in gc_s if 2 <= g[0] <= len(marks) - 1]
+    out = _rates(batch * NEW * len(update_s), gen[1:], update_s, (sum(g[1] for g in timed), sum(g[2] for g in timed)),
+                 len(update_s))
+    return {**out, "rm_tokens_per_row": PROMPT + NEW, "gc_calls_per_update": len(gc_s) / updates, "optimizer_steps_per_update": len(steps) / updates,
+            "trl": trl.__version__, "trl_path": trl.__file__}
 
 
-def _trl_child(root: Path, prompts: list[list[int]], updates: int, pad_id: int) -> dict:
-    """Run `trl_ppo` in a child process with TRL_PPO first on sys.path (the dev environment's trl has no PPO)."""
-    if not (TRL_PPO / "trl").is_dir():
+def _child(side: str, root: Path, batch: int, updates: int) -> dict:
+    """One side's run in a fresh process (TRL's with TRL_PPO first on sys.path): neither side inherits the
+    other's memory, threads or live objects (which TRL's gc.collect walks)."""
+    if side == "trl" and not (TRL_PPO / "trl").is_dir():
         return {"skipped": f"no trl=={TRL_PPO_VERSION} at {TRL_PPO}; install it with `pip install --no-deps --target "
                            f"{TRL_PPO} trl=={TRL_PPO_VERSION}` (`make bench` does)"}
-    (root / "trl_in.json").write_text(json.dumps({"prompts": prompts, "updates": updates, "pad_id": pad_id}))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TRL_PPO), str(REPO / "src"), str(REPO)]),
-           "TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.bench_ppo", "--trl-child", str(root)], env=env, cwd=REPO,
-                          capture_output=True, text=True, check=False)
+    paths = ([str(TRL_PPO)] if side == "trl" else []) + [str(REPO / "src"), str(REPO)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "TRL_EXPERIMENTAL_SILENCE": "1",
+           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    out = root / f"{side}-{batch}.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.bench_ppo", "--child", side, str(root), str(batch),
+                           str(updates), str(out)], env=env, cwd=REPO, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return {"failed": done.stderr[-2000:]}
-    return json.loads((root / "trl_out.json").read_text())
+    return json.loads(out.read_text())
+
+
+def _median_range(xs: list[float]) -> dict:
+    return {"median": round(statistics.median(xs), 2), "min": round(min(xs), 2), "max": round(max(xs), 2)}
+
+
+def _fmt(r: dict) -> str:
+    return f"{r['median']}x [{r['min']}-{r['max']}]"
+
+
+def _ratios(mine: dict, theirs: dict) -> dict[str, float]:
+    """ilm over TRL for rollout speed, TRL over ilm for update time (> 1: ilm faster), wall and CPU."""
+    out = {}
+    for kind, tag in (("s", ""), ("cpu_s", "_cpu")):
+        out[f"rollout{tag}_ilm_over_trl"] = mine[f"rollout_tokens_per_{kind}"] / theirs[f"rollout_tokens_per_{kind}"]
+        out[f"update{tag}_trl_over_ilm"] = theirs[f"update_{kind}_per_1k_tokens"] / mine[f"update_{kind}_per_1k_tokens"]
+        out[f"update{tag}_trl_without_gc_over_ilm"] = (theirs[f"update_without_gc_{kind}_per_1k_tokens"]
+                                                       / mine[f"update_{kind}_per_1k_tokens"])
+    return out
 
 
 def main() -> dict:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            root = Path(tmp)
-            s = _setup(root)
-            updates = 3 if QUICK else 6
-            mine = ours(root, updates + 1)
-            prompts = [s["tok"].render(json.loads(x)["messages"], add_generation_prompt=True).ids
-                       for x in (root / "queries.jsonl").read_text().splitlines()[:BATCH]]
-            pad = s["tok"].pad_id
-            prompts = [[pad] * (PROMPT - len(p)) + p for p in prompts]  # equal lengths (TRL masks the pad id)
-            hf = hf_generate(root, prompts, updates)
-            theirs = _trl_child(root, prompts, updates + 1, pad_id=pad)
-    finally:
-        torch.set_num_threads(before)
-    out = {"model": "tiny (hidden 64, 2 layers, vocab 512)", "batch": BATCH, "prompt_tokens": PROMPT,
-           "new_tokens": NEW, "torch_threads": 1, "ours": mine, "hf_generate": hf, "trl_ppo": theirs,
-           "rollout_ours_over_hf": round(mine["rollout_tokens_per_s"] / hf["rollout_tokens_per_s"], 2)}
-    line = (f"rollout tokens/s: ours {mine['rollout_tokens_per_s']:,}, transformers generate "
-            f"{hf['rollout_tokens_per_s']:,} ({out['rollout_ours_over_hf']}x); PPO update without the rollout: ours "
-            f"{mine['update_s_per_1k_tokens']} s per 1,000 rollout tokens")
-    if "rollout_tokens_per_s" in theirs:
-        out["rollout_ours_over_trl"] = round(mine["rollout_tokens_per_s"] / theirs["rollout_tokens_per_s"], 2)
-        out["update_trl_over_ours"] = round(theirs["update_s_per_1k_tokens"] / mine["update_s_per_1k_tokens"], 2)
-        out["whole_update_trl_over_ours"] = round(theirs["whole_update_s_per_1k_tokens"]
-                                                  / mine["whole_update_s_per_1k_tokens"], 2)
-        line += (f"; TRL {theirs['trl']} PPOTrainer: rollout {theirs['rollout_tokens_per_s']:,} tokens/s "
-                 f"(ours {out['rollout_ours_over_trl']}x), update {theirs['update_s_per_1k_tokens']} s per 1,000 "
-                 f"tokens (TRL / ours {out['update_trl_over_ours']}x)")
-    else:
-        line += f"; TRL PPO: {next(iter(theirs.values()))[:300]}"
-    print(line, flush=True)
+    updates = {16: 3, 64: 2} if QUICK else {16: 5, 64: 3}  # timed updates per run (+1 warm-up)
+    rounds = 2 if QUICK else ROUNDS
+    out: dict = {"model": "tiny (hidden 64, 2 layers, vocab 512)", "rounds": rounds,
+                 "settings": {b: settings(b) for b in BATCHES}, "runs": [], "load_average": []}
+    for b in BATCHES:
+        print(f"settings at {b} queries per update:\n  ilm: {json.dumps(settings(b)['ilm'])}\n"
+              f"  TRL: {json.dumps(settings(b)['trl'])}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        _setup(root)
+        for r in range(rounds):
+            for i, b in enumerate(BATCHES):
+                order = ("ilm", "trl") if (r + i) % 2 == 0 else ("trl", "ilm")
+                load = os.getloadavg()[0]
+                res = {side: _child(side, root, b, updates[b] + 1) for side in order}
+                run = {"round": r + 1, "batch": b, "order": list(order), "load_1min": round(load, 2), **res}
+                out["runs"].append(run)
+                out["load_average"].append(round(load, 2))
+                mine, theirs = res["ilm"], res["trl"]
+                if "rollout_tokens_per_s" not in mine:
+                    raise RuntimeError(f"ilm's side failed: {mine}")
+                line = (f"round {r + 1}, {b} queries, {' then '.join(order)}, load {load:.2f}: ilm rollout "
+                        f"{mine['rollout_tokens_per_s']:,} tok/s, update {mine['update_s_per_1k_tokens']} s "
+                        f"({mine['update_cpu_s_per_1k_tokens']} CPU s) per 1k tokens, RM input "
+                        f"{mine['rm_tokens_per_row']} tokens/row")
+                if "rollout_tokens_per_s" in theirs:
+                    run.update(_ratios(mine, theirs))
+                    line += (f"; TRL rollout {theirs['rollout_tokens_per_s']:,} tok/s, update "
+                             f"{theirs['update_s_per_1k_tokens']} s ({theirs['update_cpu_s_per_1k_tokens']} CPU s), "
+                             f"of it gc.collect {theirs['gc_s_per_1k_tokens']} s, RM input {PROMPT + NEW} tokens/row")
+                else:
+                    line += f"; TRL: {next(iter(theirs.values()))[:300]}"
+                print(line, flush=True)
+    for b in BATCHES:
+        runs = [x for x in out["runs"] if x["batch"] == b and "rollout_ilm_over_trl" in x]
+        if not runs:
+            continue
+        summary = {k: _median_range([x[k] for x in runs]) for k in runs[0] if k.endswith(("_over_trl", "_over_ilm"))}
+        out[f"summary_{b}"] = summary
+        print(f"{b} queries per update, {len(runs)} interleaved rounds (median [range]; load average "
+              f"{min(out['load_average'])}-{max(out['load_average'])}):\n"
+              f"  rollout tokens/s ilm/TRL {_fmt(summary['rollout_ilm_over_trl'])} wall, "
+              f"{_fmt(summary['rollout_cpu_ilm_over_trl'])} CPU\n"
+              f"  update time TRL/ilm with TRL's gc.collect {_fmt(summary['update_trl_over_ilm'])} wall, "
+              f"{_fmt(summary['update_cpu_trl_over_ilm'])} CPU; without it "
+              f"{_fmt(summary['update_trl_without_gc_over_ilm'])} wall, "
+              f"{_fmt(summary['update_cpu_trl_without_gc_over_ilm'])} CPU", flush=True)
     return out
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--trl-child"]:
-        where = Path(sys.argv[2])
-        given = json.loads((where / "trl_in.json").read_text())
-        (where / "trl_out.json").write_text(json.dumps(trl_ppo(where, given["prompts"], given["updates"],
-                                                               given["pad_id"])))
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(f"python -m benchmarks.bench_ppo   (or: python -m benchmarks.run bench_ppo)\n{__doc__}\n"
+              "Environment: ILM_BENCH_ROUNDS (default 3), ILM_BENCH_QUICK=1 (2 rounds, fewer updates), ILM_TRL_PPO "
+              f"(TRL's directory, default {TRL_PPO}).")
+    elif sys.argv[1:2] == ["--child"]:
+        side, where, batch, n, dest = sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+        Path(dest).write_text(json.dumps((ours if side == "ilm" else trl_ppo)(where, batch, n)))
     else:
         print(json.dumps(main(), indent=2))

@@ -398,8 +398,7 @@ def _train(cfg: PPOConfig, resume: str, reward_fn: TrueRewardFn | None) -> dict[
         # 5. metrics, rollouts file, checkpoint
         tot = all_sum([sums["pg"], sums["clip"], sums["vf"], sums["ptx"], sums["ptx_n"]], world)
         row_queries = [queries[picked[x["row"]]] for x in everything]
-        texts = [tok.decode([i for i in x["response"] if i not in stop_ids]) for x in everything] \
-            if world.is_main else []
+        texts = [x["text"] for x in everything] if world.is_main else []
         true = None
         if reward_fn is not None and world.is_main:
             true = [float(reward_fn(q.record, s)) for q, s in zip(row_queries, texts)]

@@ -65,7 +65,10 @@ def sample(
     stops = set(stop_ids)
 
     def observe(logits: torch.Tensor, token: torch.Tensor) -> None:
-        seen.append(torch.stack([token_logprobs(logits, token, temperature), entropy(logits, temperature)], 1).cpu())
+        # `token_logprobs` and `entropy` of the step, sharing one log-softmax (the same numbers as calling both)
+        logp = F.log_softmax(logits.float() / temperature, dim=-1)
+        picked = logp.gather(-1, token.unsqueeze(-1)).squeeze(-1)
+        seen.append(torch.stack([picked, -(logp.exp() * logp).sum(-1)], 1).cpu())
 
     was_training = model.training
     model.eval()
@@ -122,17 +125,14 @@ def collate(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]
     B = len(prompts)
     L = max(len(p) + len(r) for p, r in zip(prompts, responses))
     R = max(max((len(r) for r in responses), default=0), 1)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    index = torch.zeros(B, R, dtype=torch.long)
-    mask = torch.zeros(B, R, dtype=torch.long)
-    response = torch.full((B, R), pad_id, dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        seq = list(p) + list(r)
-        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        index[i] = (len(p) - 1 + torch.arange(R)).clamp(max=L - 1)
-        mask[i, : len(r)] = 1
-        if r:
-            response[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+    # built as Python lists and converted once (a tensor per row costs more than the rows at PPO's sizes)
+    ids = torch.tensor([[*p, *r] + [pad_id] * (L - len(p) - len(r)) for p, r in zip(prompts, responses)],
+                       dtype=torch.long).reshape(B, L)
+    starts = torch.tensor([len(p) - 1 for p in prompts], dtype=torch.long)
+    index = (starts[:, None] + torch.arange(R)).clamp(max=L - 1)
+    lengths = torch.tensor([len(r) for r in responses], dtype=torch.long)
+    mask = (torch.arange(R)[None, :] < lengths[:, None]).long()
+    response = torch.tensor([[*r] + [pad_id] * (R - len(r)) for r in responses], dtype=torch.long).reshape(B, R)
     return {"ids": ids, "index": index, "mask": mask, "response": response}
 
 
@@ -143,13 +143,25 @@ def gather_positions(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, flat)
 
 
+def response_logits(model: torch.nn.Module, ids: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The logits (B, R, V) at `index` (the positions that predict the response tokens). The output head
+    runs on those positions only, not on the prompt's (with PPO's short responses a third of the head's
+    work or more, forward and backward); except on an FSDP-sharded model, whose head exists whole only
+    inside its own forward."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule) or not hasattr(model, "head_weight"):
+        return gather_positions(model(ids), index)
+    hidden = gather_positions(model(ids, return_hidden=True), index)
+    return F.linear(hidden, model.head_weight()) if model.config.norm_head else model.output(hidden)
+
+
 def sequence_logprobs(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The training forward: log-probs (B, R) of the response tokens (and their entropies), fp32."""
     device = next(iter(model.parameters())).device
-    logits = model(batch["ids"].to(device))
-    picked = gather_positions(logits, batch["index"].to(device))
+    picked = response_logits(model, batch["ids"].to(device), batch["index"].to(device))
     logp = token_logprobs(picked, batch["response"].to(device), temperature)
     ent = entropy(picked.detach(), temperature) if with_entropy else None
     return logp, ent

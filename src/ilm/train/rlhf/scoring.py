@@ -15,7 +15,7 @@ from torch import nn
 
 from ilm.model import packed_batch, positions_from_doc_ids
 from ilm.train.distributed import World
-from ilm.train.reward import collate_sequences, encode_sequence
+from ilm.train.reward import collate_sequences
 from ilm.train.rlhf.queries import Query
 from ilm.train.rlhf.rollout import Rollout, collate, gather_positions, sequence_logprobs
 
@@ -25,14 +25,23 @@ def chunks(n: int, size: int) -> list[range]:
 
 
 def rm_sequences(tok: Any, queries: list[Query], responses: list[list[int]], meta: dict, conditions: dict[str, str],
-                 stop_ids: set[int]) -> tuple[list[np.ndarray], int]:
-    """The reward model's input per row (`ilm rm`'s conditional encoding); returns how many were cut to fit."""
+                 stop_ids: set[int], texts: list[str] | None = None) -> tuple[list[np.ndarray], int]:
+    """The reward model's input per row (`ilm rm`'s conditional encoding, `reward.encode_sequence`); returns how
+    many were cut to fit. `texts`: the decoded responses, when the caller has them.
+
+    The same ids as `encode_sequence`, with one render per row instead of its three: the condition's length
+    (`head`, where a cut starts) is rendered once per condition, and the prefix's end is not needed here."""
     reward_id, max_length = meta["reward_token_id"], meta["max_length"]
+    heads: dict[str, int] = {}
     seqs, cut_count = [], 0
-    for q, r in zip(queries, responses):
-        text = tok.decode([t for t in r if t not in stop_ids])
-        ids, head, _ = encode_sequence(tok, conditions[q.domain], q.record["messages"],
-                                           [{"role": "assistant", "content": text}], reward_id)
+    for j, (q, r) in enumerate(zip(queries, responses)):
+        text = texts[j] if texts is not None else tok.decode([t for t in r if t not in stop_ids])
+        condition = conditions[q.domain]
+        system = [{"role": "system", "content": condition}]
+        ids = tok.render(system + q.record["messages"] + [{"role": "assistant", "content": text}]).ids + [reward_id]
+        if condition not in heads:
+            heads[condition] = len(tok.render(system).ids)
+        head = heads[condition]
         cut = len(ids) - max_length
         if cut > 0:  # the oldest conversation tokens go first (as `ilm rm`), then the response's start
             cut_count += 1
@@ -92,8 +101,8 @@ class Scorer:
     def score(self, rollouts: list[Rollout], queries: list[Query], rows: list[int], actor: nn.Module | None
               ) -> tuple[list[dict], int]:
         """Per row (`rows`: the row index in the whole rollout): reference log-probs, old log-probs (sampling
-        time, or the actor's training forward when `actor` is given), values and the RM score; and how many
-        RM inputs were cut to fit."""
+        time, or the actor's training forward when `actor` is given), values, the RM score and the response
+        text (stop tokens dropped); and how many RM inputs were cut to fit."""
         n, pad_id, autocast = self.micro_batch_rows, self.pad_id, self.autocast
         prompts = [r.prompt for r in rollouts]
         responses = [r.response for r in rollouts]
@@ -105,11 +114,13 @@ class Scorer:
                                   n, pad_id, autocast)
         vals = forward_rows(lambda b: critic_values(self.critic, b, self.device), prompts, responses, n,
                             pad_id, autocast)
-        seqs, rm_cut = rm_sequences(self.tok, queries, responses, self.meta, self.conditions, set(self.stop_ids))
+        stops = set(self.stop_ids)
+        texts = [self.tok.decode([t for t in r if t not in stops]) for r in responses]
+        seqs, rm_cut = rm_sequences(self.tok, queries, responses, self.meta, self.conditions, stops, texts)
         scores = score_rows(self.rm, seqs, n, self.device, autocast, pad_id)
         mine = [{"row": i, "prompt": r.prompt, "response": r.response, "old": o, "ref": f, "values": v,
-                 "score": s, "truncated": r.truncated, "entropy": r.entropy} for i, r, o, f, v, s in
-                zip(rows, rollouts, old_lp, ref_lp, vals, scores)]
+                 "score": s, "truncated": r.truncated, "entropy": r.entropy, "text": x} for i, r, o, f, v, s, x in
+                zip(rows, rollouts, old_lp, ref_lp, vals, scores, texts)]
         return mine, rm_cut
 
 
