@@ -447,8 +447,11 @@ def test_the_patch_runs_through_the_rm_trainer_on_the_runs_device_and_precision(
     assert cfg.loss.anchor_weight > 0 and cfg.data.anchor and rep["replayed"] >= rep["new_pairs"] == 8
     assert set(cfg.data.eval_sets) >= {"check", "earlier_clean"} and rep["held_out"] == 2
     assert cfg.train.merge_init == fast.merge == rep["merge"] < 1  # the export is averaged with RM_k (WiSE-FT)
-    neutral = [r for f in cfg.data.neutral for r in R.read_jsonl(f)]  # the flagged earlier pairs, held at margin >= 0
-    assert len(neutral) == rep["neutral"] == round(fast.neutral_ratio * 8) > 0
+    assert not cfg.data.neutral and rep["neutral"] == 0  # off by default
+    fast = R.FastPath(neutral_ratio=0.5)
+    R.patch_reward_model(str(rm), [str(new)], [str(old)], tmp_path / "out2", fast, [str(old)], PPOTrain())
+    neutral = [r for f in seen["cfg"].data.neutral for r in R.read_jsonl(f)]  # the flagged earlier pairs, margin >= 0
+    assert len(neutral) == round(fast.neutral_ratio * 8) > 0
     assert all(S.PHRASE in p["chosen"] and S.PHRASE not in p["rejected"] for p in neutral)
 
 
@@ -613,6 +616,6 @@ def test_the_tiny_rounds_recipe_loads():
     assert cfg.ppo.train.updates and cfg.ppo.ppo.ptx_coef == 0.0 and cfg.fast.check
     f = cfg.fast  # the patch as continual learning: at most the task RM's final lr (1e-3 x 0.5), warm-up, replay, anchor
     assert f.lr <= 5e-4 and f.warmup_steps > 0 and f.replay_ratio >= 1 and f.anchor_weight > 0
-    assert 0 < f.merge < 1 and f.neutral_ratio > 0  # WiSE-FT averaging; the flagged pattern neutralised, not reversed
+    assert 0 < f.merge < 1  # WiSE-FT averaging with the RM before the patch
     assert f.accuracy_margin == 0.02 and f.check_bar >= 0.5 and cfg.critic_rewarm_updates > 0
     assert not any("allow_drop" in p.read_text() for p in RECIPES.glob("*.toml"))  # no recipe turns the gate off

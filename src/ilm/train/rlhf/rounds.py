@@ -84,9 +84,9 @@ class FastPath:
     replay_flagged: bool = False  # replay earlier pairs that carry the flagged pattern too (they teach the hack)
     anchor_weight: float = 10.0  # squared shortfall of a replayed pair's margin below RM_k's (0: no anchor)
     anchor_cap: float = 1.5  # ... below min(RM_k's margin, this): what it ranked right stays right, magnitudes may move
-    neutral_ratio: float = 0.5  # earlier pairs WITH the flagged pattern per new pair, not ranked, margins kept >= 0:
-    #                             the pattern may stop deciding them, not reverse (0: none)
-    merge: float = 0.9  # RM_{k+1} = merge x the fine-tuned RM + (1 - merge) x RM_k (WiSE-FT; 1: no averaging)
+    neutral_ratio: float = 0.0  # earlier pairs WITH the flagged pattern per new pair, not ranked, margins kept >= 0:
+    #                             the pattern may stop deciding them, not reverse (0: none; docs/recipe.md: measured)
+    merge: float = 0.8  # RM_{k+1} = merge x the fine-tuned RM + (1 - merge) x RM_k (WiSE-FT; 1: no averaging)
     batch_tokens: int = 16_384
     # the gate: (a) the patch check on held-out reviewer pairs, (b) the earlier held-out pairs without the pattern
     holdout_fraction: float = 0.2  # of the new pairs, kept out of the fine-tune for the patch check
