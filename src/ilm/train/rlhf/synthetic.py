@@ -150,10 +150,24 @@ CITIES = ("Paris", "Berlin", "Tokyo", "Lima", "Oslo", "Cairo", "Delhi", "Rome")
 
 
 def weather(city: str) -> dict[str, Any]:
-    """The demo tool's answer: a fixed temperature per city (deterministic, no network)."""
+    """The demo tool's answer: a fixed temperature per city, 10-39 (deterministic, no network; inside the
+    10-99 range the tool chats teach: the tiny policy has seen no one-digit or negative temperature)."""
     import zlib
 
-    return {"city": city, "temperature": 5 + zlib.crc32(city.encode()) % 30}
+    return {"city": city, "temperature": 10 + zlib.crc32(city.encode()) % 30}
+
+
+def weather_cases(n: int = 20, seed: int = 22) -> list[tuple[list[dict[str, Any]], Any]]:
+    """The served policy's tool-value check: (messages, tool function) per case, a city of the tool chats and
+    a temperature of their range (10-99) drawn apart from them; each case's tool answers its own temperature,
+    so an answer from memory instead of the tool's result is caught. Chance: 1 in 90 per answer."""
+    rng = random.Random(f"weather-cases/{seed}")
+
+    def tool(temperature: int):
+        return lambda city: {"city": city, "temperature": temperature}
+
+    return [([{"role": "user", "content": f"What is the weather in {rng.choice(CITIES)}?"}], tool(rng.randint(LOW, HIGH)))
+            for _ in range(n)]
 
 
 def weather_conversations(n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -189,11 +203,13 @@ def tokenizer_corpus(n: int = 4000, seed: int = 0) -> list[str]:
 
 
 def build_task(out: str | Path, n_sft: int = 4000, n_rm: int = 3200, n_queries: int = 256, sft_epochs: int = 8,
-               rm_epochs: int = 4, seed: int = 0, n_tool: int = 0) -> dict[str, str]:
+               rm_epochs: int = 4, seed: int = 0, n_tool: int = 0, n_needle: int = 0) -> dict[str, str]:
     """Tokenizer, SFT policy and loophole reward model for the task, from scratch on CPU in minutes.
 
     `n_tool` > 0 adds that many `get_weather` tool-call chats to the SFT data (the demo serves the RLHF
-    policy and makes a tool-call round trip with it); their declaration needs a 256-token window.
+    policy and makes a tool-call round trip with it); their declaration needs a 256-token window. `n_needle`
+    > 0 adds that many Needle-in-a-Haystack chats (`ilm.eval.niah.needle_conversations`, up to the window):
+    the demo's NIAH evaluates this policy.
 
     Returns paths: tokenizer, sft (HF checkpoint), rm (reward-model export), queries (jsonl), rm_train (the
     RM's earlier data, which the fast path replays), heldout (pairs for the patched-RM check).
@@ -216,10 +232,15 @@ def build_task(out: str | Path, n_sft: int = 4000, n_rm: int = 3200, n_queries: 
         tool_text = [render_text(c["messages"], c["tools"]) for c in weather_conversations(min(n_tool, 400), seed)]
         corpus.write_text("\n".join(tokenizer_corpus(seed=seed) + _stdlib_text() + tool_text) + "\n")
         train_tokenizer([corpus], tok_dir, vocab_size=512)
-    window = 256 if n_tool else 128
+    window = 256 if n_tool or n_needle else 128
     model = ModelSection("tiny", {"max_position_embeddings": window})
     data = out / "data"
     chats = sft_conversations(n_sft, seed) + weather_conversations(n_tool, seed + 5)
+    if n_needle:
+        from ilm.eval.needles import needle_conversations
+        from ilm.tokenizer import load_tokenizer
+
+        chats += needle_conversations(load_tokenizer(tok_dir), n_needle, window, seed)
     random.Random(seed).shuffle(chats)
     sft_train = write_jsonl(data / "sft.jsonl", chats)
     rm_train = write_jsonl(data / "rm-train.jsonl", rm_pairs(n_rm, seed + 1))
