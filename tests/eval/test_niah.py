@@ -346,3 +346,17 @@ def test_demo_line_names_the_model_the_window_and_chance_and_says_not_working(tm
     assert "NOT WORKING: no needle found within the window" in line  # a random model finds none
     cells = json.loads((tmp_path / "run" / "eval" / "niah.json").read_text())["runs"]["plain"]["cells"]
     assert all(c["prompt_tokens"] == c["length"] - 8 for c in cells)
+
+
+def test_value_digits_and_chance():
+    import random
+
+    two = niah.make_needle("The secret number of {key} is {value:2}.", random.Random(5))
+    assert re.fullmatch(r"\d{2}", two.value) and two.text.endswith(f" is {two.value}.")
+    assert niah.value_digits("x {value:3}") == 3 and niah.value_digits(niah.DEFAULT_NEEDLE) == 5
+    assert niah.value_digits("The best city is Paris.") is None
+    assert needles.chance("{key} is {value:2}.") == pytest.approx(0.01) and needles.chance() == pytest.approx(
+        10.0 ** -niah.value_digits(needles.DEMO_NEEDLE))
+    assert needles.chance("The best city is Paris.") is None
+    with pytest.raises(niah.NiahError, match="1 to 9 digits"):
+        niah.make_needle("The secret number of {key} is {value:0}.", random.Random(0))

@@ -14,8 +14,11 @@ from typing import Any
 
 from ilm.eval import niah
 
+# The demo's needle: the default one (5 random digits)
+DEMO_NEEDLE = niah.DEFAULT_NEEDLE
 
-def needle_conversations(tokenizer: Any, n: int, window: int, seed: int = 0, needle: str = niah.DEFAULT_NEEDLE,
+
+def needle_conversations(tokenizer: Any, n: int, window: int, seed: int = 0, needle: str = DEMO_NEEDLE,
                          min_tokens: int = 16) -> list[dict[str, Any]]:
     """Chat data that teaches the NIAH task: the user's message is haystack sentences (a random run of at
     least `min_tokens` tokens) with a needle on a random sentence boundary, then the question; the assistant
@@ -48,12 +51,14 @@ def needle_conversations(tokenizer: Any, n: int, window: int, seed: int = 0, nee
     return out
 
 
-def chance(needle: str = niah.DEFAULT_NEEDLE) -> float | None:
-    """The hit rate of guessing: 10^-5 for the default needle's 5 random digits (None for a literal one)."""
-    return 1e-5 if "{value}" in needle else None
+def chance(needle: str = DEMO_NEEDLE) -> float | None:
+    """The hit rate of guessing N random digits: 10^-N (10^-5 for the default needle; None for a literal one)."""
+    digits = niah.value_digits(needle)
+    return None if digits is None else 10.0 ** -digits
 
 
-def demo(out: Path, checkpoint: Path, quick: bool = True, chat: bool = False, label: str | None = None) -> dict:
+def demo(out: Path, checkpoint: Path, quick: bool = True, chat: bool = False, label: str | None = None,
+         needle: str = DEMO_NEEDLE) -> dict:
     """`make demo`'s NIAH step: a small heatmap of `checkpoint` at half, one and two times its trained length
     (seconds of CPU), dynamic NTK against plain RoPE, into out/eval/niah.png and niah.json. `chat` asks in
     the chat template (a chat model); prompt and answer then fit each length (`answer_room`), so the lengths
@@ -68,20 +73,21 @@ def demo(out: Path, checkpoint: Path, quick: bool = True, chat: bool = False, la
     lengths = [trained // 2, trained, 2 * trained] + ([] if quick else [4 * trained])
     depths = [0.0, 0.5, 1.0] if quick else [0.0, 0.25, 0.5, 0.75, 1.0]
     trials, new = (2 if quick else 3), 8
-    result = niah.evaluate(checkpoint, lengths, depths, Path(out) / "eval", compare_ntk=True, max_new_tokens=new,
-                      trials=trials, answer_room=new if chat else 0, chat=chat)
+    result = niah.evaluate(checkpoint, lengths, depths, Path(out) / "eval", compare_ntk=True, needle=needle,
+                           max_new_tokens=new, trials=trials, answer_room=new if chat else 0, chat=chat)
     model = label or str(checkpoint)
     summary = {"lengths": lengths, "depths": depths, "trials": trials, "chat": chat, **result["summary"],
-               "chance": chance(), "model": model, "checkpoint": str(checkpoint),
+               "chance": chance(needle), "model": model, "checkpoint": str(checkpoint),
                "json": str(Path(out) / "eval" / "niah.json"), "png": str(Path(out) / "eval" / "niah.png")}
     s = result["summary"]
     rates = {part: ", ".join(f"{niah._label(n, result['runs'][n]['rope_scaling'])} {s[n][part]:.0%}" for n in result["runs"])
              for part in ("within", "beyond")}
     inside = [n for n in lengths if n <= trained]
-    found = max(s[n]["within"] or 0.0 for n in result["runs"])
-    verdict = "" if found > 0 else "; NOT WORKING: no needle found within the window"
+    found, guess = max(s[n]["within"] or 0.0 for n in result["runs"]), chance(needle) or 0.0
+    verdict = ("" if found > 10 * guess else "; NOT WORKING: no needle found within the window" if not found
+               else "; NOT WORKING: within the window no better than 10x chance")
     print(f"[eval] NIAH on {model} ({checkpoint}), {len(lengths)} lengths x {len(depths)} depths x {trials} needles: "
           f"within its {trained}-token window ({', '.join(map(str, inside))} tokens) {rates['within']}; past it "
-          f"({', '.join(str(n) for n in lengths if n > trained)}) {rates['beyond']}; chance {chance():.3%} "
-          f"(5 random digits){verdict} -> {summary['png']}")
+          f"({', '.join(str(n) for n in lengths if n > trained)}) {rates['beyond']}; chance {chance(needle):.3%} "
+          f"({niah.value_digits(needle)} random digits){verdict} -> {summary['png']}")
     return summary

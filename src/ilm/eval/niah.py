@@ -69,14 +69,28 @@ class Needle:
         return self.question.split("? ", 1)[1]
 
 
+_VALUE = re.compile(r"\{value(?::(\d))?\}")
+
+
+def value_digits(template: str) -> int | None:
+    """How many random digits a template's value has: 5 for `{value}`, N for `{value:N}`; None if literal."""
+    m = _VALUE.search(template)
+    return None if m is None else int(m.group(1) or 5)
+
+
 def make_needle(template: str, rng: random.Random) -> Needle:
-    """A needle from a template: `{key}` becomes a random word, `{value}` random 5 digits. A template
-    without `{value}` is literal and must read "<subject> is <value>." (the value is the word after "is")."""
+    """A needle from a template: `{key}` becomes a random word, `{value}` random 5 digits (`{value:N}`: N
+    digits, 1-9). A template without a value is literal and must read "<subject> is <value>." (the value is
+    the word after "is")."""
     text = template.replace("{key}", rng.choice(KEYS))
-    if "{value}" in text:
-        value = f"{rng.randrange(10**5):05d}"
-        at = text.index("{value}")
-        text = text.replace("{value}", value)
+    m = _VALUE.search(text)
+    if m is not None:
+        digits = int(m.group(1) or 5)
+        if digits < 1:
+            raise NiahError(f"needle {template!r}: {{value:N}} needs 1 to 9 digits")
+        value = f"{rng.randrange(10**digits):0{digits}d}"
+        at = m.start()
+        text = text[:at] + value + text[m.end():]
     else:
         m = re.search(r"\bis\s+([^\s.!?,;]+)", text)
         if m is None:
@@ -466,7 +480,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ntk-factor", type=float, default=None,
                         help=f"dynamic NTK factor for --compare-ntk (default: the checkpoint's, else {DEFAULT_NTK_FACTOR})")
     parser.add_argument("--needle", default=DEFAULT_NEEDLE,
-                        help="needle sentence; {key} = a random word, {value} = random 5 digits; a literal "
+                        help="needle sentence; {key} = a random word, {value} = random 5 digits ({value:N}: N); a literal "
                              "needle must read '<subject> is <value>.' (default %(default)r)")
     parser.add_argument("--max-new-tokens", type=int, default=12, help="greedy answer length (default 12)")
     parser.add_argument("--chat", action="store_true",

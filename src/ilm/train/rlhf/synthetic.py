@@ -249,7 +249,8 @@ def build_task(out: str | Path, n_sft: int = 4000, n_rm: int = 3200, n_queries: 
     qs = write_jsonl(data / "queries.jsonl", queries(n_queries, seed + 3))
     sft_dir = out / "sft"
     if not (sft_dir / "final" / "config.json").exists():
-        print(f"[rlhf] task SFT: {len(chats)} chats, {sft_epochs} epochs -> {sft_dir}", flush=True)
+        print(f"[rlhf] task SFT: {len(chats)} chats ({n_sft} task, {n_tool} weather tool, {n_needle} needle), "
+              f"{sft_epochs} epochs -> {sft_dir}", flush=True)
         train_sft(SFTConfig(
             run_dir=str(sft_dir), tokenizer=str(tok_dir), model=model, data=SFTData(train=[str(sft_train)]),
             optim=OptimConfig(lr=3e-3, warmup_steps=10, final_lr_fraction=0.1, weight_decay=0.0),
@@ -409,6 +410,7 @@ def curves_figure(plt, curves: list[dict[str, Any]], title: str):
 
 
 DEMO_TOOL_CHATS = 600  # get_weather chats in the demo policy's SFT data: the served RLHF model calls the tool
+DEMO_NEEDLE_CHATS = 800  # needle-in-a-haystack chats in the same data: the demo's NIAH evaluates this policy
 
 
 def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
@@ -424,7 +426,8 @@ def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
     from ilm.train.sft import RECIPES
 
     out = Path(out)
-    task = build_task(out / "rlhf-task", **({"n_sft": 1500, "sft_epochs": 3} if quick else {}), n_tool=DEMO_TOOL_CHATS)
+    task = build_task(out / "rlhf-task", **({"n_sft": 1500, "sft_epochs": 3} if quick else {}), n_tool=DEMO_TOOL_CHATS,
+                      n_needle=DEMO_NEEDLE_CHATS)
     q = json.dumps
     overrides = [f"--run_dir={q(str(out / 'rlhf-rounds'))}", f"--rm_data=[{q(task['rm_train'])}]",
                  f"--rm_eval=[{q(task['rm_eval'])}]", f"--ppo.tokenizer={q(task['tokenizer'])}",
