@@ -14,8 +14,10 @@ from typing import Any
 
 from ilm.eval import niah
 
-# The demo's needle: the default one (5 random digits)
-DEMO_NEEDLE = niah.DEFAULT_NEEDLE
+# The demo's needle: two random digits, as the task's numbers. Measured on the task model (4,000 task + 600
+# tool + 800 needle chats, 5 epochs): within its window 22% with two digits (chance 1%), 6% with three
+# (0.1%), 0% with the default five, whose first digit it copies and then loses.
+DEMO_NEEDLE = "The secret number of {key} is {value:2}."
 
 
 def needle_conversations(tokenizer: Any, n: int, window: int, seed: int = 0, needle: str = DEMO_NEEDLE,

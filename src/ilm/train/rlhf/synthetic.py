@@ -410,7 +410,7 @@ def curves_figure(plt, curves: list[dict[str, Any]], title: str):
 
 
 DEMO_TOOL_CHATS = 600  # get_weather chats in the demo policy's SFT data: the served RLHF model calls the tool
-DEMO_NEEDLE_CHATS = 800  # needle-in-a-haystack chats in the same data: the demo's NIAH evaluates this policy
+DEMO_NEEDLE_CHATS = 1200  # needle-in-a-haystack chats in the same data: the demo's NIAH evaluates this policy
 
 
 def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
@@ -426,8 +426,9 @@ def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
     from ilm.train.sft import RECIPES
 
     out = Path(out)
-    task = build_task(out / "rlhf-task", **({"n_sft": 1500, "sft_epochs": 3} if quick else {}), n_tool=DEMO_TOOL_CHATS,
-                      n_needle=DEMO_NEEDLE_CHATS)
+    # the same task SFT in --quick: with 1,500 task chats and 3 epochs the policy copied no number at all (0/20
+    # tool values, 0% NIAH), with 5 epochs 75-85% of the tool values; copying needs the full run's epochs
+    task = build_task(out / "rlhf-task", n_tool=DEMO_TOOL_CHATS, n_needle=DEMO_NEEDLE_CHATS)
     q = json.dumps
     overrides = [f"--run_dir={q(str(out / 'rlhf-rounds'))}", f"--rm_data=[{q(task['rm_train'])}]",
                  f"--rm_eval=[{q(task['rm_eval'])}]", f"--ppo.tokenizer={q(task['tokenizer'])}",
