@@ -197,14 +197,15 @@ def stage_eval(out: Path, checkpoint: Path, policy: Path, quick: bool) -> dict:
             "niah": needles.demo(out, policy, quick, chat=True, label="the RLHF policy (the served task model)")}
 
 
-def stage_serve(out: Path, actor: Path, start: Path, quick: bool) -> dict:
-    """The RLHF model behind the server: a task question streamed, then a weather tool-call round trip
-    (the tool it learned in its SFT data; `tool_choice` auto, so the call is the model's own); then the
-    tool-value check: 20 round trips whose tool answers a different temperature each time, on the policy and
-    on its SFT start, against chance (1 in 90)."""
+def stage_serve(out: Path, rlhf: dict, quick: bool) -> dict:
+    """The RLHF model (`rlhf["actor"]`) behind the server: a task question streamed, then a weather tool-call
+    round trip (the tool it learned in its SFT data; `tool_choice` auto, so the call is the model's own);
+    then the tool-value check: 20 round trips whose tool answers a different temperature each time, on the
+    policy and on its SFT start (`rlhf["actors"]["1"]`), against chance (1 in 90)."""
     from ilm.serve import demo as serve_demo
     from ilm.train.rlhf.synthetic import HIGH, LOW, WEATHER_TOOL, query, weather, weather_cases
 
+    actor, start = Path(rlhf["actor"]), Path(rlhf["actors"]["1"])
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
     summary = serve_demo.run(out, actor, quick, chat=query(42)["messages"], ask=ask, tool=WEATHER_TOOL,
                              tool_fn=weather, tool_choice="auto")
@@ -268,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
     timed("model", stage_model, out, Path(chat["export"]), tok)
     rlhf = timed("rlhf", synthetic.demo, out, args.quick)
     timed("eval", stage_eval, out, Path(pre["export"]), Path(rlhf["actor"]), args.quick)
-    timed("serve", stage_serve, out, Path(rlhf["actor"]), Path(rlhf["actors"]["1"]), args.quick)
+    timed("serve", stage_serve, out, rlhf, args.quick)
     write_report(out, sections, seconds)
     print(f"\ndemo finished in {sum(seconds.values()):.1f}s (per stage: "
           + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())
