@@ -20,6 +20,7 @@ Files read (all optional; a missing one means the stage did not run):
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -571,7 +572,9 @@ def evaluation(run: Run) -> Safe:
         body.append(p("No eval/results.json.", class_="notrun"))
     if niah is not None:
         demo = run.stage("eval").get("niah") or {}
-        chance = f"; chance {demo['chance']:.3%} (5 random digits)" if isinstance(demo.get("chance"), float) else ""
+        guess = demo.get("chance")  # 10^-N for N random digits, as the console prints it
+        chance = (f"; chance {guess:.3%} ({round(-math.log10(guess))} random digits)"
+                  if isinstance(guess, float) and 0 < guess < 1 else "")
         body += [tag("h3", "Needle in a Haystack"),
                  _model_line(run, "Model evaluated", _checkpoint(niah), _which(run, _checkpoint(niah)) + chance)]
         part = ev.niah_part(niah)
