@@ -67,13 +67,13 @@ def test_demo_runs_every_stage_and_the_tiny_recipe_learns(tmp_path, capsys):
     ev = report["eval"]  # perplexity and a task through ilm eval; NIAH dynamic NTK vs plain RoPE
     assert (tmp_path / "eval" / "results.json").exists() and (tmp_path / "eval" / "niah.png").exists()
     assert set(ev["niah"]["dynamic"]) >= {"overall", "beyond"} and set(ev["niah"]["plain"]) >= {"overall", "beyond"}
-    # NIAH on the RLHF task policy (needle chats in its SFT data): needles found within its window, far above
-    # chance (10^-5); the console line names the model and says so
+    # NIAH on the RLHF task policy (two-digit needle chats in its SFT data): needles found within its window,
+    # far above chance (1%); the console line names the model and says so
     niah = ev["niah"]
-    assert niah["checkpoint"] == rlhf["actor"] and niah["chance"] == 1e-5 and niah["trained_length"] == 256
+    assert niah["checkpoint"] == rlhf["actor"] and niah["chance"] == 0.01 and niah["trained_length"] == 256
     assert max(niah["dynamic"]["within"], niah["plain"]["within"]) >= 0.5, niah
     line = next(x for x in out.splitlines() if x.startswith("[eval] NIAH on the RLHF policy"))
-    assert "NOT WORKING" not in line and "chance 0.001%" in line
+    assert "NOT WORKING" not in line and "chance 1.000% (2 random digits)" in line
     serve = report["serve"]  # the RLHF model, through the server, with the openai client
     assert serve["checkpoint"] == rlhf["actor"] and serve["requests"] >= 2
     # the tool-value check: 20 round trips, each tool answering its own temperature; the policy states it
