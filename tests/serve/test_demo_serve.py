@@ -78,5 +78,5 @@ def test_tool_value_line_prints_the_baselines_and_not_working():
     assert "19/20 calls parsed" not in ok and "20/20 calls parsed" in ok
     assert "vs 12/20 for its SFT start and 0.2/20 by chance: works" in ok
     bad = tool_value_line(check(17), check(0), chance=1 / 90)
-    assert bad.endswith("NOT WORKING (below 90%: the policy answers from memory, not from the tool's result)")
+    assert bad.endswith("NOT WORKING (below 90%: its final answers do not state the tool's result)")
     assert "NOT WORKING" in tool_value_line(check(0, calls=0), check(0), chance=1 / 90)

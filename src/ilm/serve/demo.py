@@ -1,10 +1,13 @@
 """The demo's serving stage: `ilm serve` on the demo's chat model, driven by the official `openai` client.
 
 One streamed chat request, then one tool-call round trip (tools sent, `tool_calls` received, the tool run
-here, its result sent back as a `tool` message, the final answer received). The demo's chat model is tiny
-and briefly trained, so the round trip names the tool (`tool_choice`): the server writes the call header
-and the model writes the arguments; whether they parse as JSON is reported as it is, not assumed.
-Writes `out/serve/transcripts.json`.
+here, its result sent back as a `tool` message, the final answer received). By default the round trip
+names the tool (`tool_choice`): the server writes the call header and the model writes the arguments;
+whether they parse as JSON is reported as it is, not assumed. Writes `out/serve/transcripts.json`.
+
+`check_tool_values` makes many such round trips through the same server path, each with a tool that
+answers a different value, and counts the final answers that state it: one lucky answer proves nothing,
+and a model that answers from memory fails most of them.
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ def tool_value_line(policy: dict, start: dict, chance: float) -> str:
     """The check's console line: the policy's count, its SFT start's, chance; NOT WORKING below WORKS_AT."""
     n, used = policy["cases"], policy["used"]
     verdict = ("works" if n and used >= WORKS_AT * n else
-               f"NOT WORKING (below {WORKS_AT:.0%}: the policy answers from memory, not from the tool's result)")
+               f"NOT WORKING (below {WORKS_AT:.0%}: its final answers do not state the tool's result)")
     return (f"tool value: {used}/{n} final answers state the tool's temperature and city (the RLHF policy through "
             f"the server, {policy['calls']}/{n} calls parsed; each case's tool answers its own temperature) vs "
             f"{start['used']}/{n} for its SFT start and {chance * n:.1f}/{n} by chance: {verdict}")
