@@ -360,3 +360,16 @@ def test_value_digits_and_chance():
     assert needles.chance("The best city is Paris.") is None
     with pytest.raises(niah.NiahError, match="1 to 9 digits"):
         niah.make_needle("The secret number of {key} is {value:0}.", random.Random(0))
+
+
+def test_chat_flag_through_the_cli(tmp_path, checkpoint, capsys):
+    """`ilm eval niah --chat` with a two-digit needle: the run is marked as asked in the chat template, its
+    values have two digits, and every prompt (prompt_tokens) is its length."""
+    out = tmp_path / "niah"
+    rc = run_cli(["--checkpoint", str(checkpoint), "--lengths", "96,160", "--depths", "0,1", "--out", str(out),
+                  "--max-new-tokens", "2", "--chat", "--needle", "The secret number of {key} is {value:2}."])
+    assert rc == 0, capsys.readouterr().err
+    data = json.loads((out / "niah.json").read_text())
+    run = data["runs"]["checkpoint"]
+    assert run["chat"] is True and all(len(c["value"]) == 2 for c in run["cells"])
+    assert all(c["prompt_tokens"] == c["length"] for c in run["cells"])
