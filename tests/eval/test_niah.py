@@ -234,7 +234,7 @@ def test_demo_writes_a_small_heatmap_and_returns_its_summary(tmp_path, tok):
     summary = needles.demo(tmp_path / "run", ckpt, quick=True)
     assert summary["lengths"] == [96, 192, 384] and summary["depths"] == [0.0, 0.5, 1.0] and summary["trials"] == 2
     assert summary["trained_length"] == 192 and {"dynamic", "plain"} <= set(summary)
-    assert summary["chance"] == 1e-5 and summary["chat"] is False
+    assert summary["chance"] == 0.01 and summary["chat"] is False  # the demo needle: two random digits
     assert (tmp_path / "run" / "eval" / "niah.png").read_bytes()[:4] == b"\x89PNG"
     data = json.loads((tmp_path / "run" / "eval" / "niah.json").read_text())
     assert len(data["runs"]["dynamic"]["cells"]) == 18
@@ -312,9 +312,11 @@ def test_chat_prompts_are_the_chat_template_around_haystack_and_question(tok):
 
 
 def test_needle_conversations_fit_the_window_and_answer_from_the_context(tok):
-    convs = needles.needle_conversations(tok, 40, window=200, seed=3)
-    assert convs == needles.needle_conversations(tok, 40, window=200, seed=3)  # deterministic
-    assert convs != needles.needle_conversations(tok, 40, window=200, seed=4)
+    convs = needles.needle_conversations(tok, 40, window=200, seed=3, needle=niah.DEFAULT_NEEDLE)
+    assert convs == needles.needle_conversations(tok, 40, window=200, seed=3, needle=niah.DEFAULT_NEEDLE)
+    assert convs != needles.needle_conversations(tok, 40, window=200, seed=4, needle=niah.DEFAULT_NEEDLE)
+    two = needles.needle_conversations(tok, 5, window=200)  # the demo's needle: two digits
+    assert all(re.search(r"The secret number of \w+ is \d{2}\.$", c["messages"][1]["content"]) for c in two)
     values = set()
     for c in convs:
         user, assistant = c["messages"]
@@ -337,7 +339,8 @@ def test_demo_line_names_the_model_the_window_and_chance_and_says_not_working(tm
     model = build_model(get_preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=256), seed=4)
     files = {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir()}
     ckpt = save_checkpoint(model, tmp_path / "ckpt", extra_files=files)
-    summary = needles.demo(tmp_path / "run", ckpt, quick=True, chat=True, label="a random model")
+    summary = needles.demo(tmp_path / "run", ckpt, quick=True, chat=True, label="a random model",
+                           needle=niah.DEFAULT_NEEDLE)
     line = capsys.readouterr().out.strip()
     assert summary["model"] == "a random model" and summary["chat"] is True and summary["lengths"] == [128, 256, 512]
     assert line.startswith(f"[eval] NIAH on a random model ({ckpt}), 3 lengths x 3 depths x 2 needles")
