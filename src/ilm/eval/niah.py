@@ -4,7 +4,8 @@ A haystack of real prose (Python's own documentation and docstrings, `ilm.data.c
 downloaded) is cut to the requested context length; a needle, by default a random fact ("The secret number
 of <word> is <5 digits>."), goes in at the requested depth on a sentence boundary, and the question that
 follows ends where the answer begins ("... The secret number of <word> is"). A cell is a hit when the
-needle's value appears in the greedy answer (exact retrieval).
+needle's value appears in the greedy answer (exact retrieval). `--chat` asks a chat model in its own chat
+template instead: haystack and question as the user's message, the answer's start as the assistant's.
 
 The scoring core (`run_grid`) takes any callable `prompt ids -> answer ids`, so the score itself is tested
 with stand-ins; `model_answerer` wraps an ilm model. `--compare-ntk` loads the same weights twice, with
