@@ -208,7 +208,7 @@ def build_task(out: str | Path, n_sft: int = 4000, n_rm: int = 3200, n_queries: 
 
     `n_tool` > 0 adds that many `get_weather` tool-call chats to the SFT data (the demo serves the RLHF
     policy and makes a tool-call round trip with it); their declaration needs a 256-token window. `n_needle`
-    > 0 adds that many Needle-in-a-Haystack chats (`ilm.eval.niah.needle_conversations`, up to the window):
+    > 0 adds that many Needle-in-a-Haystack chats (`ilm.eval.needles.needle_conversations`, up to the window):
     the demo's NIAH evaluates this policy.
 
     Returns paths: tokenizer, sft (HF checkpoint), rm (reward-model export), queries (jsonl), rm_train (the
