@@ -22,7 +22,7 @@ did, and returns what later stages need:
 Two models: the pretrain -> SFT -> RM chain is the recipe's own (its tokenizer, data and stages), but in
 minutes of CPU it learns no skill a person can check. The RLHF stage trains a separate 2-layer task model
 from scratch (its own 512-token tokenizer) on skills that all come down to copying a value from the
-context, which a tiny model learns in a minute: "Repeat the number N." (the task with a planted loophole,
+context, which a tiny model learns in a minute or two: "Repeat the number N." (the task with a planted loophole,
 where the true reward is known), the `get_weather` tool's temperature, and a needle in a haystack up to
 its 256-token window. NIAH and the served model are that policy's, so they can show the skill working.
 

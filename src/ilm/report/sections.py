@@ -363,7 +363,7 @@ def _rlhf_models(run: Run) -> list[Safe]:
     separate = actor and (run.path / "sft").is_dir() and Path(str(actor)).resolve() != chain
     out = [_model_line(run, "Policy (actor and frozen reference)", actor,
                        " — a separate task model, not this run's SFT model: a 2-layer model trained from scratch "
-                       "with its own tokenizer on skills a tiny model learns in a minute (repeat a number, use the "
+                       "with its own tokenizer on skills a tiny model learns in a minute or two (repeat a number, use the "
                        "weather tool's value, find a needle), which the chain's briefly trained model does not"
                        if separate else ""),
            _model_line(run, "Reward model", ppo.get("reward_model"))]
