@@ -67,14 +67,29 @@ def test_demo_runs_every_stage_and_the_tiny_recipe_learns(tmp_path, capsys):
     ev = report["eval"]  # perplexity and a task through ilm eval; NIAH dynamic NTK vs plain RoPE
     assert (tmp_path / "eval" / "results.json").exists() and (tmp_path / "eval" / "niah.png").exists()
     assert set(ev["niah"]["dynamic"]) >= {"overall", "beyond"} and set(ev["niah"]["plain"]) >= {"overall", "beyond"}
+    # NIAH on the RLHF task policy (two-digit needle chats in its SFT data): needles found within its window,
+    # far above chance (1%); the console line names the model and says so
+    niah = ev["niah"]
+    assert niah["checkpoint"] == rlhf["actor"] and niah["chance"] == 0.01 and niah["trained_length"] == 256
+    assert max(niah["dynamic"]["within"], niah["plain"]["within"]) >= 0.5, niah
+    line = next(x for x in out.splitlines() if x.startswith("[eval] NIAH on the RLHF policy"))
+    assert "NOT WORKING" not in line and "chance 1.000% (2 random digits)" in line
     serve = report["serve"]  # the RLHF model, through the server, with the openai client
     assert serve["checkpoint"] == rlhf["actor"] and serve["requests"] >= 2
+    # the tool-value check: 20 round trips, each tool answering its own temperature; the policy states it
+    values = serve["tool_values"]
+    assert values["policy"]["cases"] == 20 and values["policy"]["used"] >= 18, values["policy"]["rows"]
+    assert values["sft_start"]["checkpoint"] == rlhf["actors"]["1"] and values["line"].endswith(": works")
+    assert f"[serve] {values['line']}" in out
     transcripts = json.loads((tmp_path / "serve" / "transcripts.json").read_text())
     assert transcripts[0]["streamed_text"] and transcripts[0]["usage"]["completion_tokens"] > 0
     page = (tmp_path / "report.html").read_text()  # ilm report ran last; its chats are the served RLHF model's
     assert out.rstrip().splitlines()[-1] == f"report: {tmp_path / 'report.html'}"
     chats = page[page.index('id="chats"'):]
     assert "(the final RLHF policy of the RLHF section)" in chats and html.escape(transcripts[0]["streamed_text"]) in chats
+    assert html.escape(values["line"]) in chats  # console and report agree
+    evaluation = page[page.index('id="eval"'):page.index('id="chats"')]
+    assert "the pretrained model of the pretrain section" in evaluation and "the final RLHF policy" in evaluation
     model = load_checkpoint(tmp_path / "checkpoint-llama")
     assert model.config.vocab_size == 2048 and model.config.rope_theta == 1_000_000
 

@@ -13,9 +13,18 @@ did, and returns what later stages need:
   model      round trip through both HF formats; batched generation with the KV cache
   rlhf       rounds of PPO on a task with a planted reward-model loophole: the fast path at work, and the
              reward and KL curves (recipes/rlhf-rounds-tiny.toml); the policy also learns a weather tool
-  eval       held-out perplexity and a shipped task (ilm eval), Needle in a Haystack (dynamic NTK vs plain)
-  serve      the RLHF model behind `ilm serve`: a streamed chat and a tool-call round trip through the
-             official `openai` client
+             and needle retrieval (its own 2-layer task model, see below)
+  eval       held-out perplexity and a shipped task (ilm eval) on the pretrained model; Needle in a
+             Haystack (dynamic NTK vs plain RoPE) on the RLHF policy
+  serve      the RLHF policy behind `ilm serve`: a streamed chat and a tool-call round trip through the
+             official `openai` client, then 20 round trips checked against the tool's value
+
+Two models: the pretrain -> SFT -> RM chain is the recipe's own (its tokenizer, data and stages), but in
+minutes of CPU it learns no skill a person can check. The RLHF stage trains a separate 2-layer task model
+from scratch (its own 512-token tokenizer) on skills that all come down to copying a value from the
+context, which a tiny model learns in a minute or two: "Repeat the number N." (the task with a planted loophole,
+where the true reward is known), the `get_weather` tool's temperature, and a needle in a haystack up to
+its 256-token window. NIAH and the served model are that policy's, so they can show the skill working.
 
 report.json is rewritten after every stage (a run that stops early still has one), and `ilm report` turns
 the run directory into one HTML page, whose path the demo prints last.
@@ -178,24 +187,34 @@ def shards_section(shards: dict) -> dict:
             for name, sh in counts.items()}
 
 
-def stage_eval(out: Path, checkpoint: Path, quick: bool) -> dict:
-    """`ilm eval` on the pretrained model (held-out perplexity, a shipped task) and its NIAH heatmap."""
+def stage_eval(out: Path, checkpoint: Path, policy: Path, quick: bool) -> dict:
+    """`ilm eval` on the pretrained model (held-out perplexity, a shipped task); NIAH on the RLHF policy,
+    asked in its chat template (the task model learned needle retrieval in its SFT data)."""
     from ilm.eval import demo as eval_demo
-    from ilm.eval import niah
+    from ilm.eval import needles
 
-    return {**eval_demo.run(out, checkpoint, quick), "niah": niah.demo(out, checkpoint, quick)}
+    return {**eval_demo.run(out, checkpoint, quick),
+            "niah": needles.demo(out, policy, quick, chat=True, label="the RLHF policy (the served task model)")}
 
 
-def stage_serve(out: Path, actor: Path, quick: bool) -> dict:
-    """The RLHF model behind the server: a task question streamed, then a weather tool-call round trip
-    (the tool it learned in its SFT data; `tool_choice` auto, so the call is the model's own)."""
+def stage_serve(out: Path, rlhf: dict, quick: bool) -> dict:
+    """The RLHF model (`rlhf["actor"]`) behind the server: a task question streamed, then a weather tool-call
+    round trip (the tool it learned in its SFT data; `tool_choice` auto, so the call is the model's own);
+    then the tool-value check: 20 round trips whose tool answers a different temperature each time, on the
+    policy and on its SFT start (`rlhf["actors"]["1"]`), against chance (1 in 90)."""
     from ilm.serve import demo as serve_demo
-    from ilm.train.rlhf.synthetic import WEATHER_TOOL, query, weather
+    from ilm.train.rlhf.synthetic import HIGH, LOW, WEATHER_TOOL, query, weather, weather_cases
 
+    actor, start = Path(rlhf["actor"]), Path(rlhf["actors"]["1"])
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
     summary = serve_demo.run(out, actor, quick, chat=query(42)["messages"], ask=ask, tool=WEATHER_TOOL,
                              tool_fn=weather, tool_choice="auto")
-    return {**summary, "checkpoint": str(actor)}
+    cases = weather_cases()
+    checks = {name: serve_demo.check_tool_values(path, cases, WEATHER_TOOL)
+              for name, path in (("policy", actor), ("sft_start", start))}
+    line = serve_demo.tool_value_line(checks["policy"], checks["sft_start"], chance=1 / (HIGH - LOW + 1))
+    print(f"[serve] {line}")
+    return {**summary, "checkpoint": str(actor), "tool_values": {**checks, "line": line}}
 
 
 def write_report(out: Path, sections: dict[str, dict], seconds: dict[str, float], complete: bool = True) -> Path:
@@ -249,8 +268,8 @@ def run(args: argparse.Namespace) -> int:
     timed("rm", reward.demo, out, chat["export"], out / "tokenizer", args.quick)
     timed("model", stage_model, out, Path(chat["export"]), tok)
     rlhf = timed("rlhf", synthetic.demo, out, args.quick)
-    timed("eval", stage_eval, out, Path(pre["export"]), args.quick)
-    timed("serve", stage_serve, out, Path(rlhf["actor"]), args.quick)
+    timed("eval", stage_eval, out, Path(pre["export"]), Path(rlhf["actor"]), args.quick)
+    timed("serve", stage_serve, out, rlhf, args.quick)
     write_report(out, sections, seconds)
     print(f"\ndemo finished in {sum(seconds.values()):.1f}s (per stage: "
           + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())

@@ -1,5 +1,6 @@
 """Needle in a Haystack (`ilm eval niah`): the score with stand-in models, needle placement, outputs, bad
-input, and a tiny real checkpoint end to end through the CLI."""
+input, a tiny real checkpoint end to end through the CLI; chat-template prompts (`--chat`), the chat data
+that teaches the task (`ilm.eval.needles`) and the demo's console line."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import re
 
 import pytest
 
-from ilm.eval import niah
+from ilm.eval import needles, niah
+from ilm.tokenizer.chat import render_text
 
 NEEDLE_RE = re.compile(r"The secret number of (\w+) is (\d{5})\.")
 
@@ -229,12 +231,13 @@ def test_demo_writes_a_small_heatmap_and_returns_its_summary(tmp_path, tok):
     model = build_model(get_preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=192), seed=4)
     files = {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir()}
     ckpt = save_checkpoint(model, tmp_path / "ckpt", extra_files=files)
-    summary = niah.demo(tmp_path / "run", ckpt, quick=True)
-    assert summary["lengths"] == [96, 192, 384] and summary["depths"] == [0.0, 0.5, 1.0]
+    summary = needles.demo(tmp_path / "run", ckpt, quick=True)
+    assert summary["lengths"] == [96, 192, 384] and summary["depths"] == [0.0, 0.5, 1.0] and summary["trials"] == 2
     assert summary["trained_length"] == 192 and {"dynamic", "plain"} <= set(summary)
+    assert summary["chance"] == 0.01 and summary["chat"] is False  # the demo needle: two random digits
     assert (tmp_path / "run" / "eval" / "niah.png").read_bytes()[:4] == b"\x89PNG"
     data = json.loads((tmp_path / "run" / "eval" / "niah.json").read_text())
-    assert len(data["runs"]["dynamic"]["cells"]) == 9
+    assert len(data["runs"]["dynamic"]["cells"]) == 18
     json.dumps(summary)  # goes into the demo's report.json as is
 
 
@@ -278,3 +281,98 @@ def test_the_memory_estimate_s_refusal_is_one_line_not_a_fallback(tmp_path, chec
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
     assert "needs ~1.8 GB; 0.5 GB is free" in err
+
+
+# ---------------------------------------------------------------- chat models (`--chat`, the demo)
+
+
+def test_chat_prompts_are_the_chat_template_around_haystack_and_question(tok):
+    head, mid = niah.chat_frame(tok)
+    assert tok.decode(head) == render_text([{"role": "user", "content": ""}])[: -len("<|im_end|>\n")]
+    assert tok.decode(mid) == "<|im_end|>\n<|im_start|>assistant\n"
+
+    seen = []
+
+    def copier(ids):  # finds the needle in the user's message and answers with its value
+        seen.append(ids)
+        m = NEEDLE_RE.search(tok.decode(ids))
+        return tok.encode(" " + m.group(2)) if m else []
+
+    grid = niah.run_grid(copier, tok, [120, 240], [0.0, 0.5, 1.0], seed=2, trials=2, answer_room=8, chat=True)
+    assert grid["chat"] is True and grid["score"]["overall"] == 1.0
+    for ids, cell in zip(seen, grid["cells"]):
+        assert len(ids) == cell["length"] - 8 and ids[: len(head)] == head  # prompt + answer room = the length
+        text = tok.decode(ids)
+        needle = NEEDLE_RE.search(text)
+        key = needle.group(1)
+        assert text.endswith(f" What is the secret number of {key}?<|im_end|>\n<|im_start|>assistant\n"
+                             f"The secret number of {key} is")
+    plain = niah.run_grid(copier, tok, [120], [0.5], seed=2)  # the default stays plain text after BOS
+    assert plain["chat"] is False and "<|im_start|>" not in tok.decode(seen[-1])
+
+
+def test_needle_conversations_fit_the_window_and_answer_from_the_context(tok):
+    convs = needles.needle_conversations(tok, 40, window=200, seed=3, needle=niah.DEFAULT_NEEDLE)
+    assert convs == needles.needle_conversations(tok, 40, window=200, seed=3, needle=niah.DEFAULT_NEEDLE)
+    assert convs != needles.needle_conversations(tok, 40, window=200, seed=4, needle=niah.DEFAULT_NEEDLE)
+    two = needles.needle_conversations(tok, 5, window=200)  # the demo's needle: two digits
+    assert all(re.search(r"The secret number of \w+ is \d{2}\.$", c["messages"][1]["content"]) for c in two)
+    values = set()
+    for c in convs:
+        user, assistant = c["messages"]
+        assert len(tok.render(c["messages"]).ids) <= 200
+        m = NEEDLE_RE.search(user["content"])
+        assert m and user["content"].count("The secret number of") == 1
+        assert user["content"].endswith(f"What is the secret number of {m.group(1)}?")
+        assert assistant == {"role": "assistant", "content": m.group(0)}
+        values.add(m.group(2))
+    assert len(values) == 40  # random values: only the context gives the answer
+    with pytest.raises(niah.NiahError, match="40-token window leaves"):
+        needles.needle_conversations(tok, 1, window=40)
+
+
+def test_demo_line_names_the_model_the_window_and_chance_and_says_not_working(tmp_path, tok, capsys):
+    from ilm.model import build_model, get_preset
+    from ilm.model.hf import save_checkpoint
+
+    tok.save(tmp_path / "tok")
+    model = build_model(get_preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=256), seed=4)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir()}
+    ckpt = save_checkpoint(model, tmp_path / "ckpt", extra_files=files)
+    summary = needles.demo(tmp_path / "run", ckpt, quick=True, chat=True, label="a random model",
+                           needle=niah.DEFAULT_NEEDLE)
+    line = capsys.readouterr().out.strip()
+    assert summary["model"] == "a random model" and summary["chat"] is True and summary["lengths"] == [128, 256, 512]
+    assert line.startswith(f"[eval] NIAH on a random model ({ckpt}), 3 lengths x 3 depths x 2 needles")
+    assert "within its 256-token window (128, 256 tokens) dynamic NTK x2 0%, plain RoPE 0%" in line
+    assert "past it (512) dynamic NTK x2 0%, plain RoPE 0%; chance 0.001% (5 random digits)" in line
+    assert "NOT WORKING: no needle found within the window" in line  # a random model finds none
+    cells = json.loads((tmp_path / "run" / "eval" / "niah.json").read_text())["runs"]["plain"]["cells"]
+    assert all(c["prompt_tokens"] == c["length"] - 8 for c in cells)
+
+
+def test_value_digits_and_chance():
+    import random
+
+    two = niah.make_needle("The secret number of {key} is {value:2}.", random.Random(5))
+    assert re.fullmatch(r"\d{2}", two.value) and two.text.endswith(f" is {two.value}.")
+    assert niah.value_digits("x {value:3}") == 3 and niah.value_digits(niah.DEFAULT_NEEDLE) == 5
+    assert niah.value_digits("The best city is Paris.") is None
+    assert needles.chance("{key} is {value:2}.") == pytest.approx(0.01) and needles.chance() == pytest.approx(
+        10.0 ** -niah.value_digits(needles.DEMO_NEEDLE))
+    assert needles.chance("The best city is Paris.") is None
+    with pytest.raises(niah.NiahError, match="1 to 9 digits"):
+        niah.make_needle("The secret number of {key} is {value:0}.", random.Random(0))
+
+
+def test_chat_flag_through_the_cli(tmp_path, checkpoint, capsys):
+    """`ilm eval niah --chat` with a two-digit needle: the run is marked as asked in the chat template, its
+    values have two digits, and every prompt (prompt_tokens) is its length."""
+    out = tmp_path / "niah"
+    rc = run_cli(["--checkpoint", str(checkpoint), "--lengths", "96,160", "--depths", "0,1", "--out", str(out),
+                  "--max-new-tokens", "2", "--chat", "--needle", "The secret number of {key} is {value:2}."])
+    assert rc == 0, capsys.readouterr().err
+    data = json.loads((out / "niah.json").read_text())
+    run = data["runs"]["checkpoint"]
+    assert run["chat"] is True and all(len(c["value"]) == 2 for c in run["cells"])
+    assert all(c["prompt_tokens"] == c["length"] for c in run["cells"])

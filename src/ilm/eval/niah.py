@@ -4,7 +4,8 @@ A haystack of real prose (Python's own documentation and docstrings, `ilm.data.c
 downloaded) is cut to the requested context length; a needle, by default a random fact ("The secret number
 of <word> is <5 digits>."), goes in at the requested depth on a sentence boundary, and the question that
 follows ends where the answer begins ("... The secret number of <word> is"). A cell is a hit when the
-needle's value appears in the greedy answer (exact retrieval).
+needle's value appears in the greedy answer (exact retrieval). `--chat` asks a chat model in its own chat
+template instead: haystack and question as the user's message, the answer's start as the assistant's.
 
 The scoring core (`run_grid`) takes any callable `prompt ids -> answer ids`, so the score itself is tested
 with stand-ins; `model_answerer` wraps an ilm model. `--compare-ntk` loads the same weights twice, with
@@ -58,15 +59,39 @@ class Needle:
     value: str  # what the answer must contain
     question: str  # follows the haystack; ends where the answer begins
 
+    @property
+    def ask(self) -> str:
+        """The question alone ("What is ...?"): a chat prompt's user turn ends with it."""
+        return self.question.split("? ", 1)[0] + "?"
+
+    @property
+    def answer_start(self) -> str:
+        """The answer up to the value ("The secret number of apple is"): a chat prompt's assistant turn."""
+        return self.question.split("? ", 1)[1]
+
+
+_VALUE = re.compile(r"\{value(?::(\d))?\}")
+
+
+def value_digits(template: str) -> int | None:
+    """How many random digits a template's value has: 5 for `{value}`, N for `{value:N}`; None if literal."""
+    m = _VALUE.search(template)
+    return None if m is None else int(m.group(1) or 5)
+
 
 def make_needle(template: str, rng: random.Random) -> Needle:
-    """A needle from a template: `{key}` becomes a random word, `{value}` random 5 digits. A template
-    without `{value}` is literal and must read "<subject> is <value>." (the value is the word after "is")."""
+    """A needle from a template: `{key}` becomes a random word, `{value}` random 5 digits (`{value:N}`: N
+    digits, 1-9). A template without a value is literal and must read "<subject> is <value>." (the value is
+    the word after "is")."""
     text = template.replace("{key}", rng.choice(KEYS))
-    if "{value}" in text:
-        value = f"{rng.randrange(10**5):05d}"
-        at = text.index("{value}")
-        text = text.replace("{value}", value)
+    m = _VALUE.search(text)
+    if m is not None:
+        digits = int(m.group(1) or 5)
+        if digits < 1:
+            raise NiahError(f"needle {template!r}: {{value:N}} needs 1 to 9 digits")
+        value = f"{rng.randrange(10**digits):0{digits}d}"
+        at = m.start()
+        text = text[:at] + value + text[m.end():]
     else:
         m = re.search(r"\bis\s+([^\s.!?,;]+)", text)
         if m is None:
@@ -119,18 +144,20 @@ class Prompt:
 
 
 def build_prompt(haystack: Haystack, needle_ids: list[int], question_ids: list[int], length: int, depth: float,
-                 offset: int = 0, answer_room: int = 0) -> Prompt:
+                 offset: int = 0, answer_room: int = 0, head: Sequence[int] | None = None) -> Prompt:
     """BOS + haystack + question of exactly `length - answer_room` tokens, the needle on the sentence boundary
-    nearest `depth` of the haystack (0: right after BOS, 1: right before the question).
+    nearest `depth` of the haystack (0: right after BOS, 1: right before the question). `head` replaces the
+    lone BOS (a chat prompt's BOS and user header).
 
     The haystack is the sentences from `offset` on; its first sentence is cut at the front to make the length
     exact, so every later boundary is a real sentence end.
     """
-    room = length - answer_room - 1 - len(question_ids) - len(needle_ids)  # haystack tokens
+    head = [haystack.tokenizer.bos_id] if head is None else list(head)
+    room = length - answer_room - len(head) - len(question_ids) - len(needle_ids)  # haystack tokens
     if room < len(needle_ids):
         raise NiahError(
             f"the needle ({len(needle_ids)} tokens) is longer than the haystack left at context length {length} "
-            f"({max(room, 0)} tokens after BOS, the needle and the {len(question_ids)}-token question"
+            f"({max(room, 0)} tokens after the {len(head)}-token start, the needle and the {len(question_ids)}-token question"
             + (f" and {answer_room} for the answer" if answer_room else "") + "); use a longer length or a shorter needle")
     parts: list[list[int]] = []
     total = 0
@@ -146,8 +173,32 @@ def build_prompt(haystack: Haystack, needle_ids: list[int], question_ids: list[i
     bounds = [0] + [e - excess for e in ends if e - excess > 0]
     cut = min(bounds, key=lambda e: (abs(e - depth * room), e))
     flat = [t for p in parts for t in p][excess:]
-    ids = [haystack.tokenizer.bos_id, *flat[:cut], *needle_ids, *flat[cut:], *question_ids]
-    return Prompt(ids=ids, needle_at=1 + cut, haystack_tokens=room, depth=cut / room)
+    ids = [*head, *flat[:cut], *needle_ids, *flat[cut:], *question_ids]
+    return Prompt(ids=ids, needle_at=len(head) + cut, haystack_tokens=room, depth=cut / room)
+
+
+def chat_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The chat template around a user message: (BOS + user header, end of the user turn + assistant header).
+
+    Read off the tokenizer's own renderer, so a chat prompt is exactly what the model was fine-tuned on."""
+    if not hasattr(tokenizer, "render"):
+        raise NiahError("--chat needs a tokenizer with a chat template (ilm's tokenizer.json)")
+    plain = tokenizer.render([{"role": "user", "content": ""}]).ids  # ... <|im_end|>\n
+    full = tokenizer.render([{"role": "user", "content": ""}], add_generation_prompt=True).ids
+    head = plain[:-2]
+    if full[: len(head)] != head:
+        raise NiahError("the tokenizer's chat template does not end a user turn with <|im_end|> and a newline")
+    return head, full[len(head):]
+
+
+def needle_ids(tokenizer: Tokenizer, needle: Needle, chat: tuple[list[int], list[int]] | None = None
+               ) -> tuple[list[int], list[int]]:
+    """The needle's ids and the question's: plain text ("... What is X? X is"), or in a chat frame (the
+    question as the user's last words, the answer's start as the assistant's first)."""
+    if chat is None:
+        return tokenizer.encode(" " + needle.text), tokenizer.encode(" " + needle.question)
+    return (tokenizer.encode(" " + needle.text),
+            [*tokenizer.encode(" " + needle.ask), *chat[1], *tokenizer.encode(needle.answer_start)])
 
 
 # ---------------------------------------------------------------- the scoring core
@@ -174,27 +225,28 @@ def parse_depths(text: str) -> list[float]:
 
 def run_grid(answer: Answerer, tokenizer: Tokenizer, lengths: Sequence[int], depths: Sequence[float],
              needle: str = DEFAULT_NEEDLE, seed: int = 0, trials: int = 1, haystack: Haystack | None = None,
-             answer_room: int = 0, on_cell: Callable[[dict], None] | None = None) -> dict[str, Any]:
+             answer_room: int = 0, on_cell: Callable[[dict], None] | None = None, chat: bool = False) -> dict[str, Any]:
     """Every (length, depth, trial) cell: build the prompt, ask `answer`, score exact retrieval.
 
     Each trial draws its own needle and haystack start from `seed`, the same for every length and depth, so
-    two runs with the same seed (dynamic NTK vs plain RoPE) see identical prompts.
+    two runs with the same seed (dynamic NTK vs plain RoPE) see identical prompts. `chat` wraps each prompt
+    in the tokenizer's chat template (`chat_frame`); the length counts the template's tokens too.
     """
     if trials < 1:
         raise NiahError(f"--trials must be >= 1, got {trials}")
     haystack = haystack or Haystack(tokenizer)
     rng = random.Random(seed)
     draws = [(make_needle(needle, rng), rng.randrange(len(haystack.texts))) for _ in range(trials)]
+    frame = chat_frame(tokenizer) if chat else None
+    head = frame[0] if frame else None
     # refuse a needle too long for the shortest context before running anything
     for n, _ in draws:
-        build_prompt(haystack, tokenizer.encode(" " + n.text), tokenizer.encode(" " + n.question), min(lengths),
-                     0.0, 0, answer_room)
+        build_prompt(haystack, *needle_ids(tokenizer, n, frame), min(lengths), 0.0, 0, answer_room, head)
     cells = []
     for length in lengths:
         for depth in depths:
             for t, (n, offset) in enumerate(draws):
-                p = build_prompt(haystack, tokenizer.encode(" " + n.text), tokenizer.encode(" " + n.question),
-                                 length, depth, offset, answer_room)
+                p = build_prompt(haystack, *needle_ids(tokenizer, n, frame), length, depth, offset, answer_room, head)
                 text = tokenizer.decode(list(answer(p.ids)), skip_special=True)
                 cell = {"length": length, "depth": depth, "trial": t, "hit": n.value in text, "answer": text,
                         "value": n.value, "prompt_tokens": len(p.ids), "needle_token": p.needle_at,
@@ -203,7 +255,7 @@ def run_grid(answer: Answerer, tokenizer: Tokenizer, lengths: Sequence[int], dep
                 if on_cell is not None:
                     on_cell(cell)
     return {"lengths": list(lengths), "depths": list(depths), "trials": trials, "seed": seed, "needle": needle,
-            "cells": cells, "score": score_table(cells, lengths, depths)}
+            "chat": chat, "cells": cells, "score": score_table(cells, lengths, depths)}
 
 
 def score_table(cells: list[dict], lengths: Sequence[int], depths: Sequence[float]) -> dict[str, Any]:
@@ -321,11 +373,12 @@ def ntk_runs(path: str | Path, compare: bool, factor: float | None) -> dict[str,
 def evaluate(checkpoint: str | Path, lengths: Sequence[int], depths: Sequence[float], out: str | Path | None = None,
              compare_ntk: bool = False, needle: str = DEFAULT_NEEDLE, max_new_tokens: int = 12, seed: int = 0,
              trials: int = 1, ntk_factor: float | None = None, device: str = "cpu", verbose: bool = False,
-             answer_room: int = 0) -> dict:
+             answer_room: int = 0, chat: bool = False) -> dict:
     """NIAH on a checkpoint directory (weights + tokenizer): JSON and heatmaps in `out` when given.
 
     `answer_room` > 0 makes each prompt that many tokens shorter than its length, so prompt + answer fit the
-    length (the passkey experiment: a model trained on sequences of at most W tokens is asked at W)."""
+    length (the passkey experiment: a model trained on sequences of at most W tokens is asked at W).
+    `chat` asks in the chat template (a chat model), see `run_grid`."""
     checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").exists():
         raise NiahError(f"{checkpoint}: no config.json; is it an HF checkpoint directory?")
@@ -347,7 +400,8 @@ def evaluate(checkpoint: str | Path, lengths: Sequence[int], depths: Sequence[fl
                 print(f"[niah {name}] length {cell['length']} depth {cell['depth']:.2f}: "
                       f"{'hit ' if cell['hit'] else 'miss'} {cell['answer'][:40]!r}", file=sys.stderr, flush=True)
 
-        runs[name] = run_grid(answer, tokenizer, lengths, depths, needle, seed, trials, haystack, answer_room, show)
+        runs[name] = run_grid(answer, tokenizer, lengths, depths, needle, seed, trials, haystack, answer_room, show,
+                              chat)
         runs[name]["rope_scaling"] = model.config.rope_scaling
     result = {"checkpoint": str(checkpoint), "runs": runs,
               "summary": summarise(runs, trained_length(checkpoint))}
@@ -417,25 +471,6 @@ def write_outputs(out: Path, result: dict) -> dict[str, Path]:
 
 # ---------------------------------------------------------------- demo and CLI
 
-def demo(out: Path, checkpoint: Path, quick: bool = True) -> dict:
-    """`make demo`'s NIAH step: a small heatmap of `checkpoint` at half, one and two times its trained length
-    (seconds of CPU), dynamic NTK against plain RoPE, into out/eval/niah.png and niah.json.
-
-    Returns {"lengths", "depths", "trained_length", "dynamic": {...}, "plain": {...}, "json", "png"}, each run
-    with its overall hit rate, per length, and within / beyond the trained length.
-    """
-    trained = trained_length(checkpoint)
-    lengths = [trained // 2, trained, 2 * trained] + ([] if quick else [4 * trained])
-    depths = [0.0, 0.5, 1.0] if quick else [0.0, 0.25, 0.5, 0.75, 1.0]
-    result = evaluate(checkpoint, lengths, depths, Path(out) / "eval", compare_ntk=True, max_new_tokens=8)
-    summary = {"lengths": lengths, "depths": depths, **result["summary"],
-               "json": str(Path(out) / "eval" / "niah.json"), "png": str(Path(out) / "eval" / "niah.png")}
-    scores = ", ".join(f"{name} {result['summary'][name]['overall']:.0%}" for name in result["runs"])
-    print(f"[eval] NIAH {len(lengths)} lengths x {len(depths)} depths (trained length {trained}): {scores} "
-          f"-> {summary['png']}")
-    return summary
-
-
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="HF checkpoint directory with its tokenizer")
     parser.add_argument("--lengths", default="256,512,1024", help="comma-separated context lengths in tokens")
@@ -446,9 +481,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ntk-factor", type=float, default=None,
                         help=f"dynamic NTK factor for --compare-ntk (default: the checkpoint's, else {DEFAULT_NTK_FACTOR})")
     parser.add_argument("--needle", default=DEFAULT_NEEDLE,
-                        help="needle sentence; {key} = a random word, {value} = random 5 digits; a literal "
+                        help="needle sentence; {key} = a random word, {value} = random 5 digits ({value:N}: N); a literal "
                              "needle must read '<subject> is <value>.' (default %(default)r)")
     parser.add_argument("--max-new-tokens", type=int, default=12, help="greedy answer length (default 12)")
+    parser.add_argument("--chat", action="store_true",
+                        help="ask in the chat template (for chat models): haystack and question as the user's "
+                             "message, the answer's start ('The secret number of X is') as the assistant's")
     parser.add_argument("--trials", type=int, default=1, help="needles per cell (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the needles and haystack starts")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -465,7 +503,7 @@ def _main(args: argparse.Namespace) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     result = evaluate(args.checkpoint, lengths, depths, args.out, args.compare_ntk, args.needle, args.max_new_tokens,
-                      args.seed, args.trials, args.ntk_factor, device, verbose=True)
+                      args.seed, args.trials, args.ntk_factor, device, verbose=True, chat=args.chat)
     summary = result["summary"]
     trained = summary["trained_length"]
     print(f"NIAH {args.checkpoint} (trained length {trained}): {len(lengths)} lengths x {len(depths)} depths x "

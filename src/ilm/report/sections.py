@@ -20,6 +20,7 @@ Files read (all optional; a missing one means the stage did not run):
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -361,7 +362,10 @@ def _rlhf_models(run: Run) -> list[Safe]:
     chain = (run.path / "sft" / "final").resolve()
     separate = actor and (run.path / "sft").is_dir() and Path(str(actor)).resolve() != chain
     out = [_model_line(run, "Policy (actor and frozen reference)", actor,
-                       " — a separate task model, not this run's SFT model" if separate else ""),
+                       " — a separate task model, not this run's SFT model: a 2-layer model trained from scratch "
+                       "with its own tokenizer on skills a tiny model learns in a minute or two (repeat a number, use the "
+                       "weather tool's value, find a needle), which the chain's briefly trained model does not"
+                       if separate else ""),
            _model_line(run, "Reward model", ppo.get("reward_model"))]
     q = _first_query(run, data.get("queries"))
     task = (f"{q[1]:,} PPO queries such as \u201c{q[0]}\u201d" if q else "PPO queries not found") + (
@@ -562,11 +566,17 @@ def evaluation(run: Run) -> Safe:
         return not_run("eval", STAGES[7][2], "no eval/results.json or eval/niah.json")
     body = []
     if res is not None:
-        body += [tag("h3", "Results"), _model_line(run, "Model evaluated", _checkpoint(res)), ev.results_table(res)]
+        body += [tag("h3", "Results"), _model_line(run, "Model evaluated", _checkpoint(res), _which(run, _checkpoint(res))),
+                 ev.results_table(res)]
     else:
         body.append(p("No eval/results.json.", class_="notrun"))
     if niah is not None:
-        body += [tag("h3", "Needle in a Haystack"), _model_line(run, "Model evaluated", _checkpoint(niah))]
+        demo = run.stage("eval").get("niah") or {}
+        guess = demo.get("chance")  # 10^-N for N random digits, as the console prints it
+        chance = (f"; chance {guess:.3%} ({round(-math.log10(guess))} random digits)"
+                  if isinstance(guess, float) and 0 < guess < 1 else "")
+        body += [tag("h3", "Needle in a Haystack"),
+                 _model_line(run, "Model evaluated", _checkpoint(niah), _which(run, _checkpoint(niah)) + chance)]
         part = ev.niah_part(niah)
         if part:
             body += part
@@ -575,6 +585,22 @@ def evaluation(run: Run) -> Safe:
                                "The evaluation's own heatmap (niah.json has no grid this report reads)."))
         body.append(ev.scalars(niah))
     return section("eval", STAGES[7][2], join(body))
+
+
+def _which(run: Run, path: Any) -> str:
+    """" — the pretrained model (pretrain section)" and the like: which of the demo's models a path is."""
+    if not path:
+        return ""
+    rlhf = run.stage("rlhf")
+    known = [(run.stage("pretrain").get("export"), "the pretrained model of the pretrain section (the chain)"),
+             (run.stage("sft").get("export"), "the SFT model of the SFT section (the chain)"),
+             (rlhf.get("actor"), "the final RLHF policy of the RLHF section (the separate task model, also served)"),
+             ((rlhf.get("actors") or {}).get("1"), "the RLHF task model's SFT start")]
+    target = str(path).removeprefix("pretrained=").split(",")[0]
+    for p_, text in known:
+        if p_ and Path(str(p_)).resolve() == Path(target).resolve():
+            return f" — {text}"
+    return ""
 
 
 def _checkpoint(obj: Any) -> str | None:
@@ -620,6 +646,17 @@ def _message(m: dict[str, Any]) -> Safe:
     return tag("div", join(parts), class_=f"msg {role}")
 
 
+def _tool_values(check: Any) -> list[Safe]:
+    """The serve stage's tool-value check: the console's line and the policy's round trips."""
+    if not isinstance(check, dict) or not isinstance(check.get("policy"), dict):
+        return []
+    rows = [[r.get("question", ""), r.get("tool_result") or "no call parsed", r.get("answer") or "—",
+             "yes" if r.get("uses_result") else "NO"] for r in check["policy"].get("rows", []) if isinstance(r, dict)]
+    return [tag("h3", "Tool-value check"), p(str(check.get("line", ""))),
+            details(f"The policy's {len(rows)} round trips", table(["question", "tool result", "final answer",
+                                                                    "states the tool's value"], rows))]
+
+
 def chats(run: Run) -> Safe:
     data = run.json("serve/transcripts.json")
     if data is None:
@@ -636,6 +673,7 @@ def chats(run: Run) -> Safe:
         rlhf = run.stage("rlhf").get("actor")
         body.append(_model_line(run, "Model behind the server", served,
                                 " (the final RLHF policy of the RLHF section)" if served == rlhf else ""))
+    body += _tool_values(run.stage("serve").get("tool_values"))
     for i, ex in enumerate(exchanges):
         if not isinstance(ex, dict):
             continue

@@ -150,10 +150,24 @@ CITIES = ("Paris", "Berlin", "Tokyo", "Lima", "Oslo", "Cairo", "Delhi", "Rome")
 
 
 def weather(city: str) -> dict[str, Any]:
-    """The demo tool's answer: a fixed temperature per city (deterministic, no network)."""
+    """The demo tool's answer: a fixed temperature per city, 10-39 (deterministic, no network; inside the
+    10-99 range the tool chats teach: the tiny policy has seen no one-digit or negative temperature)."""
     import zlib
 
-    return {"city": city, "temperature": 5 + zlib.crc32(city.encode()) % 30}
+    return {"city": city, "temperature": 10 + zlib.crc32(city.encode()) % 30}
+
+
+def weather_cases(n: int = 20, seed: int = 22) -> list[tuple[list[dict[str, Any]], Any]]:
+    """The served policy's tool-value check: (messages, tool function) per case, a city of the tool chats and
+    a temperature of their range (10-99) drawn apart from them; each case's tool answers its own temperature,
+    so an answer from memory instead of the tool's result is caught. Chance: 1 in 90 per answer."""
+    rng = random.Random(f"weather-cases/{seed}")
+
+    def tool(temperature: int):
+        return lambda city: {"city": city, "temperature": temperature}
+
+    return [([{"role": "user", "content": f"What is the weather in {rng.choice(CITIES)}?"}], tool(rng.randint(LOW, HIGH)))
+            for _ in range(n)]
 
 
 def weather_conversations(n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -189,11 +203,13 @@ def tokenizer_corpus(n: int = 4000, seed: int = 0) -> list[str]:
 
 
 def build_task(out: str | Path, n_sft: int = 4000, n_rm: int = 3200, n_queries: int = 256, sft_epochs: int = 8,
-               rm_epochs: int = 4, seed: int = 0, n_tool: int = 0) -> dict[str, str]:
+               rm_epochs: int = 4, seed: int = 0, n_tool: int = 0, n_needle: int = 0) -> dict[str, str]:
     """Tokenizer, SFT policy and loophole reward model for the task, from scratch on CPU in minutes.
 
     `n_tool` > 0 adds that many `get_weather` tool-call chats to the SFT data (the demo serves the RLHF
-    policy and makes a tool-call round trip with it); their declaration needs a 256-token window.
+    policy and makes a tool-call round trip with it); their declaration needs a 256-token window. `n_needle`
+    > 0 adds that many Needle-in-a-Haystack chats (`ilm.eval.needles.needle_conversations`, up to the window):
+    the demo's NIAH evaluates this policy.
 
     Returns paths: tokenizer, sft (HF checkpoint), rm (reward-model export), queries (jsonl), rm_train (the
     RM's earlier data, which the fast path replays), heldout (pairs for the patched-RM check).
@@ -216,10 +232,15 @@ def build_task(out: str | Path, n_sft: int = 4000, n_rm: int = 3200, n_queries: 
         tool_text = [render_text(c["messages"], c["tools"]) for c in weather_conversations(min(n_tool, 400), seed)]
         corpus.write_text("\n".join(tokenizer_corpus(seed=seed) + _stdlib_text() + tool_text) + "\n")
         train_tokenizer([corpus], tok_dir, vocab_size=512)
-    window = 256 if n_tool else 128
+    window = 256 if n_tool or n_needle else 128
     model = ModelSection("tiny", {"max_position_embeddings": window})
     data = out / "data"
     chats = sft_conversations(n_sft, seed) + weather_conversations(n_tool, seed + 5)
+    if n_needle:
+        from ilm.eval.needles import needle_conversations
+        from ilm.tokenizer import load_tokenizer
+
+        chats += needle_conversations(load_tokenizer(tok_dir), n_needle, window, seed)
     random.Random(seed).shuffle(chats)
     sft_train = write_jsonl(data / "sft.jsonl", chats)
     rm_train = write_jsonl(data / "rm-train.jsonl", rm_pairs(n_rm, seed + 1))
@@ -228,7 +249,8 @@ def build_task(out: str | Path, n_sft: int = 4000, n_rm: int = 3200, n_queries: 
     qs = write_jsonl(data / "queries.jsonl", queries(n_queries, seed + 3))
     sft_dir = out / "sft"
     if not (sft_dir / "final" / "config.json").exists():
-        print(f"[rlhf] task SFT: {len(chats)} chats, {sft_epochs} epochs -> {sft_dir}", flush=True)
+        print(f"[rlhf] task SFT: {len(chats)} chats ({n_sft} task, {n_tool} weather tool, {n_needle} needle), "
+              f"{sft_epochs} epochs -> {sft_dir}", flush=True)
         train_sft(SFTConfig(
             run_dir=str(sft_dir), tokenizer=str(tok_dir), model=model, data=SFTData(train=[str(sft_train)]),
             optim=OptimConfig(lr=3e-3, warmup_steps=10, final_lr_fraction=0.1, weight_decay=0.0),
@@ -389,6 +411,7 @@ def curves_figure(plt, curves: list[dict[str, Any]], title: str):
 
 
 DEMO_TOOL_CHATS = 600  # get_weather chats in the demo policy's SFT data: the served RLHF model calls the tool
+DEMO_NEEDLE_CHATS = 1200  # needle-in-a-haystack chats in the same data: the demo's NIAH evaluates this policy
 
 
 def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
@@ -404,7 +427,9 @@ def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
     from ilm.train.sft import RECIPES
 
     out = Path(out)
-    task = build_task(out / "rlhf-task", **({"n_sft": 1500, "sft_epochs": 3} if quick else {}), n_tool=DEMO_TOOL_CHATS)
+    # the same task SFT in --quick: with 1,500 task chats and 3 epochs the policy copied no number at all (0/20
+    # tool values, 0% NIAH), with 5 epochs 75-85% of the tool values; copying needs the full run's epochs
+    task = build_task(out / "rlhf-task", n_tool=DEMO_TOOL_CHATS, n_needle=DEMO_NEEDLE_CHATS)
     q = json.dumps
     overrides = [f"--run_dir={q(str(out / 'rlhf-rounds'))}", f"--rm_data=[{q(task['rm_train'])}]",
                  f"--rm_eval=[{q(task['rm_eval'])}]", f"--ppo.tokenizer={q(task['tokenizer'])}",
