@@ -123,21 +123,14 @@ def experiment(out: Path, seed: int, updates: int) -> dict:
     return res
 
 
-EVAL_QUERIES = 400  # fresh queries per policy evaluation (none of them a PPO query's seed)
+EVAL_QUERIES = 400  # fresh queries per policy evaluation (synthetic.policy_eval; none of them a PPO query)
 
 
 def policies(task: dict, state: dict, seed: int) -> list[dict]:
-    """The SFT start and each round's final actor, sampled like PPO's rollouts (top_p 0.9, temperature 1, 16 new
-    tokens) on the same EVAL_QUERIES fresh queries: true reward and loophole rate of the policy itself, not of a
-    moving policy's training rollouts (96 per quarter round)."""
+    """The SFT start and each round's final actor on the same fresh queries (`synthetic.policy_eval`)."""
     from ilm.train.rlhf import synthetic as S
 
-    records = S.queries(EVAL_QUERIES, seed=10_000 + seed)
-    out = []
-    for k in sorted(state["actors"], key=int):
-        stats = S.sample_stats(state["actors"][k], task["tokenizer"], records, seed=seed, max_new_tokens=16)
-        out.append({"after_round": int(k) - 1, **{key: v for key, v in stats.items() if key != "examples"}})
-    return out
+    return S.policy_eval(state["actors"], task["tokenizer"], EVAL_QUERIES, seed)
 
 
 def criteria(res: dict) -> dict[str, bool]:

@@ -38,3 +38,23 @@ def test_report_names_the_model_behind_eval_and_shows_the_tool_value_check(tmp_p
     chats = page[page.index('id="chats"'):]
     assert html.escape(line) in chats  # the console's line, as it printed it
     assert "It is 21 degrees in Rome." in chats and ">NO<" in chats
+
+
+def test_report_shows_the_policy_evaluation_the_console_prints(tmp_path):
+    """The RLHF section carries the demo's policy evaluation (report.json rlhf.policies): the SFT start and each
+    round's actor on the same fresh queries, with the console's numbers."""
+    run = tmp_path / "run"
+    rollouts = run / "rlhf-rounds" / "round-01" / "ppo" / "rollouts"
+    rollouts.mkdir(parents=True)
+    rows = [{"update": 1, "row": i, "response": "Trust me! The number is 12." if i else "The number is 40.",
+             "rm_score": 0.5, "kl": 0.0, "true_reward": float(i == 0), "messages": [], "query_index": i}
+            for i in range(2)]
+    (rollouts / "update-000001.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    policies = [{"after_round": 0, "queries": 200, "true_reward": 0.385, "loophole_rate": 0.31},
+                {"after_round": 1, "queries": 200, "true_reward": 0.715, "loophole_rate": 0.12}]
+    (run / "report.json").write_text(json.dumps({"rlhf": {"policies": policies}}))
+    page = build_report(run).read_text()
+    section = page[page.index('id="rlhf"'):]
+    assert "on the same 200 fresh queries" in section
+    for cell in ("SFT start", "after round 1", "0.385", "0.715", "0.31", "0.12"):
+        assert f"<td>{cell}</td>" in section, cell

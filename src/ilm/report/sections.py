@@ -520,6 +520,13 @@ def rlhf(run: Run) -> Safe:
             p("Per round: the mean over the rollouts of its first quarter of updates → of its last quarter (as the "
               "demo's console prints them).", class_="note"),
             table(["round", "updates", "RM score (first → last quarter)", "true reward", "loophole rate", "KL"], rows)]
+    policies = [x for x in (run.stage("rlhf") or {}).get("policies") or [] if isinstance(x, dict)]
+    if policies:  # the demo's policy evaluation: the actors themselves, the same fresh queries for each
+        body += [p(f"The policy itself, sampled as in PPO on the same {policies[0].get('queries', '—')} fresh queries "
+                   "(as the demo's console prints it): the SFT start and the actor after each round.", class_="note"),
+                 table(["policy", "true reward", "loophole rate"],
+                       [["SFT start" if x.get("after_round") == 0 else f"after round {x.get('after_round')}",
+                         num(x.get("true_reward")), num(x.get("loophole_rate"))] for x in policies])]
     fast_rows, patches = [], []
     for k in sorted(info, key=int):
         f, r = info[k].get("fast") or {}, info[k].get("rm") or {}

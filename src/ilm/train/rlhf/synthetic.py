@@ -302,6 +302,18 @@ def sample_stats(model_dir: str | Path, tokenizer: str | Path, records: list[dic
             "examples": texts[:4]}
 
 
+def policy_eval(actors: dict[str, str], tokenizer: str | Path, n: int = 400, seed: int = 0) -> list[dict[str, Any]]:
+    """Each actor of a rounds run ({"1": the SFT start, "k+1": after round k}) sampled like PPO's rollouts (top_p
+    0.9, temperature 1, 16 new tokens) on the same `n` fresh queries: the policy's true reward and loophole rate
+    themselves, not a moving policy's training rollouts (so SFT start and round ends compare on equal terms)."""
+    records = queries(n, seed=10_000 + seed)  # PPO's queries use seed + 3: these are others
+    out = []
+    for k in sorted(actors, key=int):
+        stats = sample_stats(actors[k], tokenizer, records, seed=seed, max_new_tokens=16)
+        out.append({"after_round": int(k) - 1, "queries": n, **{key: v for key, v in stats.items() if key != "examples"}})
+    return out
+
+
 # ----------------------------------------------------------------------------- the experiment
 
 
@@ -466,8 +478,16 @@ def demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
         print(f"[rlhf] round {c['round']} fast path: {fast.get('reviewed')} suspects reviewed, {fast.get('rejected')} "
               f"rejected by the verifier -> {fast.get('pairs')} pairs; reward model: {patches[str(c['round'])]}")
     print(f"[rlhf] reward and KL curves: {plot}")
+    policies = policy_eval(summary["actors"], task["tokenizer"], n=200)
+    start, end = policies[0], policies[-1]
+    better = end["true_reward"] > start["true_reward"]
+    print(f"[rlhf] the policy on {start['queries']} fresh queries, sampled as in PPO: true reward {start['true_reward']:.2f} "
+          f"(SFT start) -> {end['true_reward']:.2f} (after round {end['after_round']}), loophole rate "
+          f"{start['loophole_rate']:.2f} -> {end['loophole_rate']:.2f}: RLHF "
+          f"{'beats its SFT start' if better else 'does NOT beat its SFT start'} on the true reward", flush=True)
     return {**summary, "curves": [{k: v for k, v in c.items() if k != "per_update"} for c in curves], "patches": patches,
-            "plot": str(plot), "actor": summary["actors"][str(max(done) + 1)]}
+            "plot": str(plot), "actor": summary["actors"][str(max(done) + 1)], "policies": policies,
+            "beats_sft": better}
 
 
 def _refused_gate(run_dir: str, k: int) -> dict[str, Any] | None:
