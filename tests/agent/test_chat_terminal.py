@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import signal
 import sys
 import time
 
@@ -43,7 +44,8 @@ class Terminal:
 
     def __init__(self, args: list[str], env: dict[str, str]):
         self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the child
+        if self.pid == 0:  # the child: Ctrl-C's SIGINT handled as on a real terminal, even when the test runs in
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background job (which ignores it, across exec)
             os.execve(sys.executable, [sys.executable, *args], env)
         self.seen = b""
         self.buf = b""

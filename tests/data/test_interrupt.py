@@ -37,7 +37,14 @@ def test_sigint_keeps_finished_shards(tmp_path: Path, workers: int):
                 str(tmp_path / out), "-j", str(workers), "-q"]
 
     subprocess.run(cmd("straight"), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(cmd("out"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal delivers it, even when this test runs in a background job: its shell ignores SIGINT,
+    # an ignored signal stays ignored across exec, and Python would then install no KeyboardInterrupt handler
+    # (a handled one is reset to the default by exec)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(cmd("out"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, before)
     markers = tmp_path / "out" / "markers" / "s0"
     deadline = time.time() + 120
     while time.time() < deadline and not (markers.is_dir() and any(markers.glob("*.json"))):
