@@ -64,6 +64,10 @@ def test_demo_runs_every_stage_and_the_tiny_recipe_learns(tmp_path, capsys):
     rlhf = report["rlhf"]  # two rounds of PPO with the fast path; the curves plotted
     assert [c["round"] for c in rlhf["curves"]] == [1, 2] and (tmp_path / "rlhf-rounds" / "curves.png").exists()
     assert rlhf["rounds"]["1"]["fast"]["pairs"] >= 20
+    # the policy itself on 200 fresh queries: the final actor beats its SFT start on the true reward, and says so
+    start, end = rlhf["policies"][0], rlhf["policies"][-1]
+    assert (start["after_round"], end["after_round"]) == (0, 2) and rlhf["beats_sft"], rlhf["policies"]
+    assert end["true_reward"] > start["true_reward"] + 0.1 and "RLHF beats its SFT start on the true reward" in out
     ev = report["eval"]  # perplexity and a task through ilm eval; NIAH dynamic NTK vs plain RoPE
     assert (tmp_path / "eval" / "results.json").exists() and (tmp_path / "eval" / "niah.png").exists()
     assert set(ev["niah"]["dynamic"]) >= {"overall", "beyond"} and set(ev["niah"]["plain"]) >= {"overall", "beyond"}
