@@ -69,6 +69,8 @@ def test_demo_runs_every_stage_and_the_tiny_recipe_learns(tmp_path, capsys):
     assert (start["after_round"], end["after_round"]) == (0, 2) and rlhf["beats_sft"], rlhf["policies"]
     assert end["true_reward"] > start["true_reward"] + 0.1 and "RLHF beats its SFT start on the true reward" in out
     ev = report["eval"]  # perplexity and a task through ilm eval; NIAH dynamic NTK vs plain RoPE
+    assert ev["mc_chance"] == 0.25 and 0 <= ev["mc_p_value"] <= 1  # the task's score next to a guesser's
+    assert "[eval] the pretrained model of the chain on ilm_stdlib_mc: acc" in out and "vs chance 25.0%" in out
     assert (tmp_path / "eval" / "results.json").exists() and (tmp_path / "eval" / "niah.png").exists()
     assert set(ev["niah"]["dynamic"]) >= {"overall", "beyond"} and set(ev["niah"]["plain"]) >= {"overall", "beyond"}
     # NIAH on the RLHF task policy (two-digit needle chats in its SFT data): needles found within its window,

@@ -376,3 +376,12 @@ def test_chat_flag_through_the_cli(tmp_path, checkpoint, capsys):
     run = data["runs"]["checkpoint"]
     assert run["chat"] is True and all(len(c["value"]) == 2 for c in run["cells"])
     assert all(c["prompt_tokens"] == c["length"] for c in run["cells"])
+
+
+def test_mc_chance_is_the_binomial_tail_of_a_guesser():
+    """The demo's eval line: 4-choice chance and the probability a guesser scores at least the model's accuracy."""
+    from ilm.eval.demo import mc_chance
+
+    assert mc_chance(4, 1.0) == (0.25, pytest.approx(0.25 ** 4))
+    assert mc_chance(4, 0.5)[1] == pytest.approx(1 - 0.75 ** 4 - 4 * 0.25 * 0.75 ** 3)
+    assert mc_chance(40, 0.0)[1] == pytest.approx(1.0) and mc_chance(40, 0.35)[1] == pytest.approx(0.1032, abs=1e-4)

@@ -36,9 +36,24 @@ def run(out: Path, checkpoint: Path, quick: bool = True) -> dict:
     os.replace(tmp, path)
     print("[eval] " + table(res["results"]).replace("\n", "\n[eval] "))
     ppl, mc = (r["metrics"] for r in res["results"])
+    n = res["results"][1]["samples_n"]
+    chance, p_value = mc_chance(n, mc["acc"])
+    verdict = "above chance" if p_value < 0.05 else "NOT above chance (what a guesser scores this often)"
+    print(f"[eval] the pretrained model of the chain on ilm_stdlib_mc: acc {mc['acc']:.1%} on {n} questions vs chance "
+          f"{chance:.1%} (4 choices each); a guesser scores at least this with probability {p_value:.2f}: {verdict}")
     return {"results": str(path), "checkpoint": str(checkpoint),
             "ppl_docs": res["results"][0]["samples_n"], "bits_per_byte": ppl["bits_per_byte"],
             "token_perplexity": ppl.get("token_perplexity"), "word_perplexity": ppl["word_perplexity"],
             "mc_task": "ilm_stdlib_mc", "mc_questions": res["results"][1]["samples_n"],
-            "mc_acc": mc["acc"], "mc_acc_norm": mc["acc_norm"],
+            "mc_acc": mc["acc"], "mc_acc_norm": mc["acc_norm"], "mc_chance": chance, "mc_p_value": p_value,
             "seconds": sum(r["seconds"] for r in res["results"])}
+
+
+def mc_chance(n: int, acc: float, choices: int = 4) -> tuple[float, float]:
+    """Chance accuracy of the 4-choice task and the probability that guessing scores at least `acc` on `n`
+    questions (the binomial tail): how far a small model's score is from a guesser's."""
+    from math import comb
+
+    p = 1.0 / choices
+    k = round(acc * n)
+    return p, sum(comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
