@@ -18,6 +18,18 @@ from ilm.train.rlhf.review import JudgeReviewer, Suspect, Verdict, VerifierRevie
 pytestmark = pytest.mark.xdist_group("rlhf_rounds")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread, as under `make test`'s xdist workers: float sums in one order, so the module-scoped task
+    (and each patch's numbers) are the same with `-n 0` as in CI."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _rec(i, score, response, q=0, tokens=None):
     return {"update": 1, "row": i, "query_index": q, "messages": [{"role": "user", "content": "Repeat the number 25."}],
             "domain": "math", "response": response, "rm_score": score, "kl": 0.0,
@@ -567,14 +579,7 @@ def test_kill_9_mid_round_then_rerun_resumes_at_that_round_and_update(task, tmp_
         cfg.ppo.train.checkpoint_every = 1
         return cfg
 
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the killed run's processes (OMP_NUM_THREADS=1): float sums in the same order
-    try:
-        straight = R.run(config("straight"))
-    finally:
-        torch.set_num_threads(threads)
+    straight = R.run(config("straight"))  # on one thread (one_thread), as the killed run's OMP_NUM_THREADS=1
     # the SFT model is the KL reference of both rounds: round 2 starts where round 1's drift ended, not at 0
     one, two = straight["rounds"]["1"]["ppo"], straight["rounds"]["2"]["ppo"]
     assert one["kl_reference"] == two["kl_reference"] == task["sft"]

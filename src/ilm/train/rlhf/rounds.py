@@ -80,7 +80,7 @@ class FastPath:
     lr: float = 5e-6  # at or below the RM's own final lr (the 7B RM: 1e-5 -> 5e-6)
     warmup_steps: int = 5
     epochs: int = 12
-    replay_ratio: float = 3.0  # earlier training pairs replayed per new pair (>= 1)
+    replay_ratio: float = 5.0  # earlier training pairs replayed per new pair (>= 1; 5 vs 3: docs/recipe.md)
     replay_flagged: bool = False  # replay earlier pairs that carry the flagged pattern too (they teach the hack)
     anchor_weight: float = 10.0  # squared shortfall of a replayed pair's margin below RM_k's (0: no anchor)
     anchor_cap: float = 1.5  # ... below min(RM_k's margin, this): what it ranked right stays right, magnitudes may move
