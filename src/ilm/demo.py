@@ -157,6 +157,8 @@ def stage_model(out: Path, checkpoint: Path, tokenizer) -> dict:
                                              stop_ids=tuple(tokenizer.stop_ids)))
     for q, o in zip(questions, outs):
         print(f"[model] chat sample: {q!r} -> {tokenizer.decode(o, skip_special=True)!r}")
+    print(f"[model] (the chain's {sum(p.numel() for p in model.parameters()):,}-parameter chat model after minutes of CPU "
+          "training: these samples show the checkpoint loads and generates through the KV cache, not what it knows)")
     return {"llama": str(llama), "parameters": sum(p.numel() for p in model.parameters()),
             "llama_logits_max_diff": diff, "chat_samples": [tokenizer.decode(o, skip_special=True) for o in outs]}
 
