@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ilm.data import minhash as mh
+from ilm.data import shingle as sh
 
 
 def _unique_sets(texts: list[str]) -> list[np.ndarray]:
@@ -34,8 +35,8 @@ def test_vectorised_shingles_match_reference(real_texts: list[str]) -> None:
 def test_huge_document_chunking_matches_single_pass(real_texts: list[str]) -> None:
     big = " ".join(real_texts[:400])
     # the huge-document path hashes 1 MB pieces cut at spaces: the same set as one pass over the text
-    s1 = mh._huge_doc(big.lower().encode(), 5)
-    s2 = mh._spaced_group([(0, big.lower().encode())], 5)[0][1]
+    s1 = sh._huge_doc(big.lower().encode(), 5)
+    s2 = sh._spaced_group([(0, big.lower().encode())], 5)[0][1]
     assert s1.size > 10_000 and np.array_equal(np.unique(s1), np.unique(s2))
 
 

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ilm.data import minhash as mh
+from ilm.data import shingle as sh
 
 _EN = [
     "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "data", "model", "token", "Python's",
@@ -79,7 +80,7 @@ GOLDEN_WITHOUT_NULS = ("c5eb701f3c88ab79", "ab150154080174a1")
 @pytest.mark.parametrize("group_chars", [1, 64, 1000, 1 << 18])
 def test_fast_path_equals_reference_at_every_grouping(group_chars: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # small groups put spaced and Chinese-like documents, huge-document handling and group cuts everywhere
-    monkeypatch.setattr(mh, "GROUP_CHARS", group_chars)
+    monkeypatch.setattr(sh, "GROUP_CHARS", group_chars)
     texts = varied_texts(250, seed=group_chars)
     _assert_same(texts)
     _assert_same([t.replace("\x00", "") for t in texts])
@@ -92,7 +93,7 @@ def test_fast_path_equals_reference_on_real_and_huge_documents(real_texts: list[
     _assert_same([t.upper() for t in real_texts[:50]])  # ASCII capitals: folded on bytes, not by str.lower
     big_en = " ".join(real_texts * 2)  # > GROUP_CHARS and > 1 MB: hashed in 1 MB pieces on its own
     big_zh = "".join(t for t in varied_texts(12000, seed=3) if mh.is_cjk(t)).replace("\x00", "")
-    assert len(big_en) > max(mh.GROUP_CHARS, 1 << 20) and len(big_zh) > mh.GROUP_CHARS and mh.is_cjk(big_zh)
+    assert len(big_en) > max(sh.GROUP_CHARS, 1 << 20) and len(big_zh) > sh.GROUP_CHARS and mh.is_cjk(big_zh)
     _assert_same(["a b", big_en, "", big_zh, "中文", big_en.upper(), "short doc here"])
     _assert_same([])
     _assert_same([""])
@@ -105,7 +106,7 @@ def test_batched_script_detection_equals_is_cjk(real_texts: list[str]) -> None:
         "😀" * 10 + "中", "𠀀𠀁𠀂 ab", "ab\u3000中", "\u0e01\u0e02 x", "x" * 5000 + "中" * 3000, "中" * 3000 + " x" * 5000,
         "中" * 3 + "a" * 7, "中" * 3 + "a" * 8, "ΑΣ 中文", "",
     ]
-    assert mh._cjk_flags(texts).tolist() == [mh.is_cjk(t) for t in texts]
+    assert sh._cjk_flags(texts).tolist() == [mh.is_cjk(t) for t in texts]
 
 
 _ALPHABET = st.sampled_from(list("aZ_9 .,\n\t\x00\u3000\u00a0") + ["中", "文", "ΑΣ", "σ", "İ", "é", "😀", "\udc80", "ǅ", "ß", "𠀀", "ก"])
@@ -114,10 +115,10 @@ _ALPHABET = st.sampled_from(list("aZ_9 .,\n\t\x00\u3000\u00a0") + ["中", "文",
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.lists(_ALPHABET, max_size=40).map("".join), max_size=12), st.sampled_from([1, 7, 50, 1 << 18]))
 def test_fast_path_equals_reference_property(texts: list[str], group_chars: int) -> None:
-    old = mh.GROUP_CHARS
-    mh.GROUP_CHARS = group_chars
+    old = sh.GROUP_CHARS
+    sh.GROUP_CHARS = group_chars
     try:
         _assert_same(texts)
-        assert mh._cjk_flags(texts).tolist() == [mh.is_cjk(t) for t in texts]
+        assert sh._cjk_flags(texts).tolist() == [mh.is_cjk(t) for t in texts]
     finally:
-        mh.GROUP_CHARS = old
+        sh.GROUP_CHARS = old
