@@ -285,3 +285,33 @@ def test_finished_run_has_nothing_to_do(trained, capfd):
     assert (run_dir / "summary.json").read_text() == summary and "eval" in json.loads(summary)
     assert (run_dir / "final" / "model.safetensors").stat().st_mtime_ns == mtime
     assert again["steps"] == first["steps"] and again["eval"] == first["eval"]
+
+
+def test_merge_init_counts_the_kept_init_weights_in_the_memory_check(setup, tmp_path, monkeypatch):
+    """WiSE-FT (merge_init < 1) keeps an fp32 copy of the init weights for the export's average: the start-up check
+    counts it (4 bytes per parameter more), and refuses when only that copy does not fit."""
+    from ilm.model import memory
+    from ilm.train import reward
+
+    real = memory.check_training
+    seen = []
+
+    def spy(config, *a, **k):
+        est = real(config, *a, **k)
+        seen.append((config.num_params(), est))
+        return est
+
+    monkeypatch.setattr(reward, "check_training", spy)
+    recipe = rm_recipe(setup, tmp_path / "plain", max_steps=1)
+    train(from_dict(RMConfig, recipe), resume="never")
+    recipe["run_dir"], recipe["train"]["merge_init"] = str(tmp_path / "merged"), 0.5
+    train(from_dict(RMConfig, recipe), resume="never")
+    (n, plain), (_, merged) = seen
+    assert merged.weights - plain.weights == 4 * n and merged.total - plain.total == 4 * n
+    monkeypatch.setattr(reward, "check_training", real)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: plain.needed + 2 * n)  # room for all but the copy
+    recipe["run_dir"] = str(tmp_path / "refused")
+    with pytest.raises(memory.ContextMemoryError, match="reward model training"):
+        train(from_dict(RMConfig, recipe), resume="never")
+    recipe["run_dir"], recipe["train"]["merge_init"] = str(tmp_path / "fits"), 1.0
+    assert train(from_dict(RMConfig, recipe), resume="never")["steps"] == 1

@@ -10,7 +10,7 @@ does not fit, `check_fits` raises `ContextMemoryError` naming both numbers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -162,11 +162,13 @@ def check_fits(estimate: Estimate, device: torch.device | str, what: str, hint: 
 def check_training(
     config: ModelConfig, rows: int, window: int, device: torch.device | str, precision: str, shards: int,
     what: str, hint: str = "lower the window or micro-batch rows, turn on activation_checkpointing, or use more "
-                           "processes", checkpointing: bool = False,
+                           "processes", checkpointing: bool = False, weight_copies: int = 0,
 ) -> Estimate:
     """`training_estimate` for a trainer's micro-batch (fp32 master weights; bf16 activations under bf16),
-    checked against the free memory of `device`; returns the estimate."""
+    checked against the free memory of `device`; returns the estimate. `weight_copies`: further fp32 copies of
+    the (sharded) weights the trainer keeps, e.g. the init weights a WiSE-FT export averages back in."""
     compute = torch.bfloat16 if precision == "bf16" else torch.float32
     est = training_estimate(config, rows, window, torch.float32, compute, max(shards, 1), checkpointing=checkpointing)
+    est = replace(est, weights=est.weights + weight_copies * config.num_params() * 4 // max(shards, 1))
     check_fits(est, device, what, hint)
     return est

@@ -254,18 +254,18 @@ def _train(cfg: RMConfig, resume: str) -> dict[str, Any]:
     backbone = base_model(cfg.init, cfg.model)  # on the meta device: weights come per shard
     check_vocab(tok, backbone.config.vocab_size)
     # no cap at the model's max_position_embeddings x factor: the limit is memory for one batch_tokens row
+    if not 0.0 < t.merge_init <= 1.0:
+        raise ValueError(f"train.merge_init {t.merge_init} must be in (0, 1]: the trained model's weight in the export")
     check_training(backbone.config, 1, t.batch_tokens, world.device, t.precision, world.size if t.fsdp else 1,
                    f"reward model training with batch_tokens {t.batch_tokens:,} (data.max_length "
                    f"{cfg.data.max_length:,})", "lower train.batch_tokens and data.max_length, or use more processes",
-                   checkpointing=t.activation_checkpointing)
+                   checkpointing=t.activation_checkpointing, weight_copies=int(t.merge_init < 1.0))
     shape = model_shape(backbone.config)
     model = RewardModel(backbone, t.head_init_std, t.seed)
     prepare(model, t, world, backbone=backbone)
     materialise(model, world, t.seed, cfg.init, backbone=backbone)
     if cfg.init and (Path(cfg.init) / HEAD_FILE).exists():  # `init` is an RM export: continue from its head too
         load_head(model, cfg.init)
-    if not 0.0 < t.merge_init <= 1.0:
-        raise ValueError(f"train.merge_init {t.merge_init} must be in (0, 1]: the trained model's weight in the export")
     # the init weights (this process's shards), before a resume replaces them: the export averages them back in
     init_weights = [p.detach().clone() for p in model.parameters()] if t.merge_init < 1.0 else None
     optimizer = build_optimizer(model, cfg.optim)
