@@ -317,6 +317,60 @@ def _ratios(mine: dict, theirs: dict) -> dict[str, float]:
     return out
 
 
+def model_passes(root: Path, rounds: int = 5, reps: int = 20) -> dict:
+    """The ceiling of any matched-work speed-up: one PPO mini-batch's forward + backward (the update's unit of
+    work, prompt + response tokens, log-softmax over the response positions) and one decode step with a KV cache,
+    on ilm's model and on the HF Llama export TRL runs, same weights, shapes, fp32, 1 thread; alternating per
+    round, CPU milliseconds per call, median over rounds."""
+    import transformers
+
+    from ilm.model.cache import KVCache
+    from ilm.model.hf import load_checkpoint
+
+    torch.set_num_threads(1)
+    ilm_m, hf_m = load_checkpoint(root / "actor"), transformers.LlamaForCausalLM.from_pretrained(root / "llama")
+    out: dict = {}
+    for b in BATCHES:
+        rows = b // MINI_BATCHES
+        x = torch.randint(0, 512, (rows, PROMPT + NEW), generator=torch.Generator().manual_seed(b))
+
+        def fwd_bwd(side: str) -> None:
+            logits = ilm_m(x) if side == "ilm" else hf_m(x).logits
+            logits[:, PROMPT - 1 : -1].float().log_softmax(-1).mean().backward()
+
+        timings: dict[str, dict[str, list[float]]] = {"ilm": {}, "hf": {}}
+        for r in range(rounds):
+            for side in (("ilm", "hf") if r % 2 == 0 else ("hf", "ilm")):
+                m = ilm_m if side == "ilm" else hf_m
+                fwd_bwd(side)
+                t = time.process_time()
+                for _ in range(reps):
+                    fwd_bwd(side)
+                timings[side].setdefault("mini-batch forward + backward", []).append(
+                    1000 * (time.process_time() - t) / reps)
+                with torch.no_grad():  # one decode step of the whole batch over a prompt-long cache
+                    ids = torch.randint(0, 512, (b, PROMPT), generator=torch.Generator().manual_seed(1))
+                    if side == "ilm":
+                        cache = KVCache(m.config, b, PROMPT + reps + 2, torch.device("cpu"), torch.float32)
+                        m(ids, cache=cache)
+                        step = lambda: m(ids[:, -1:], cache=cache)  # noqa: E731
+                    else:
+                        past = m(ids, use_cache=True).past_key_values
+                        step = lambda: m(ids[:, -1:], past_key_values=past, use_cache=True)  # noqa: E731
+                    step()
+                    t = time.process_time()
+                    for _ in range(reps):
+                        step()
+                    timings[side].setdefault("decode step", []).append(1000 * (time.process_time() - t) / reps)
+        for name in timings["ilm"]:
+            a, h = statistics.median(timings["ilm"][name]), statistics.median(timings["hf"][name])
+            key = f"{name}, {rows if 'mini' in name else b} rows"
+            out[key] = {"ilm_cpu_ms": round(a, 3), "hf_llama_cpu_ms": round(h, 3), "hf_over_ilm": round(h / a, 3)}
+            print(f"model pass, {key}: ilm {a:.2f} ms, HF Llama {h:.2f} ms (CPU, median of {rounds} alternating "
+                  f"rounds): HF/ilm {h / a:.2f}x", flush=True)
+    return out
+
+
 def main() -> dict:
     updates = {16: 3, 64: 2} if QUICK else {16: 5, 64: 3}  # timed updates per run (+1 warm-up)
     rounds = 2 if QUICK else ROUNDS
@@ -328,6 +382,7 @@ def main() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         _setup(root)
+        out["model_passes"] = model_passes(root)
         for r in range(rounds):
             for i, b in enumerate(BATCHES):
                 order = ("ilm", "trl") if (r + i) % 2 == 0 else ("trl", "ilm")
@@ -371,8 +426,13 @@ def main() -> dict:
 if __name__ == "__main__":
     if sys.argv[1:2] in (["-h"], ["--help"]):
         print(f"python -m benchmarks.bench_ppo   (or: python -m benchmarks.run bench_ppo)\n{__doc__}\n"
+              "--passes: only the model-pass comparison (ilm's model against the HF Llama export).\n"
               "Environment: ILM_BENCH_ROUNDS (default 3), ILM_BENCH_QUICK=1 (2 rounds, fewer updates), ILM_TRL_PPO "
               f"(TRL's directory, default {TRL_PPO}).")
+    elif sys.argv[1:2] == ["--passes"]:  # the model-pass comparison alone
+        with tempfile.TemporaryDirectory() as tmp:
+            _setup(Path(tmp))
+            print(json.dumps(model_passes(Path(tmp)), indent=2))
     elif sys.argv[1:2] == ["--child"]:
         side, where, batch, n, dest = sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
         Path(dest).write_text(json.dumps((ours if side == "ilm" else trl_ppo)(where, batch, n)))

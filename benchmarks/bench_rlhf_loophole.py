@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -174,6 +175,46 @@ def print_seed(res: dict) -> None:
     print("  criteria: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in res["criteria"].items()), flush=True)
 
 
+def tables(results: list[dict]) -> str:
+    """docs/benchmarks.md's two tables (per seed; per seed and patch, by kind), from the per-seed results."""
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f}%"
+
+    def patch(p: dict | None) -> tuple[str, str]:
+        if p is None:
+            return "-", "-"
+        gate = f"{100 * p['check']:.0f}%, {pct(p['clean_before'])} → {pct(p['clean_after'])}"
+        return gate + ("" if p["passed"] else " **stopped**"), f"{pct(p['loophole_before'])} → {pct(p['loophole_after'])}"
+
+    head = ("| seed | round 1: loophole rate SFT → after | round 1: true reward SFT → after | patch 1: check, (b) | "
+            "patch 1 loophole pairs | after round 2: loophole rate | after round 2: true reward | patch 2: check, (b) | "
+            "patch 2 loophole pairs | control: (b), loophole pairs | rollouts: loophole rate, rounds 1; 2 | "
+            "rollouts: true reward, rounds 1; 2 | criteria met |")
+    lines = [head, "|---:" + "|---" * 12 + "|"]
+    for res in results:
+        pol, r, ps, c = res["policies"], res["rounds"], res["patches"], res["control"]
+        p1, p2 = (patch(ps[i] if i < len(ps) else None) for i in (0, 1))
+        two = len(pol) > 2
+
+        def roll(key: str) -> str:
+            return "; ".join(f"{x['first'][key]:.2f} → {x['last'][key]:.2f}" for x in r)
+
+        main4 = [k for k in res["criteria"] if not k.startswith("(")]
+        lines.append(" | ".join([
+            f"| {res['seed']}", f"{pol[0]['loophole_rate']:.2f} → {pol[1]['loophole_rate']:.2f}",
+            f"{pol[0]['true_reward']:.2f} → {pol[1]['true_reward']:.2f}", *p1,
+            f"{pol[2]['loophole_rate']:.2f}" if two else "-", f"{pol[2]['true_reward']:.2f}" if two else "-", *p2,
+            f"{pct(c['clean_before'])} → {pct(c['clean_after'])}, {pct(c['loophole_before'])} → {pct(c['loophole_after'])}",
+            roll("loophole_rate"), roll("true_reward"), f"{sum(res['criteria'][k] for k in main4)}/{len(main4)} |"]))
+    lines += ["", "| seed | patch | " + " | ".join(KINDS) + " |", "|---:|---|" + "---|" * len(KINDS)]
+    for res in results:
+        for i, p in enumerate(res["patches"] + [res["control"]]):
+            name = f"patch {i + 1}" if i < len(res["patches"]) else "control"
+            lines.append(f"| {res['seed']} | {name} | " + " | ".join(
+                f"{p['kinds_before'].get(k, 0):.2f} → {p['kinds_after'].get(k, 0):.2f}" for k in KINDS) + " |")
+    return "\n".join(lines)
+
+
 def torch_threads() -> None:
     import torch
 
@@ -202,8 +243,13 @@ def main() -> list[dict]:
     print(f"all seeds ({len(results)}): " + ", ".join(f"{k}: {v}/{len(results)}" for k, v in met.items()))
     forgot = sum(r["control"]["clean_before"] - r["control"]["clean_after"] > 0.02 for r in results)
     print(f"control (old patch): forgets (> 2 points on earlier pairs without the pattern) on {forgot}/{len(results)} seeds")
+    print(tables(results))
     return results
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--tables"]:  # the docs' tables again from a kept run: --tables DIR (its seed-N.json files)
+        found = sorted(Path(sys.argv[2]).glob("seed-*.json"), key=lambda f: int(f.stem.split("-")[1]))
+        print(tables([json.loads(f.read_text()) for f in found]))
+    else:
+        main()

@@ -11,12 +11,23 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from ilm.config import from_dict
 from ilm.train import checkpoint
 from ilm.train.rlhf.ppo import PPOConfig, train
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "multinomial_draws")
+
+
+@pytest.fixture
+def multinomial_draws(monkeypatch):
+    """The pins were computed with `torch.multinomial` as the sampler's draw; the draw is now inverse-CDF sampling
+    (`ilm.model.generate.draw`: the same distribution, other random numbers, tested in tests/model/test_generate.py).
+    With the old draw put back, every number here must still come out: what is pinned is the PPO math."""
+    from ilm.model import generate
+
+    monkeypatch.setattr(generate, "draw", lambda probs, gen: torch.multinomial(probs, 1, generator=gen).squeeze(-1))
 
 KEYS = ("reward_mean", "reward_std", "kl", "kl_per_token", "entropy", "response_length", "truncated_fraction",
         "policy_loss", "clip_fraction", "value_loss", "explained_variance", "ptx_loss", "ptx_eval_loss",

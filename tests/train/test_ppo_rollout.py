@@ -9,7 +9,7 @@ from ilm.model.generate import Sampling, sample_next
 from ilm.train.rlhf.rollout import collate, sample, sequence_logprobs, token_logprobs
 
 PROMPTS = [[1, 7, 8, 9, 10, 11, 12, 13, 14], [1, 5], [1, 300, 301, 302, 303], [1, 40, 41]]
-STOP = (2,)  # with this model and seed 0, two rows stop early and two run out
+STOP = (2, 41)  # with this model and seed 0, two rows stop early (on 41) and two run out
 
 
 @torch.no_grad()

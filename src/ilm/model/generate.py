@@ -72,7 +72,27 @@ def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Gener
         drop = (probs.cumsum(dim=-1) - probs) >= sampling.top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+    return draw(logits.softmax(dim=-1), generator)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of (B, V) probabilities: inverse-CDF sampling, one uniform number per row.
+
+    Why not `torch.multinomial`: for one sample it draws V exponential numbers per row (the exponential-race
+    trick), a third of a CPU decode step at 64 rows x 512 tokens; the cumulative sum and a binary search draw
+    from the same distribution with B random numbers. On CUDA multinomial is one fast kernel and stays.
+    Non-finite or negative probabilities are refused, as multinomial refuses them."""
+    if probs.device.type == "cuda":
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    cdf = probs.double().cumsum(dim=-1)
+    total = cdf[:, -1:]
+    if not bool(torch.isfinite(total).all()) or bool((probs < 0).any()) or not bool((total > 0).all()):
+        raise RuntimeError("probability tensor contains either inf, nan or element < 0 (or sums to 0)")
+    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64) * total
+    token = torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1)
+    # u rounds up to the total only when it is within float error of it: take the last token with mass then
+    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(dim=-1, keepdim=True)
+    return torch.minimum(token, last).squeeze(-1)
 
 
 def _check_prompts(model: InternLM2, prompts: Sequence[Sequence[int]]) -> None:
