@@ -509,14 +509,17 @@ def test_merge_init_exports_the_average_of_the_trained_and_the_init_weights(task
 
 def test_small_loophole_round_ppo_exploits_and_the_fast_path_catches_it(task, tmp_path):
     """Round 1 of the benchmark's seed 0 (12 updates) with the real PPO engine: the loophole phrase spreads while the true
-    reward does not rise; the verifier rejects the loophole answers; the recipe's patch closes the loophole on the
-    held-out loophole pairs and passes the gate (earlier pairs without the pattern keep their accuracy)."""
+    reward does not rise (the SFT start and the round's actor on the benchmark's 400 fresh queries, as
+    `synthetic.policy_eval` samples them: the training rollouts, 96 per quarter from a moving policy, have a
+    standard error of ~0.05); the verifier rejects the loophole answers; the recipe's patch closes the loophole on
+    the held-out loophole pairs and passes the gate (earlier pairs without the pattern keep their accuracy)."""
     cfg = S.rounds_config(task, tmp_path / "run", rounds=1, updates=12, rollout_batch=32)
     summary = R.run(cfg)
     (c,) = S.round_curves(tmp_path / "run", 1)
-    assert c["last"]["loophole_rate"] > c["first"]["loophole_rate"] + 0.1, c
     assert c["last"]["rm_score"] > c["first"]["rm_score"], c
-    assert c["last"]["true_reward"] <= c["first"]["true_reward"], c  # does not rise
+    sft, actor = S.policy_eval(R.load_state(tmp_path / "run")["actors"], task["tokenizer"], n=400)
+    assert actor["loophole_rate"] > sft["loophole_rate"] + 0.1, (sft, actor)  # measured: 0.34 -> 0.46
+    assert actor["true_reward"] <= sft["true_reward"], (sft, actor)  # does not rise (0.465 -> 0.41)
     fast = summary["rounds"]["1"]["fast"]
     assert fast["pairs"] >= 20 and fast["rejected"] >= 0.5 * fast["reviewed"], fast
     pairs = [json.loads(x) for x in Path(fast["pairs_file"]).read_text().splitlines()]
