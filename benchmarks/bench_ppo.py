@@ -33,6 +33,7 @@ machine the wall time of a run moves with the other jobs (2-4x here), its CPU ti
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -317,57 +318,95 @@ def _ratios(mine: dict, theirs: dict) -> dict[str, float]:
     return out
 
 
+def _cpu_ms(fn, reps: int) -> float:
+    """CPU milliseconds per call of `fn`, after one untimed call."""
+    fn()
+    t = time.process_time()
+    for _ in range(reps):
+        fn()
+    return 1000 * (time.process_time() - t) / reps
+
+
+def _fwd_bwd(model, x: torch.Tensor, hf: bool) -> None:
+    """One PPO mini-batch's forward + backward: log-softmax over the response positions."""
+    logits = model(x).logits if hf else model(x)
+    logits[:, PROMPT - 1 : -1].float().log_softmax(-1).mean().backward()
+
+
+def _decode_step(model, batch: int, hf: bool):
+    """One decode step of the whole batch over a prompt-long KV cache (a fresh cache per call of this)."""
+    from ilm.model.cache import KVCache
+
+    ids = torch.randint(0, 512, (batch, PROMPT), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        if hf:
+            past = model(ids, use_cache=True).past_key_values
+            return functools.partial(torch.no_grad()(model), ids[:, -1:], past_key_values=past, use_cache=True)
+        cache = KVCache(model.config, batch, PROMPT + 1024, torch.device("cpu"), torch.float32)
+        model(ids, cache=cache)
+    return functools.partial(torch.no_grad()(model), ids[:, -1:], cache=cache)
+
+
+def _aten_calls(fn) -> int:
+    """How many aten operator calls one call of `fn` dispatches (forward and backward)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.calls
+
+
 def model_passes(root: Path, rounds: int = 5, reps: int = 20) -> dict:
     """The ceiling of any matched-work speed-up: one PPO mini-batch's forward + backward (the update's unit of
     work, prompt + response tokens, log-softmax over the response positions) and one decode step with a KV cache,
-    on ilm's model and on the HF Llama export TRL runs, same weights, shapes, fp32, 1 thread; alternating per
-    round, CPU milliseconds per call, median over rounds."""
+    on ilm's model and on the HF Llama export TRL runs, same weights, shapes, fp32, 1 thread; and one decode
+    step's draw from (rows, 512) probabilities, ilm's `draw` against `torch.multinomial` (what transformers'
+    sampler calls); alternating per round, CPU milliseconds per call, median over rounds."""
     import transformers
 
-    from ilm.model.cache import KVCache
+    from ilm.model.generate import draw
     from ilm.model.hf import load_checkpoint
 
     torch.set_num_threads(1)
-    ilm_m, hf_m = load_checkpoint(root / "actor"), transformers.LlamaForCausalLM.from_pretrained(root / "llama")
+    models = {"ilm": load_checkpoint(root / "actor"), "hf": transformers.LlamaForCausalLM.from_pretrained(root / "llama")}
     out: dict = {}
     for b in BATCHES:
         rows = b // MINI_BATCHES
         x = torch.randint(0, 512, (rows, PROMPT + NEW), generator=torch.Generator().manual_seed(b))
-
-        def fwd_bwd(side: str) -> None:
-            logits = ilm_m(x) if side == "ilm" else hf_m(x).logits
-            logits[:, PROMPT - 1 : -1].float().log_softmax(-1).mean().backward()
-
-        timings: dict[str, dict[str, list[float]]] = {"ilm": {}, "hf": {}}
-        for r in range(rounds):
-            for side in (("ilm", "hf") if r % 2 == 0 else ("hf", "ilm")):
-                m = ilm_m if side == "ilm" else hf_m
-                fwd_bwd(side)
-                t = time.process_time()
-                for _ in range(reps):
-                    fwd_bwd(side)
-                timings[side].setdefault("mini-batch forward + backward", []).append(
-                    1000 * (time.process_time() - t) / reps)
-                with torch.no_grad():  # one decode step of the whole batch over a prompt-long cache
-                    ids = torch.randint(0, 512, (b, PROMPT), generator=torch.Generator().manual_seed(1))
-                    if side == "ilm":
-                        cache = KVCache(m.config, b, PROMPT + reps + 2, torch.device("cpu"), torch.float32)
-                        m(ids, cache=cache)
-                        step = lambda: m(ids[:, -1:], cache=cache)  # noqa: E731
+        probs = torch.randn(b, 512, generator=torch.Generator().manual_seed(2)).softmax(-1)
+        gen = torch.Generator().manual_seed(3)
+        cases = {"mini-batch forward + backward": (rows, reps), "decode step": (b, reps),
+                 "sampler draw (multinomial on HF's side)": (b, 25 * reps)}  # name: (rows, calls per timing)
+        for name, (n_rows, calls) in cases.items():
+            times: dict[str, list[float]] = {"ilm": [], "hf": []}
+            for r in range(rounds):
+                for side in (("ilm", "hf") if r % 2 == 0 else ("hf", "ilm")):
+                    if name.startswith("mini"):
+                        fn = functools.partial(_fwd_bwd, models[side], x, side == "hf")
+                    elif name.startswith("decode"):
+                        fn = _decode_step(models[side], b, side == "hf")  # a fresh cache each round
+                    elif side == "ilm":
+                        fn = functools.partial(draw, probs, gen)
                     else:
-                        past = m(ids, use_cache=True).past_key_values
-                        step = lambda: m(ids[:, -1:], past_key_values=past, use_cache=True)  # noqa: E731
-                    step()
-                    t = time.process_time()
-                    for _ in range(reps):
-                        step()
-                    timings[side].setdefault("decode step", []).append(1000 * (time.process_time() - t) / reps)
-        for name in timings["ilm"]:
-            a, h = statistics.median(timings["ilm"][name]), statistics.median(timings["hf"][name])
-            key = f"{name}, {rows if 'mini' in name else b} rows"
+                        fn = functools.partial(torch.multinomial, probs, 1, generator=gen)
+                    times[side].append(_cpu_ms(fn, calls))
+            a, h = statistics.median(times["ilm"]), statistics.median(times["hf"])
+            key = f"{name}, {n_rows} rows"
             out[key] = {"ilm_cpu_ms": round(a, 3), "hf_llama_cpu_ms": round(h, 3), "hf_over_ilm": round(h / a, 3)}
-            print(f"model pass, {key}: ilm {a:.2f} ms, HF Llama {h:.2f} ms (CPU, median of {rounds} alternating "
-                  f"rounds): HF/ilm {h / a:.2f}x", flush=True)
+            ops = ""
+            if name.startswith("mini"):  # the same kernels? count the aten calls of one pass on each side
+                out[key]["aten_calls"] = {side: _aten_calls(functools.partial(_fwd_bwd, models[side], x, side == "hf"))
+                                          for side in models}
+                ops = f"; aten calls per pass ilm {out[key]['aten_calls']['ilm']}, HF {out[key]['aten_calls']['hf']}"
+            print(f"model pass, {key}: ilm {a:.3f} ms, HF Llama {h:.3f} ms (CPU, median of {rounds} alternating "
+                  f"rounds): HF/ilm {h / a:.2f}x{ops}", flush=True)
     return out
 
 

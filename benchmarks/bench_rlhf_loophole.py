@@ -175,6 +175,11 @@ def print_seed(res: dict) -> None:
     print("  criteria: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in res["criteria"].items()), flush=True)
 
 
+def _rollouts(rounds: list[dict], key: str) -> str:
+    """A figure over the training rollouts, first -> last quarter, per round."""
+    return "; ".join(f"{x['first'][key]:.2f} → {x['last'][key]:.2f}" for x in rounds)
+
+
 def tables(results: list[dict]) -> str:
     """docs/benchmarks.md's two tables (per seed; per seed and patch, by kind), from the per-seed results."""
     def pct(x: float) -> str:
@@ -196,16 +201,13 @@ def tables(results: list[dict]) -> str:
         p1, p2 = (patch(ps[i] if i < len(ps) else None) for i in (0, 1))
         two = len(pol) > 2
 
-        def roll(key: str) -> str:
-            return "; ".join(f"{x['first'][key]:.2f} → {x['last'][key]:.2f}" for x in r)
-
         main4 = [k for k in res["criteria"] if not k.startswith("(")]
         lines.append(" | ".join([
             f"| {res['seed']}", f"{pol[0]['loophole_rate']:.2f} → {pol[1]['loophole_rate']:.2f}",
             f"{pol[0]['true_reward']:.2f} → {pol[1]['true_reward']:.2f}", *p1,
             f"{pol[2]['loophole_rate']:.2f}" if two else "-", f"{pol[2]['true_reward']:.2f}" if two else "-", *p2,
             f"{pct(c['clean_before'])} → {pct(c['clean_after'])}, {pct(c['loophole_before'])} → {pct(c['loophole_after'])}",
-            roll("loophole_rate"), roll("true_reward"), f"{sum(res['criteria'][k] for k in main4)}/{len(main4)} |"]))
+            _rollouts(r, "loophole_rate"), _rollouts(r, "true_reward"), f"{sum(res['criteria'][k] for k in main4)}/{len(main4)} |"]))
     lines += ["", "| seed | patch | " + " | ".join(KINDS) + " |", "|---:|---|" + "---|" * len(KINDS)]
     for res in results:
         for i, p in enumerate(res["patches"] + [res["control"]]):

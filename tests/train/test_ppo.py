@@ -65,12 +65,12 @@ def test_ptx_keeps_the_held_out_pretraining_loss(setup, corpus, helpers, tmp_pat
     stated margin is on the mean: within 0.1 nats of the start, and below the mean drift without ptx."""
     drift: dict[float, list[float]] = {0.5: [], 0.0: []}
     for seed in (0, 1, 2):
-        for coef in drift:
+        for coef, runs in drift.items():
             recipe = helpers.rlhf_recipe(setup, corpus, tmp_path / f"seed{seed}-ptx{coef}", ptx_coef=coef,
                                          critic_warmup_updates=0)
             recipe["train"].update(updates=6, seed=seed)
             s = train(from_dict(PPOConfig, recipe), resume="never")
-            drift[coef].append(s["last"]["ptx_eval_loss"] - s["ptx_eval_loss_start"])
+            runs.append(s["last"]["ptx_eval_loss"] - s["ptx_eval_loss_start"])
     mean = {coef: sum(d) / len(d) for coef, d in drift.items()}
     print(f"held-out pretraining loss drift over 6 updates, seeds 0-2: {drift}; means {mean}")
     assert mean[0.5] <= 0.1 and mean[0.5] < mean[0.0], drift

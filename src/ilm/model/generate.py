@@ -88,11 +88,11 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
     total = cdf[:, -1:]
     if not bool(torch.isfinite(total).all()) or bool((probs < 0).any()) or not bool((total > 0).all()):
         raise RuntimeError("probability tensor contains either inf, nan or element < 0 (or sums to 0)")
-    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64) * total
-    token = torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1)
-    # u rounds up to the total only when it is within float error of it: take the last token with mass then
-    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(dim=-1, keepdim=True)
-    return torch.minimum(token, last).squeeze(-1)
+    # kept strictly below the total (rand * total can round up to it): the first cdf entry above u is then a
+    # token with mass, the last one with mass at the very top
+    u = torch.minimum(torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64) * total,
+                      torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
 
 
 def _check_prompts(model: InternLM2, prompts: Sequence[Sequence[int]]) -> None:
